@@ -1,0 +1,1 @@
+"""MAGN (placeholder; the real network lands with the model core)."""

@@ -1,0 +1,27 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path:
+    env = os.environ.get("MAGN_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The benchmark datasets (../shared/datasets or $MAGN_DATA); skip if absent."""
+    root = _data_root()
+    if not (root / "Set12").is_dir():
+        pytest.skip(f"benchmark datasets not found at {root} (set MAGN_DATA)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
