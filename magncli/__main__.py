@@ -1,0 +1,3 @@
+from magncli.cli.app import main
+
+main()

@@ -1,0 +1,151 @@
+"""Reading and writing model checkpoints, without pickle code execution.
+
+Two formats are read:
+- safetensors (the project's own format): tensors plus string metadata; the metadata
+  key "magn" holds JSON with at least {"arch": ..., "config": {...}} so that the file
+  alone rebuilds its model.
+- plain PyTorch state_dict files (.pt/.pth, e.g. the official DAGL/PANet releases),
+  read with torch.load(weights_only=True): tensors and containers only, never objects.
+
+    sd, meta = read_checkpoint(path)            # dict[str, Tensor], dict
+    model = load_model(path, arch="auto")       # built from meta or recognised from keys
+    save_checkpoint(path, model, extra_meta)    # atomic safetensors write
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from magncli.errors import MagnError
+from magncli.models.registry import build_model, detect_arch
+
+META_KEY = "magn"
+_PT_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin"}
+# Containers that training scripts commonly wrap a state_dict in.
+_WRAPPER_KEYS = ("state_dict", "model", "params", "params_ema", "model_state_dict")
+
+
+def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a checkpoint file (safetensors or a torch state_dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MagnError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw_meta = f.metadata() or {}
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise MagnError(f"{path}: not a readable safetensors file ({e})") from None
+        meta = {}
+        if META_KEY in raw_meta:
+            try:
+                meta = json.loads(raw_meta[META_KEY])
+            except json.JSONDecodeError:
+                raise MagnError(f"{path}: corrupt '{META_KEY}' metadata") from None
+        return state, meta
+    if path.suffix in _PT_SUFFIXES:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle refusals, truncated zips, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MagnError(f"{path}: cannot be read as a weights-only state_dict ({first})") from None
+        return _unwrap_state_dict(obj, path), {}
+    raise MagnError(f"{path}: unknown checkpoint format {path.suffix!r} "
+                    "(expected .safetensors, .pt or .pth)")
+
+
+def _unwrap_state_dict(obj, path) -> Dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            # DataParallel / DDP checkpoints prefix every key with "module.".
+            if all(k.startswith("module.") for k in tensors):
+                tensors = {k[len("module."):]: v for k, v in tensors.items()}
+            return tensors
+    raise MagnError(f"{path}: holds no state_dict of tensors")
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source="checkpoint") -> None:
+    """Load every key, exactly; a mismatch is a MagnError that names the keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+                parts.append(f"{len(keys)} {label}: {shown}")
+        raise MagnError(f"{source} does not fit {getattr(model, 'arch', type(model).__name__)}: "
+                        + "; ".join(parts))
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(state[k].to(v.dtype))
+
+
+def load_model(path, arch: str = "auto", **config_overrides) -> nn.Module:
+    """Build the checkpoint's model and load its weights strictly (fp32, CPU, eval mode)."""
+    state, meta = read_checkpoint(path)
+    if arch in (None, "", "auto"):
+        if "arch" in meta:
+            arch, config = meta["arch"], dict(meta.get("config", {}))
+        else:
+            try:
+                arch, config = detect_arch(state)
+            except ValueError as e:
+                raise MagnError(f"{path}: {e}") from None
+    else:
+        config = dict(meta.get("config", {})) if meta.get("arch") == arch else {}
+        if not config:
+            try:
+                detected_arch, detected = detect_arch(state)
+                if detected_arch == arch:
+                    config = detected
+            except ValueError:
+                pass
+    config.update(config_overrides)
+    try:
+        model = build_model(arch, **config)
+    except KeyError as e:
+        raise MagnError(f"{path}: {e.args[0]}") from None
+    load_state_dict_strict(model, state, source=str(path))
+    model.checkpoint_meta = meta
+    return model.float().eval()
+
+
+def save_checkpoint(path, model: nn.Module, meta: Optional[dict] = None, half: bool = False) -> Path:
+    """Write model weights + {"arch", "config", **meta} as safetensors, atomically."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    full_meta = {"arch": model.arch, "config": model.config, **(meta or {})}
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if half and v.is_floating_point():
+            v = v.half()
+        state[k] = v.contiguous().clone()  # safetensors refuses shared storage
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={META_KEY: json.dumps(full_meta, sort_keys=True)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,34 @@
+"""The `magn` Typer app. Each command lives in its own module and only parses options
+and calls the library; MagnError becomes a one-line message and exit code 1."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from magncli.errors import MagnError
+
+app = typer.Typer(
+    name="magn",
+    help="MAGN image restoration: denoising, JPEG artifact removal and demosaicing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Imported here so that `magn --help` lists every command; each module adds itself.
+    from magncli.cli import restore  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    try:
+        app()
+    except MagnError as e:
+        print(f"magn: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("magn: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""`magn restore` (placeholder until the inference engine lands)."""
