@@ -1,0 +1,197 @@
+"""Mean-threshold masked graph attention (MAGN eq. 5-7) and its exact backends.
+
+For queries q_i, keys k_j and values v_j of one head (head dimension d):
+
+    S_ij = q_i . k_j / sqrt(d)
+    t_i  = q_i . mean_j(k_j) / sqrt(d)        the row mean of S, computed without S
+    A_ij = softmax over {j : S_ij >= t_i - eps_i} of S_ij, and 0 elsewhere
+    out_i = sum_j A_ij v_j
+
+eps_i = 1e-4 * (|t_i| + 1) keeps rows whose scores all equal their mean (a flat image)
+from being masked entirely by rounding (see docs: "flat-image" decision). t is not
+differentiated through: the mask is a step function.
+
+Backends, all computing the same function:
+- "reference": materialises the (m x n) score matrix. Tests and tiny graphs only.
+- "chunked":   blocks of whole query rows, sized to a memory budget, with a custom
+               backward that recomputes each block (flash-attention style), so memory
+               is O(block x n) in training too. The CPU default.
+- "flex":      torch.nn.attention.flex_attention with a score_mod that sends masked
+               entries to -inf. Fused on CUDA; the CUDA default.
+
+    out = graph_attention(q, k, v)          # q (B, h, m, d), k (B, h, n, d), v (B, h, n, dv)
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("reference", "chunked", "flex")
+# Score bytes one chunk may hold (fp32 scores + their exp and mask), per (batch x head).
+DEFAULT_CHUNK_BYTES = int(os.environ.get("MAGN_ATTENTION_CHUNK_MB", "64")) * 2**20
+_THRESHOLD_REL_EPS = 1e-4
+
+
+def mean_threshold(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """t_i - eps_i, in fp32 and detached: (B, h, m, 1).
+
+    The row mean of S is linear in k, so it costs one (m x d) product instead of (m x n).
+    """
+    k_mean = k.detach().float().mean(dim=-2, keepdim=True)                    # (B, h, 1, d)
+    t = (q.detach().float() * k_mean).sum(-1, keepdim=True) * scale            # (B, h, m, 1)
+    return t - _THRESHOLD_REL_EPS * (t.abs() + 1.0)
+
+
+def graph_attention(q: Tensor, k: Tensor, v: Tensor, backend: Optional[str] = None,
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Tensor:
+    """Masked graph attention. q (B,h,m,d), k (B,h,n,d), v (B,h,n,dv) -> (B,h,m,dv)."""
+    if backend is None or backend == "auto":
+        backend = default_backend(q.device)
+    if backend == "reference":
+        return reference_attention(q, k, v)
+    if backend == "chunked":
+        return chunked_attention(q, k, v, chunk_bytes=chunk_bytes)
+    if backend == "flex":
+        return flex_attention_backend(q, k, v)
+    raise ValueError(f"unknown attention backend {backend!r} (choose from {', '.join(BACKENDS)})")
+
+
+def default_backend(device: torch.device) -> str:
+    """flex on CUDA (fused kernel), chunked elsewhere (flex materialises on CPU)."""
+    forced = os.environ.get("MAGN_ATTENTION")
+    if forced:
+        return forced
+    return "flex" if device.type == "cuda" and _flex_available() else "chunked"
+
+
+# --------------------------------------------------------------------------- reference
+def reference_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Materialised (m x n) scores; O(m n) memory. Tests and tiny graphs only."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    threshold = mean_threshold(q, k, scale)                                    # (B, h, m, 1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale                      # (B, h, m, n)
+    scores = scores.masked_fill(scores.float() < threshold, float("-inf"))
+    attn = torch.softmax(scores.float(), dim=-1).to(v.dtype)                   # (B, h, m, n)
+    return torch.matmul(attn, v)                                               # (B, h, m, dv)
+
+
+# --------------------------------------------------------------------------- chunked
+def _rows_per_chunk(batch_heads: int, n_keys: int, chunk_bytes: int) -> int:
+    # Three fp32 (rows x n) temporaries live at once: scores, mask, probabilities.
+    per_row = max(1, batch_heads * n_keys * 4 * 3)
+    return max(1, chunk_bytes // per_row)
+
+
+def _block_scores(q_blk: Tensor, k: Tensor, thr_blk: Tensor, scale: float) -> Tensor:
+    """Masked fp32 scores of a block of query rows: (B, h, r, n), -inf where masked."""
+    scores = torch.matmul(q_blk.float(), k.float().transpose(-1, -2)).mul_(scale)
+    return scores.masked_fill_(scores < thr_blk, float("-inf"))
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    """Forward and backward over blocks of query rows; saves only q, k, v, out and the
+    per-row log-sum-exp, and recomputes each block's probabilities in backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, threshold, rows):
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=torch.float32, device=q.device)
+        lse = torch.empty(*q.shape[:-1], 1, dtype=torch.float32, device=q.device)
+        v32 = v.float()
+        for start in range(0, q.shape[-2], rows):
+            blk = slice(start, start + rows)
+            scores = _block_scores(q[..., blk, :], k, threshold[..., blk, :], scale)
+            row_max = scores.amax(dim=-1, keepdim=True)                        # (B, h, r, 1)
+            probs = scores.sub_(row_max).exp_()                                # in place: one pass
+            row_sum = probs.sum(dim=-1, keepdim=True)
+            # Normalise the (r x dv) output rather than the (r x n) probabilities.
+            out[..., blk, :] = torch.matmul(probs, v32).div_(row_sum)
+            lse[..., blk, :] = row_max + row_sum.log()
+        ctx.save_for_backward(q, k, v, threshold, out, lse)
+        ctx.rows, ctx.scale = rows, scale
+        return out.to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, threshold, out, lse = ctx.saved_tensors
+        rows, scale = ctx.rows, ctx.scale
+        k32, v32, g32 = k.float(), v.float(), grad_out.float()
+        dq = torch.zeros_like(q, dtype=torch.float32)
+        dk = torch.zeros_like(k, dtype=torch.float32)
+        dv = torch.zeros_like(v, dtype=torch.float32)
+        # Softmax backward: dS = P * (dP - rowsum(dO * O)), with dP = dO V^T.
+        row_dot = (g32 * out).sum(-1, keepdim=True)                            # (B, h, m, 1)
+        for start in range(0, q.shape[-2], rows):
+            blk = slice(start, start + rows)
+            q_blk = q[..., blk, :].float()
+            probs = _block_scores(q_blk, k32, threshold[..., blk, :], scale).sub_(lse[..., blk, :]).exp_()
+            g_blk = g32[..., blk, :]
+            dv += torch.matmul(probs.transpose(-1, -2), g_blk)
+            d_scores = probs * (torch.matmul(g_blk, v32.transpose(-1, -2)) - row_dot[..., blk, :])
+            dq[..., blk, :] = torch.matmul(d_scores, k32) * scale
+            dk += torch.matmul(d_scores.transpose(-1, -2), q_blk) * scale
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+
+
+def chunked_attention(q: Tensor, k: Tensor, v: Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Tensor:
+    """Exact attention in blocks of whole query rows: memory O(rows x n), never O(m x n)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    threshold = mean_threshold(q, k, scale)
+    rows = _rows_per_chunk(q.shape[0] * q.shape[1], k.shape[-2], chunk_bytes)
+    return _ChunkedAttention.apply(q, k, v, threshold, rows)
+
+
+# --------------------------------------------------------------------------- flex
+def _flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_compiled_flex = None
+
+
+def flex_attention_backend(q: Tensor, k: Tensor, v: Tensor, compiled: Optional[bool] = None) -> Tensor:
+    """torch flex_attention; the threshold is a captured per-query tensor in score_mod.
+
+    mask_mod cannot see scores, so the data-dependent mask goes into score_mod. The
+    fused kernel wants power-of-two head dims >= 16: q/k/v are zero-padded (zeros add
+    nothing to dot products) and the scale is passed explicitly.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _compiled_flex
+    d, dv = q.shape[-1], v.shape[-1]
+    scale = 1.0 / math.sqrt(d)
+    threshold = mean_threshold(q, k, scale).squeeze(-1)                        # (B, h, m)
+    if compiled is None:
+        compiled = q.is_cuda
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return torch.where(score >= threshold[b, h, q_idx], score, float("-inf"))
+
+    qp, kp, vp = q, k, v
+    if compiled:
+        d_pad, dv_pad = _pow2_at_least(d), _pow2_at_least(dv)
+        if d_pad != d:
+            qp = torch.nn.functional.pad(q, (0, d_pad - d))
+            kp = torch.nn.functional.pad(k, (0, d_pad - d))
+        if dv_pad != dv:
+            vp = torch.nn.functional.pad(v, (0, dv_pad - dv))
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        fn = _compiled_flex
+    else:
+        fn = flex_attention
+    out = fn(qp, kp, vp, score_mod=score_mod, scale=scale)
+    return out[..., :dv]
+
+
+def _pow2_at_least(n: int) -> int:
+    return max(16, 1 << (n - 1).bit_length())
