@@ -1,1 +1,205 @@
-"""MAGN (placeholder; the real network lands with the model core)."""
+"""MAGN: Multi-level Attention-guided Graph Neural Network (Jiang et al., TNNLS 2025).
+
+The network as ../shared/docs/magn-architecture.md specifies it:
+
+    x (B, c, H, W) -> head conv3x3 -> 16 ResBlocks -> 3 GraphBlocks -> 16 ResBlocks
+                   -> tail conv3x3 -> + x                  (global image residual)
+
+A GraphBlock is x + g2(PReLU(g1(x))) with g1, g2 MultiLevelGraphConv layers, each the
+sum of a pixel graph (nodes = pixels, global) and a patch graph (nodes = overlapping
+7x7 patches, stride 4), then BN and a 3x3 conv, with a residual.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from magncli.attention import graph_attention
+from magncli.models.blocks import ResBlock, conv3x3, pad_to_multiple
+from magncli.models.registry import register_arch
+
+DEFAULT_CONFIG = dict(
+    in_channels=3,
+    n_feats=64,
+    n_resblocks=16,        # on each side of the graph blocks
+    n_graphblocks=3,
+    heads=4,
+    patch_size=7,
+    patch_stride=4,
+    patch_channels=16,     # E1/E2/E3 embedding width of the patch graph
+    patch_embed=196,       # FC1/FC2 output: 784 -> 196
+    global_graph=True,     # ablation switch (paper Table V): the pixel graph
+    local_graph=True,      # ablation switch: the patch graph
+)
+
+# A CPU-friendly variant (named, documented, benchmarked beside the default).
+VARIANTS = {
+    "magn-light": dict(n_feats=32, n_resblocks=4, n_graphblocks=2, heads=4,
+                       patch_channels=8, patch_embed=96),
+}
+
+
+class PixelGraph(nn.Module):
+    """Global representation graph over the H*W pixels (eq. 8-9)."""
+
+    def __init__(self, n_feats: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.conv_q = conv3x3(n_feats, n_feats)
+        self.conv_k = conv3x3(n_feats, n_feats)
+        self.fc_q = nn.Conv2d(n_feats, n_feats, 1)
+        self.fc_k = nn.Conv2d(n_feats, n_feats, 1)
+        self.value = nn.Conv2d(n_feats, n_feats, 1)    # the stacked W_i of eq. 9
+        self.act = nn.PReLU()
+        self.backend: Optional[str] = None
+
+    def _split_heads(self, t: Tensor) -> Tensor:
+        b, c, h, w = t.shape                                                   # (B, C, H, W)
+        return t.reshape(b, self.heads, c // self.heads, h * w).transpose(-1, -2)  # (B, N, HW, C/N)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q = self._split_heads(self.fc_q(self.conv_q(x)))                       # (B, N, HW, d)
+        k = self._split_heads(self.fc_k(self.conv_k(x)))                       # (B, N, HW, d)
+        v = self._split_heads(self.value(x))                                   # (B, N, HW, d)
+        out = graph_attention(q, k, v, backend=self.backend)                   # (B, N, HW, d)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)                        # heads concatenated
+        return self.act(out)
+
+
+class PatchGraph(nn.Module):
+    """Local structure graph over overlapping 7x7 patches, stride 4 (eq. 10-11)."""
+
+    def __init__(self, n_feats: int, heads: int, patch_size: int, patch_stride: int,
+                 patch_channels: int, patch_embed: int):
+        super().__init__()
+        patch_dim = patch_channels * patch_size * patch_size                  # 16*7*7 = 784
+        if patch_embed % heads or patch_channels % heads:
+            raise ValueError("patch_embed and patch_channels must be divisible by heads")
+        self.heads, self.size, self.stride = heads, patch_size, patch_stride
+        self.pad = patch_size // 2
+        self.embed_q = conv3x3(n_feats, patch_channels)                        # E1
+        self.embed_k = conv3x3(n_feats, patch_channels)                        # E2
+        self.embed_v = nn.Conv2d(n_feats, patch_channels, 1)                   # E3
+        self.fc_q = nn.Linear(patch_dim, patch_embed)                          # FC1
+        self.fc_k = nn.Linear(patch_dim, patch_embed)                          # FC2
+        self.act_q = nn.PReLU()
+        self.act_k = nn.PReLU()
+        self.out = nn.Conv2d(patch_channels, n_feats, 1)
+        self.backend: Optional[str] = None
+
+    def _patches(self, t: Tensor) -> Tensor:
+        # (B, c, H, W) -> (B, L, c*7*7), flattened in (channel, ky, kx) order
+        return F.unfold(t, self.size, padding=self.pad, stride=self.stride).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape                                                   # H, W multiples of 4
+        n = self.heads
+        q = self.act_q(self.fc_q(self._patches(self.embed_q(x))))              # (B, L, 196)
+        k = self.act_k(self.fc_k(self._patches(self.embed_k(x))))              # (B, L, 196)
+        v = self._patches(self.embed_v(x))                                     # (B, L, 784)
+        L = q.shape[1]
+        q = q.reshape(b, L, n, -1).transpose(1, 2)                             # (B, N, L, 49)
+        k = k.reshape(b, L, n, -1).transpose(1, 2)                             # (B, N, L, 49)
+        # Channel-major patch vectors: head i takes channels [4i, 4i+4) = 196 values.
+        v = v.reshape(b, L, n, -1).transpose(1, 2)                             # (B, N, L, 196)
+        agg = graph_attention(q, k, v, backend=self.backend)                   # (B, N, L, 196)
+        agg = agg.transpose(1, 2).reshape(b, L, -1).transpose(1, 2)            # (B, 784, L)
+        fold = dict(output_size=(h, w), kernel_size=self.size, padding=self.pad, stride=self.stride)
+        summed = F.fold(agg, **fold)                                           # (B, 16, H, W)
+        ones = torch.ones(1, self.size * self.size, L, dtype=x.dtype, device=x.device)
+        coverage = F.fold(ones, **fold)                                        # (1, 1, H, W), >= 1
+        return self.out(summed / coverage)
+
+
+class MultiLevelGraphConv(nn.Module):
+    """Y = X + f(BN(PixelGraph(X) + PatchGraph(X)))  (eq. 4, 12)."""
+
+    def __init__(self, n_feats, heads, patch_size, patch_stride, patch_channels, patch_embed,
+                 global_graph=True, local_graph=True):
+        super().__init__()
+        if not (global_graph or local_graph):
+            raise ValueError("at least one of global_graph and local_graph must be on")
+        self.pixel_graph = PixelGraph(n_feats, heads) if global_graph else None
+        self.patch_graph = (PatchGraph(n_feats, heads, patch_size, patch_stride, patch_channels, patch_embed)
+                            if local_graph else None)
+        self.norm = nn.BatchNorm2d(n_feats)
+        self.fuse = conv3x3(n_feats, n_feats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = 0
+        if self.pixel_graph is not None:
+            r = r + self.pixel_graph(x)
+        if self.patch_graph is not None:
+            r = r + self.patch_graph(x)
+        return x + self.fuse(self.norm(r))
+
+
+class GraphBlock(nn.Module):
+    """x + g2(PReLU(g1(x)))  (eq. 3, Fig. 3b)."""
+
+    def __init__(self, **graph_kwargs):
+        super().__init__()
+        self.g1 = MultiLevelGraphConv(**graph_kwargs)
+        self.act = nn.PReLU()
+        self.g2 = MultiLevelGraphConv(**graph_kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.g2(self.act(self.g1(x)))
+
+
+def _detect_magn(state: Mapping[str, Tensor]) -> Optional[dict]:
+    """Config of a MAGN state_dict from its keys and shapes, or None if not MAGN."""
+    if "head.weight" not in state or not any(".g1.norm." in k for k in state):
+        return None
+    head = state["head.weight"]                                                # (F, c, 3, 3)
+    n_feats, in_channels = head.shape[0], head.shape[1]
+    pre = {k.split(".")[1] for k in state if k.startswith("body_pre.")}
+    graphs = {k.split(".")[1] for k in state if k.startswith("graphs.")}
+    config = dict(DEFAULT_CONFIG, in_channels=int(in_channels), n_feats=int(n_feats),
+                  n_resblocks=len(pre), n_graphblocks=len(graphs),
+                  global_graph=any(".pixel_graph." in k for k in state),
+                  local_graph=any(".patch_graph." in k for k in state))
+    fc = next((v for k, v in state.items() if k.endswith("patch_graph.fc_q.weight")), None)
+    if fc is not None:                                                         # (embed, c*7*7)
+        config["patch_embed"] = int(fc.shape[0])
+        config["patch_channels"] = int(fc.shape[1] // (config["patch_size"] ** 2))
+    return config
+
+
+@register_arch("magn", DEFAULT_CONFIG, detect=_detect_magn, variants=VARIANTS)
+class MAGN(nn.Module):
+    """MAGN: residual CNN with multi-level (pixel + patch) graph attention blocks."""
+
+    def __init__(self, in_channels=3, n_feats=64, n_resblocks=16, n_graphblocks=3, heads=4,
+                 patch_size=7, patch_stride=4, patch_channels=16, patch_embed=196,
+                 global_graph=True, local_graph=True):
+        super().__init__()
+        self.in_channels = in_channels
+        self.multiple = patch_stride    # the patch grid needs H, W divisible by the stride
+        graph_kwargs = dict(n_feats=n_feats, heads=heads, patch_size=patch_size,
+                            patch_stride=patch_stride, patch_channels=patch_channels,
+                            patch_embed=patch_embed, global_graph=global_graph,
+                            local_graph=local_graph)
+        self.head = conv3x3(in_channels, n_feats)
+        self.body_pre = nn.Sequential(*[ResBlock(n_feats) for _ in range(n_resblocks)])
+        self.graphs = nn.Sequential(*[GraphBlock(**graph_kwargs) for _ in range(n_graphblocks)])
+        self.body_post = nn.Sequential(*[ResBlock(n_feats) for _ in range(n_resblocks)])
+        self.tail = conv3x3(n_feats, in_channels)
+
+    def set_attention_backend(self, backend: Optional[str]) -> None:
+        """Choose the graph-attention backend (None = automatic per device)."""
+        for m in self.modules():
+            if isinstance(m, (PixelGraph, PatchGraph)):
+                m.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]                                                    # (B, c, H, W)
+        xp = pad_to_multiple(x, self.multiple)                                 # (B, c, H4, W4)
+        f = self.head(xp)                                                      # (B, F, H4, W4)
+        f = self.body_post(self.graphs(self.body_pre(f)))
+        y = xp + self.tail(f)
+        return y[..., :h, :w]

@@ -1,0 +1,93 @@
+"""The MAGN network: structure, parameter count, shapes, ablations, backends."""
+import pytest
+import torch
+
+from magncli.models import build_model, detect_arch
+from magncli.models.magn import PatchGraph, PixelGraph
+
+TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_default_parameter_count_is_pinned():
+    # The specification: about 5.08M for the default color model (paper: 5.22M).
+    assert n_params(build_model("magn")) == 5_077_192
+    assert n_params(build_model("magn", in_channels=1)) == 5_074_886
+
+
+def test_default_structure():
+    m = build_model("magn")
+    assert len(m.body_pre) == 16 and len(m.body_post) == 16 and len(m.graphs) == 3
+    g = m.graphs[0].g1
+    assert g.patch_graph.fc_q.in_features == 16 * 7 * 7 and g.patch_graph.fc_q.out_features == 196
+    assert isinstance(g.norm, torch.nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (13, 7), (16, 16), (17, 30)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_any_size_and_channels(size, channels):
+    m = build_model("magn", in_channels=channels, **TINY).eval()
+    x = torch.rand(2, channels, *size)
+    with torch.no_grad():
+        y = m(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_global_residual_identity_when_tail_is_zero():
+    m = build_model("magn", **TINY).eval()
+    torch.nn.init.zeros_(m.tail.weight)
+    torch.nn.init.zeros_(m.tail.bias)
+    x = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        assert torch.equal(m(x), x)
+
+
+def test_ablation_switches():
+    no_global = build_model("magn", global_graph=False, **TINY)
+    no_local = build_model("magn", local_graph=False, **TINY)
+    assert not any(isinstance(mod, PixelGraph) for mod in no_global.modules())
+    assert any(isinstance(mod, PatchGraph) for mod in no_global.modules())
+    assert not any(isinstance(mod, PatchGraph) for mod in no_local.modules())
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert no_global.eval()(x).shape == x.shape and no_local.eval()(x).shape == x.shape
+    with pytest.raises(ValueError):
+        build_model("magn", global_graph=False, local_graph=False)
+
+
+def test_backends_agree_on_the_whole_network():
+    m = build_model("magn", **TINY).eval()
+    x = torch.rand(1, 3, 20, 24)
+    outs = {}
+    with torch.no_grad():
+        for backend in ("reference", "chunked", "flex"):
+            m.set_attention_backend(backend)
+            outs[backend] = m(x)
+    torch.testing.assert_close(outs["chunked"], outs["reference"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(outs["flex"], outs["reference"], atol=1e-5, rtol=0)
+
+
+def test_flat_image_gives_finite_output():
+    m = build_model("magn", **TINY).eval()
+    with torch.no_grad():
+        assert torch.isfinite(m(torch.full((1, 3, 32, 32), 0.5))).all()
+
+
+def test_gradients_flow_through_chunked_attention():
+    m = build_model("magn", **TINY).train()
+    m.set_attention_backend("chunked")
+    loss = m(torch.rand(2, 3, 16, 16)).square().mean()
+    loss.backward()
+    pg = m.graphs[0].g1.pixel_graph
+    assert pg.conv_q.weight.grad is not None and pg.conv_q.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name,overrides", [("magn", {}), ("magn", {"in_channels": 1}), ("magn-light", {}),
+                                            ("magn", dict(TINY, global_graph=False))])
+def test_detect_arch_recovers_config(name, overrides):
+    m = build_model(name, **overrides)
+    arch, config = detect_arch(m.state_dict())
+    assert arch == "magn" and config == m.config
