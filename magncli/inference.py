@@ -1,0 +1,257 @@
+"""The inference engine: device, precision, overlapping tiles, self-ensemble.
+
+One code path for `restore`, `eval` and training validation:
+
+    image (H, W, C) float32 on the CPU
+      -> tiles (tile x tile, overlapping) -> device -> model [x8 ensemble] -> CPU
+      -> weighted blend into an (H, W, C) accumulator -> restored image
+
+Only tiles travel to the device; the whole image and the accumulators stay on the CPU,
+so peak memory is bounded by the tile, not the image.
+
+Blending: in every overlap, each tile's weight is 0 on the quarter of the overlap that
+touches its own inner edge, rises smoothly (raised cosine) across the middle half, and is
+1 beyond. A model whose receptive-field radius is at most overlap/4 therefore gives
+exactly the whole-image result (only pixels it computed with full context get weight),
+and graph models, whose tiles do differ, get seamless cross-fades.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from magncli.errors import MagnError
+
+log = logging.getLogger("magn")
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_TILE = 64           # the training patch size: graph statistics match training
+CPU_OVERLAP = 16
+MIN_TILE = 16
+MAX_AUTO_TILE = 256
+
+
+@dataclass
+class InferenceOptions:
+    device: str = "auto"          # auto | cpu | cuda | cuda:N | mps
+    precision: str = "fp32"       # fp32 | bf16 | fp16 (half precisions on CUDA only)
+    tile: Optional[int] = None    # None: automatic (CUDA: from free memory; else CPU_TILE)
+    overlap: int = CPU_OVERLAP
+    ensemble: bool = False        # x8 flip/rotate self-ensemble
+    tile_batch: int = 1           # tiles per forward pass
+    backend: Optional[str] = None  # graph-attention backend; None = per device
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- device
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; an explicit device must exist."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise MagnError(f"unknown device {spec!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MagnError("--device cuda was asked for, but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise MagnError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise MagnError("--device mps was asked for, but MPS is not available")
+    elif device.type != "cpu":
+        raise MagnError(f"unsupported device {spec!r}")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise MagnError(f"unknown precision {precision!r} (use fp32, bf16 or fp16)")
+    if precision != "fp32" and device.type != "cuda":
+        raise MagnError(f"--precision {precision} needs a CUDA device (got {device.type})")
+    return PRECISIONS[precision]
+
+
+def auto_tile(model: nn.Module, device: torch.device, channels: int) -> int:
+    """Largest tile (multiple of 4, at most MAX_AUTO_TILE) fitting in free CUDA memory.
+
+    The chunked/flex attention keeps memory roughly linear in the tile's pixel count;
+    the estimate assumes ~24 KiB of activations per pixel (64-channel fp32 features with
+    the graph blocks' temporaries), halved again on OOM by the caller.
+    """
+    if device.type != "cuda":
+        return CPU_TILE
+    free, _ = torch.cuda.mem_get_info(device)
+    pixels = free * 0.5 / (24 * 1024)
+    side = int(math.sqrt(pixels)) // 4 * 4
+    return max(MIN_TILE, min(MAX_AUTO_TILE, side))
+
+
+# --------------------------------------------------------------------------- tiling
+def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
+    """Starts of tiles covering [0, length): stride tile - overlap, the last snapped to the end."""
+    if tile >= length:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def _edge_ramp(size: int, overlap: int, inner_start: bool, inner_end: bool) -> np.ndarray:
+    """1-D weights of one tile: 0 on the outer quarter of an inner overlap, a raised-cosine
+    rise over the middle half, 1 elsewhere; image borders keep weight 1."""
+    w = np.ones(size, dtype=np.float64)
+    dead = overlap // 4
+    rise = max(1, overlap - 2 * dead)
+    pos = np.arange(size, dtype=np.float64)
+    ramp = np.clip((pos - dead + 0.5) / rise, 0.0, 1.0)
+    ramp = 0.5 - 0.5 * np.cos(np.pi * ramp)
+    if inner_start:
+        w = np.minimum(w, ramp)
+    if inner_end:
+        w = np.minimum(w, ramp[::-1])
+    return w
+
+
+def blend_weights(tile_h: int, tile_w: int, overlap: int, y: int, x: int, height: int, width: int) -> np.ndarray:
+    """(tile_h, tile_w) weights for the tile at (y, x) of an (height, width) image."""
+    wy = _edge_ramp(tile_h, overlap, y > 0, y + tile_h < height)
+    wx = _edge_ramp(tile_w, overlap, x > 0, x + tile_w < width)
+    return np.outer(wy, wx).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- ensemble
+def _dihedral(x: Tensor, k: int) -> Tensor:
+    """The k-th of the 8 flips/rotations of (B, C, H, W)."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def _dihedral_inverse(x: Tensor, k: int) -> Tensor:
+    x = torch.rot90(x, -(k % 4), dims=(-2, -1))
+    return x.flip(-1) if k >= 4 else x
+
+
+def self_ensemble(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Mean of fn over the 8 dihedral transforms of x, each transformed back."""
+    out = torch.zeros_like(x, dtype=torch.float32)
+    for k in range(8):
+        out += _dihedral_inverse(fn(_dihedral(x, k)).float(), k)
+    return out / 8
+
+
+# --------------------------------------------------------------------------- engine
+class _DeviceOOM(Exception):
+    pass
+
+
+def _forward(model: nn.Module, x: Tensor, dtype: torch.dtype, ensemble: bool) -> Tensor:
+    """One batch of tiles, on the model's device, returned as fp32 on the CPU."""
+    device = next(model.parameters()).device
+    x = x.to(device)
+
+    def run(t: Tensor) -> Tensor:
+        if dtype == torch.float32:
+            return model(t).float()
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            return model(t).float()
+
+    with torch.inference_mode():
+        y = self_ensemble(run, x) if ensemble else run(x)
+        if dtype != torch.float32 and not torch.isfinite(y).all():
+            # Half precision overflowed somewhere in this tile: redo it exactly.
+            log.warning("non-finite values in %s; tile redone in fp32", dtype)
+            y = self_ensemble(lambda t: model(t).float(), x) if ensemble else model(x).float()
+    return y.cpu()
+
+
+def _restore_tiled(model: nn.Module, image: Tensor, tile: int, overlap: int, dtype: torch.dtype,
+                   ensemble: bool, tile_batch: int) -> Tensor:
+    """image (1, C, H, W) fp32 on the CPU -> restored (1, C, H, W) fp32 on the CPU."""
+    _, c, h, w = image.shape
+    th, tw = min(tile, h), min(tile, w)
+    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    acc = torch.zeros(1, c, h, w)
+    weight_sum = torch.zeros(1, 1, h, w)
+    positions = [(y, x) for y in ys for x in xs]
+    for i in range(0, len(positions), tile_batch):
+        batch_pos = positions[i:i + tile_batch]
+        tiles = torch.cat([image[..., y:y + th, x:x + tw] for y, x in batch_pos])  # (b, C, th, tw)
+        try:
+            out = _forward(model, tiles, dtype, ensemble)
+        except torch.cuda.OutOfMemoryError:
+            raise _DeviceOOM() from None
+        for (y, x), out_tile in zip(batch_pos, out):
+            wgt = torch.from_numpy(blend_weights(th, tw, overlap, y, x, h, w))
+            acc[0, :, y:y + th, x:x + tw] += out_tile * wgt
+            weight_sum[0, 0, y:y + th, x:x + tw] += wgt
+    return acc / weight_sum
+
+
+def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceOptions] = None) -> Tensor:
+    """Restore (1, C, H, W) fp32 CPU tensor with `model`; returns the same shape, unclipped.
+
+    On CUDA out-of-memory the tile is halved and retried; below MIN_TILE the work falls
+    back to the CPU with a warning.
+    """
+    opts = options or InferenceOptions()
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError("restore_tensor expects one image of shape (1, C, H, W)")
+    device = resolve_device(opts.device)
+    dtype = resolve_precision(opts.precision, device)
+    if opts.overlap < 0:
+        raise MagnError("--overlap must be >= 0")
+    if opts.tile is not None and (opts.tile < 4 or opts.tile % 4):
+        raise MagnError(f"--tile must be a positive multiple of 4 (got {opts.tile})")
+    if hasattr(model, "set_attention_backend"):
+        model.set_attention_backend(opts.backend)
+    model.eval().to(device)
+    tile = opts.tile or auto_tile(model, device, image.shape[1])
+    overlap = min(opts.overlap, tile // 2)
+    while True:
+        try:
+            return _restore_tiled(model, image, tile, overlap, dtype, opts.ensemble, opts.tile_batch)
+        except _DeviceOOM:
+            torch.cuda.empty_cache()
+            if tile // 2 >= MIN_TILE:
+                tile = tile // 2 // 4 * 4
+                overlap = min(overlap, tile // 2)
+                log.warning("CUDA out of memory; retrying with tile %d", tile)
+                continue
+            log.warning("CUDA out of memory even at tile %d; falling back to the CPU", tile)
+            model.to("cpu")
+            if hasattr(model, "set_attention_backend"):
+                model.set_attention_backend(opts.backend if opts.backend != "flex" else None)
+            return _restore_tiled(model, image, tile, overlap, torch.float32, opts.ensemble, opts.tile_batch)
+
+
+def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None) -> np.ndarray:
+    """Restore an (H, W, C) or (H, W) float image in about [0, 1]; returns float32, same shape, unclipped."""
+    arr = np.asarray(image, dtype=np.float32)
+    squeeze = arr.ndim == 2
+    if squeeze:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise MagnError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
+    expected = getattr(model, "in_channels", arr.shape[-1])
+    if arr.shape[-1] != expected:
+        raise MagnError(f"the model expects {expected}-channel images, got {arr.shape[-1]} channels")
+    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]   # (1, C, H, W)
+    y = restore_tensor(model, x, options)[0].numpy().transpose(1, 2, 0)        # (H, W, C)
+    return y[..., 0] if squeeze else np.ascontiguousarray(y)

@@ -1,0 +1,164 @@
+"""The tiler, blending, ensemble, device and precision handling."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from magncli.errors import MagnError
+from magncli.inference import (InferenceOptions, blend_weights, resolve_device, restore_array,
+                               restore_tensor, self_ensemble, tile_starts)
+
+
+class SmallRF(nn.Module):
+    """Three 3x3 convs: receptive-field radius 3, well inside overlap/4 = 4."""
+
+    def __init__(self, channels=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.in_channels = channels
+        self.net = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.Tanh(),
+                                 nn.Conv2d(8, 8, 3, padding=1), nn.Tanh(),
+                                 nn.Conv2d(8, channels, 3, padding=1))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        return x + self.net(x)
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(100, 32, 16), (64, 64, 16), (65, 64, 16), (7, 64, 16),
+                                                 (1001, 48, 12), (33, 32, 0)])
+def test_tile_starts_cover_and_snap_to_the_edge(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    t = min(tile, length)
+    assert starts[0] == 0 and starts[-1] == length - t
+    covered = np.zeros(length, bool)
+    for s in starts:
+        covered[s:s + t] = True
+    assert covered.all()
+    assert all(b - a <= t - overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_blend_weights_positive_sum_and_zero_at_inner_edges():
+    total = np.zeros((100, 90))
+    for y in tile_starts(100, 32, 16):
+        for x in tile_starts(90, 32, 16):
+            w = blend_weights(32, 32, 16, y, x, 100, 90)
+            total[y:y + 32, x:x + 32] += w
+            if y > 0:
+                assert np.all(w[:4] == 0)    # the quarter of the overlap at an inner edge
+    assert total.min() > 0.5
+
+
+@pytest.mark.parametrize("h,w", [(100, 77), (64, 64), (130, 33)])
+def test_tiled_equals_whole_image_for_small_receptive_field(h, w):
+    model = SmallRF()
+    x = torch.rand(1, 3, h, w)
+    with torch.no_grad():
+        whole = model(x)
+    tiled = restore_tensor(model, x, InferenceOptions(device="cpu", tile=32, overlap=16))
+    # Stated tolerance: fp32 rounding of the weighted blend only.
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+    assert max(s[-1] for s in model.seen[1:]) <= 32 and max(s[-2] for s in model.seen[1:]) <= 32
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (1001, 7)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_odd_sizes_gray_and_rgb(h, w, channels):
+    model = SmallRF(channels)
+    img = np.random.default_rng(0).random((h, w, channels), dtype=np.float32)
+    out = restore_array(model, img, InferenceOptions(device="cpu", tile=32, overlap=16))
+    assert out.shape == img.shape and out.dtype == np.float32
+    with torch.no_grad():
+        whole = model(torch.from_numpy(img.transpose(2, 0, 1))[None])[0].numpy().transpose(1, 2, 0)
+    np.testing.assert_allclose(out, whole, atol=1e-5)
+
+
+def test_two_dimensional_input_stays_two_dimensional():
+    out = restore_array(SmallRF(1), np.zeros((9, 10), np.float32), InferenceOptions(device="cpu"))
+    assert out.shape == (9, 10)
+
+
+def test_channel_mismatch_is_a_clear_error():
+    with pytest.raises(MagnError, match="3-channel"):
+        restore_array(SmallRF(3), np.zeros((9, 10, 1), np.float32))
+
+
+def test_self_ensemble_matches_naive_dihedral_mean():
+    # A non-equivariant function (adds a horizontal ramp) against a numpy oracle.
+    ramp = torch.arange(6.0).reshape(1, 1, 1, 6) / 10
+
+    def fn(t):
+        return t + torch.arange(t.shape[-1], dtype=t.dtype).reshape(1, 1, 1, -1) / 10
+
+    x = torch.rand(1, 1, 6, 6)
+    a = x[0, 0].numpy()
+    outs = []
+    for flip in (False, True):
+        for k in range(4):
+            t = np.rot90(a[:, ::-1] if flip else a, k)
+            y = t + np.arange(6) / 10
+            y = np.rot90(y, -k)
+            outs.append(y[:, ::-1] if flip else y)
+    expected = np.mean(outs, axis=0)
+    np.testing.assert_allclose(self_ensemble(fn, x)[0, 0].numpy(), expected, atol=1e-6)
+    # An equivariant function is unchanged by the ensemble.
+    torch.testing.assert_close(self_ensemble(lambda t: t * 2, x), x * 2)
+    assert ramp.shape[-1] == 6
+
+
+def test_ensemble_option_runs_eight_passes_per_tile():
+    model = SmallRF()
+    restore_array(model, np.zeros((20, 20, 3), np.float32), InferenceOptions(device="cpu", ensemble=True))
+    assert len(model.seen) == 8
+
+
+def test_out_of_memory_halves_the_tile():
+    class OOMAbove(SmallRF):
+        def forward(self, x):
+            if x.shape[-1] > 20:
+                raise torch.cuda.OutOfMemoryError("simulated")
+            return super().forward(x)
+
+    model = OOMAbove()
+    x = torch.rand(1, 3, 50, 50)
+    out = restore_tensor(model, x, InferenceOptions(device="cpu", tile=64, overlap=8))
+    assert out.shape == x.shape
+    assert max(s[-1] for s in model.seen) == 16
+
+
+def test_half_precision_needs_cuda_and_bad_options_are_errors():
+    with pytest.raises(MagnError, match="CUDA"):
+        restore_tensor(SmallRF(), torch.rand(1, 3, 8, 8), InferenceOptions(device="cpu", precision="bf16"))
+    with pytest.raises(MagnError, match="multiple of 4"):
+        restore_tensor(SmallRF(), torch.rand(1, 3, 8, 8), InferenceOptions(device="cpu", tile=30))
+    with pytest.raises(MagnError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MagnError, match="CUDA"):
+            resolve_device("cuda")
+    assert resolve_device("cpu").type == "cpu"
+
+
+def _seam_and_typical_steps(overlap):
+    """Mean column-to-column change of (output - input) at tile borders and in general."""
+    from magncli.models import build_model
+    torch.manual_seed(0)
+    model = build_model("magn", n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
+    rng = np.random.default_rng(0)
+    ramp = np.tile(np.linspace(0, 1, 96, dtype=np.float32), (96, 1))[..., None].repeat(3, 2)
+    img = ramp + 0.05 * rng.standard_normal((96, 96, 3)).astype(np.float32)
+    out = restore_array(model, img, InferenceOptions(device="cpu", tile=32, overlap=overlap))
+    steps = np.abs(np.diff(out - img, axis=1)).mean(axis=(0, 2))      # steps[i]: column i -> i+1
+    starts = tile_starts(96, 32, overlap)
+    borders = sorted({s - 1 for s in starts if s > 0} | {s + 31 for s in starts if s + 32 < 96})
+    return steps[borders].max(), np.median(steps[4:-4])   # the image's own border excluded
+
+
+def test_magn_tiles_blend_without_seams():
+    # A graph model's tiles differ, so tile borders are where seams would show.
+    seam, typical = _seam_and_typical_steps(overlap=16)
+    assert seam < 1.5 * typical
+    # Control: the same measure does see the hard seams of non-overlapping tiles.
+    seam, typical = _seam_and_typical_steps(overlap=0)
+    assert seam > 3 * typical
