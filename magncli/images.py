@@ -1,0 +1,297 @@
+"""Reading and writing images: bit depth, alpha, EXIF orientation, ICC, atomic writes.
+
+    img = read_image("photo.jpg")          # Image: pixels (H, W, C) uint8/uint16/float32
+    x = img.to_float()                     # (H, W, C) float32 in [0, 1], C = 1 or 3
+    out = img.with_pixels(restored)        # same bit depth, alpha, ICC and EXIF
+    write_image("photo_magn.png", out)     # temp file + rename; refuses to overwrite
+
+Decoding: Pillow for 8-bit files (palette, gray+alpha, EXIF, ICC), OpenCV for 16-bit
+and float files, which Pillow reduces to 8 bits. Paths are read as bytes, so non-ASCII
+names work everywhere. The alpha channel is carried through untouched.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageOps, UnidentifiedImageError
+
+from magncli.errors import MagnError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
+                 ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP"}
+MAX_PIXELS = int(os.environ.get("MAGN_MAX_PIXELS", str(400_000_000)))
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass
+class Image:
+    """Decoded pixels plus what must survive a round trip.
+
+    pixels: (H, W, C), C = 1 (gray) or 3 (RGB, in RGB order); uint8, uint16 or float32.
+    alpha:  (H, W) of the same dtype, or None.
+    """
+    pixels: np.ndarray
+    alpha: Optional[np.ndarray] = None
+    icc_profile: Optional[bytes] = None
+    exif: Optional[bytes] = None          # orientation already applied and reset to 1
+    source_format: str = ""
+
+    @property
+    def channels(self) -> int:
+        return self.pixels.shape[2]
+
+    @property
+    def bit_depth(self) -> int:
+        return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(self.pixels.dtype, 32)
+
+    def to_float(self) -> np.ndarray:
+        """(H, W, C) float32 in [0, 1] (float inputs are passed through as they are)."""
+        return to_float(self.pixels)
+
+    def with_pixels(self, restored: np.ndarray) -> "Image":
+        """A copy holding `restored` ((H, W, C) float) quantised to this image's depth."""
+        return replace(self, pixels=from_float(restored, self.pixels.dtype))
+
+
+def to_float(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) / 255.0
+    if pixels.dtype == np.uint16:
+        return pixels.astype(np.float32) / 65535.0
+    return pixels.astype(np.float32)
+
+
+def from_float(x: np.ndarray, dtype) -> np.ndarray:
+    """Clip to [0, 1] and round (never truncate) to `dtype`; float32 passes unclipped."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    peak = 255.0 if dtype == np.uint8 else 65535.0
+    return np.rint(np.clip(x, 0.0, 1.0) * peak).astype(dtype)
+
+
+# --------------------------------------------------------------------------- reading
+def read_image(path) -> Image:
+    """Decode an image file; every failure is a one-line MagnError naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MagnError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise MagnError(f"{path}: is a directory") from None
+    except OSError as e:
+        raise MagnError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise MagnError(f"{path}: empty file (0 bytes)")
+    try:
+        return decode_image(data)
+    except MagnError as e:
+        raise MagnError(f"{path}: {e}") from None
+
+
+def decode_image(data: bytes) -> Image:
+    try:
+        pil = PILImage.open(io.BytesIO(data))
+        pil.size  # noqa: B018 - forces the header parse
+    except UnidentifiedImageError:
+        raise MagnError("not an image, or a format magn cannot read") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise MagnError(f"cannot decode ({e})") from None
+    w, h = pil.size
+    if w * h > MAX_PIXELS:
+        raise MagnError(f"{w}x{h} is too large ({w * h / 1e6:.0f} MP; limit "
+                        f"{MAX_PIXELS / 1e6:.0f} MP, set MAGN_MAX_PIXELS to raise it)")
+    if w == 0 or h == 0:
+        raise MagnError("image has no pixels")
+    try:
+        # getexif() may read to the end of the file (PNG eXIf after IDAT): inside the guard.
+        exif = pil.getexif()
+        orientation = exif.get(_ORIENTATION_TAG, 1)
+        if _is_high_depth(data, pil):
+            pixels, alpha = _decode_opencv(data)
+            pixels, alpha = _apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation)
+        else:
+            pixels, alpha = _decode_pillow(pil)
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
+        raise MagnError(f"cannot decode ({e}); the file may be truncated or corrupt") from None
+    icc = pil.info.get("icc_profile") or None
+    exif_bytes = None
+    if len(exif):
+        if _ORIENTATION_TAG in exif:
+            exif[_ORIENTATION_TAG] = 1     # the pixels are upright now
+        exif_bytes = exif.tobytes()
+    return Image(pixels, alpha, icc, exif_bytes, pil.format or "")
+
+
+def _is_high_depth(data: bytes, pil: PILImage.Image) -> bool:
+    """True for 16-bit and float files, which Pillow would reduce to 8 bits."""
+    if pil.format == "PNG" and len(data) > 24:
+        return data[24] == 16                 # IHDR bit depth
+    if pil.format == "TIFF":
+        bits = pil.tag_v2.get(258, (8,))
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return max(bits) > 8
+    return pil.mode in ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def _decode_pillow(pil: PILImage.Image):
+    """8-bit decode: orientation applied, palette/1-bit/CMYK mapped to gray or RGB(A)."""
+    pil = ImageOps.exif_transpose(pil)
+    mode = pil.mode
+    if mode == "P":
+        mode = "RGBA" if "transparency" in pil.info else "RGB"
+    elif mode == "PA":
+        mode = "RGBA"
+    elif mode == "1":
+        mode = "L"
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        mode = "RGBA" if "A" in mode else "RGB"       # CMYK, YCbCr, ...
+    arr = np.asarray(pil.convert(mode))
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if mode in ("LA", "RGBA"):
+        return np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1])
+    return np.ascontiguousarray(arr), None
+
+
+def _decode_opencv(data: bytes):
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise MagnError("cannot decode this 16-bit/float image; the file may be truncated")
+    if arr.ndim == 2:
+        return arr[..., None], None
+    if arr.shape[2] == 1:
+        return arr, None
+    if arr.shape[2] == 2:                     # gray + alpha
+        return np.ascontiguousarray(arr[..., :1]), np.ascontiguousarray(arr[..., 1])
+    if arr.shape[2] == 4:
+        return np.ascontiguousarray(arr[..., 2::-1]), np.ascontiguousarray(arr[..., 3])
+    if arr.shape[2] == 3:
+        return np.ascontiguousarray(arr[..., ::-1]), None
+    raise MagnError(f"unsupported number of channels ({arr.shape[2]})")
+
+
+def _apply_orientation(arr: Optional[np.ndarray], orientation: int):
+    """Apply an EXIF orientation (1-8) to (H, W[, C]), as Pillow's exif_transpose does."""
+    if arr is None or orientation in (None, 1):
+        return arr
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1),
+           8: lambda a: np.rot90(a, 1)}
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(arr)) if op else arr
+
+
+# --------------------------------------------------------------------------- writing
+def write_image(path, image: Image, *, overwrite: bool = False, jpeg_quality: int = 95) -> Path:
+    """Encode by extension and move into place atomically.
+
+    16-bit pixels are kept for PNG and TIFF and reduced to 8 bits elsewhere; float
+    pixels are kept for TIFF. Alpha is dropped only where the format has none (JPEG).
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in WRITE_FORMATS:
+        raise MagnError(f"{path}: cannot write {ext or 'files without an extension'} "
+                        f"(use one of {', '.join(sorted(set(WRITE_FORMATS)))})")
+    if path.exists() and not overwrite:
+        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
+    data = encode_image(image, ext, jpeg_quality)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def encode_image(image: Image, ext: str, jpeg_quality: int = 95) -> bytes:
+    fmt = WRITE_FORMATS[ext]
+    pixels, alpha = image.pixels, image.alpha
+    if fmt == "JPEG":
+        alpha = None
+    keeps_depth = (fmt in ("PNG", "TIFF") and pixels.dtype == np.uint16) or \
+                  (fmt == "TIFF" and pixels.dtype == np.float32)
+    if not keeps_depth and pixels.dtype != np.uint8:
+        pixels = from_float(to_float(pixels), np.uint8)
+        alpha = None if alpha is None else from_float(to_float(alpha), np.uint8)
+    if pixels.dtype == np.uint8:
+        return _encode_pillow(pixels, alpha, fmt, image.icc_profile, image.exif, jpeg_quality)
+    data = _encode_opencv(pixels, alpha, ext)
+    if fmt == "PNG":
+        data = _png_add_chunks(data, image.icc_profile, image.exif)
+    return data
+
+
+def _encode_pillow(pixels, alpha, fmt, icc, exif, jpeg_quality) -> bytes:
+    arr = pixels[..., 0] if pixels.shape[2] == 1 else pixels
+    if alpha is not None:
+        arr = np.dstack([pixels, alpha])
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[1 if arr.ndim == 2 else arr.shape[2]]
+    pil = PILImage.fromarray(np.ascontiguousarray(arr), mode=mode)
+    kwargs = {}
+    if icc and fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
+        kwargs["icc_profile"] = icc
+    if exif and fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
+        kwargs["exif"] = exif
+    if fmt == "JPEG":
+        kwargs.update(quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2)
+    if fmt == "WEBP":
+        # exact: keep the colour under fully transparent pixels (libwebp drops it otherwise)
+        kwargs.update(lossless=True, exact=True)
+    if fmt == "TIFF":
+        kwargs.update(compression="tiff_deflate")
+    buf = io.BytesIO()
+    pil.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _encode_opencv(pixels, alpha, ext) -> bytes:
+    arr = pixels if pixels.shape[2] == 1 else pixels[..., ::-1]      # RGB -> BGR
+    if alpha is not None:
+        arr = np.dstack([arr, alpha])
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(arr))
+    if not ok:
+        raise MagnError(f"OpenCV could not encode a {pixels.dtype} image as {ext}")
+    return buf.tobytes()
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_add_chunks(png: bytes, icc: Optional[bytes], exif: Optional[bytes]) -> bytes:
+    """Insert iCCP/eXIf after IHDR (OpenCV writes 16-bit PNG but no metadata)."""
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        payload = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+        extra += _png_chunk(b"eXIf", payload)
+    ihdr_end = 8 + 8 + 13 + 4                 # signature + IHDR header, data, crc
+    return png[:ihdr_end] + extra + png[ihdr_end:]
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

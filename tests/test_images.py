@@ -1,0 +1,191 @@
+"""Image I/O: bit depths, modes, alpha, EXIF orientation, ICC/EXIF, atomic writes, errors."""
+import io
+import os
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from PIL import ImageCms, ImageOps
+
+from magncli.errors import MagnError
+from magncli.images import Image, read_image, write_image
+
+RNG = np.random.default_rng(0)
+
+
+def _rand(shape, dtype=np.uint8):
+    peak = np.iinfo(dtype).max
+    return RNG.integers(0, peak + 1, size=shape, dtype=np.int64).astype(dtype)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".bmp", ".webp"])
+@pytest.mark.parametrize("channels,alpha", [(1, False), (3, False), (3, True), (1, True)])
+def test_8bit_lossless_roundtrip(tmp_path, ext, channels, alpha):
+    if ext == ".bmp" and alpha:
+        pytest.skip("BMP alpha is not portable")
+    img = Image(_rand((13, 17, channels)), _rand((13, 17)) if alpha else None)
+    path = write_image(tmp_path / f"x{ext}", img)
+    back = read_image(path)
+    if ext == ".webp" and channels == 1:
+        # WebP has no gray mode: it comes back as RGB with equal channels.
+        assert np.array_equal(back.pixels[..., 0:1], img.pixels)
+    else:
+        assert np.array_equal(back.pixels, img.pixels)
+    if alpha:
+        assert np.array_equal(back.alpha, img.alpha)
+    else:
+        assert back.alpha is None
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+@pytest.mark.parametrize("channels,alpha", [(1, False), (3, False), (3, True)])
+def test_16bit_stays_16bit(tmp_path, ext, channels, alpha):
+    img = Image(_rand((9, 11, channels), np.uint16), _rand((9, 11), np.uint16) if alpha else None)
+    path = write_image(tmp_path / f"x{ext}", img)
+    back = read_image(path)
+    assert back.bit_depth == 16 and np.array_equal(back.pixels, img.pixels)
+    # Independent oracle: OpenCV sees the same 16-bit values (in BGR order).
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16
+    rgb = raw if raw.ndim == 2 else raw[..., 2::-1] if raw.shape[2] >= 3 else raw
+    assert np.array_equal(rgb.reshape(9, 11, -1)[..., :channels], img.pixels)
+    if alpha:
+        assert np.array_equal(back.alpha, img.alpha)
+
+
+def test_float_tiff_keeps_unclipped_values(tmp_path):
+    px = RNG.standard_normal((8, 6, 1)).astype(np.float32)
+    back = read_image(write_image(tmp_path / "f.tif", Image(px)))
+    assert back.pixels.dtype == np.float32 and np.array_equal(back.pixels, px)
+
+
+def test_16bit_to_8bit_format_rounds(tmp_path):
+    px = np.array([[[0], [257], [65535], [32896]]], np.uint16)  # 32896/257 = 128.0
+    back = read_image(write_image(tmp_path / "x.bmp", Image(px)))
+    assert back.pixels.ravel().tolist() == [0, 1, 255, 128]
+
+
+def test_palette_with_transparency_becomes_rgba(tmp_path):
+    pal = PILImage.new("P", (4, 3))
+    pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 759)
+    pal.putdata([0, 1, 2, 0] * 3)
+    pal.info["transparency"] = 1
+    path = tmp_path / "p.png"
+    pal.save(path, transparency=1)
+    img = read_image(path)
+    assert img.channels == 3 and img.alpha is not None
+    assert img.pixels[0, 0].tolist() == [255, 0, 0] and img.alpha[0, 1] == 0 and img.alpha[0, 0] == 255
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillow(tmp_path, orientation):
+    px = _rand((6, 10, 3))
+    pil = PILImage.fromarray(px)
+    exif = pil.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    pil.save(path, exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(PILImage.open(path)).convert("RGB"))
+    img = read_image(path)
+    assert np.array_equal(img.pixels, expected)
+    # The written file is upright: its orientation tag is reset, so viewers don't rotate twice.
+    out = write_image(tmp_path / "w.png", img)
+    assert PILImage.open(out).getexif().get(0x0112, 1) == 1
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_exif_orientation_16bit(tmp_path, orientation):
+    px = _rand((6, 10, 1), np.uint16)
+    png = cv2.imencode(".png", px)[1].tobytes()
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    from magncli.images import _png_add_chunks
+    path = tmp_path / "o16.png"
+    path.write_bytes(_png_add_chunks(png, None, exif.tobytes()))
+    img = read_image(path)
+    expected = np.rot90(px, 2) if orientation == 3 else np.rot90(px, -1)
+    assert np.array_equal(img.pixels, expected)
+
+
+@pytest.mark.parametrize("ext,dtype", [(".png", np.uint8), (".jpg", np.uint8), (".tif", np.uint8),
+                                       (".webp", np.uint8), (".png", np.uint16)])
+def test_icc_and_exif_survive(tmp_path, ext, dtype):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = PILImage.Exif()
+    exif[0x010F] = "MagnCam"                    # Make
+    img = Image(_rand((8, 8, 3), dtype), None, icc, exif.tobytes())
+    back = read_image(write_image(tmp_path / f"x{ext}", img))
+    assert back.icc_profile == icc
+    assert PILImage.open(tmp_path / f"x{ext}").getexif().get(0x010F) == "MagnCam"
+
+
+def test_non_ascii_path(tmp_path):
+    path = tmp_path / "фото ü 写真.png"
+    write_image(path, Image(_rand((5, 5, 3))))
+    assert read_image(path).pixels.shape == (5, 5, 3)
+
+
+def test_writes_are_atomic_and_never_overwrite(tmp_path):
+    path = tmp_path / "out.png"
+    write_image(path, Image(_rand((4, 4, 1))))
+    before = path.read_bytes()
+    with pytest.raises(MagnError, match="already exists"):
+        write_image(path, Image(_rand((4, 4, 1))))
+    assert path.read_bytes() == before
+    write_image(path, Image(np.zeros((4, 4, 1), np.uint8)), overwrite=True)
+    assert read_image(path).pixels.max() == 0
+    assert os.listdir(tmp_path) == ["out.png"]          # no temporary files left
+
+
+def test_failed_encode_leaves_nothing(tmp_path):
+    with pytest.raises(MagnError):
+        write_image(tmp_path / "x.gif", Image(_rand((4, 4, 1))))
+    assert os.listdir(tmp_path) == []
+
+
+def test_jpeg_quality_option(tmp_path):
+    px = _rand((64, 64, 3))
+    small = write_image(tmp_path / "lo.jpg", Image(px), jpeg_quality=20).stat().st_size
+    large = write_image(tmp_path / "hi.jpg", Image(px), jpeg_quality=95).stat().st_size
+    assert small < large
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "empty file"),
+    (b"this is not an image at all", "not an image"),
+])
+def test_bad_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(MagnError, match=message) as e:
+        read_image(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_truncated_file_is_an_error(tmp_path, ext):
+    buf = io.BytesIO()
+    PILImage.fromarray(_rand((64, 64, 3))).save(buf, format="PNG" if ext == ".png" else "JPEG")
+    path = tmp_path / f"t{ext}"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(MagnError) as e:
+        read_image(path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_directory_and_too_large(tmp_path, monkeypatch):
+    with pytest.raises(MagnError, match="no such file"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(MagnError, match="directory"):
+        read_image(tmp_path)
+    path = write_image(tmp_path / "big.png", Image(_rand((40, 40, 1))))
+    monkeypatch.setattr("magncli.images.MAX_PIXELS", 1000)
+    with pytest.raises(MagnError, match="too large"):
+        read_image(path)
+
+
+def test_to_float_and_back_is_exact_for_8_and_16_bit():
+    for dtype in (np.uint8, np.uint16):
+        img = Image(_rand((7, 7, 3), dtype))
+        assert np.array_equal(img.with_pixels(img.to_float()).pixels, img.pixels)
