@@ -1,2 +1,46 @@
-"""magn: MAGN image restoration."""
+"""magn: MAGN image restoration (denoising, JPEG artifact removal, demosaicing).
+
+The Python API, usable without the command line:
+
+    import magncli
+    model = magncli.load_model("magn-dejpeg-color")        # a published name, a path or a URL
+    restored = magncli.restore_array(model, image)          # (H, W, C) float32 in [0, 1]
+    magncli.restore_file("photo.jpg", "photo_magn.png", task="dejpeg")
+
+    net = magncli.build_model("magn", in_channels=1)        # an untrained architecture
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
 __version__ = "0.1.0"
+
+from magncli.checkpoints import save_checkpoint  # noqa: E402
+from magncli.errors import MagnError  # noqa: E402
+from magncli.images import Image, read_image, write_image  # noqa: E402
+from magncli.inference import InferenceOptions, restore_array, restore_tensor  # noqa: E402
+from magncli.models.registry import build_model, list_archs  # noqa: E402
+
+
+def load_model(weights: str, arch: str = "auto", *, offline: Optional[bool] = None,
+               model_dir: Optional[str] = None):
+    """A ready model (eval mode, fp32, CPU) from a checkpoint path, a published name or a URL."""
+    from magncli.checkpoints import load_model as _load
+    if Path(weights).is_file():
+        return _load(weights, arch=arch)
+    from magncli.weights import resolve_weights
+    return _load(resolve_weights(weights, offline=offline, model_dir=model_dir), arch=arch)
+
+
+def restore_file(source, target, task: str, weights: Optional[str] = None,
+                 options: Optional[InferenceOptions] = None, overwrite: bool = False) -> dict:
+    """Restore one image file into `target` (atomic write); returns a record of what ran."""
+    from magncli.restore import Restorer
+    restorer = Restorer(task=task, weights=weights, options=options or InferenceOptions())
+    return restorer.restore_file(source, target, overwrite=overwrite)
+
+
+__all__ = ["Image", "InferenceOptions", "MagnError", "build_model", "list_archs", "load_model",
+           "read_image", "restore_array", "restore_file", "restore_tensor", "save_checkpoint",
+           "write_image", "__version__"]

@@ -17,12 +17,27 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from magncli import __version__
+        typer.echo(f"magn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """MAGN image restoration: denoising, JPEG artifact removal and demosaicing."""
+
+
 def _register() -> None:
     # Imported here so that `magn --help` lists every command; each module adds itself.
     from magncli.cli import restore  # noqa: F401
 
 
 def main() -> None:
+    from magncli.cli.common import setup_logging
+    setup_logging()
     _register()
     try:
         app()

@@ -1,1 +1,98 @@
-"""`magn restore` (placeholder until the inference engine lands)."""
+"""`magn restore`: restore image files, folders and globs."""
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from magncli.cli.app import app
+from magncli.cli.common import DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt, TileOpt, console, inference_options
+from magncli.errors import MagnError
+
+
+class Task(str, Enum):
+    denoise = "denoise"
+    dejpeg = "dejpeg"
+    demosaic = "demosaic"
+
+
+@app.command("restore")
+def restore(
+    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders or glob patterns."),
+    task: Task = typer.Option(..., "--task", "-t", help="What to undo."),
+    sigma: Optional[float] = typer.Option(None, help="Noise level (0-255 scale) for per-sigma denoising models."),
+    quality: Optional[int] = typer.Option(None, help="JPEG quality to assume (dejpeg)."),
+    pattern: str = typer.Option("grbg", help="Bayer pattern of demosaic inputs: grbg, rggb, gbrg, bggr."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint: path, URL or published name."),
+    arch: str = typer.Option("auto", help="Architecture of --weights: auto, magn, dagl, panet."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: next to each input)."),
+    suffix: str = typer.Option("_magn", help="Appended to each output file name."),
+    ext: str = typer.Option("png", help="Output format: png, tif, jpg, webp, bmp."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
+    overwrite: bool = typer.Option(False, help="Replace existing output files."),
+    jpeg_quality: int = typer.Option(95, min=1, max=100, help="Quality of JPEG outputs."),
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    tile: Optional[int] = TileOpt,
+    overlap: int = OverlapOpt,
+    ensemble: bool = EnsembleOpt,
+    offline: bool = typer.Option(False, help="Never download weights (also MAGN_OFFLINE=1)."),
+    model_dir: Optional[str] = typer.Option(None, help="Weights cache folder (also MAGN_HOME)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON record per image on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Restore images (denoise, remove JPEG artifacts or demosaic).
+
+    Outputs are written next to the inputs as NAME_magn.png, or mirrored under -o.
+    Every image is attempted; the exit code is 1 if any failed.
+    """
+    from magncli.restore import Restorer, plan_jobs
+
+    level = sigma if task == Task.denoise else quality if task == Task.dejpeg else None
+    jobs = plan_jobs(inputs, out_dir=str(output) if output else None, suffix=suffix, ext=ext,
+                     recursive=recursive)
+    restorer = Restorer(task=task.value, weights=weights, arch=arch, level=level, pattern=pattern,
+                        options=inference_options(device, precision, tile, overlap, ensemble),
+                        offline=offline or None, model_dir=model_dir, quiet=quiet)
+    failures = 0
+    start = time.perf_counter()
+    with _progress(len(jobs), quiet) as progress:
+        bar = progress.add_task("restoring", total=len(jobs))
+        for job in jobs:
+            progress.update(bar, description=job.source.name)
+            try:
+                if job.error:
+                    raise MagnError(job.error)
+                record = restorer.restore_file(job.source, job.target, overwrite=overwrite,
+                                               jpeg_quality=jpeg_quality)
+                line = f"{job.source} -> {job.target} ({record['seconds']:.1f} s)"
+            except MagnError as e:
+                failures += 1
+                record = {"input": str(job.source), "error": str(e)}
+                line = f"[red]error:[/red] {e}"
+            except MemoryError:
+                failures += 1
+                record = {"input": str(job.source), "error": "out of memory (try a smaller --tile)"}
+                line = f"[red]error:[/red] {job.source}: {record['error']}"
+            if as_json:
+                typer.echo(json.dumps(record))
+            if not quiet or "error" in record:
+                progress.console.print(line, highlight=False, markup=True)
+            progress.advance(bar)
+    if not quiet:
+        ok = len(jobs) - failures
+        console.print(f"{ok} of {len(jobs)} image(s) restored in {time.perf_counter() - start:.1f} s"
+                      + (f", {failures} failed" if failures else ""), highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _progress(total: int, quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, disable=quiet or total < 1,
+                    transient=True)

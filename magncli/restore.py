@@ -1,0 +1,168 @@
+"""Restoring files: which files, which outputs, which model, and the per-image pipeline.
+
+    jobs = plan_jobs(["photos/", "*.jpg"], out_dir=None, suffix="_magn", ext="png")
+    restorer = Restorer(task="dejpeg", weights=None, options=InferenceOptions())
+    record = restorer.restore_file(job.source, job.target)
+
+The pipeline of one image: read -> float (H, W, C) -> task preparation (a 1-channel CFA
+becomes a 3-channel mosaic) -> tiles -> model -> blend -> same bit depth -> atomic write.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+from torch import nn
+
+from magncli.errors import MagnError
+from magncli.images import IMAGE_EXTENSIONS, Image, read_image, write_image
+from magncli.inference import InferenceOptions, restore_array
+
+TASKS = ("denoise", "dejpeg", "demosaic")
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass
+class Job:
+    source: Path
+    target: Optional[Path]
+    error: Optional[str] = None       # set for an input argument that matched nothing
+
+
+def _expand(arg: str, recursive: bool) -> Tuple[List[Path], Path]:
+    """Files named by one argument (file, folder or glob) and the base their outputs mirror."""
+    path = Path(arg)
+    if path.is_file():
+        return [path], path.parent
+    if path.is_dir():
+        found = path.rglob("*") if recursive else path.iterdir()
+        return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), path
+    if glob.has_magic(arg):
+        matches = sorted(Path(p) for p in glob.glob(arg, recursive=True))
+        files = [p for p in matches if p.is_file()]
+        prefix = arg[:min(i for i, ch in enumerate(arg) if ch in "*?[")]
+        base = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
+        return files, base
+    raise MagnError(f"{arg}: no such file, folder or matching pattern")
+
+
+def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str = "_magn",
+              ext: Optional[str] = "png", recursive: bool = False) -> List[Job]:
+    """One Job per input image. Outputs go next to inputs, or under `out_dir` mirroring
+    the folder structure below each input argument. Outputs of an earlier run (names
+    ending in `suffix`) found inside folders are skipped, so re-running does not stack.
+    An argument that matches nothing becomes a Job with `error` set, so that the other
+    inputs are still processed."""
+    jobs: List[Job] = []
+    seen: Dict[Path, Path] = {}
+    for arg in inputs:
+        try:
+            files, base = _expand(str(arg), recursive)
+        except MagnError as e:
+            jobs.append(Job(Path(arg), None, str(e)))
+            continue
+        from_folder = Path(arg).is_dir() or glob.has_magic(str(arg))
+        if not files:
+            hint = " (use --recursive for subfolders)" if Path(arg).is_dir() and not recursive else ""
+            jobs.append(Job(Path(arg), None, f"{arg}: no images found{hint}"))
+            continue
+        for src in files:
+            if from_folder and suffix and src.stem.endswith(suffix):
+                continue
+            out_ext = "." + ext.lstrip(".") if ext else src.suffix
+            name = src.stem + suffix + out_ext
+            target = (Path(out_dir) / src.parent.relative_to(base) / name) if out_dir else src.parent / name
+            if target.resolve() == src.resolve():
+                raise MagnError(f"{src}: the output would overwrite the input (set --suffix, --ext or -o)")
+            if target.resolve() in seen:
+                raise MagnError(f"{src} and {seen[target.resolve()]} would both be written to {target}")
+            seen[target.resolve()] = src
+            jobs.append(Job(src, target))
+    return jobs
+
+
+# --------------------------------------------------------------------------- models
+@dataclass
+class Restorer:
+    """Restores images for one task, choosing a gray or color model per image.
+
+    weights: a checkpoint path/name/URL used for every image, or None for the task's
+    published defaults (a gray model for gray images, a color model for color ones).
+    """
+    task: str
+    weights: Optional[str] = None
+    arch: str = "auto"
+    level: Optional[float] = None          # sigma (denoise) or quality (dejpeg)
+    pattern: str = "grbg"                  # Bayer pattern of demosaic inputs
+    options: InferenceOptions = field(default_factory=InferenceOptions)
+    offline: Optional[bool] = None
+    model_dir: Optional[str] = None
+    quiet: bool = True
+    _models: Dict[Tuple, Tuple[nn.Module, str]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise MagnError(f"unknown task {self.task!r} (choose from {', '.join(TASKS)})")
+
+    def model_for(self, channels: int, level: Optional[float] = None) -> Tuple[nn.Module, str]:
+        """(model, description) serving `channels`-channel inputs of this task."""
+        level = self.level if level is None else level
+        key = (channels, level)
+        if key not in self._models:
+            self._models[key] = self._load(channels, level)
+        return self._models[key]
+
+    def _load(self, channels: int, level: Optional[float]) -> Tuple[nn.Module, str]:
+        from magncli.checkpoints import load_model
+        if self.weights and Path(self.weights).is_file():
+            path = Path(self.weights)
+        else:
+            from magncli.weights import resolve_weights
+            path = resolve_weights(self.weights, task=self.task, channels=channels, level=level,
+                                   model_dir=self.model_dir, offline=self.offline, quiet=self.quiet)
+        model = load_model(path, arch=self.arch)
+        return model, Path(path).name
+
+    def restore(self, image: Image, level: Optional[float] = None) -> Tuple[Image, dict]:
+        """Restore one decoded image; returns the restored Image and a record of what ran."""
+        x = image.to_float()                                                  # (H, W, C)
+        if self.task == "demosaic":
+            x = self._as_mosaic(x)
+        model, name = self.model_for(x.shape[2], level)
+        need = getattr(model, "in_channels", x.shape[2])
+        info = {"model": name, "task": self.task}
+        if need == x.shape[2]:
+            y = restore_array(model, x, self.options)
+        elif need == 3 and x.shape[2] == 1:
+            # Only a color model was given: run it on the gray replicated, keep the mean.
+            y = restore_array(model, np.repeat(x, 3, axis=2), self.options).mean(axis=2, keepdims=True)
+            info["note"] = "gray image restored with a color model"
+        else:
+            raise MagnError(f"{name} is a gray ({need}-channel) model; the image has {x.shape[2]} "
+                            "channels (pass --weights with a color model)")
+        if self.task == "demosaic" and image.channels == 1:
+            image = Image(image.pixels.repeat(3, axis=2), image.alpha, image.icc_profile,
+                          image.exif, image.source_format)
+        return image.with_pixels(y), info
+
+    def _as_mosaic(self, x: np.ndarray) -> np.ndarray:
+        from magncli.degrade import cfa_to_mosaic
+        if x.shape[2] == 1:
+            return cfa_to_mosaic(x[..., 0], self.pattern)
+        return x
+
+    def restore_file(self, source, target, *, overwrite: bool = False, jpeg_quality: int = 95) -> dict:
+        """Read, restore and write one file; returns a JSON-ready record."""
+        start = time.perf_counter()
+        image = read_image(source)
+        restored, info = self.restore(image)
+        write_image(target, restored, overwrite=overwrite, jpeg_quality=jpeg_quality)
+        h, w = image.pixels.shape[:2]
+        return {"input": str(source), "output": str(target), "width": w, "height": h,
+                "channels": image.channels, "bit_depth": image.bit_depth,
+                "seconds": round(time.perf_counter() - start, 3), **info}
