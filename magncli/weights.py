@@ -592,6 +592,7 @@ def download_file(url: str, target, *, sha256: Optional[str] = None, size: Optio
 def _fetch_to_part(url: str, part: Path, *, sha256: Optional[str], size: Optional[int], quiet: bool) -> None:
     """Fill `part` with the whole body of `url`, resuming what an earlier attempt left."""
     import requests
+    import urllib3
 
     # trust_env stays True: requests then honours HTTP(S)_PROXY, NO_PROXY and .netrc.
     session = requests.Session()
@@ -614,8 +615,8 @@ def _fetch_to_part(url: str, part: Path, *, sha256: Optional[str], size: Optiona
                 with session.get(url, headers=headers, stream=True, timeout=TIMEOUT_S) as resp:
                     _stream_response(resp, url, part, offset, size, quiet)
                 return
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError, _Retryable) as e:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError, _Retryable) as e:  # urllib3: errors while reading the body
                 reason = _short_reason(e)
                 if attempt == attempts:
                     kept = (f"; {part.stat().st_size} bytes kept in {part}, the next try resumes"
@@ -648,13 +649,23 @@ def _stream_response(resp, url: str, part: Path, offset: int, size: Optional[int
             raise _Retryable(f"server resumed at byte {start}, not {offset}; restarting from zero")
     else:
         offset = 0  # 200: the server sent the whole file (it ignores Range, or none was sent)
+    # We asked for identity; a server that compresses anyway gets decoded (its length
+    # and Range offsets then count compressed bytes, so only the sha256 check remains).
+    encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
     length = resp.headers.get("Content-Length")
-    expected_total = offset + int(length) if length and length.isdigit() else size
+    expected_total = offset + int(length) if length and length.isdigit() and not encoded else size
 
+    # read1 (urllib3 >= 2) hands over whatever has arrived, so when the connection drops,
+    # every byte received is already in the .part file for the next Range request.
+    # (iter_content would lose the last partial chunk.)
+    read = getattr(resp.raw, "read1", None) or resp.raw.read
     written = offset
     with open(part, "ab" if offset else "wb") as out, \
             _progress_bar(part.name[:-len(".part")], expected_total, offset, quiet) as advance:
-        for chunk in resp.iter_content(chunk_size=CHUNK_BYTES):
+        while True:
+            chunk = read(CHUNK_BYTES, decode_content=encoded)
+            if not chunk:
+                break
             out.write(chunk)
             written += len(chunk)
             advance(len(chunk))
@@ -710,24 +721,28 @@ def resolve_weights(spec: Union[str, os.PathLike, None] = None, task: Optional[s
     return fetch_checkpoint(entry, manifest, model_dir=model_dir, offline=offline, quiet=quiet)
 
 
+def local_checkpoint(entry: WeightsEntry, manifest: Manifest, *, model_dir=None,
+                     quiet: bool = False) -> Optional[Path]:
+    """The verified local copy of a manifest entry (cache first, then shipped), or None."""
+    cache_dir = weights_cache_dir(model_dir)
+    for where, path in (("cached", cache_dir / entry.file), ("shipped", manifest.shipped_dir / entry.file)):
+        if path.is_file():
+            if is_verified(path, entry.sha256, cache_dir):
+                return path
+            _say(f"{where} file {path} does not match its sha256; not using it", quiet)
+    return None
+
+
 def fetch_checkpoint(entry: WeightsEntry, manifest: Manifest, *, model_dir=None,
                      offline: Optional[bool] = None, quiet: bool = False) -> Path:
     """The verified local file of a manifest entry: cache, then shipped copy, then download."""
+    local = local_checkpoint(entry, manifest, model_dir=model_dir, quiet=quiet)
+    if local is not None:
+        return local
     offline = is_offline(offline)
     cache_dir = weights_cache_dir(model_dir)
     cached = cache_dir / entry.file
-    cached_is_bad = False
-    if cached.is_file():
-        if is_verified(cached, entry.sha256, cache_dir):
-            return cached
-        cached_is_bad = True
-        _say(f"{cached} does not match its sha256; it will be replaced", quiet or offline)
-    shipped = manifest.shipped_dir / entry.file
-    if shipped.is_file():
-        if is_verified(shipped, entry.sha256, cache_dir):
-            return shipped
-        _say(f"{shipped} does not match its sha256; ignoring it", quiet)
-
+    cached_is_bad = cached.is_file()
     urls = candidate_urls(entry, manifest)
     where = (f"place {entry.file} (sha256 {entry.sha256}, {entry.size} bytes) at {cached}"
              + (" (the file there now does not match)" if cached_is_bad else ""))
