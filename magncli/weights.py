@@ -515,7 +515,11 @@ def verify_local_files(manifest: Manifest, model_dir=None, names: Optional[Seque
 # --------------------------------------------------------------------------- downloading
 
 class _Retryable(Exception):
-    """A failure worth another attempt (5xx, a cut connection, a stale partial file)."""
+    """A failure worth another attempt (5xx, a cut connection)."""
+
+
+class _RestartFromZero(_Retryable):
+    """The partial file does not fit what the server sends; it was deleted."""
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -598,9 +602,10 @@ def _fetch_to_part(url: str, part: Path, *, sha256: Optional[str], size: Optiona
     session = requests.Session()
     # identity: byte offsets for Range must refer to the file, not to a gzip stream.
     base_headers = {"User-Agent": f"magn/{magncli.__version__}", "Accept-Encoding": "identity"}
-    attempts = RETRIES + 1
+    failures = 0
+    restarted = False  # one free restart from zero when the partial file proves stale
     try:
-        for attempt in range(1, attempts + 1):
+        while True:
             offset = part.stat().st_size if part.exists() else 0
             if size is not None and offset >= size:
                 # A leftover as long as the file: it may be complete (crash before the rename).
@@ -618,11 +623,16 @@ def _fetch_to_part(url: str, part: Path, *, sha256: Optional[str], size: Optiona
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                     urllib3.exceptions.HTTPError, _Retryable) as e:  # urllib3: errors while reading the body
                 reason = _short_reason(e)
-                if attempt == attempts:
+                if isinstance(e, _RestartFromZero) and not restarted:
+                    restarted = True
+                    _say(f"{reason}: restarting the download of {url}", quiet)
+                    continue
+                failures += 1
+                if failures > RETRIES:
                     kept = (f"; {part.stat().st_size} bytes kept in {part}, the next try resumes"
                             if part.exists() else "")
-                    raise MagnError(f"download of {url} failed after {attempts} attempts: {reason}{kept}") from None
-                wait = BACKOFF_S * 2 ** (attempt - 1)
+                    raise MagnError(f"download of {url} failed after {failures} attempts: {reason}{kept}") from None
+                wait = BACKOFF_S * 2 ** (failures - 1)
                 _say(f"download of {url} interrupted ({reason}); retrying in {wait:g} s", quiet)
                 time.sleep(wait)
             except requests.RequestException as e:  # bad URL, too many redirects, ...: no retry
@@ -637,7 +647,7 @@ def _stream_response(resp, url: str, part: Path, offset: int, size: Optional[int
     status = resp.status_code
     if status == 416:  # our partial file no longer fits the server's file: start over
         part.unlink(missing_ok=True)
-        raise _Retryable("HTTP 416 for the resumed range; restarting from zero")
+        raise _RestartFromZero("HTTP 416 for the resumed range")
     if status >= 500:
         raise _Retryable(f"HTTP {status} {resp.reason}")
     if status not in (200, 206):  # 404 and other client errors will not change by retrying
@@ -646,7 +656,7 @@ def _stream_response(resp, url: str, part: Path, offset: int, size: Optional[int
         start = _content_range_start(resp.headers.get("Content-Range", ""))
         if start != offset:
             part.unlink(missing_ok=True)
-            raise _Retryable(f"server resumed at byte {start}, not {offset}; restarting from zero")
+            raise _RestartFromZero(f"server resumed at byte {start}, not {offset}")
     else:
         offset = 0  # 200: the server sent the whole file (it ignores Range, or none was sent)
     # We asked for identity; a server that compresses anyway gets decoded (its length

@@ -112,6 +112,30 @@ def test_server_ignoring_range_restarts_cleanly(server, wenv, tiny_bytes, monkey
     assert weights.is_verified(path, sha256_of(tiny_bytes), wenv.cache, rehash=True)
 
 
+def test_stale_partial_file_gets_416_and_restarts(server, wenv, tiny_bytes, monkeypatch):
+    monkeypatch.setattr(weights, "RETRIES", 0)      # the restart after 416 is not a retry
+    server.state.files["/x/model.safetensors"] = tiny_bytes
+    target = wenv.cache / "model.safetensors"
+    target.parent.mkdir(parents=True)
+    # Left by an interrupted download of a longer, older file at that URL.
+    target.with_name("model.safetensors.part").write_bytes(b"\0" * (len(tiny_bytes) + 10))
+    weights.download_file(server.url("/x/model.safetensors"), target, quiet=True)
+    assert [r["status"] for r in server.state.log] == [416, 200]
+    assert target.read_bytes() == tiny_bytes
+
+
+def test_http_proxy_from_environment_is_used(server, wenv, tiny_bytes, monkeypatch):
+    # requests' trust_env: a proxy receives the absolute URL as the request path.
+    url = f"http://weights.example.invalid/ckpt/{FILE}"
+    server.state.files[url] = tiny_bytes
+    wenv.write_manifest([make_entry(NAME, tiny_bytes, [url])])
+    for var in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.base)
+    assert resolve_weights(NAME, quiet=True).read_bytes() == tiny_bytes
+    assert [r["path"] for r in server.state.log] == [url]
+
+
 def test_wrong_checksum_leaves_nothing(server, wenv, tiny_bytes):
     tampered = bytearray(tiny_bytes)
     tampered[-1] ^= 0xFF

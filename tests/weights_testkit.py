@@ -201,6 +201,9 @@ def wenv(tmp_path, monkeypatch) -> WeightsEnv:
     monkeypatch.setenv("MAGN_MANIFEST", str(env.manifest_path))
     monkeypatch.delenv("MAGN_WEIGHTS_URL", raising=False)
     monkeypatch.delenv("MAGN_OFFLINE", raising=False)
+    # The test server is local: never route it through a proxy the machine may have set.
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     # Short retries so that failure tests take milliseconds.
     monkeypatch.setattr(weights, "RETRIES", 2)
     monkeypatch.setattr(weights, "BACKOFF_S", 0.01)
