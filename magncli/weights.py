@@ -55,8 +55,8 @@ CHUNK_BYTES = 1 << 20
 LEVEL_KEY: Dict[str, Optional[str]] = {"denoise": "sigma", "dejpeg": "quality", "demosaic": None}
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 _MANIFEST_KEYS = {"schema", "base_url", "checkpoints", "comment"}
 _ENTRY_REQUIRED = {"name", "serves", "arch", "config", "file", "size", "sha256"}
@@ -213,14 +213,14 @@ def _parse_entry(item, label) -> WeightsEntry:
     _check_keys(item, _ENTRY_REQUIRED, _ENTRY_REQUIRED | _ENTRY_OPTIONAL, label)
 
     name = item["name"]
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise MagnError(f"{label}: name {name!r} must be letters, digits, '.', '_' or '-'")
     file = item["file"]
     problem = unsafe_file_name(file)
     if problem:
         raise MagnError(f"{label}: file {file!r} {problem}")
     sha = item["sha256"]
-    if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+    if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
         raise MagnError(f"{label}: sha256 must be 64 lowercase hex digits, not {sha!r}")
     size = item["size"]
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
