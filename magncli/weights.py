@@ -499,9 +499,10 @@ def verify_local_files(manifest: Manifest, model_dir=None, names: Optional[Seque
     entries = [manifest.get(n) for n in names] if names else manifest.entries
     results = []
     for entry in entries:
-        for where, path in (("cached", cache_dir / entry.file), ("shipped", manifest.shipped_dir / entry.file)):
-            if not path.is_file():
-                continue
+        cached, shipped = cache_dir / entry.file, manifest.shipped_dir / entry.file
+        for where, path in (("cached", cached), ("shipped", shipped)):
+            if not path.is_file() or (where == "shipped" and path.resolve() == cached.resolve()):
+                continue  # (--model-dir pointing at the manifest folder: one file, checked once)
             actual = file_sha256(path)
             ok = actual == entry.sha256
             if ok:
