@@ -1,0 +1,176 @@
+"""`magn weights ...`: list, download, verify, locate and add pretrained checkpoints.
+
+Thin wrappers over magncli.weights; --json prints machine-readable output on stdout.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from magncli import weights as w
+from magncli.cli.app import app
+from magncli.errors import MagnError
+
+weights_app = typer.Typer(
+    name="weights",
+    help="Pretrained checkpoints: list, download, verify, locate, add.",
+    no_args_is_help=True,
+)
+app.add_typer(weights_app, name="weights")
+
+ManifestOpt = Annotated[Optional[Path], typer.Option(
+    "--manifest", help="Manifest file [default: $MAGN_MANIFEST or the repository's weights/manifest.json].")]
+ModelDirOpt = Annotated[Optional[Path], typer.Option(
+    "--model-dir", help="Cache folder for checkpoints [default: $MAGN_HOME/weights or the user cache].")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never use the network (also MAGN_OFFLINE=1).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, for scripts.")]
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _error(message: str) -> None:
+    print(f"magn: error: {message}", file=sys.stderr)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+@weights_app.command("list")
+def list_cmd(manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, as_json: JsonOpt = False) -> None:
+    """List the manifest's checkpoints and whether each is cached, shipped, remote or missing."""
+    m = w.load_manifest(manifest)
+    rows = []
+    for e in m.entries:
+        status, path = w.entry_status(e, m, model_dir)
+        rows.append({"name": e.name, "task": e.task, "channels": e.channels,
+                     "levels": e.describe_levels(), "size": e.size, "sha256": e.sha256,
+                     "status": status, "path": str(path) if path else None,
+                     "default": e.default, "headline": e.headline_score()})
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        print(f"no pretrained checkpoints listed in {m.path} yet; pass --weights PATH", file=sys.stderr)
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"checkpoints in {m.path}")
+    for column in ("name", "task", "channels", "levels", "size", "status", "PSNR"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["name"] + (" *" if r["default"] else ""), r["task"],
+                      "gray" if r["channels"] == 1 else "color", r["levels"] or "-",
+                      _mb(r["size"]), r["status"], r["headline"] or "-")
+    Console().print(table)
+    print("* default for its task and channels", file=sys.stderr)
+
+
+@weights_app.command("download")
+def download_cmd(
+    names: Annotated[Optional[List[str]], typer.Argument(help="Checkpoint names from the manifest.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Download every checkpoint of the manifest.")] = False,
+    manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, offline: OfflineOpt = False,
+    quiet: QuietOpt = False, as_json: JsonOpt = False,
+) -> None:
+    """Download checkpoints into the cache (verified); prints their paths."""
+    m = w.load_manifest(manifest)
+    if all_:
+        entries = m.entries
+        if not entries:
+            raise MagnError(f"{m.path} lists no checkpoints yet")
+    elif names:
+        entries = [m.get(n) for n in names]
+    else:
+        raise MagnError("name the checkpoints to download, or pass --all")
+    results = []
+    for e in entries:
+        try:
+            path = w.fetch_checkpoint(e, m, model_dir=model_dir, offline=True if offline else None, quiet=quiet)
+            results.append({"name": e.name, "ok": True, "path": str(path), "error": None})
+            if not as_json:
+                print(path)
+        except MagnError as err:
+            results.append({"name": e.name, "ok": False, "path": None, "error": str(err)})
+            _error(str(err))
+    if as_json:
+        _print_json(results)
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+@weights_app.command("verify")
+def verify_cmd(
+    names: Annotated[Optional[List[str]], typer.Argument(help="Only these checkpoints [default: all].")] = None,
+    manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Re-hash every cached and shipped checkpoint file; exit 1 if any does not match."""
+    m = w.load_manifest(manifest)
+    results = w.verify_local_files(m, model_dir, names)
+    if as_json:
+        _print_json([{"name": r.name, "where": r.where, "path": str(r.path), "ok": r.ok,
+                      "expected": r.expected, "actual": r.actual} for r in results])
+    else:
+        if not results:
+            print("no local checkpoint files to verify", file=sys.stderr)
+        for r in results:
+            print(f"{'ok' if r.ok else 'MISMATCH':8} {r.where:7} {r.path}")
+    bad = [r for r in results if not r.ok]
+    for r in bad:
+        _error(f"{r.path} ({r.name}) does not match its sha256: expected {r.expected}, got {r.actual}; "
+               f"delete it and run `magn weights download {r.name}`")
+    if bad:
+        raise typer.Exit(1)
+
+
+@weights_app.command("path")
+def path_cmd(
+    name: Annotated[str, typer.Argument(help="Checkpoint name from the manifest.")],
+    manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Print the verified local file of a checkpoint (never downloads; exit 1 if absent)."""
+    m = w.load_manifest(manifest)
+    entry = m.get(name)
+    local = w.local_checkpoint(entry, m, model_dir=model_dir, quiet=as_json)
+    target = local or (w.weights_cache_dir(model_dir) / entry.file)
+    if as_json:
+        _print_json({"name": entry.name, "path": str(target), "exists": local is not None,
+                     "sha256": entry.sha256, "size": entry.size})
+        if local is None:
+            raise typer.Exit(1)
+        return
+    if local is None:
+        raise MagnError(f"checkpoint {name} is not downloaded yet (it would be at {target}); "
+                        f"run `magn weights download {name}`")
+    print(local)
+
+
+@weights_app.command("add")
+def add_cmd(
+    file: Annotated[Path, typer.Argument(help="The checkpoint file (.safetensors with magn metadata).")],
+    name: Annotated[str, typer.Option("--name", help="Unique checkpoint name.")],
+    task: Annotated[str, typer.Option("--task", help="denoise, dejpeg or demosaic.")],
+    channels: Annotated[Optional[int], typer.Option(
+        "--channels", help="1 (gray) or 3 (color) [default: the config's in_channels].")] = None,
+    levels: Annotated[Optional[str], typer.Option(
+        "--levels", help="Levels it serves: 25, 15,25,50, or a blind range 0-55.")] = None,
+    urls: Annotated[Optional[List[str]], typer.Option("--url", help="Download URL (repeatable).")] = None,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default for its task and channels.")] = False,
+    copy_file: Annotated[bool, typer.Option(
+        "--copy/--no-copy", help="Copy the file next to the manifest, or only record its file name.")] = True,
+    manifest: ManifestOpt = None,
+) -> None:
+    """Add a checkpoint to the manifest (hash, size, arch and config are read from the file)."""
+    entry = w.add_checkpoint(file, name=name, task=task, channels=channels, levels=levels,
+                             urls=urls or [], default=default, copy_file=copy_file,
+                             manifest_path=manifest)
+    m = w.load_manifest(manifest)
+    print(f"added {entry.name} ({entry.file}, {entry.size} bytes, sha256 {entry.sha256}) to {m.path}; "
+          "fill in its provenance and scores by hand", file=sys.stderr)

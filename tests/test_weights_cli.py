@@ -1,0 +1,135 @@
+"""`magn weights list/download/verify/path/add`, through Typer's CliRunner."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from magncli.cli.app import _register, app
+from magncli.errors import MagnError
+from magncli.weights import load_manifest
+
+from weights_testkit import (TINY_ARCH, make_entry, server, sha256_of, tiny_bytes,  # noqa: F401
+                             tiny_checkpoint, wenv)
+
+_register()
+runner = CliRunner()
+NAME = "tiny-s25"
+FILE = f"{NAME}.safetensors"
+
+
+def magn(*args):
+    return runner.invoke(app, ["weights", *args])
+
+
+@pytest.fixture
+def served(server, wenv, tiny_bytes):
+    """One checkpoint in the manifest, served by the local server."""
+    server.state.files[f"/ckpt/{FILE}"] = tiny_bytes
+    wenv.write_manifest([make_entry(NAME, tiny_bytes, [server.url(f"/ckpt/{FILE}")], default=True)])
+    return server
+
+
+def test_list_empty_manifest(wenv):
+    result = magn("list", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+    result = magn("list")
+    assert result.exit_code == 0 and "no pretrained checkpoints" in result.stderr
+
+
+def test_list_shows_status(served, wenv, tiny_bytes):
+    rows = json.loads(magn("list", "--json").stdout)
+    assert [(r["name"], r["status"], r["size"]) for r in rows] == [(NAME, "remote", len(tiny_bytes))]
+    assert magn("download", NAME, "--quiet").exit_code == 0
+    rows = json.loads(magn("list", "--json").stdout)
+    assert rows[0]["status"] == "cached" and rows[0]["path"] == str(wenv.cache / FILE)
+    table = magn("list")
+    assert table.exit_code == 0 and NAME in table.stdout and "cached" in table.stdout
+
+
+def test_download_and_path(served, wenv):
+    missing = magn("path", NAME, "--json")
+    assert missing.exit_code == 1
+    assert json.loads(missing.stdout) == {"name": NAME, "path": str(wenv.cache / FILE), "exists": False,
+                                          "sha256": load_manifest().get(NAME).sha256,
+                                          "size": load_manifest().get(NAME).size}
+    offline = magn("download", NAME, "--offline", "--json")
+    assert offline.exit_code == 1 and "not available offline" in json.loads(offline.stdout)[0]["error"]
+    assert served.state.hits == 0
+
+    result = magn("download", NAME, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{"name": NAME, "ok": True, "path": str(wenv.cache / FILE), "error": None}]
+    result = magn("path", NAME)
+    assert result.exit_code == 0 and result.stdout.strip() == str(wenv.cache / FILE)
+    assert json.loads(magn("path", NAME, "--json").stdout)["exists"] is True
+    assert served.state.hits == 1
+
+
+def test_download_needs_names_or_all(wenv):
+    assert isinstance(magn("download").exception, MagnError)
+    assert isinstance(magn("download", "--all").exception, MagnError)   # nothing listed yet
+    assert isinstance(magn("download", "nope").exception, MagnError)
+
+
+def test_verify_detects_tampered_cached_file(served, wenv):
+    assert magn("download", NAME, "--quiet").exit_code == 0
+    ok = magn("verify", "--json")
+    assert ok.exit_code == 0 and [r["ok"] for r in json.loads(ok.stdout)] == [True]
+
+    cached = wenv.cache / FILE
+    data = bytearray(cached.read_bytes())
+    data[-1] ^= 0xFF
+    stat = cached.stat()
+    cached.write_bytes(bytes(data))
+    # Same size and mtime as before: the sidecar is fooled, `verify` is not.
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    bad = magn("verify")
+    assert bad.exit_code == 1
+    assert "MISMATCH" in bad.stdout and str(cached) in bad.stderr
+    assert json.loads(magn("verify", "--json").stdout)[0]["ok"] is False
+
+
+def test_verify_checks_shipped_files(wenv, tiny_bytes):
+    wenv.write_manifest([make_entry(NAME, tiny_bytes)])
+    (wenv.manifest_dir / FILE).write_bytes(tiny_bytes[:-1] + b"\0")
+    result = magn("verify", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)[0]["where"] == "shipped"
+
+
+def test_add_checkpoint(wenv, tiny_checkpoint, tiny_bytes):
+    result = magn("add", str(tiny_checkpoint), "--name", "tiny-blind", "--task", "denoise",
+                  "--levels", "0-55", "--url", "https://example.invalid/tiny.safetensors", "--default")
+    assert result.exit_code == 0, result.output
+    entry = load_manifest().get("tiny-blind")
+    assert (entry.arch, entry.config, entry.channels) == (TINY_ARCH, {"in_channels": 1, "n_feats": 16}, 1)
+    assert entry.level_range == (0, 55) and entry.default
+    assert (entry.sha256, entry.size) == (sha256_of(tiny_bytes), len(tiny_bytes))
+    assert (wenv.manifest_dir / tiny_checkpoint.name).read_bytes() == tiny_bytes
+    assert json.loads(magn("list", "--json").stdout)[0]["status"] == "shipped"
+
+    again = magn("add", str(tiny_checkpoint), "--name", "tiny-blind", "--task", "denoise", "--levels", "25")
+    assert isinstance(again.exception, MagnError) and "already lists" in str(again.exception)
+
+
+def test_add_without_copy_and_bad_levels(wenv, tiny_checkpoint, tmp_path):
+    other = tmp_path / "other.safetensors"
+    shutil.copyfile(tiny_checkpoint, other)
+    result = magn("add", str(other), "--name", "other", "--task", "dejpeg", "--channels", "1",
+                  "--levels", "10,20,30", "--no-copy")
+    assert result.exit_code == 0, result.output
+    assert load_manifest().get("other").levels == (10, 20, 30)
+    assert not (wenv.manifest_dir / other.name).exists()
+
+    before = wenv.manifest_path.read_text()
+    for levels in ("abc", "40-10"):
+        bad = magn("add", str(tiny_checkpoint), "--name", "x", "--task", "denoise", "--levels", levels)
+        assert isinstance(bad.exception, MagnError)
+    missing = magn("add", str(tiny_checkpoint), "--name", "x", "--task", "denoise")
+    assert isinstance(missing.exception, MagnError) and "--levels" in str(missing.exception)
+    assert wenv.manifest_path.read_text() == before          # refused without writing
