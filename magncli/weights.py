@@ -145,11 +145,14 @@ class Manifest:
 
 
 def default_manifest_path() -> Path:
-    """MAGN_MANIFEST if set, else the repository's weights/manifest.json."""
+    """MAGN_MANIFEST if set, else the checkout's weights/manifest.json, else the copy of
+    weights/ that a wheel installs as the package data magncli/_weights/."""
     env = os.environ.get(ENV_MANIFEST)
     if env:
         return Path(env).expanduser()
-    return Path(magncli.__file__).resolve().parents[1] / "weights" / "manifest.json"
+    package = Path(magncli.__file__).resolve().parent
+    checkout = package.parent / "weights" / "manifest.json"
+    return checkout if checkout.is_file() else package / "_weights" / "manifest.json"
 
 
 def load_manifest(path=None) -> Manifest:
