@@ -1,5 +1,5 @@
-"""Benchmark test sets: where they live, which task and channels each serves, and how
-their images are listed and loaded.
+"""Benchmark test sets and image files: where the sets live, which task and channels each
+serves, and how images are listed, loaded and (atomically) written.
 
 The data root is, first found: the `--data-root` argument, $MAGN_DATA, or
 ../shared/datasets next to the repository checkout. Set names are the folder names of
@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from magncli.degrade import rgb_to_y_studio_uint8
+from magncli.degrade import rgb_to_y_studio_uint8, to_uint8
 from magncli.errors import MagnError
 
 IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
@@ -49,8 +49,8 @@ TEST_SETS: Dict[str, TestSet] = {s.name: s for s in (
     TestSet("Urban100_color_subset", "color", {"denoise": ("color",), "demosaic": ("color",)},
             note="10 of the 100 images: not comparable with published Urban100 numbers"),
     TestSet("Classic5", "gray", {"dejpeg": ("gray",)}),
-    TestSet("LIVE1", "color", {"dejpeg": ("gray", "color")},
-            note="gray track = BT.601 studio Y of the RGB files"),
+    # LIVE1's gray track scores the BT.601 studio Y of its RGB files (see load_ground_truth).
+    TestSet("LIVE1", "color", {"dejpeg": ("gray", "color")}),
 )}
 
 
@@ -155,3 +155,54 @@ def load_ground_truth(path: Union[str, Path], channels: str) -> np.ndarray:
     elif channels == "color" and pixels.shape[2] == 1:
         raise MagnError(f"{path} is a gray image but the color channels were asked for")
     return to_float(pixels)
+
+
+# --------------------------------------------------------------------------- writing
+
+# Output formats: extension and what is stored.
+IMAGE_FORMATS = {
+    "png": ".png",  # 8-bit, clipped to [0, 1] and rounded
+    "png16": ".png",  # 16-bit, clipped to [0, 1], value * 65535 rounded
+    "tiff": ".tiff",  # float32, unclipped (keeps Gaussian noise exactly)
+}
+
+
+def encode_image(img: np.ndarray, fmt: str = "png") -> bytes:
+    """float32 HxWxC (C = 1 or 3, RGB) on [0, 1] -> the bytes of a file in `fmt`."""
+    if fmt == "png":
+        pixels = to_uint8(img)
+    elif fmt == "png16":
+        pixels = np.floor(np.clip(img, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+    elif fmt == "tiff":
+        pixels = img.astype(np.float32)
+    else:
+        raise MagnError(f"unknown image format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        pixels = pixels[..., ::-1]  # OpenCV writes BGR
+    ok, encoded = cv2.imencode(IMAGE_FORMATS[fmt], np.ascontiguousarray(pixels))
+    if not ok:
+        raise MagnError(f"OpenCV could not encode a {fmt} image")
+    return encoded.tobytes()
+
+
+def check_writable(path: Union[str, Path], overwrite: bool = False) -> Path:
+    """MagnError if `path` exists and overwriting was not asked for (check before long work)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise MagnError(f"{path} already exists (use --overwrite to replace it)")
+    return path
+
+
+def write_file_atomic(path: Union[str, Path], data: Union[bytes, str],
+                      overwrite: bool = False) -> Path:
+    """Write through a temporary file and os.replace, so that a reader never sees half a
+    file; refuses to replace an existing file unless `overwrite`."""
+    path = check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
