@@ -19,7 +19,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so that `magn --help` lists every command; each module adds itself.
-    from magncli.cli import restore  # noqa: F401
+    from magncli.cli import degrade, eval, restore  # noqa: F401
 
 
 def main() -> None:
