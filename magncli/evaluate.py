@@ -20,6 +20,7 @@ under "images"; write_results and results_tables present them.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import subprocess
@@ -56,7 +57,8 @@ class Restorer:
     # The protocol's input rows score the degraded input as it is: Gaussian noise is
     # unclipped (clamping would add ~0.2 dB at sigma 25). Every real output is clamped.
     clamp_output: bool = True
-    device: Optional[str] = None  # where it runs, for the memory column ("cuda..." or CPU)
+    device: Optional[str] = None  # models: their device ("auto", "cuda:0", ...) for memory
+    requires: Optional[str] = None  # an optional package it imports
 
 
 def _identity(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
@@ -102,10 +104,8 @@ def _opencv_demosaic(method: str) -> Callable[[np.ndarray, Degradation], np.ndar
 
 
 def _bm3d(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
-    try:
-        import bm3d  # optional: `pip install bm3d`
-    except ImportError:
-        raise MagnError("the bm3d baseline needs the bm3d package: pip install bm3d") from None
+    import bm3d  # optional: `pip install bm3d`, checked by make_restorer
+
     sigma = degradation.sigma / 255.0
     if degraded.shape[2] == 3:
         return bm3d.bm3d_rgb(degraded, sigma).astype(np.float32)
@@ -118,7 +118,7 @@ BASELINES: Dict[str, Restorer] = {r.name: r for r in (
     Restorer("opencv-bilinear", _opencv_demosaic(""), tasks=("demosaic",)),
     Restorer("opencv-ea", _opencv_demosaic("_EA"), tasks=("demosaic",)),
     Restorer("opencv-vng", _opencv_demosaic("_VNG"), tasks=("demosaic",)),
-    Restorer("bm3d", _bm3d, tasks=("denoise",)),
+    Restorer("bm3d", _bm3d, tasks=("denoise",), requires="bm3d"),
 )}
 
 
@@ -142,12 +142,12 @@ def _model_restorer(spec: str, options) -> Restorer:
         raise MagnError(f"cannot evaluate model {spec!r}: this build has no inference "
                         "engine (magncli.load_model) yet") from None
     arch, path = _split_arch(spec)
-    model = load_model(path, arch=arch)
+    model = load_model(path) if arch is None else load_model(path, arch=arch)
 
     def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
         return restore_array(model, degraded, options)
 
-    return Restorer(spec, restore, device=str(getattr(options, "device", None) or ""))
+    return Restorer(spec, restore, device=getattr(options, "device", None) or "auto")
 
 
 def make_restorer(spec: str, task: str, options=None) -> Restorer:
@@ -157,6 +157,9 @@ def make_restorer(spec: str, task: str, options=None) -> Restorer:
         return _model_restorer(spec, options)
     if task not in baseline.tasks:
         raise MagnError(f"baseline {spec} does not do {task} (it does: {', '.join(baseline.tasks)})")
+    if baseline.requires and importlib.util.find_spec(baseline.requires) is None:
+        raise MagnError(f"the {spec} baseline needs the {baseline.requires} package: "
+                        f"pip install {baseline.requires}")
     return baseline
 
 
@@ -176,7 +179,13 @@ def git_commit() -> Optional[str]:
 
 
 def _uses_cuda(restorer: Restorer) -> bool:
-    return bool(restorer.device) and restorer.device.startswith("cuda")
+    if restorer.device is None:  # a baseline: CPU only
+        return False
+    if restorer.device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return restorer.device.startswith("cuda")
 
 
 def _reset_peak_memory(restorer: Restorer) -> None:

@@ -175,3 +175,50 @@ def test_eval_cli_reproduces_a_published_input_row(data_root, tmp_path):
     wrong_task = runner.invoke(app, ["eval", "--task", "denoise", "--sets", "Classic5",
                                      "--data-root", str(data_root)])
     _user_error(wrong_task, "not a test set for denoise", "Set12")
+
+
+def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_path, monkeypatch):
+    """The contract with the inference engine, with stand-ins for its two functions."""
+    import dataclasses
+    import types
+
+    import magncli
+    import magncli.models.registry as registry
+
+    @dataclasses.dataclass
+    class InferenceOptions:  # the engine's fields that eval sets
+        device: str = "auto"
+        tile: object = None
+        overlap: int = 8
+        ensemble: bool = False
+
+    calls = []
+
+    def load_model(weights, arch="auto"):
+        calls.append(("load", weights, arch))
+        return "the-model"
+
+    def restore_array(model, image, options):
+        calls.append(("restore", model, image.shape, options))
+        return cv2.GaussianBlur(image, (0, 0), 1.0).reshape(image.shape)  # a crude denoiser
+
+    monkeypatch.setitem(sys.modules, "magncli.inference",
+                        types.SimpleNamespace(InferenceOptions=InferenceOptions))
+    monkeypatch.setattr(magncli, "load_model", load_model, raising=False)
+    monkeypatch.setattr(magncli, "restore_array", restore_array, raising=False)
+    monkeypatch.setattr(registry, "list_archs", lambda: {"dagl": object()})
+    _make_images(tmp_path / "set", n=2, color=False)
+
+    result = runner.invoke(app, ["eval", "--task", "denoise", "--sets", str(tmp_path / "set"),
+                                 "--levels", "50", "-m", "input", "-m", "dagl:w.pt", "-m", "x.pt",
+                                 "--tile", "32", "--ensemble", "--device", "cpu",
+                                 "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert ("load", "w.pt", "dagl") in calls and ("load", "x.pt", "auto") in calls
+    restores = [c for c in calls if c[0] == "restore"]
+    assert len(restores) == 4 and restores[0][2] == (48, 64, 1)  # HxWxC, gray kept
+    assert restores[0][3] == InferenceOptions(device="cpu", tile=32, ensemble=True)
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [r["model"] for r in rows] == ["input", "dagl:w.pt", "x.pt"]
+    assert rows[1]["tile"] == 32 and rows[1]["ensemble"] is True and rows[1]["overlap"] == 8
+    assert rows[1]["psnr"] > rows[0]["psnr"] + 3
