@@ -96,9 +96,10 @@ def resolve_set(name_or_folder: str, data_root: Union[str, Path, None] = None
                     f"known sets: {', '.join(TEST_SETS)}")
 
 
-def sets_for(task: str, channels: str) -> List[str]:
-    """Names of the sets that serve `task` in `channels` mode."""
-    return [s.name for s in TEST_SETS.values() if channels in s.tracks.get(task, ())]
+def sets_for(task: str, channels: Optional[str] = None) -> List[str]:
+    """Names of the sets that serve `task` (in `channels` mode, when given)."""
+    return [s.name for s in TEST_SETS.values()
+            if task in s.tracks and (channels is None or channels in s.tracks[task])]
 
 
 # --------------------------------------------------------------------------- images

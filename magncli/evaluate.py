@@ -228,9 +228,8 @@ def _channels_for(task: str, set_name: str, test_set, channels: Optional[str],
     if channels in served:
         return channels
     wanted = f"{task} ({channels})" if channels else task
-    others = datasets.sets_for(task, channels or "gray") + datasets.sets_for(task, "color")
     raise MagnError(f"{set_name} is not a test set for {wanted}; "
-                    f"sets for {task}: {', '.join(dict.fromkeys(others))}")
+                    f"sets for it: {', '.join(datasets.sets_for(task, channels))}")
 
 
 def _set_note(test_set, mode: str) -> str:

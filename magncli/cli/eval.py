@@ -70,8 +70,7 @@ def eval_command(
 
     if output is not None:
         check_results_path(output, overwrite)  # fail before the run, not after it
-    set_names = _split(sets) or [s for mode in ("gray", "color") if channels in (None, mode)
-                                 for s in sets_for(task, mode)]
+    set_names = _split(sets) or sets_for(task, channels)  # default: every set of the task
     options = _inference_options(models, tile=tile, overlap=overlap,
                                  ensemble=ensemble or None, device=device)
     status = Console(stderr=True)
