@@ -43,8 +43,9 @@ def eval_command(
     sets: Optional[str] = typer.Option(
         None, "--sets", help="Comma-separated set names or folders (default: every set of the task)."),
     levels: Optional[str] = typer.Option(
-        None, "--levels", help=f"Comma-separated sigmas (denoise) or JPEG qualities (dejpeg); "
-                               f"default {DEFAULT_LEVELS}."),
+        None, "--levels", help="Comma-separated sigmas (denoise) or JPEG qualities (dejpeg); "
+                               "default " + "; ".join(f"{','.join(map(str, v))} ({k})"
+                                                      for k, v in DEFAULT_LEVELS.items()) + "."),
     models: List[str] = typer.Option(
         ["input"], "--model", "-m",
         help=f"Repeatable. Baselines: {', '.join(BASELINES)}; or a checkpoint name/path, or ARCH:PATH."),
