@@ -186,9 +186,11 @@ class Degradation:
     seed: Optional[int] = None  # denoise only: the RandomState seed of every image
 
     @property
-    def level(self):
-        """The task's one parameter: sigma, quality or pattern (a table's column label)."""
-        return {"denoise": self.sigma, "dejpeg": self.quality, "demosaic": self.pattern}[self.task]
+    def label(self) -> str:
+        """The task's one parameter as a short table label: "σ25", "q10" or "grbg"."""
+        if self.task == "denoise":
+            return f"σ{self.sigma:g}"
+        return f"q{self.quality}" if self.task == "dejpeg" else self.pattern
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

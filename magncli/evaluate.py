@@ -27,8 +27,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -275,21 +276,12 @@ def _describe(img: np.ndarray) -> str:
     return f"{img.shape[1]}x{img.shape[0]}x{img.shape[2]}"
 
 
-def level_label(degradation: Union[Degradation, dict]) -> str:
-    """A short column label: "σ25", "q10" or "grbg"."""
-    d = degradation if isinstance(degradation, dict) else degradation.as_dict()
-    if d["task"] == "denoise":
-        return f"σ{d['sigma']:g}"
-    if d["task"] == "dejpeg":
-        return f"q{d['quality']}"
-    return d["pattern"]
-
-
 def _save_image(save_dir: Path, restorer: Restorer, set_name: str, label: str, stem: str,
-                image: np.ndarray) -> None:
+                image: np.ndarray, overwrite: bool) -> None:
     safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in restorer.name)
-    path = save_dir / safe_model / set_name / label / f"{stem}.png"
-    datasets.write_file_atomic(path, datasets.encode_image(image, "png"), overwrite=True)
+    level_folder = label.replace("σ", "sigma")  # ASCII folder names
+    path = save_dir / safe_model / set_name / level_folder / f"{stem}.png"
+    datasets.write_file_atomic(path, datasets.encode_image(image, "png"), overwrite)
 
 
 def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequence[str] = ("input",),
@@ -328,7 +320,7 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
         stems = [p.stem for p in files]
         truths = [datasets.load_ground_truth(p, mode) for p in files]  # float32 HxWxC
         for degradation in degradations:
-            label = level_label(degradation)
+            label = degradation.label
             if inputs is not None:
                 degraded = _read_given_inputs(Path(inputs), stems, degradation)
             else:
@@ -337,8 +329,10 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
                 _check_same_size("input", stem, image, truth)
             first_outputs = []  # (model, output, PSNR) of the set's first image
             for restorer in restorers:
+                save = None if save_images is None else partial(
+                    _save_image, Path(save_images), restorer, set_name, label, overwrite=overwrite)
                 row, first_output = _evaluate_one(restorer, stems, degraded, truths, degradation,
-                                                  quantize, save_images, set_name, label)
+                                                  quantize, save)
                 row.update(set=set_name, channels=mode, inputs=str(inputs) if inputs else None,
                            note=_set_note(test_set, mode),
                            tile=getattr(options, "tile", None),
@@ -360,9 +354,10 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
 
 
 def _evaluate_one(restorer: Restorer, stems, degraded, truths, degradation: Degradation,
-                  quantize: bool, save_images, set_name: str, label: str
+                  quantize: bool, save: Optional[Callable[[str, np.ndarray], None]]
                   ) -> Tuple[dict, np.ndarray]:
-    """One row: restore and score every image of a set at one level."""
+    """One row: restore and score every image of a set at one level; `save(stem, output)`
+    keeps each output. Returns the row and the first image's output (for the sheet)."""
     # Color JPEG is scored on RGB and on Y (the protocol's "RGB, and Y").
     score_y = degradation.task == "dejpeg" and truths[0].shape[2] == 3
     _reset_peak_memory(restorer)
@@ -379,11 +374,11 @@ def _evaluate_one(restorer: Restorer, stems, degraded, truths, degradation: Degr
             record["psnr_y"], record["ssim_y"] = psnr_ssim(output, truth, quantize=quantize,
                                                            to_y=True, clamp=restorer.clamp_output)
         per_image.append(record)
-        if save_images is not None:
-            _save_image(Path(save_images), restorer, set_name, label, stem, output)
+        if save is not None:
+            save(stem, output)
         if first_output is None:
             first_output = output
-    row = {"task": degradation.task, "model": restorer.name, "level": label}
+    row = {"task": degradation.task, "model": restorer.name, "level": degradation.label}
     for key in ("psnr", "ssim", "psnr_y", "ssim_y"):
         if key in per_image[0]:
             row[key] = float(np.mean([r[key] for r in per_image]))

@@ -93,7 +93,7 @@ def test_eval_writes_json_csv_md_and_a_sheet(tmp_path):
     assert rows[2]["degradation"] == {"task": "denoise", "sigma": 50, "seed": 0}
     assert len(rows[0]["images"]) == 3
     assert all(r["psnr"] > i["psnr"] for r, i in zip(rows[1::2], rows[::2]))
-    saved = tmp_path / "restored" / "opencv-nlm" / "set" / "σ50" / "img2.png"
+    saved = tmp_path / "restored" / "opencv-nlm" / "set" / "sigma50" / "img2.png"
     assert cv2.imread(str(saved)).shape == (48, 64, 3)
     sheet = cv2.imread(str(tmp_path / "sheet.png"))
     assert sheet is not None and sheet.shape[0] > 2 * 48  # one strip per level
