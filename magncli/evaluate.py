@@ -426,15 +426,16 @@ def results_grid(rows: List[dict]) -> List[Tuple[str, List[str], List[List[str]]
 
 def results_tables(rows: List[dict]):
     """Rich tables for the terminal, one per task and channel mode."""
+    from rich.markup import escape  # names and notes are text, not markup
     from rich.table import Table
 
     tables = []
     for title, header, body in results_grid(rows):
-        table = Table(title=title)
+        table = Table(title=escape(title))
         for i, name in enumerate(header):
-            table.add_column(name, justify="left" if i == 0 else "right")
+            table.add_column(escape(name), justify="left" if i == 0 else "right")
         for line in body:
-            table.add_row(*line)
+            table.add_row(*map(escape, line))
         tables.append(table)
     return tables
 
