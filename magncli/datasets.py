@@ -160,11 +160,11 @@ def load_ground_truth(path: Union[str, Path], channels: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- writing
 
-# Output formats: extension and what is stored.
+# Output formats: (extension, what is stored), the note going into manifests.
 IMAGE_FORMATS = {
-    "png": ".png",  # 8-bit, clipped to [0, 1] and rounded
-    "png16": ".png",  # 16-bit, clipped to [0, 1], value * 65535 rounded
-    "tiff": ".tiff",  # float32, unclipped (keeps Gaussian noise exactly)
+    "png": (".png", "8-bit PNG: values clipped to [0, 1] and rounded (noise loses its tails)"),
+    "png16": (".png", "16-bit PNG: values clipped to [0, 1], stored as round(value * 65535)"),
+    "tiff": (".tiff", "float32 TIFF: values stored exactly, unclipped"),
 }
 
 
@@ -180,7 +180,7 @@ def encode_image(img: np.ndarray, fmt: str = "png") -> bytes:
         raise MagnError(f"unknown image format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
     if pixels.ndim == 3 and pixels.shape[2] == 3:
         pixels = pixels[..., ::-1]  # OpenCV writes BGR
-    ok, encoded = cv2.imencode(IMAGE_FORMATS[fmt], np.ascontiguousarray(pixels))
+    ok, encoded = cv2.imencode(IMAGE_FORMATS[fmt][0], np.ascontiguousarray(pixels))
     if not ok:
         raise MagnError(f"OpenCV could not encode a {fmt} image")
     return encoded.tobytes()

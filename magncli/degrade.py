@@ -231,13 +231,6 @@ def degrade(img: np.ndarray, task: str, level=None, seed: int = DEFAULT_SEED,
 
 # --------------------------------------------------------------------------- files
 
-FORMAT_NOTES = {
-    "png": "8-bit PNG: values clipped to [0, 1] and rounded (noise loses its tails)",
-    "png16": "16-bit PNG: values clipped to [0, 1], stored as round(value * 65535)",
-    "tiff": "float32 TIFF: values stored exactly, unclipped",
-}
-
-
 def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
                   overwrite: bool = False) -> dict:
     """Degrade image files (folders are expanded to their images) into out_dir as
@@ -263,7 +256,7 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
         else:
             raise MagnError(f"{item} does not exist")
     out_dir = Path(out_dir)
-    targets = [out_dir / (src.stem + IMAGE_FORMATS[fmt]) for src in sources]
+    targets = [out_dir / (src.stem + IMAGE_FORMATS[fmt][0]) for src in sources]
     if len(set(targets)) != len(targets):
         clash = next(t for t in targets if targets.count(t) > 1)
         raise MagnError(f"two inputs would both be written to {clash}")
@@ -283,6 +276,6 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
                         "height": clean.shape[0], "width": clean.shape[1],
                         "channels": clean.shape[2]})
     manifest = {"magn_version": __version__, "degradation": degradation.as_dict(),
-                "format": fmt, "format_note": FORMAT_NOTES[fmt], "files": records}
+                "format": fmt, "format_note": IMAGE_FORMATS[fmt][1], "files": records}
     write_file_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n", overwrite)
     return manifest

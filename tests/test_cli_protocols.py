@@ -227,3 +227,14 @@ def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_pa
     assert [r["model"] for r in rows] == ["input", "dagl:w.pt", "x.pt"]
     assert rows[1]["tile"] == 32 and rows[1]["ensemble"] is True and rows[1]["overlap"] == 8
     assert rows[1]["psnr"] > rows[0]["psnr"] + 3
+
+
+def test_degrade_png16_stores_the_clipped_signal_in_16_bits(tmp_path):
+    (source,) = _make_images(tmp_path / "clean", n=1)
+    result = runner.invoke(app, ["degrade", str(source), "--task", "denoise", "--sigma", "50",
+                                 "-o", str(tmp_path / "out"), "--format", "png16"])
+    assert result.exit_code == 0, result.output
+    stored = cv2.imread(str(tmp_path / "out" / "img0.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]
+    noisy = add_gaussian_noise(load_image(source), 50, 0)
+    assert stored.dtype == np.uint16
+    assert np.array_equal(stored, np.floor(np.clip(noisy, 0, 1) * 65535 + 0.5))
