@@ -63,6 +63,7 @@ def eval_command(
     overlap: Optional[int] = typer.Option(None, "--overlap", help="Overlap between model tiles."),
     ensemble: bool = typer.Option(False, "--ensemble", help="x8 flip/rotate self-ensemble."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... for models."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 for models."),
     quantize: bool = typer.Option(False, "--quantize", help="Score outputs rounded to 8 bits."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
@@ -73,7 +74,7 @@ def eval_command(
         check_results_path(output, overwrite)  # fail before the run, not after it
     set_names = _split(sets) or sets_for(task, channels)  # default: every set of the task
     options = _inference_options(models, tile=tile, overlap=overlap,
-                                 ensemble=ensemble or None, device=device)
+                                 ensemble=ensemble or None, device=device, precision=precision)
     status = Console(stderr=True)
     rows = run_eval(task, set_names, _levels(levels), models, seed=seed, data_root=data_root,
                     options=options, save_images=save_images, quantize=quantize,
