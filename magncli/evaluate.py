@@ -337,7 +337,8 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
                            note=_set_note(test_set, mode),
                            tile=getattr(options, "tile", None),
                            overlap=getattr(options, "overlap", None),
-                           ensemble=getattr(options, "ensemble", None), commit=commit)
+                           ensemble=getattr(options, "ensemble", None),
+                           precision=getattr(options, "precision", None), commit=commit)
                 rows.append(row)
                 first_outputs.append((restorer.name, first_output, row["images"][0]["psnr"]))
                 report(f"{set_name} {label} {restorer.name}: {row['psnr']:.2f} dB, "
@@ -392,7 +393,8 @@ def _evaluate_one(restorer: Restorer, stems, degraded, truths, degradation: Degr
 
 CSV_COLUMNS = ("task", "channels", "model", "set", "level", "psnr", "ssim", "psnr_y", "ssim_y",
                "n_images", "seconds_per_image", "peak_mem_mb", "sigma", "quality", "pattern",
-               "seed", "tile", "overlap", "ensemble", "quantize", "inputs", "commit")
+               "seed", "tile", "overlap", "ensemble", "precision", "quantize", "inputs",
+               "commit")
 
 
 def _cell(row: dict) -> str:
