@@ -1,0 +1,89 @@
+"""`magn eval`: score models and baselines on benchmark sets by the protocol."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from magncli.cli.app import app
+from magncli.datasets import sets_for
+from magncli.degrade import DEFAULT_PATTERN
+from magncli.errors import MagnError
+from magncli.evaluate import (BASELINES, DEFAULT_LEVELS, check_results_path, results_tables,
+                              run_eval, write_results)
+
+
+def _split(text: Optional[str]) -> List[str]:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else []
+
+
+def _levels(text: Optional[str]) -> List[float]:
+    try:
+        return [float(v) if "." in v else int(v) for v in _split(text)]
+    except ValueError:
+        raise MagnError(f"--levels takes comma-separated numbers, got {text!r}") from None
+
+
+def _inference_options(models: List[str], **given):
+    """InferenceOptions for checkpoint models (None when only baselines run). Options left
+    unset keep the engine's defaults."""
+    if all(m in BASELINES for m in models):
+        return None
+    try:
+        from magncli.inference import InferenceOptions
+    except ImportError:  # the model itself then fails with a clear message
+        return None
+    return InferenceOptions(**{k: v for k, v in given.items() if v is not None})
+
+
+@app.command("eval")
+def eval_command(
+    task: str = typer.Option(..., "--task", help="denoise | dejpeg | demosaic"),
+    sets: Optional[str] = typer.Option(
+        None, "--sets", help="Comma-separated set names or folders (default: every set of the task)."),
+    levels: Optional[str] = typer.Option(
+        None, "--levels", help="Comma-separated sigmas (denoise) or JPEG qualities (dejpeg); "
+                               "default " + "; ".join(f"{','.join(map(str, v))} ({k})"
+                                                      for k, v in DEFAULT_LEVELS.items()) + "."),
+    models: List[str] = typer.Option(
+        ["input"], "--model", "-m",
+        help=f"Repeatable. Baselines: {', '.join(BASELINES)}; or a checkpoint name/path, or ARCH:PATH."),
+    pattern: str = typer.Option(DEFAULT_PATTERN, "--pattern", help="demosaic: Bayer pattern."),
+    channels: Optional[str] = typer.Option(
+        None, "--channels", help="gray | color (default: the set's first track; LIVE1 gray = Y)."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed (one RandomState(seed) per image)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder of the test sets."),
+    inputs: Optional[Path] = typer.Option(
+        None, "--inputs", help="Already-degraded images, matched to the set by file name (one set, one level)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Results file: .json, .csv or .md."),
+    save_images: Optional[Path] = typer.Option(None, "--save-images", help="Folder for restored images."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="PNG sheet of labelled crops."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Model tile size in pixels."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Overlap between model tiles."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="x8 flip/rotate self-ensemble."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... for models."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 for models."),
+    quantize: bool = typer.Option(False, "--quantize", help="Score outputs rounded to 8 bits."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+) -> None:
+    """Evaluate models on benchmark sets; print tables and optionally write results."""
+    from rich.console import Console
+
+    if output is not None:
+        check_results_path(output, overwrite)  # fail before the run, not after it
+    set_names = _split(sets) or sets_for(task, channels)  # default: every set of the task
+    options = _inference_options(models, tile=tile, overlap=overlap,
+                                 ensemble=ensemble or None, device=device, precision=precision)
+    status = Console(stderr=True)
+    rows = run_eval(task, set_names, _levels(levels), models, seed=seed, data_root=data_root,
+                    options=options, save_images=save_images, quantize=quantize,
+                    channels=channels, pattern=pattern, inputs=inputs, sheet=sheet,
+                    overwrite=overwrite,
+                    progress=lambda line: status.print(line, markup=False, highlight=False))
+    console = Console()
+    for table in results_tables(rows):
+        console.print(table)
+    if output is not None:
+        write_results(rows, output, overwrite)
+        status.print(f"results written to {output}")

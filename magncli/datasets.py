@@ -1,0 +1,209 @@
+"""Benchmark test sets and image files: where the sets live, which task and channels each
+serves, and how images are listed, loaded and (atomically) written.
+
+The data root is, first found: the `--data-root` argument, $MAGN_DATA, or
+../shared/datasets next to the repository checkout. Set names are the folder names of
+shared/datasets (see SOURCES.md there); any other folder of images can be evaluated too.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+
+from magncli.degrade import rgb_to_y_studio_uint8, to_uint8
+from magncli.errors import MagnError
+
+IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
+CHANNELS = ("gray", "color")
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """A named benchmark set. `tracks` maps a task to the channel modes it is scored in;
+    `stored` is what the files hold. A "gray" track of an RGB set scores its studio Y."""
+
+    __test__ = False  # not a pytest class, despite the name
+
+    name: str
+    stored: str  # "gray" or "color"
+    tracks: Dict[str, Tuple[str, ...]]
+    note: str = ""
+
+
+# The table of docs/benchmark-protocols.md.
+TEST_SETS: Dict[str, TestSet] = {s.name: s for s in (
+    TestSet("Set12", "gray", {"denoise": ("gray",)}),
+    TestSet("BSD68", "gray", {"denoise": ("gray",)}),
+    TestSet("Urban100_gray", "gray", {"denoise": ("gray",)}),
+    TestSet("CBSD68", "color", {"denoise": ("color",)}),
+    TestSet("Kodak24", "color", {"denoise": ("color",), "dejpeg": ("color",),
+                                 "demosaic": ("color",)}),
+    TestSet("McMaster", "color", {"denoise": ("color",), "demosaic": ("color",)}),
+    TestSet("Urban100_color_subset", "color", {"denoise": ("color",), "demosaic": ("color",)},
+            note="10 of the 100 images: not comparable with published Urban100 numbers"),
+    TestSet("Classic5", "gray", {"dejpeg": ("gray",)}),
+    # LIVE1's gray track scores the BT.601 studio Y of its RGB files (see load_ground_truth).
+    TestSet("LIVE1", "color", {"dejpeg": ("gray", "color")}),
+)}
+
+
+# --------------------------------------------------------------------------- data root
+
+def resolve_data_root(data_root: Union[str, Path, None] = None) -> Path:
+    """--data-root > $MAGN_DATA > ../shared/datasets beside the checkout, else MagnError."""
+    if data_root is not None:
+        root, origin = Path(data_root), "--data-root"
+    elif os.environ.get("MAGN_DATA"):
+        root, origin = Path(os.environ["MAGN_DATA"]), "$MAGN_DATA"
+    else:
+        root = _REPO_ROOT.parent / "shared" / "datasets"
+        if not root.is_dir():
+            raise MagnError("no benchmark data root: pass --data-root DIR or set MAGN_DATA")
+        return root
+    if not root.is_dir():
+        raise MagnError(f"data root {root} (from {origin}) is not a folder")
+    return root
+
+
+def find_test_set(name: str) -> Optional[TestSet]:
+    """The named set, matched case-insensitively, or None."""
+    for known in TEST_SETS.values():
+        if known.name.lower() == name.lower():
+            return known
+    return None
+
+
+def resolve_set(name_or_folder: str, data_root: Union[str, Path, None] = None
+                ) -> Tuple[str, Path, Optional[TestSet]]:
+    """A set name or a folder -> (display name, folder, TestSet or None for a plain folder)."""
+    known = find_test_set(name_or_folder)
+    if known is not None:
+        folder = resolve_data_root(data_root) / known.name
+        if not folder.is_dir():
+            raise MagnError(f"test set {known.name} not found at {folder}")
+        return known.name, folder, known
+    folder = Path(name_or_folder)
+    if folder.is_dir():
+        return folder.name, folder, None
+    raise MagnError(f"unknown test set {name_or_folder!r} (not a folder either); "
+                    f"known sets: {', '.join(TEST_SETS)}")
+
+
+def sets_for(task: str, channels: Optional[str] = None) -> List[str]:
+    """Names of the sets that serve `task` (in `channels` mode, when given)."""
+    return [s.name for s in TEST_SETS.values()
+            if task in s.tracks and (channels is None or channels in s.tracks[task])]
+
+
+# --------------------------------------------------------------------------- images
+
+def list_images(folder: Union[str, Path]) -> List[Path]:
+    """The image files of a folder (not recursive), sorted by name; MagnError if none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MagnError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise MagnError(f"no image files in {folder} (looked for {' '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def read_raw(path: Union[str, Path]) -> np.ndarray:
+    """The file's samples as stored: uint8, uint16 or float32, HxWxC with C = 1 or 3 (RGB).
+
+    A deliberately small reader (OpenCV, alpha dropped) until magncli.images.read_image
+    lands; this function is the one place to swap."""
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise MagnError(f"cannot read image {path}")
+    if pixels.ndim == 2:
+        return pixels[..., None]
+    if pixels.shape[2] == 4:
+        pixels = pixels[..., :3]
+    return np.ascontiguousarray(pixels[..., ::-1])  # BGR -> RGB
+
+
+def to_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 / float samples -> float32 on [0, 1] (float data kept as is)."""
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) / 255.0
+    if pixels.dtype == np.uint16:
+        return pixels.astype(np.float32) / 65535.0
+    return pixels.astype(np.float32)
+
+
+def load_image(path: Union[str, Path]) -> np.ndarray:
+    """float32 HxWxC (C = 1 or 3) on [0, 1]."""
+    return to_float(read_raw(path))
+
+
+def load_ground_truth(path: Union[str, Path], channels: str) -> np.ndarray:
+    """A clean image in the requested channel mode, float32 HxWx1 (gray) or HxWx3 (color).
+    An RGB file on a gray track becomes its 8-bit studio Y (the LIVE1 gray protocol)."""
+    pixels = read_raw(path)
+    if channels == "gray" and pixels.shape[2] == 3:
+        if pixels.dtype != np.uint8:
+            raise MagnError(f"{path}: the gray (Y) track needs 8-bit RGB files")
+        pixels = rgb_to_y_studio_uint8(pixels)[..., None]
+    elif channels == "color" and pixels.shape[2] == 1:
+        raise MagnError(f"{path} is a gray image but the color channels were asked for")
+    return to_float(pixels)
+
+
+# --------------------------------------------------------------------------- writing
+
+# Output formats: (extension, what is stored), the note going into manifests.
+IMAGE_FORMATS = {
+    "png": (".png", "8-bit PNG: values clipped to [0, 1] and rounded (noise loses its tails)"),
+    "png16": (".png", "16-bit PNG: values clipped to [0, 1], stored as round(value * 65535)"),
+    "tiff": (".tiff", "float32 TIFF: values stored exactly, unclipped"),
+}
+
+
+def encode_image(img: np.ndarray, fmt: str = "png") -> bytes:
+    """float32 HxWxC (C = 1 or 3, RGB) on [0, 1] -> the bytes of a file in `fmt`."""
+    if fmt == "png":
+        pixels = to_uint8(img)
+    elif fmt == "png16":
+        pixels = np.floor(np.clip(img, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+    elif fmt == "tiff":
+        pixels = img.astype(np.float32)
+    else:
+        raise MagnError(f"unknown image format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        pixels = pixels[..., ::-1]  # OpenCV writes BGR
+    ok, encoded = cv2.imencode(IMAGE_FORMATS[fmt][0], np.ascontiguousarray(pixels))
+    if not ok:
+        raise MagnError(f"OpenCV could not encode a {fmt} image")
+    return encoded.tobytes()
+
+
+def check_writable(path: Union[str, Path], overwrite: bool = False) -> Path:
+    """MagnError if `path` exists and overwriting was not asked for (check before long work)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise MagnError(f"{path} already exists (use --overwrite to replace it)")
+    return path
+
+
+def write_file_atomic(path: Union[str, Path], data: Union[bytes, str],
+                      overwrite: bool = False) -> Path:
+    """Write through a temporary file and os.replace, so that a reader never sees half a
+    file; refuses to replace an existing file unless `overwrite`."""
+    path = check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path

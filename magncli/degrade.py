@@ -1,0 +1,281 @@
+"""Degradations: how `magn degrade`, `magn eval` and training make their inputs.
+
+Everything here follows docs/benchmark-protocols.md (shared/docs), so that eval tables can
+stand beside published ones:
+
+- Gaussian noise: float, unclipped, unrounded, from numpy's frozen legacy stream
+  `RandomState(seed)` (a fresh generator per image, seeded with the protocol's seed).
+- JPEG: libjpeg through OpenCV, standard IJG tables, 4:2:0 chroma for color; gray stays
+  one channel.
+- Bayer mosaic: a 3-channel image with zeros at unsampled sites, GRBG by default.
+
+Images are numpy arrays, HxW or HxWxC (C = 1 or 3, RGB order), float32 in [0, 1] unless
+a function says otherwise. Everything is deterministic and bad parameters raise MagnError.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from magncli.errors import MagnError
+
+TASKS = ("denoise", "dejpeg", "demosaic")
+DEFAULT_SEED = 0
+DEFAULT_PATTERN = "grbg"
+
+# A Bayer pattern names the colours of its 2x2 tile in reading order:
+# (0,0), (0,1), (1,0), (1,1). "grbg" = G R / B G.
+BAYER_PATTERNS = ("grbg", "rggb", "gbrg", "bggr")
+_CHANNEL_INDEX = {"r": 0, "g": 1, "b": 2}
+
+
+# --------------------------------------------------------------------------- 8-bit values
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8, clipped and *rounded* (half up, as MATLAB's round for
+    non-negative values). Never truncates: truncation costs ~0.3 dB at 42 dB."""
+    if img.dtype == np.uint8:
+        return img
+    return np.floor(np.clip(img.astype(np.float64), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- Gaussian noise
+
+def _check_sigma(sigma: float) -> None:
+    if not np.isfinite(sigma) or sigma < 0:
+        raise MagnError(f"noise sigma must be a number >= 0 (on the 0-255 scale), got {sigma}")
+
+
+def add_gaussian_noise(img: np.ndarray, sigma: float, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """img (float [0, 1], any shape) + N(0, sigma/255), as float32 with no clipping and no
+    rounding. The noise comes from a fresh `np.random.RandomState(seed)`, whose stream numpy
+    keeps frozen, so a seed gives the same noisy image on every numpy version."""
+    _check_sigma(sigma)
+    noise = np.random.RandomState(seed).standard_normal(img.shape) * (sigma / 255.0)  # float64
+    return (img.astype(np.float64) + noise).astype(np.float32)
+
+
+def gaussian_noise_torch(x, sigma_per_image, generator=None):
+    """Training-time noise on a torch batch x (B, C, H, W) in [0, 1]: x + N(0, sigma/255),
+    one sigma per image (a float or a (B,) tensor on the 0-255 scale), unclipped.
+
+    Not the eval stream: torch's generator may change between versions and devices, so
+    benchmark inputs always come from `add_gaussian_noise`."""
+    import torch
+
+    sigma = torch.as_tensor(sigma_per_image, dtype=x.dtype, device=x.device)
+    if bool((sigma < 0).any()):
+        raise MagnError("noise sigma must be >= 0 (on the 0-255 scale)")
+    sigma = sigma.reshape(-1, 1, 1, 1) if sigma.ndim else sigma
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return x + noise * (sigma / 255.0)
+
+
+# --------------------------------------------------------------------------- JPEG
+
+def _check_quality(quality: int) -> None:
+    if int(quality) != quality or not 1 <= quality <= 100:
+        raise MagnError(f"JPEG quality must be an integer from 1 to 100, got {quality}")
+
+
+def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
+    """Encode and decode with libjpeg (OpenCV) at `quality`; returns uint8 of img's shape.
+
+    img: uint8 HxW, HxWx1 (gray, encoded as a one-channel JPEG) or HxWx3 RGB (encoded
+    YCbCr 4:2:0, standard IJG tables). Float input in [0, 1] is first rounded to uint8,
+    because JPEG only stores 8-bit samples."""
+    _check_quality(quality)
+    pixels = to_uint8(img)
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        pixels = pixels[..., ::-1]  # OpenCV encodes BGR
+    elif pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    elif pixels.ndim != 2:
+        raise MagnError(f"JPEG needs a gray or RGB image, got shape {img.shape}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    # 4:2:0 is OpenCV's default too, but we say so: the protocol depends on it.
+    if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(pixels), params)
+    if not ok:
+        raise MagnError("OpenCV could not encode the image as JPEG")
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)  # HxW (gray) or HxWx3 BGR
+    if decoded.ndim == 3:
+        decoded = decoded[..., ::-1]
+    return np.ascontiguousarray(decoded).reshape(img.shape)
+
+
+# --------------------------------------------------------------------------- BT.601 studio Y
+
+def rgb_to_y_studio(rgb: np.ndarray, data_range: float = 1.0) -> np.ndarray:
+    """BT.601 "studio" luma as MATLAB rgb2ycbcr: Y = 16 + (65.481 R + 128.553 G + 24.966 B)/255
+    on 0-255 values. rgb: HxWx3 on [0, data_range]; returns float64 HxW on the same scale
+    (16/255..235/255 of data_range). Not OpenCV's gray, which differs by ~0.7 dB on JPEG."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise MagnError(f"Y conversion needs an RGB image, got shape {rgb.shape}")
+    weighted = 65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]
+    return (16.0 * data_range + weighted) / 255.0
+
+
+def rgb_to_y_studio_uint8(rgb: np.ndarray) -> np.ndarray:
+    """Rounded 8-bit studio Y (HxW uint8) of uint8 RGB (HxWx3), computed from the exact
+    integers: how FBCNN's and DAGL's gray LIVE1 were made."""
+    if rgb.dtype != np.uint8:
+        raise MagnError(f"8-bit Y conversion needs a uint8 image, got {rgb.dtype}")
+    return np.floor(rgb_to_y_studio(rgb, data_range=255.0) + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- Bayer mosaic
+
+def _check_pattern(pattern: str) -> str:
+    name = str(pattern).lower()
+    if name not in BAYER_PATTERNS:
+        raise MagnError(f"unknown Bayer pattern {pattern!r}; known: {', '.join(BAYER_PATTERNS)}")
+    return name
+
+
+def bayer_masks(h: int, w: int, pattern: str = DEFAULT_PATTERN) -> np.ndarray:
+    """Boolean HxWx3 array: True where the sensor samples that channel. The 2x2 tile is
+    anchored at (0, 0); odd sizes simply cut the last tile."""
+    pattern = _check_pattern(pattern)
+    masks = np.zeros((h, w, 3), dtype=bool)
+    for (row, col), colour in zip(((0, 0), (0, 1), (1, 0), (1, 1)), pattern):
+        masks[row::2, col::2, _CHANNEL_INDEX[colour]] = True
+    return masks
+
+
+def bayer_mosaic(rgb: np.ndarray, pattern: str = DEFAULT_PATTERN) -> np.ndarray:
+    """HxWx3 RGB -> HxWx3 zero-filled mosaic (the input of IRCNN, RNAN, PANet, DAGL)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise MagnError(f"demosaicing needs an RGB image, got shape {rgb.shape}")
+    return rgb * bayer_masks(rgb.shape[0], rgb.shape[1], pattern).astype(rgb.dtype)
+
+
+def cfa_to_mosaic(cfa: np.ndarray, pattern: str = DEFAULT_PATTERN) -> np.ndarray:
+    """A one-channel sensor image (HxW or HxWx1, as a raw CFA file holds) -> the zero-filled
+    HxWx3 mosaic that models take."""
+    if cfa.ndim == 3 and cfa.shape[2] == 1:
+        cfa = cfa[..., 0]
+    if cfa.ndim != 2:
+        raise MagnError(f"a CFA image has one channel, got shape {cfa.shape}")
+    return cfa[..., None] * bayer_masks(cfa.shape[0], cfa.shape[1], pattern).astype(cfa.dtype)
+
+
+def mosaic_to_cfa(mosaic: np.ndarray) -> np.ndarray:
+    """Zero-filled HxWx3 mosaic -> HxW one-channel CFA (each site holds one non-zero channel)."""
+    return mosaic.sum(axis=2, dtype=mosaic.dtype)
+
+
+# --------------------------------------------------------------------------- task level
+
+@dataclass(frozen=True)
+class Degradation:
+    """One task's degradation with its parameters; `as_dict()` is what results and
+    manifests record. Only the field of the task is set (sigma, quality or pattern)."""
+
+    task: str
+    sigma: Optional[float] = None  # denoise, 0-255 scale
+    quality: Optional[int] = None  # dejpeg, 1-100
+    pattern: Optional[str] = None  # demosaic
+    seed: Optional[int] = None  # denoise only: the RandomState seed of every image
+
+    @property
+    def label(self) -> str:
+        """The task's one parameter as a short table label: "σ25", "q10" or "grbg"."""
+        if self.task == "denoise":
+            return f"σ{self.sigma:g}"
+        return f"q{self.quality}" if self.task == "dejpeg" else self.pattern
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def apply(self, img: np.ndarray) -> np.ndarray:
+        """img float32 HxWxC in [0, 1] -> degraded float32 HxWxC."""
+        if self.task == "denoise":
+            return add_gaussian_noise(img, self.sigma, self.seed)
+        if self.task == "dejpeg":
+            return jpeg_compress(img, self.quality).astype(np.float32) / 255.0
+        return bayer_mosaic(img, self.pattern)
+
+
+def make_degradation(task: str, level=None, seed: int = DEFAULT_SEED,
+                     pattern: str = DEFAULT_PATTERN) -> Degradation:
+    """Validate and build a Degradation. level = sigma (denoise) or quality (dejpeg);
+    demosaic takes `pattern` and no level."""
+    if task not in TASKS:
+        raise MagnError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    if task == "demosaic":
+        return Degradation(task, pattern=_check_pattern(pattern))
+    if level is None:
+        what = "--sigma" if task == "denoise" else "--quality"
+        raise MagnError(f"task {task} needs a level ({what})")
+    if task == "denoise":
+        _check_sigma(float(level))
+        sigma = float(level)
+        return Degradation(task, sigma=int(sigma) if sigma.is_integer() else sigma, seed=int(seed))
+    _check_quality(float(level))
+    return Degradation(task, quality=int(level))
+
+
+def degrade(img: np.ndarray, task: str, level=None, seed: int = DEFAULT_SEED,
+            pattern: str = DEFAULT_PATTERN) -> np.ndarray:
+    """One call for one image: float32 HxWxC [0, 1] -> degraded float32 HxWxC."""
+    return make_degradation(task, level, seed, pattern).apply(img)
+
+
+# --------------------------------------------------------------------------- files
+
+def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
+                  overwrite: bool = False) -> dict:
+    """Degrade image files (folders are expanded to their images) into out_dir as
+    <stem>.png/.tiff, plus manifest.json recording every parameter; returns the manifest.
+
+    As the protocol says, every image gets a fresh generator seeded with the same seed, so
+    a file's noise does not depend on which other files were given. Nothing is written if
+    any output exists already (unless overwrite)."""
+    # Imported here: datasets itself uses this module (studio Y).
+    from magncli import __version__
+    from magncli.datasets import (IMAGE_FORMATS, check_writable, encode_image, list_images,
+                                  load_image, write_file_atomic)
+
+    if fmt not in IMAGE_FORMATS:
+        raise MagnError(f"unknown output format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
+    sources = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            sources += list_images(item)
+        elif item.is_file():
+            sources.append(item)
+        else:
+            raise MagnError(f"{item} does not exist")
+    out_dir = Path(out_dir)
+    targets = [out_dir / (src.stem + IMAGE_FORMATS[fmt][0]) for src in sources]
+    if len(set(targets)) != len(targets):
+        clash = next(t for t in targets if targets.count(t) > 1)
+        raise MagnError(f"two inputs would both be written to {clash}")
+    manifest_path = out_dir / "manifest.json"
+    for target in targets + [manifest_path]:
+        check_writable(target, overwrite)
+
+    records = []
+    for src, target in zip(sources, targets):
+        clean = load_image(src)  # float32 HxWxC
+        try:
+            degraded = degradation.apply(clean)
+        except MagnError as e:
+            raise MagnError(f"{src}: {e}") from None
+        write_file_atomic(target, encode_image(degraded, fmt), overwrite)
+        records.append({"input": str(src), "output": target.name, "seed": degradation.seed,
+                        "height": clean.shape[0], "width": clean.shape[1],
+                        "channels": clean.shape[2]})
+    manifest = {"magn_version": __version__, "degradation": degradation.as_dict(),
+                "format": fmt, "format_note": IMAGE_FORMATS[fmt][1], "files": records}
+    write_file_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n", overwrite)
+    return manifest

@@ -1,0 +1,519 @@
+"""The engine of `magn eval`: degrade benchmark sets by the protocol, restore them with each
+model, score, and write tables.
+
+A Restorer turns a degraded float32 HxWxC image on [0, 1] into a restored one of the same
+shape. Built-in baselines need no weights:
+
+    input            the degraded image itself (the "input rows" of the protocol page)
+    opencv-nlm       non-local means (denoise)
+    opencv-bilinear  OpenCV demosaicing: bilinear, edge-aware, VNG (demosaic)
+    opencv-ea
+    opencv-vng
+    bm3d             BM3D (denoise), only where `pip install bm3d` was done
+
+Any other name is a model: a checkpoint name or path, or ARCH:PATH (e.g. dagl:model.pt),
+loaded with magncli.load_model and run with magncli.restore_array.
+
+run_eval returns one row (a dict) per model x set x level, each with its per-image scores
+under "images"; write_results and results_tables present them.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from magncli import datasets
+from magncli.degrade import (DEFAULT_PATTERN, TASKS, Degradation, cfa_to_mosaic,
+                             make_degradation, mosaic_to_cfa, to_uint8)
+from magncli.errors import MagnError
+from magncli.metrics import psnr, psnr_ssim
+
+DEFAULT_LEVELS = {"denoise": (15, 25, 50), "dejpeg": (10, 20, 30, 40)}
+SHEET_CELL = 192  # pixels of each crop on a comparison sheet
+
+
+# --------------------------------------------------------------------------- restorers
+
+@dataclass
+class Restorer:
+    """A named way to restore an image. `restore(degraded, degradation)` gets the known
+    degradation too, so that non-blind baselines can use sigma or the Bayer pattern;
+    models ignore it."""
+
+    name: str
+    restore: Callable[[np.ndarray, Degradation], np.ndarray]
+    tasks: Tuple[str, ...] = TASKS
+    # The protocol's input rows score the degraded input as it is: Gaussian noise is
+    # unclipped (clamping would add ~0.2 dB at sigma 25). Every real output is clamped.
+    clamp_output: bool = True
+    device: Optional[str] = None  # models: their device ("auto", "cuda:0", ...) for memory
+    requires: Optional[str] = None  # an optional package it imports
+
+
+def _identity(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
+    return degraded
+
+
+def nlm_strength(sigma: float, color: bool) -> float:
+    """NLM filter strength h for noise sigma (0-255), one rule for every level. Tuned on a
+    few images at sigma 15/25/50: gray 0.9 sigma is within 0.6 dB of the best of 0.6-1.2
+    sigma (three Set12 images); color 0.6 sigma (h and hColor) was the best of 0.4-1.0 sigma
+    (two CBSD68 images). On all of Set12 at sigma 25: 27.91 dB against 20.20 for the input."""
+    return (0.6 if color else 0.9) * sigma
+
+
+def _opencv_nlm(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
+    # OpenCV's NLM takes 8-bit images: the (unclipped) noisy input is rounded first.
+    pixels = to_uint8(degraded)  # HxWxC uint8
+    if pixels.shape[2] == 3:
+        h = nlm_strength(degradation.sigma, color=True)
+        bgr = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(pixels[..., ::-1]),
+                                              None, h, h, 7, 21)
+        out = bgr[..., ::-1]
+    else:
+        h = nlm_strength(degradation.sigma, color=False)
+        out = cv2.fastNlMeansDenoising(np.ascontiguousarray(pixels[..., 0]), None, h, 7, 21)
+        out = out[..., None]
+    return out.astype(np.float32) / 255.0
+
+
+def opencv_bayer_code(pattern: str, method: str = "") -> int:
+    """The cv2.COLOR_Bayer*2RGB code for our pattern names. OpenCV's two-letter names are
+    offset: they name the colours at (1,1) and (1,2), so our GRBG is OpenCV's "GB"."""
+    tile = pattern.upper()  # colours at (0,0), (0,1), (1,0), (1,1)
+    return getattr(cv2, f"COLOR_Bayer{tile[3]}{tile[2]}2RGB{method}")
+
+
+def _opencv_demosaic(method: str) -> Callable[[np.ndarray, Degradation], np.ndarray]:
+    def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
+        cfa = to_uint8(mosaic_to_cfa(degraded))  # HxW uint8, one sample per site
+        rgb = cv2.demosaicing(cfa, opencv_bayer_code(degradation.pattern, method))
+        return rgb.astype(np.float32) / 255.0
+
+    return restore
+
+
+def _bm3d(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
+    import bm3d  # optional: `pip install bm3d`, checked by make_restorer
+
+    sigma = degradation.sigma / 255.0
+    if degraded.shape[2] == 3:
+        return bm3d.bm3d_rgb(degraded, sigma).astype(np.float32)
+    return bm3d.bm3d(degraded[..., 0], sigma).astype(np.float32)[..., None]
+
+
+BASELINES: Dict[str, Restorer] = {r.name: r for r in (
+    Restorer("input", _identity, clamp_output=False),
+    Restorer("opencv-nlm", _opencv_nlm, tasks=("denoise",)),
+    Restorer("opencv-bilinear", _opencv_demosaic(""), tasks=("demosaic",)),
+    Restorer("opencv-ea", _opencv_demosaic("_EA"), tasks=("demosaic",)),
+    Restorer("opencv-vng", _opencv_demosaic("_VNG"), tasks=("demosaic",)),
+    Restorer("bm3d", _bm3d, tasks=("denoise",), requires="bm3d"),
+)}
+
+
+def _split_arch(spec: str) -> Tuple[Optional[str], str]:
+    """"dagl:model.pt" -> ("dagl", "model.pt") when the prefix is a registered architecture;
+    otherwise (None, spec), so that paths with colons still work."""
+    if ":" in spec:
+        prefix, rest = spec.split(":", 1)
+        from magncli.models.registry import list_archs
+
+        if prefix.lower() in list_archs():
+            return prefix.lower(), rest
+    return None, spec
+
+
+def _model_restorer(spec: str, options) -> Restorer:
+    # Imported here: the inference engine is optional for baseline-only evaluations.
+    try:
+        from magncli import load_model, restore_array
+    except ImportError:
+        raise MagnError(f"cannot evaluate model {spec!r}: this build has no inference "
+                        "engine (magncli.load_model) yet") from None
+    arch, path = _split_arch(spec)
+    model = load_model(path) if arch is None else load_model(path, arch=arch)
+
+    def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
+        return restore_array(model, degraded, options)
+
+    return Restorer(spec, restore, device=getattr(options, "device", None) or "auto")
+
+
+def make_restorer(spec: str, task: str, options=None) -> Restorer:
+    """A baseline by name, or a model by checkpoint spec; MagnError for a wrong-task baseline."""
+    baseline = BASELINES.get(spec)
+    if baseline is None:
+        return _model_restorer(spec, options)
+    if task not in baseline.tasks:
+        raise MagnError(f"baseline {spec} does not do {task} (it does: {', '.join(baseline.tasks)})")
+    if baseline.requires and importlib.util.find_spec(baseline.requires) is None:
+        raise MagnError(f"the {spec} baseline needs the {baseline.requires} package: "
+                        f"pip install {baseline.requires}")
+    return baseline
+
+
+# --------------------------------------------------------------------------- run metadata
+
+def git_commit() -> Optional[str]:
+    """The checkout's commit (with -dirty when it has changes), or None outside git."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def _uses_cuda(restorer: Restorer) -> bool:
+    if restorer.device is None:  # a baseline: CPU only
+        return False
+    if restorer.device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return restorer.device.startswith("cuda")
+
+
+def _reset_peak_memory(restorer: Restorer) -> None:
+    if _uses_cuda(restorer):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory_mb(restorer: Restorer) -> Optional[float]:
+    """CUDA: the most memory torch allocated during the row. CPU: the process's peak
+    resident memory so far (a high-water mark, including everything loaded before)."""
+    if _uses_cuda(restorer):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes vs KiB
+
+
+# --------------------------------------------------------------------------- run_eval
+
+def _channels_for(task: str, set_name: str, test_set, channels: Optional[str],
+                  first_image: Path) -> str:
+    """The channel mode ("gray"/"color") a set is scored in for `task`."""
+    if channels is not None and channels not in datasets.CHANNELS:
+        raise MagnError(f"unknown channels {channels!r}; use gray or color")
+    if test_set is None:  # a plain folder: as asked, else as its first image is stored
+        if channels is not None:
+            return channels
+        return "gray" if datasets.read_raw(first_image).shape[2] == 1 else "color"
+    served = test_set.tracks.get(task, ())
+    if channels is None and served:
+        return served[0]
+    if channels in served:
+        return channels
+    wanted = f"{task} ({channels})" if channels else task
+    raise MagnError(f"{set_name} is not a test set for {wanted}; "
+                    f"sets for it: {', '.join(datasets.sets_for(task, channels))}")
+
+
+def _set_note(test_set, mode: str) -> str:
+    """What a reader of the table must know about a set's numbers ("" for nothing)."""
+    notes = [test_set.note] if test_set is not None and test_set.note else []
+    if test_set is not None and mode == "gray" and test_set.stored == "color":
+        notes.append("gray = BT.601 studio Y of the RGB files")
+    return "; ".join(notes)
+
+
+def _degradations(task: str, levels: Sequence, seed: int, pattern: str) -> List[Degradation]:
+    if task == "demosaic":
+        if levels:
+            raise MagnError("demosaic has no levels (choose the Bayer pattern instead)")
+        return [make_degradation(task, pattern=pattern)]
+    levels = list(levels) if levels else list(DEFAULT_LEVELS.get(task, ()))
+    return [make_degradation(task, level, seed) for level in levels]
+
+
+def _read_given_inputs(inputs: Path, stems: List[str], degradation: Degradation
+                       ) -> List[np.ndarray]:
+    """Already-degraded images (e.g. `magn degrade` output or a paper's shipped inputs),
+    paired with the ground truth by file name stem. One-channel mosaics are CFA files."""
+    by_stem = {p.stem: p for p in datasets.list_images(inputs)}
+    missing = [s for s in stems if s not in by_stem]
+    if missing:
+        raise MagnError(f"{inputs} has no input for {missing[0]} "
+                        f"({len(missing)} of {len(stems)} ground-truth images unmatched)")
+    images = [datasets.load_image(by_stem[s]) for s in stems]
+    if degradation.task == "demosaic":
+        images = [cfa_to_mosaic(x, degradation.pattern) if x.shape[2] == 1 else x
+                  for x in images]
+    return images
+
+
+def _check_same_size(what: str, name: str, image: np.ndarray, truth: np.ndarray) -> None:
+    if image.shape != truth.shape:
+        raise MagnError(f"size mismatch for {name}: {what} is {_describe(image)}, "
+                        f"ground truth is {_describe(truth)}")
+
+
+def _describe(img: np.ndarray) -> str:
+    return f"{img.shape[1]}x{img.shape[0]}x{img.shape[2]}"
+
+
+def _save_image(save_dir: Path, restorer: Restorer, set_name: str, label: str, stem: str,
+                image: np.ndarray, overwrite: bool) -> None:
+    safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in restorer.name)
+    level_folder = label.replace("σ", "sigma")  # ASCII folder names
+    path = save_dir / safe_model / set_name / level_folder / f"{stem}.png"
+    datasets.write_file_atomic(path, datasets.encode_image(image, "png"), overwrite)
+
+
+def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequence[str] = ("input",),
+             seed: int = 0, data_root=None, options=None, save_images=None,
+             quantize: bool = False, channels: Optional[str] = None,
+             pattern: str = DEFAULT_PATTERN, inputs=None, sheet=None, overwrite: bool = False,
+             progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+    """Evaluate `models` on `sets` at each level, following docs/benchmark-protocols.md.
+
+    task: denoise | dejpeg | demosaic. sets: set names or folders. levels: sigmas or JPEG
+    qualities (defaults per task); demosaic takes `pattern` instead. options: the
+    InferenceOptions for models (tile, overlap, ensemble, device, precision). inputs: a
+    folder of already-degraded images to use instead of degrading (one set, one level).
+    save_images: a folder for every restored image (8-bit PNG). sheet: a PNG of crops.
+    Returns one dict per model x set x level (see the module docstring)."""
+    if task not in TASKS:
+        raise MagnError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    if not sets:
+        raise MagnError("no test sets given")
+    if not models:
+        raise MagnError("no models given")
+    degradations = _degradations(task, levels, seed, pattern)
+    if inputs is not None and (len(sets) != 1 or len(degradations) != 1):
+        raise MagnError("given inputs (--inputs) are for one set at one level")
+    if sheet is not None:
+        datasets.check_writable(sheet, overwrite)
+    restorers = [make_restorer(spec, task, options) for spec in models]
+    report = progress or (lambda message: None)
+    commit = git_commit()
+    sheet_rows = []
+    rows = []
+    for set_spec in sets:
+        set_name, folder, test_set = datasets.resolve_set(set_spec, data_root)
+        files = datasets.list_images(folder)
+        mode = _channels_for(task, set_name, test_set, channels, files[0])
+        stems = [p.stem for p in files]
+        truths = [datasets.load_ground_truth(p, mode) for p in files]  # float32 HxWxC
+        for degradation in degradations:
+            label = degradation.label
+            if inputs is not None:
+                degraded = _read_given_inputs(Path(inputs), stems, degradation)
+            else:
+                degraded = [degradation.apply(t) for t in truths]
+            for stem, image, truth in zip(stems, degraded, truths):
+                _check_same_size("input", stem, image, truth)
+            first_outputs = []  # (model, output, PSNR) of the set's first image
+            for restorer in restorers:
+                save = None if save_images is None else partial(
+                    _save_image, Path(save_images), restorer, set_name, label, overwrite=overwrite)
+                row, first_output = _evaluate_one(restorer, stems, degraded, truths, degradation,
+                                                  quantize, save)
+                row.update(set=set_name, channels=mode, inputs=str(inputs) if inputs else None,
+                           note=_set_note(test_set, mode),
+                           tile=getattr(options, "tile", None),
+                           overlap=getattr(options, "overlap", None),
+                           ensemble=getattr(options, "ensemble", None),
+                           precision=getattr(options, "precision", None), commit=commit)
+                rows.append(row)
+                first_outputs.append((restorer.name, first_output, row["images"][0]["psnr"]))
+                report(f"{set_name} {label} {restorer.name}: {row['psnr']:.2f} dB, "
+                       f"SSIM {row['ssim']:.4f}, {row['seconds_per_image']:.3f} s/img")
+            if sheet is not None:
+                input_psnr = psnr(degraded[0], truths[0], quantize=quantize, clamp=False)
+                cells = ([("input", degraded[0], input_psnr)]
+                         + [c for c in first_outputs if c[0] != "input"]  # input is cell one
+                         + [("ground truth", truths[0], None)])
+                sheet_rows.append((f"{set_name} {label}: {stems[0]}", cells))
+    if sheet is not None:
+        write_sheet(sheet, sheet_rows, overwrite)
+    return rows
+
+
+def _evaluate_one(restorer: Restorer, stems, degraded, truths, degradation: Degradation,
+                  quantize: bool, save: Optional[Callable[[str, np.ndarray], None]]
+                  ) -> Tuple[dict, np.ndarray]:
+    """One row: restore and score every image of a set at one level; `save(stem, output)`
+    keeps each output. Returns the row and the first image's output (for the sheet)."""
+    # Color JPEG is scored on RGB and on Y (the protocol's "RGB, and Y").
+    score_y = degradation.task == "dejpeg" and truths[0].shape[2] == 3
+    _reset_peak_memory(restorer)
+    per_image, seconds, first_output = [], 0.0, None
+    for stem, image, truth in zip(stems, degraded, truths):
+        start = time.perf_counter()
+        output = restorer.restore(image, degradation)
+        seconds += time.perf_counter() - start
+        _check_same_size(f"the output of {restorer.name}", stem, output, truth)
+        record = {"name": stem}
+        record["psnr"], record["ssim"] = psnr_ssim(output, truth, quantize=quantize,
+                                                   clamp=restorer.clamp_output)
+        if score_y:
+            record["psnr_y"], record["ssim_y"] = psnr_ssim(output, truth, quantize=quantize,
+                                                           to_y=True, clamp=restorer.clamp_output)
+        per_image.append(record)
+        if save is not None:
+            save(stem, output)
+        if first_output is None:
+            first_output = output
+    row = {"task": degradation.task, "model": restorer.name, "level": degradation.label}
+    for key in ("psnr", "ssim", "psnr_y", "ssim_y"):
+        if key in per_image[0]:
+            row[key] = float(np.mean([r[key] for r in per_image]))
+    row.update(n_images=len(per_image), seconds_per_image=seconds / len(per_image),
+               peak_mem_mb=_peak_memory_mb(restorer), degradation=degradation.as_dict(),
+               seed=degradation.seed, quantize=quantize, images=per_image)
+    return row, first_output
+
+
+# --------------------------------------------------------------------------- presenting
+
+CSV_COLUMNS = ("task", "channels", "model", "set", "level", "psnr", "ssim", "psnr_y", "ssim_y",
+               "n_images", "seconds_per_image", "peak_mem_mb", "sigma", "quality", "pattern",
+               "seed", "tile", "overlap", "ensemble", "precision", "quantize", "inputs",
+               "commit")
+
+
+def _cell(row: dict) -> str:
+    text = f"{row['psnr']:.2f} / {row['ssim']:.4f}"
+    if "psnr_y" in row:
+        text += f"\nY {row['psnr_y']:.2f} / {row['ssim_y']:.4f}"
+    return text
+
+
+def results_grid(rows: List[dict]) -> List[Tuple[str, List[str], List[List[str]]]]:
+    """Rows -> one table per task and channel mode: (title, header, body). Each table row is
+    a model; columns are set x level "PSNR / SSIM", then mean s/img and peak memory."""
+    tables = []
+    for task, mode in dict.fromkeys((r["task"], r["channels"]) for r in rows):
+        subset = [r for r in rows if r["task"] == task and r["channels"] == mode]
+        columns = list(dict.fromkeys((r["set"], r["level"]) for r in subset))
+        header = ["model"] + [f"{s} {lv}" for s, lv in columns] + ["s/img", "peak MB"]
+        body = []
+        for model in dict.fromkeys(r["model"] for r in subset):
+            mine = [r for r in subset if r["model"] == model]
+            by_column = {(r["set"], r["level"]): r for r in mine}
+            cells = [_cell(by_column[c]) if c in by_column else "" for c in columns]
+            seconds = np.mean([r["seconds_per_image"] for r in mine])
+            peaks = [r["peak_mem_mb"] for r in mine if r["peak_mem_mb"] is not None]
+            body.append([model] + cells + [f"{seconds:.3f}", f"{max(peaks):.0f}" if peaks else "-"])
+        notes = "; ".join(dict.fromkeys(f"{r['set']}: {r['note']}" for r in subset if r["note"]))
+        title = f"{task} ({mode}), PSNR dB / SSIM" + (f" [{notes}]" if notes else "")
+        tables.append((title, header, body))
+    return tables
+
+
+def results_tables(rows: List[dict]):
+    """Rich tables for the terminal, one per task and channel mode."""
+    from rich.markup import escape  # names and notes are text, not markup
+    from rich.table import Table
+
+    tables = []
+    for title, header, body in results_grid(rows):
+        table = Table(title=escape(title))
+        for i, name in enumerate(header):
+            table.add_column(escape(name), justify="left" if i == 0 else "right")
+        for line in body:
+            table.add_row(*map(escape, line))
+        tables.append(table)
+    return tables
+
+
+def _markdown(rows: List[dict]) -> str:
+    parts = []
+    for title, header, body in results_grid(rows):
+        lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
+                 "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("\n", "<br>") for c in line) + " |" for line in body]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _csv(rows: List[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, **row["degradation"]})
+    return out.getvalue()
+
+
+RESULT_FORMATS = {".json": lambda rows: json.dumps(rows, indent=2) + "\n",
+                  ".csv": _csv, ".md": _markdown}
+
+
+def check_results_path(path, overwrite: bool = False) -> Path:
+    """MagnError for an unknown extension or an existing file: checked before the run."""
+    path = Path(path)
+    if path.suffix.lower() not in RESULT_FORMATS:
+        raise MagnError(f"results file {path} must end in {', '.join(RESULT_FORMATS)}")
+    return datasets.check_writable(path, overwrite)
+
+
+def write_results(rows: List[dict], path, overwrite: bool = False) -> Path:
+    """Write rows as .json (everything, per-image scores included), .csv (one line per row)
+    or .md (the tables), chosen by the extension."""
+    path = check_results_path(path, overwrite)
+    return datasets.write_file_atomic(path, RESULT_FORMATS[path.suffix.lower()](rows), overwrite)
+
+
+def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    top = max(0, (img.shape[0] - size) // 2)
+    left = max(0, (img.shape[1] - size) // 2)
+    return img[top:top + size, left:left + size]
+
+
+def _sheet_cell(img: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """A labelled SHEET_CELL-wide BGR uint8 tile: the centre crop, then text lines below."""
+    crop = to_uint8(_center_crop(img, SHEET_CELL))  # hxwxC, C = 1 or 3
+    crop = np.repeat(crop, 3, axis=2) if crop.shape[2] == 1 else crop[..., ::-1]
+    line_height = 18
+    cell = np.full((SHEET_CELL + line_height * len(lines) + 6, SHEET_CELL, 3), 255, np.uint8)
+    cell[:crop.shape[0], :crop.shape[1]] = crop
+    for i, text in enumerate(lines):
+        cv2.putText(cell, text, (4, SHEET_CELL + line_height * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return cell
+
+
+def write_sheet(path, sheet_rows, overwrite: bool = False) -> Path:
+    """A PNG of centre crops, one strip per set x level, each crop labelled with its PSNR.
+    sheet_rows: (title, [(label, float32 HxWxC image, PSNR or None)])."""
+    strips = []
+    for title, cells in sheet_rows:
+        tiles = [_sheet_cell(image, [label[:24], "" if score is None else f"{score:.2f} dB"])
+                 for label, image, score in cells]
+        gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
+        strip = np.hstack([part for tile in tiles for part in (tile, gap)])
+        banner = np.full((24, strip.shape[1], 3), 255, np.uint8)
+        cv2.putText(banner, title, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        strips.append(np.vstack([banner, strip]))
+    width = max(s.shape[1] for s in strips)
+    sheet = np.vstack([np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255)
+                       for s in strips])  # BGR uint8
+    rgb = sheet[..., ::-1].astype(np.float32) / 255.0  # encode_image takes RGB floats
+    return datasets.write_file_atomic(path, datasets.encode_image(rgb), overwrite)

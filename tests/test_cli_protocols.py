@@ -1,0 +1,240 @@
+"""`magn degrade` and `magn eval` through the Typer app, on images the tests make."""
+import csv
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from magncli.cli.app import _register, app
+from magncli.datasets import load_image
+from magncli.degrade import add_gaussian_noise, bayer_mosaic
+from magncli.errors import MagnError
+
+_register()
+runner = CliRunner()
+
+
+def _make_images(folder, n=2, color=True, size=(48, 64)):
+    """Smooth textured test images written as 8-bit PNG; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    paths = []
+    for i in range(n):
+        img = cv2.GaussianBlur(rng.rand(*size, 3 if color else 1) * 255, (0, 0), 2)
+        path = folder / f"img{i}.png"
+        cv2.imwrite(str(path), np.clip(img, 0, 255).astype(np.uint8))
+        paths.append(path)
+    return paths
+
+
+def _user_error(result, *words):
+    """A MagnError (one line, no traceback in the output) with a non-zero exit code."""
+    assert result.exit_code != 0
+    assert isinstance(result.exception, MagnError), result.output
+    message = str(result.exception)
+    assert "\n" not in message and "Traceback" not in result.output
+    for word in words:
+        assert word in message
+    return message
+
+
+def test_degrade_writes_exact_unclipped_noise_and_a_manifest(tmp_path):
+    sources = _make_images(tmp_path / "clean", color=False)
+    out = tmp_path / "noisy"
+    args = ["degrade", str(tmp_path / "clean"), "--task", "denoise", "--sigma", "30",
+            "--seed", "5", "-o", str(out), "--format", "tiff"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for source in sources:  # fresh RandomState(5) per image, stored unclipped
+        expected = add_gaussian_noise(load_image(source), 30, 5)
+        assert np.array_equal(load_image(out / f"{source.stem}.tiff"), expected)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["degradation"] == {"task": "denoise", "sigma": 30, "seed": 5}
+    assert [f["seed"] for f in manifest["files"]] == [5, 5]
+    assert manifest["files"][0]["output"] == "img0.tiff" and manifest["format"] == "tiff"
+
+    again = runner.invoke(app, args)  # never overwrites silently
+    _user_error(again, "already exists", "--overwrite")
+    assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
+
+
+def test_degrade_jpeg_gray_stays_one_channel_and_mosaic_needs_color(tmp_path):
+    _make_images(tmp_path / "clean", color=False)
+    result = runner.invoke(app, ["degrade", str(tmp_path / "clean" / "img0.png"), "--task",
+                                 "dejpeg", "--quality", "10", "-o", str(tmp_path / "jpeg")])
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(tmp_path / "jpeg" / "img0.png"), cv2.IMREAD_UNCHANGED).ndim == 2
+
+    mosaic = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "demosaic",
+                                 "-o", str(tmp_path / "mosaic")])
+    _user_error(mosaic, "RGB")
+    bad = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "dejpeg",
+                              "--quality", "0", "-o", str(tmp_path / "q0")])
+    _user_error(bad, "quality")
+
+
+def test_eval_writes_json_csv_md_and_a_sheet(tmp_path):
+    folder = tmp_path / "set"
+    _make_images(folder, n=3)
+    base = ["eval", "--task", "denoise", "--sets", str(folder), "--levels", "15,50",
+            "-m", "input", "-m", "opencv-nlm"]
+    result = runner.invoke(app, base + ["-o", str(tmp_path / "r.json"),
+                                        "--sheet", str(tmp_path / "sheet.png"),
+                                        "--save-images", str(tmp_path / "restored")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["model"], r["level"]) for r in rows] == [
+        ("input", "σ15"), ("opencv-nlm", "σ15"), ("input", "σ50"), ("opencv-nlm", "σ50")]
+    assert rows[0]["channels"] == "color" and rows[0]["n_images"] == 3
+    assert rows[2]["degradation"] == {"task": "denoise", "sigma": 50, "seed": 0}
+    assert len(rows[0]["images"]) == 3
+    assert all(r["psnr"] > i["psnr"] for r, i in zip(rows[1::2], rows[::2]))
+    saved = tmp_path / "restored" / "opencv-nlm" / "set" / "sigma50" / "img2.png"
+    assert cv2.imread(str(saved)).shape == (48, 64, 3)
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))
+    assert sheet is not None and sheet.shape[0] > 2 * 48  # one strip per level
+
+    for ext in ("csv", "md"):
+        result = runner.invoke(app, base + ["-o", str(tmp_path / f"r.{ext}"), "--quantize"])
+        assert result.exit_code == 0, result.output
+    lines = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [(r["model"], r["sigma"]) for r in lines] == [
+        ("input", "15"), ("opencv-nlm", "15"), ("input", "50"), ("opencv-nlm", "50")]
+    assert lines[0]["quantize"] == "True"
+    # Scoring the 8-bit rounded noisy input moves its PSNR, but only a little.
+    assert 0 < abs(float(lines[0]["psnr"]) - rows[0]["psnr"]) < 0.1
+    markdown = (tmp_path / "r.md").read_text()
+    assert "| opencv-nlm |" in markdown and f"{rows[1]['psnr']:.2f}" in markdown
+
+
+def test_eval_scores_color_jpeg_on_rgb_and_y(tmp_path):
+    _make_images(tmp_path / "set")
+    result = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", str(tmp_path / "set"),
+                                 "--levels", "20", "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "r.json").read_text())
+    assert row["channels"] == "color" and {"psnr_y", "ssim_y"} <= set(row["images"][0])
+
+
+def test_eval_accepts_degraded_inputs_and_one_channel_cfa(tmp_path):
+    sources = _make_images(tmp_path / "set", n=2)
+    cfa_dir = tmp_path / "cfa"
+    cfa_dir.mkdir()
+    for source in sources:  # a raw sensor file: one channel, GRBG
+        cfa = bayer_mosaic(load_image(source)).sum(axis=2)
+        cv2.imwrite(str(cfa_dir / source.name), np.round(cfa * 255).astype(np.uint8))
+    result = runner.invoke(app, ["eval", "--task", "demosaic", "--sets", str(tmp_path / "set"),
+                                 "--inputs", str(cfa_dir), "-m", "input", "-m", "opencv-vng",
+                                 "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    internal = runner.invoke(app, ["eval", "--task", "demosaic", "--sets", str(tmp_path / "set"),
+                                   "-m", "input", "-o", str(tmp_path / "internal.json")])
+    assert internal.exit_code == 0, internal.output
+    assert rows[0]["psnr"] == json.loads((tmp_path / "internal.json").read_text())[0]["psnr"]
+    assert rows[1]["psnr"] > rows[0]["psnr"] + 10
+
+
+def test_eval_user_errors_are_one_line(tmp_path):
+    folder = tmp_path / "set"
+    _make_images(folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    small = tmp_path / "small"
+    _make_images(small, size=(40, 64))  # same names, wrong size
+
+    def run(*args):
+        return runner.invoke(app, ["eval", "--task", "denoise", "--levels", "25", *args])
+
+    message = _user_error(run("--sets", "NoSuchSet"), "unknown test set", "NoSuchSet")
+    assert "Set12" in message and "Classic5" in message  # lists the known sets
+    _user_error(run("--sets", str(empty)), "no image files")
+    _user_error(run("--sets", str(folder), "--inputs", str(small)), "size mismatch", "img0")
+    _user_error(run("--sets", str(folder), "-m", "opencv-vng"), "does not do denoise")
+    (tmp_path / "r.json").write_text("{}")
+    _user_error(run("--sets", str(folder), "-o", str(tmp_path / "r.json")), "already exists")
+    _user_error(run("--sets", str(folder), "-o", str(tmp_path / "r.txt")), ".json")
+
+
+def test_the_real_command_prints_one_line_and_exits_1(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "magncli", "eval", "--task", "denoise",
+                             "--sets", "NoSuchSet", "--data-root", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("magn: error: unknown test set 'NoSuchSet'")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.datasets
+def test_eval_cli_reproduces_a_published_input_row(data_root, tmp_path):
+    result = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", "Classic5", "--levels",
+                                 "10", "--data-root", str(data_root), "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "r.json").read_text())
+    assert round(row["psnr"], 2) == 27.82 and row["set"] == "Classic5"
+    assert "27.82" in result.output  # the printed table
+    wrong_task = runner.invoke(app, ["eval", "--task", "denoise", "--sets", "Classic5",
+                                     "--data-root", str(data_root)])
+    _user_error(wrong_task, "not a test set for denoise", "Set12")
+
+
+def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_path, monkeypatch):
+    """The contract with the inference engine, with stand-ins for its two functions."""
+    import dataclasses
+    import types
+
+    import magncli
+    import magncli.models.registry as registry
+
+    @dataclasses.dataclass
+    class InferenceOptions:  # the engine's fields that eval sets
+        device: str = "auto"
+        tile: object = None
+        overlap: int = 8
+        ensemble: bool = False
+
+    calls = []
+
+    def load_model(weights, arch="auto"):
+        calls.append(("load", weights, arch))
+        return "the-model"
+
+    def restore_array(model, image, options):
+        calls.append(("restore", model, image.shape, options))
+        return cv2.GaussianBlur(image, (0, 0), 1.0).reshape(image.shape)  # a crude denoiser
+
+    monkeypatch.setitem(sys.modules, "magncli.inference",
+                        types.SimpleNamespace(InferenceOptions=InferenceOptions))
+    monkeypatch.setattr(magncli, "load_model", load_model, raising=False)
+    monkeypatch.setattr(magncli, "restore_array", restore_array, raising=False)
+    monkeypatch.setattr(registry, "list_archs", lambda: {"dagl": object()})
+    _make_images(tmp_path / "set", n=2, color=False)
+
+    result = runner.invoke(app, ["eval", "--task", "denoise", "--sets", str(tmp_path / "set"),
+                                 "--levels", "50", "-m", "input", "-m", "dagl:w.pt", "-m", "x.pt",
+                                 "--tile", "32", "--ensemble", "--device", "cpu",
+                                 "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert ("load", "w.pt", "dagl") in calls and ("load", "x.pt", "auto") in calls
+    restores = [c for c in calls if c[0] == "restore"]
+    assert len(restores) == 4 and restores[0][2] == (48, 64, 1)  # HxWxC, gray kept
+    assert restores[0][3] == InferenceOptions(device="cpu", tile=32, ensemble=True)
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [r["model"] for r in rows] == ["input", "dagl:w.pt", "x.pt"]
+    assert rows[1]["tile"] == 32 and rows[1]["ensemble"] is True and rows[1]["overlap"] == 8
+    assert rows[1]["psnr"] > rows[0]["psnr"] + 3
+
+
+def test_degrade_png16_stores_the_clipped_signal_in_16_bits(tmp_path):
+    (source,) = _make_images(tmp_path / "clean", n=1)
+    result = runner.invoke(app, ["degrade", str(source), "--task", "denoise", "--sigma", "50",
+                                 "-o", str(tmp_path / "out"), "--format", "png16"])
+    assert result.exit_code == 0, result.output
+    stored = cv2.imread(str(tmp_path / "out" / "img0.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]
+    noisy = add_gaussian_noise(load_image(source), 50, 0)
+    assert stored.dtype == np.uint16
+    assert np.array_equal(stored, np.floor(np.clip(noisy, 0, 1) * 65535 + 0.5))

@@ -1,0 +1,151 @@
+"""Degradations: determinism, the frozen noise stream, libjpeg 4:2:0, Bayer layouts."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from magncli.datasets import load_image, read_raw
+from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, bayer_masks, bayer_mosaic,
+                             cfa_to_mosaic, degrade, gaussian_noise_torch, jpeg_compress,
+                             make_degradation, mosaic_to_cfa)
+from magncli.errors import MagnError
+from magncli.evaluate import BASELINES, opencv_bayer_code
+from magncli.metrics import psnr
+
+
+def _smooth_rgb(h=64, w=96):
+    """A smooth colour image (float32 HxWx3) that any decent demosaicker recovers well."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    return np.stack([0.5 + 0.4 * np.sin(3 * x), 0.5 + 0.4 * np.cos(2 * y), 0.3 + 0.5 * x * y],
+                    axis=2).astype(np.float32)
+
+
+def test_noise_is_numpys_frozen_legacy_stream():
+    img = np.zeros((1, 3), np.float32)
+    noisy = add_gaussian_noise(img, 255, seed=0)
+    # RandomState(0).standard_normal() starts with these, on every numpy version.
+    assert np.allclose(noisy[0], [1.764052345967664, 0.4001572083672233, 0.9787379841057392])
+    assert noisy.dtype == np.float32
+
+
+def test_noise_is_deterministic_per_seed():
+    img = _smooth_rgb()
+    assert np.array_equal(add_gaussian_noise(img, 25, 7), add_gaussian_noise(img, 25, 7))
+    assert not np.array_equal(add_gaussian_noise(img, 25, 7), add_gaussian_noise(img, 25, 8))
+    assert np.array_equal(degrade(img, "denoise", 25, seed=7), add_gaussian_noise(img, 25, 7))
+
+
+def test_noise_is_unclipped_unrounded_with_the_right_sigma():
+    img = np.full((256, 256), 0.02, np.float32)
+    noise = add_gaussian_noise(img, 25, seed=0) - img
+    assert abs(noise.std() * 255 - 25) < 0.5
+    assert abs(noise.mean()) < 0.002
+    assert (img + noise).min() < -0.2  # nothing clipped at 0
+    on_grid = np.isclose((img + noise) * 255, np.round((img + noise) * 255), atol=1e-4)
+    assert on_grid.mean() < 0.01  # nor rounded to 8 bits
+
+
+def test_torch_noise_has_one_sigma_per_image_and_follows_its_generator():
+    x = torch.full((2, 1, 128, 128), 0.5)
+    noisy = gaussian_noise_torch(x, torch.tensor([10.0, 50.0]), torch.Generator().manual_seed(1))
+    stds = (noisy - x).flatten(1).std(dim=1) * 255
+    assert abs(stds[0] - 10) < 0.5 and abs(stds[1] - 50) < 2
+    again = gaussian_noise_torch(x, torch.tensor([10.0, 50.0]), torch.Generator().manual_seed(1))
+    assert torch.equal(noisy, again)
+
+
+def test_jpeg_keeps_gray_one_channel_and_rounds_float_input():
+    gray = (_smooth_rgb()[..., :1] * 255).round().astype(np.uint8)  # HxWx1
+    out = jpeg_compress(gray, 20)
+    assert out.shape == gray.shape and out.dtype == np.uint8
+    assert jpeg_compress(gray[..., 0], 20).shape == gray.shape[:2]
+    as_float = gray.astype(np.float32) / 255 + 0.001  # rounds back to `gray`
+    assert np.array_equal(jpeg_compress(as_float, 20), out)
+
+
+@pytest.mark.datasets
+def test_color_jpeg_is_libjpeg_4_2_0(data_root):
+    rgb = read_raw(data_root / "Kodak24" / "kodim03.png")  # uint8 RGB
+    ours = jpeg_compress(rgb, 30)
+
+    def pillow(subsampling):
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, "JPEG", quality=30, subsampling=subsampling)
+        return np.asarray(Image.open(buffer).convert("RGB"))
+
+    assert np.array_equal(ours, pillow(2))  # 4:2:0, standard IJG tables
+    assert not np.array_equal(ours, pillow(0))  # 4:4:4
+
+
+def test_bad_parameters_are_user_errors():
+    img = np.zeros((8, 8, 3), np.float32)
+    for bad in (lambda: add_gaussian_noise(img, -1, 0),
+                lambda: jpeg_compress(img, 0), lambda: jpeg_compress(img, 101),
+                lambda: jpeg_compress(img, 50.5),
+                lambda: bayer_masks(4, 4, "rgbg"), lambda: bayer_mosaic(img[..., :1]),
+                lambda: make_degradation("deblur", 1), lambda: make_degradation("dejpeg")):
+        with pytest.raises(MagnError):
+            bad()
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+def test_bayer_mosaic_matches_a_naive_loop(pattern):
+    rgb = np.random.RandomState(0).rand(5, 7, 3).astype(np.float32)  # odd sizes on purpose
+    expected = np.zeros_like(rgb)
+    for i in range(5):
+        for j in range(7):
+            colour = pattern[(i % 2) * 2 + (j % 2)]
+            c = "rgb".index(colour)
+            expected[i, j, c] = rgb[i, j, c]
+    assert np.array_equal(bayer_mosaic(rgb, pattern), expected)
+    assert bayer_masks(5, 7, pattern).sum(axis=2).min() == 1  # one sample per site
+
+
+def test_default_pattern_is_grbg():
+    masks = bayer_masks(2, 2)
+    assert masks[0, 0, 1] and masks[0, 1, 0] and masks[1, 0, 2] and masks[1, 1, 1]
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+def test_cfa_to_mosaic_roundtrip(pattern):
+    mosaic = bayer_mosaic(_smooth_rgb(), pattern)
+    cfa = mosaic_to_cfa(mosaic)  # HxW
+    assert cfa.shape == mosaic.shape[:2]
+    assert np.array_equal(cfa_to_mosaic(cfa, pattern), mosaic)
+    assert np.array_equal(cfa_to_mosaic(cfa[..., None], pattern), mosaic)
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+def test_opencv_bayer_code_reconstructs_a_smooth_image(pattern):
+    import cv2
+
+    rgb = _smooth_rgb()
+    cfa = np.round(mosaic_to_cfa(bayer_mosaic(rgb, pattern)) * 255).astype(np.uint8)
+    right = cv2.demosaicing(cfa, opencv_bayer_code(pattern)).astype(np.float32) / 255
+    assert psnr(right, rgb) > 35
+    for other in BAYER_PATTERNS:
+        if other != pattern:  # a wrong code gives a visibly wrong image
+            wrong = cv2.demosaicing(cfa, opencv_bayer_code(other)).astype(np.float32) / 255
+            assert psnr(wrong, rgb) < psnr(right, rgb) - 10
+
+
+@pytest.mark.datasets
+def test_opencv_demosaic_baselines_beat_the_mosaic_on_kodak(data_root):
+    degradation = make_degradation("demosaic")
+    for name in ("kodim01.png", "kodim19.png"):
+        truth = load_image(data_root / "Kodak24" / name)
+        mosaic = degradation.apply(truth)
+        floor = psnr(mosaic, truth)  # about 8-9 dB
+        for baseline in ("opencv-bilinear", "opencv-ea", "opencv-vng"):
+            restored = BASELINES[baseline].restore(mosaic, degradation)
+            assert psnr(restored, truth) > floor + 15, (name, baseline)
+
+
+def test_degradation_records_only_its_parameters():
+    assert make_degradation("denoise", 25, seed=3).as_dict() == {"task": "denoise", "sigma": 25,
+                                                                 "seed": 3}
+    assert make_degradation("dejpeg", 10).as_dict() == {"task": "dejpeg", "quality": 10}
+    assert make_degradation("demosaic", pattern="RGGB").as_dict() == {"task": "demosaic",
+                                                                      "pattern": "rggb"}
