@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-import cv2
 import numpy as np
 
-from magncli.degrade import rgb_to_y_studio_uint8, to_uint8
+from magncli import images
+from magncli.degrade import rgb_to_y_studio_uint8
 from magncli.errors import MagnError
-
-IMAGE_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
+from magncli.images import IMAGE_EXTENSIONS, from_float, read_image, to_float
 CHANNELS = ("gray", "color")
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -117,27 +116,9 @@ def list_images(folder: Union[str, Path]) -> List[Path]:
 
 
 def read_raw(path: Union[str, Path]) -> np.ndarray:
-    """The file's samples as stored: uint8, uint16 or float32, HxWxC with C = 1 or 3 (RGB).
-
-    A deliberately small reader (OpenCV, alpha dropped) until magncli.images.read_image
-    lands; this function is the one place to swap."""
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise MagnError(f"cannot read image {path}")
-    if pixels.ndim == 2:
-        return pixels[..., None]
-    if pixels.shape[2] == 4:
-        pixels = pixels[..., :3]
-    return np.ascontiguousarray(pixels[..., ::-1])  # BGR -> RGB
-
-
-def to_float(pixels: np.ndarray) -> np.ndarray:
-    """uint8 / uint16 / float samples -> float32 on [0, 1] (float data kept as is)."""
-    if pixels.dtype == np.uint8:
-        return pixels.astype(np.float32) / 255.0
-    if pixels.dtype == np.uint16:
-        return pixels.astype(np.float32) / 65535.0
-    return pixels.astype(np.float32)
+    """The file's samples as stored: uint8, uint16 or float32, HxWxC with C = 1 or 3 (RGB),
+    through the one image reader (magncli.images); alpha is not scored and is dropped."""
+    return read_image(path).pixels
 
 
 def load_image(path: Union[str, Path]) -> np.ndarray:
@@ -170,20 +151,10 @@ IMAGE_FORMATS = {
 
 def encode_image(img: np.ndarray, fmt: str = "png") -> bytes:
     """float32 HxWxC (C = 1 or 3, RGB) on [0, 1] -> the bytes of a file in `fmt`."""
-    if fmt == "png":
-        pixels = to_uint8(img)
-    elif fmt == "png16":
-        pixels = np.floor(np.clip(img, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
-    elif fmt == "tiff":
-        pixels = img.astype(np.float32)
-    else:
+    dtypes = {"png": np.uint8, "png16": np.uint16, "tiff": np.float32}
+    if fmt not in dtypes:
         raise MagnError(f"unknown image format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
-    if pixels.ndim == 3 and pixels.shape[2] == 3:
-        pixels = pixels[..., ::-1]  # OpenCV writes BGR
-    ok, encoded = cv2.imencode(IMAGE_FORMATS[fmt][0], np.ascontiguousarray(pixels))
-    if not ok:
-        raise MagnError(f"OpenCV could not encode a {fmt} image")
-    return encoded.tobytes()
+    return images.encode_image(images.Image(from_float(img, dtypes[fmt])), IMAGE_FORMATS[fmt][0])
 
 
 def check_writable(path: Union[str, Path], overwrite: bool = False) -> Path:
@@ -199,11 +170,5 @@ def write_file_atomic(path: Union[str, Path], data: Union[bytes, str],
     """Write through a temporary file and os.replace, so that a reader never sees half a
     file; refuses to replace an existing file unless `overwrite`."""
     path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    images.atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
     return path

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from magncli.errors import MagnError
+from magncli.images import from_float
 
 TASKS = ("denoise", "dejpeg", "demosaic")
 DEFAULT_SEED = 0
@@ -41,7 +42,7 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     non-negative values). Never truncates: truncation costs ~0.3 dB at 42 dB."""
     if img.dtype == np.uint8:
         return img
-    return np.floor(np.clip(img.astype(np.float64), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return from_float(img, np.uint8)
 
 
 # --------------------------------------------------------------------------- Gaussian noise

@@ -73,12 +73,13 @@ def to_float(pixels: np.ndarray) -> np.ndarray:
 
 
 def from_float(x: np.ndarray, dtype) -> np.ndarray:
-    """Clip to [0, 1] and round (never truncate) to `dtype`; float32 passes unclipped."""
+    """Clip to [0, 1] and round half up (MATLAB's im2uint8/im2uint16; never truncate) to
+    `dtype`; float32 passes unclipped. The one quantiser of restore, eval and degrade."""
     dtype = np.dtype(dtype)
     if dtype == np.float32:
         return x.astype(np.float32)
     peak = 255.0 if dtype == np.uint8 else 65535.0
-    return np.rint(np.clip(x, 0.0, 1.0) * peak).astype(dtype)
+    return np.floor(np.clip(x.astype(np.float64), 0.0, 1.0) * peak + 0.5).astype(dtype)
 
 
 # --------------------------------------------------------------------------- reading
