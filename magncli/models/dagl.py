@@ -76,30 +76,41 @@ def dynamic_knn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q, k, v = q.float(), k.float(), v.float()
     thr, beta = thr.float().view(-1, 1), beta.float().view(-1, 1)
     n_q, n_k = q.shape[0], k.shape[0]
-    # Temporaries per score entry: M (4 bytes), margin (4), keep mask (1).
-    rows = rows or chunk_rows(n_k, budget_bytes, 9)
-    # In-place arithmetic saves one (rows x Lk) buffer but breaks autograd: only without grad.
-    inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, thr, beta)))
-    kt = k.t()
-    out = []
+    # Temporaries per score entry: M (4 bytes), margin (4), pruned mask (1).
+    rows = min(n_q, rows or chunk_rows(n_k, budget_bytes, 9))
+    kt = k.t().contiguous()                         # (d, Lk): lets mm write straight into out=
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, thr, beta)):
+        # Training: plain out-of-place ops so autograd works (it keeps every chunk's
+        # intermediates for backward anyway, so memory is not bounded here).
+        out = []
+        for s in range(0, n_q, rows):
+            m = q[s:s + rows] @ kt                                          # (r, Lk)
+            margin = F.relu(m - m.mean(dim=1, keepdim=True) * thr[s:s + rows] + beta[s:s + rows])
+            a = torch.softmax(m * margin * softmax_scale, dim=1) * (margin != 0)
+            out.append(a @ v)
+        return torch.cat(out).to(out_dtype)
+
+    # Inference: three (rows x Lk) buffers allocated once and reused in place, so the
+    # peak is exactly rows * Lk * 9 bytes whatever the allocator does with freed memory.
+    m_buf = q.new_empty(rows, n_k)                  # M, then the logits, then A
+    margin_buf = q.new_empty(rows, n_k)
+    pruned_buf = torch.empty(rows, n_k, dtype=torch.bool, device=q.device)
+    out = q.new_empty(n_q, v.shape[1])
     for s in range(0, n_q, rows):
-        m = q[s:s + rows] @ kt                                   # (r, Lk)  adjacency M
-        mean = m.mean(dim=1, keepdim=True)                       # (r, 1)
-        margin = F.relu(m - mean * thr[s:s + rows] + beta[s:s + rows])
-        keep = margin != 0                                       # mask_b (bool)
+        r = min(rows, n_q - s)
+        m, margin, pruned = m_buf[:r], margin_buf[:r], pruned_buf[:r]
+        torch.mm(q[s:s + r], kt, out=m)                                   # (r, Lk) adjacency M >= 0
+        mean = m.mean(dim=1, keepdim=True)                                # over ALL Lk keys
+        torch.sub(m, mean * thr[s:s + r], out=margin)
+        margin.add_(beta[s:s + r]).relu_()                                # ReLU(M - mean*thr + beta)
+        torch.eq(margin, 0, out=pruned)                                   # not mask_b
         # B3: logits are M * margin (not M alone); pruned entries enter the softmax with
         # logit 0 (they add exp(0) to the denominator) and are zeroed AFTER it, with no
         # renormalisation. A fully pruned row therefore comes out as zeros, never NaN.
-        if inplace:
-            logits = m.mul_(margin).mul_(softmax_scale)
-            del margin
-            a = _softmax_(logits)
-            a.mul_(keep)
-        else:
-            a = torch.softmax(m * margin * softmax_scale, dim=1) * keep
-        out.append(a @ v)                                        # (r, D)
-        del m, a, keep
-    return torch.cat(out).to(out_dtype)
+        m.mul_(margin).mul_(softmax_scale)
+        _softmax_(m).masked_fill_(pruned, 0)    # (m.mul_(bool) would make a float copy)
+        torch.mm(m, v, out=out[s:s + r])                                  # (r, D)
+    return out.to(out_dtype)
 
 
 def _softmax_(x: torch.Tensor) -> torch.Tensor:

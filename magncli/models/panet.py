@@ -48,14 +48,22 @@ def pyramid_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out_dtype = v.dtype
     q, k, v = q.float(), k.float(), v.float()
     n_q, n_k = q.shape[0], k.shape[0]
-    rows = rows or max(1, budget_bytes // max(1, n_k * 8))   # scores + softmax, 4 bytes each
-    kt = k.t()
-    out = []
+    rows = min(n_q, rows or max(1, budget_bytes // max(1, n_k * 4)))   # one float32 (r, L) buffer
+    kt = k.t().contiguous()                                            # (288, L)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        # Training: out-of-place so autograd works (memory then grows with the graph).
+        return torch.cat([torch.softmax((q[s:s + rows] @ kt) * softmax_scale, dim=1) @ v
+                          for s in range(0, n_q, rows)]).to(out_dtype)
+    # Inference: one (rows x L) buffer, allocated once and reused in place.
+    buf = q.new_empty(rows, n_k)
+    out = q.new_empty(n_q, v.shape[1])
     for s in range(0, n_q, rows):
-        a = torch.softmax((q[s:s + rows] @ kt) * softmax_scale, dim=1)   # (r, L); C2: x10
-        out.append(a @ v)                                                # (r, D)
-        del a
-    return torch.cat(out).to(out_dtype)
+        r = min(rows, n_q - s)
+        a = torch.mm(q[s:s + r], kt, out=buf[:r]).mul_(softmax_scale)  # (r, L) scores, C2: x10
+        a.sub_(a.amax(dim=1, keepdim=True)).exp_()                       # softmax over all L keys
+        a.div_(a.sum(dim=1, keepdim=True))
+        torch.mm(a, v, out=out[s:s + r])                                  # (r, D)
+    return out.to(out_dtype)
 
 
 def pyramid_attention_reference(q, k, v, softmax_scale=10.0):
