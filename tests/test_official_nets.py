@@ -2,7 +2,6 @@
 /work/shared/reference (see its README), plus the chunked attention and the official
 test protocols (forward_chop, x8 self-ensemble)."""
 import json
-import threading
 from pathlib import Path
 
 import pytest

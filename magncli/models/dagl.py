@@ -164,12 +164,11 @@ class CE(nn.Module):
         out = []
         for i in range(B):                      # B3: images never interact
             # (c, ky, kx)-ordered 7x7 patches, as rows: queries stride 4, keys/values stride 1
-            qp = F.unfold(F.pad(e[i:i + 1], pad), k, stride=s)[0].t()          # (Lq, 784)
-            kp = F.unfold(e[i:i + 1], k, padding=k // 2)[0].t()                # (HW, 784)
+            # (the (HW, 784) patch matrices are linear in HW, ~3 KiB per pixel each; the
+            # key patches are freed before the value patches are cut)
+            q = self.fc1(F.unfold(F.pad(e[i:i + 1], pad), k, stride=s)[0].t())   # (Lq, 196)
+            kk = self.fc2(F.unfold(e[i:i + 1], k, padding=k // 2)[0].t())       # (HW, 196)
             vp = F.unfold(v[i:i + 1], k, padding=k // 2)[0].t()                # (HW, 784)
-            q = self.fc1(qp)                                                    # (Lq, 196)
-            kk = self.fc2(kp)                                                   # (HW, 196)
-            del kp
             y = dynamic_knn_attention(q, kk, vp, thr[i], beta[i], self.softmax_scale,
                                       budget_bytes=self.score_budget_bytes)     # (Lq, 784)
             # B3 offset quirk: fold back with SYMMETRIC padding 3, although the queries
