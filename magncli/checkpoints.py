@@ -93,9 +93,31 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
                 parts.append(f"{len(keys)} {label}: {shown}")
         raise MagnError(f"{source} does not fit {getattr(model, 'arch', type(model).__name__)}: "
                         + "; ".join(parts))
+    _check_tied_values(model, own, state, source)
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(state[k].to(v.dtype))
+
+
+def _check_tied_values(model: nn.Module, own: Mapping[str, torch.Tensor],
+                       state: Mapping[str, torch.Tensor], source) -> None:
+    """A tensor the model lists under several keys (a tied parameter, e.g. the one trunk
+    PReLU of DAGL/PANet) receives every copy; they must agree, or the last one would
+    silently win."""
+    groups: Dict[tuple, list] = {}
+    for k, v in own.items():
+        if v.numel():
+            groups.setdefault((v.untyped_storage().data_ptr(), v.storage_offset(),
+                               tuple(v.shape), v.stride()), []).append(k)
+    for keys in groups.values():
+        first = state[keys[0]]
+        bad = [k for k in keys[1:] if not torch.equal(state[k].to(first.dtype), first)]
+        if bad:
+            hint = (" (build it with tie_trunk_prelu=False to load untied values)"
+                    if "tie_trunk_prelu" in getattr(model, "config", {}) else "")
+            raise MagnError(f"{source}: keys {keys[0]} and {bad[0]} are one tied parameter "
+                            f"in {getattr(model, 'arch', type(model).__name__)} but the "
+                            f"checkpoint gives them different values{hint}")
 
 
 def load_model(path, arch: str = "auto", **config_overrides) -> nn.Module:
