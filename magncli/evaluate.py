@@ -137,12 +137,7 @@ def _split_arch(spec: str) -> Tuple[Optional[str], str]:
 
 
 def _model_restorer(spec: str, options) -> Restorer:
-    # Imported here: the inference engine is optional for baseline-only evaluations.
-    try:
-        from magncli import load_model, restore_array
-    except ImportError:
-        raise MagnError(f"cannot evaluate model {spec!r}: this build has no inference "
-                        "engine (magncli.load_model) yet") from None
+    from magncli import load_model, restore_array   # torch is imported only when a model runs
     arch, path = _split_arch(spec)
     model = load_model(path) if arch is None else load_model(path, arch=arch)
 
@@ -333,12 +328,11 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
                     _save_image, Path(save_images), restorer, set_name, label, overwrite=overwrite)
                 row, first_output = _evaluate_one(restorer, stems, degraded, truths, degradation,
                                                   quantize, save)
+                engine = options.describe() if options is not None else {}
                 row.update(set=set_name, channels=mode, inputs=str(inputs) if inputs else None,
                            note=_set_note(test_set, mode),
-                           tile=getattr(options, "tile", None),
-                           overlap=getattr(options, "overlap", None),
-                           ensemble=getattr(options, "ensemble", None),
-                           precision=getattr(options, "precision", None), commit=commit)
+                           **{k: engine.get(k) for k in ("tile", "overlap", "tiling", "ensemble", "precision")},
+                           commit=commit)
                 rows.append(row)
                 first_outputs.append((restorer.name, first_output, row["images"][0]["psnr"]))
                 report(f"{set_name} {label} {restorer.name}: {row['psnr']:.2f} dB, "
@@ -393,7 +387,7 @@ def _evaluate_one(restorer: Restorer, stems, degraded, truths, degradation: Degr
 
 CSV_COLUMNS = ("task", "channels", "model", "set", "level", "psnr", "ssim", "psnr_y", "ssim_y",
                "n_images", "seconds_per_image", "peak_mem_mb", "sigma", "quality", "pattern",
-               "seed", "tile", "overlap", "ensemble", "precision", "quantize", "inputs",
+               "seed", "tile", "overlap", "tiling", "ensemble", "precision", "quantize", "inputs",
                "commit")
 
 

@@ -45,10 +45,18 @@ class InferenceOptions:
     overlap: int = CPU_OVERLAP
     ensemble: bool = False        # x8 flip/rotate self-ensemble
     tile_batch: int = 1           # tiles per forward pass
+    tiling: str = "blend"         # blend (this engine's tiler) | chop (DAGL/PANet's official protocol)
     backend: Optional[str] = None  # graph-attention backend; None = per device
 
     def describe(self) -> dict:
-        return asdict(self)
+        """The settings as results should record them: the tile actually used on the
+        CPU rather than None; "auto" where CUDA picks it from free memory."""
+        d = asdict(self)
+        if d["tile"] is None:
+            d["tile"] = CPU_TILE if resolve_device(self.device).type != "cuda" else "auto"
+        if d["tiling"] == "chop":
+            d["tile"], d["overlap"] = "chop", None
+        return d
 
 
 # --------------------------------------------------------------------------- device
@@ -161,9 +169,10 @@ class _DeviceOOM(Exception):
     pass
 
 
-def _forward(model: nn.Module, x: Tensor, dtype: torch.dtype, ensemble: bool) -> Tensor:
+def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, ensemble: bool,
+             device: Optional[torch.device] = None) -> Tensor:
     """One batch of tiles, on the model's device, returned as fp32 on the CPU."""
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     x = x.to(device)
 
     def run(t: Tensor) -> Tensor:
@@ -204,6 +213,15 @@ def _restore_tiled(model: nn.Module, image: Tensor, tile: int, overlap: int, dty
     return acc / weight_sum
 
 
+def _restore_chopped(model: nn.Module, image: Tensor, dtype: torch.dtype, ensemble: bool) -> Tensor:
+    """The official DAGL/PANet protocol: recursive quadrants with hard seams, the whole
+    image on the device (as their test scripts did), optional x8 ensemble."""
+    from magncli.official_protocols import chop_settings, forward_chop
+    settings = chop_settings(model)
+    return _forward(lambda t: forward_chop(model, t, **settings), image, dtype, ensemble,
+                    device=next(model.parameters()).device)
+
+
 def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceOptions] = None) -> Tensor:
     """Restore (1, C, H, W) fp32 CPU tensor with `model`; returns the same shape, unclipped.
 
@@ -222,6 +240,10 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
     if hasattr(model, "set_attention_backend"):
         model.set_attention_backend(opts.backend)
     model.eval().to(device)
+    if opts.tiling == "chop":
+        return _restore_chopped(model, image, dtype, opts.ensemble)
+    if opts.tiling != "blend":
+        raise MagnError(f"unknown tiling {opts.tiling!r} (use blend or chop)")
     tile = opts.tile or auto_tile(model, device, image.shape[1])
     overlap = min(opts.overlap, tile // 2)
     while True:

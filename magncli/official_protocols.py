@@ -7,7 +7,9 @@ x8 flip/rotate self-ensemble (`test_x8` / `forward_x8`). Neither is part of the 
 results differ slightly because the seams here are hard (no blending).
 
     y = forward_chop(model, x, **PROTOCOLS["dagl-gray"])
-    y = self_ensemble_x8(lambda t: forward_chop(model, t, **PROTOCOLS["dagl-gray"]), x)
+    y = magncli.inference.self_ensemble(lambda t: forward_chop(model, t, **chop_settings(model)), x)
+
+`magn restore/eval --tiling chop [--ensemble]` run exactly this.
 
 Call them under torch.no_grad() for inference, as the official test scripts did.
 
@@ -31,10 +33,9 @@ Sources and assumptions
   split that does not shrink the tile runs the model instead of recursing forever.
 - EDSR runs the 4 quadrants as one batch when several GPUs are present; images in a
   batch never interact in DAGL or PANet, so running them one by one is the same.
-- self_ensemble_x8 follows EDSR's `forward_x8`: the 8 inputs are built by applying
-  flip-W ('v'), flip-H ('h') and transpose ('t') in that order, each doubling the list;
-  outputs are inverted in reverse order and averaged (EDSR's mean over dim 0 assumed
-  batch size 1; here the average is per batch element).
+- The x8 self-ensemble (EDSR's `forward_x8`) is the mean over the 8 dihedral transforms,
+  each output transformed back: magncli.inference.self_ensemble computes the same mean
+  (the order of the 8 terms changes only fp32 rounding).
 """
 from __future__ import annotations
 
@@ -85,31 +86,16 @@ def forward_chop(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return out
 
 
-def _transform(t: torch.Tensor, op: str) -> torch.Tensor:
-    if op == "v":
-        return t.flip(-1)                  # flip W
-    if op == "h":
-        return t.flip(-2)                  # flip H
-    return t.transpose(-2, -1)             # 't': transpose H and W
+def chop_settings(model) -> dict:
+    """The official forward_chop settings for a model (by architecture and channels).
 
+    MAGN has no official protocol; it gets DAGL's gray settings, whose multiple-of-4
+    tiles suit its stride-4 patch graph."""
+    arch = getattr(model, "arch", "magn")
+    color = getattr(model, "in_channels", 1) == 3
+    if arch == "panet":
+        return PROTOCOLS["panet-rgb" if color else "panet-car"]
+    if arch == "dagl" and color:
+        return PROTOCOLS["dagl-demosaic"]
+    return PROTOCOLS["dagl-gray"]
 
-def self_ensemble_x8(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Average of fn over the 8 dihedral transforms of x, each output transformed back.
-
-    Index i of the 8 inputs has bit 0 = flip W, bit 1 = flip H, bit 2 = transpose,
-    applied in that order; the inverse undoes them in reverse order (EDSR forward_x8).
-    """
-    inputs = [x]
-    for op in ("v", "h", "t"):
-        inputs.extend([_transform(t, op) for t in inputs])
-    outs = []
-    for i, t in enumerate(inputs):
-        y = fn(t)
-        if i > 3:
-            y = _transform(y, "t")
-        if i % 4 > 1:
-            y = _transform(y, "h")
-        if i % 2 == 1:
-            y = _transform(y, "v")
-        outs.append(y)
-    return torch.stack(outs).mean(dim=0)

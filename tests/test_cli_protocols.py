@@ -183,19 +183,11 @@ def test_eval_cli_reproduces_a_published_input_row(data_root, tmp_path):
 
 
 def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_path, monkeypatch):
-    """The contract with the inference engine, with stand-ins for its two functions."""
-    import dataclasses
-    import types
-
+    """eval hands each checkpoint spec (with its arch prefix) to load_model and the
+    engine options to restore_array; the two are replaced by recorders here."""
     import magncli
     import magncli.models.registry as registry
-
-    @dataclasses.dataclass
-    class InferenceOptions:  # the engine's fields that eval sets
-        device: str = "auto"
-        tile: object = None
-        overlap: int = 8
-        ensemble: bool = False
+    from magncli.inference import InferenceOptions
 
     calls = []
 
@@ -207,8 +199,6 @@ def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_pa
         calls.append(("restore", model, image.shape, options))
         return cv2.GaussianBlur(image, (0, 0), 1.0).reshape(image.shape)  # a crude denoiser
 
-    monkeypatch.setitem(sys.modules, "magncli.inference",
-                        types.SimpleNamespace(InferenceOptions=InferenceOptions))
     monkeypatch.setattr(magncli, "load_model", load_model, raising=False)
     monkeypatch.setattr(magncli, "restore_array", restore_array, raising=False)
     monkeypatch.setattr(registry, "list_archs", lambda: {"dagl": object()})
@@ -225,7 +215,8 @@ def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_pa
     assert restores[0][3] == InferenceOptions(device="cpu", tile=32, ensemble=True)
     rows = json.loads((tmp_path / "r.json").read_text())
     assert [r["model"] for r in rows] == ["input", "dagl:w.pt", "x.pt"]
-    assert rows[1]["tile"] == 32 and rows[1]["ensemble"] is True and rows[1]["overlap"] == 8
+    assert rows[1]["tile"] == 32 and rows[1]["ensemble"] is True
+    assert rows[1]["overlap"] == InferenceOptions().overlap and rows[1]["tiling"] == "blend"
     assert rows[1]["psnr"] > rows[0]["psnr"] + 3
 
 

@@ -15,7 +15,8 @@ from magncli.models import dagl as dagl_mod
 from magncli.models import panet as panet_mod
 from magncli.models.dagl import chunk_rows, dynamic_knn_attention, dynamic_knn_attention_reference
 from magncli.models.panet import pyramid_attention_core, pyramid_attention_reference
-from magncli.official_protocols import PROTOCOLS, forward_chop, self_ensemble_x8
+from magncli.inference import self_ensemble as self_ensemble_x8
+from magncli.official_protocols import PROTOCOLS, forward_chop
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
 if not (REF / "README.md").is_file():
@@ -319,3 +320,17 @@ def test_self_ensemble_of_equivariant_function_is_the_function():
     # a non-equivariant one is really averaged (shift right by one column)
     shift = lambda t: F.pad(t, (1, 0))[..., :-1]  # noqa: E731
     assert not torch.allclose(self_ensemble_x8(shift, x), shift(x))
+
+
+def test_engine_chop_tiling_is_the_official_protocol():
+    # `--tiling chop` in restore/eval runs forward_chop with the model's official settings.
+    from magncli.inference import InferenceOptions, restore_tensor
+    from magncli.official_protocols import chop_settings
+    model = build_model("dagl", n_resblocks=1).eval()
+    assert chop_settings(model) == PROTOCOLS["dagl-gray"]
+    x = torch.rand(1, 1, 120, 104)
+    with torch.no_grad():
+        expected = forward_chop(model, x, **PROTOCOLS["dagl-gray"])
+    got = restore_tensor(model, x, InferenceOptions(device="cpu", tiling="chop"))
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert InferenceOptions(tiling="chop").describe()["tile"] == "chop"

@@ -18,12 +18,14 @@ PrecisionOpt = typer.Option("fp32", help="fp32, or bf16/fp16 on CUDA (a non-fini
 TileOpt = typer.Option(None, help="Tile size, a multiple of 4 (default: automatic on CUDA, 64 on CPU).")
 OverlapOpt = typer.Option(CPU_OVERLAP, help="Overlap between tiles, in pixels.")
 EnsembleOpt = typer.Option(False, "--ensemble", help="x8 flip/rotate self-ensemble (8x slower).")
+TilingOpt = typer.Option("blend", help="blend: overlapping tiles, blended; chop: DAGL/PANet's official "
+                                      "recursive quadrants with hard seams (to regenerate their numbers).")
 
 
 def inference_options(device: str, precision: str, tile: Optional[int], overlap: int,
-                      ensemble: bool) -> InferenceOptions:
+                      ensemble: bool, tiling: str = "blend") -> InferenceOptions:
     return InferenceOptions(device=device, precision=precision, tile=tile, overlap=overlap,
-                            ensemble=ensemble)
+                            ensemble=ensemble, tiling=tiling)
 
 
 def setup_logging() -> None:

@@ -30,10 +30,7 @@ def _inference_options(models: List[str], **given):
     unset keep the engine's defaults."""
     if all(m in BASELINES for m in models):
         return None
-    try:
-        from magncli.inference import InferenceOptions
-    except ImportError:  # the model itself then fails with a clear message
-        return None
+    from magncli.inference import InferenceOptions
     return InferenceOptions(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -62,6 +59,8 @@ def eval_command(
     tile: Optional[int] = typer.Option(None, "--tile", help="Model tile size in pixels."),
     overlap: Optional[int] = typer.Option(None, "--overlap", help="Overlap between model tiles."),
     ensemble: bool = typer.Option(False, "--ensemble", help="x8 flip/rotate self-ensemble."),
+    tiling: Optional[str] = typer.Option(None, "--tiling", help="blend (default) or chop: DAGL/PANet's "
+                                         "official recursive quadrants, to regenerate their numbers."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... for models."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 for models."),
     quantize: bool = typer.Option(False, "--quantize", help="Score outputs rounded to 8 bits."),
@@ -74,7 +73,8 @@ def eval_command(
         check_results_path(output, overwrite)  # fail before the run, not after it
     set_names = _split(sets) or sets_for(task, channels)  # default: every set of the task
     options = _inference_options(models, tile=tile, overlap=overlap,
-                                 ensemble=ensemble or None, device=device, precision=precision)
+                                 ensemble=ensemble or None, device=device, precision=precision,
+                                 tiling=tiling)
     status = Console(stderr=True)
     rows = run_eval(task, set_names, _levels(levels), models, seed=seed, data_root=data_root,
                     options=options, save_images=save_images, quantize=quantize,
