@@ -113,6 +113,41 @@ def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- BT.601 studio Y
 
+# IJG / JPEG Annex K base tables, natural (row-major) order.
+_LUMA_BASE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
+_CHROMA_BASE = np.full(64, 99.0)
+_CHROMA_BASE[[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 24, 25]] = [17, 18, 24, 47, 18, 21, 26, 66,
+                                                                24, 26, 56, 47, 66]
+
+
+def ijg_tables(quality: int):
+    """The (luma, chroma) quantization tables libjpeg writes at `quality` (baseline)."""
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality     # integer, as libjpeg
+    return tuple(np.clip(np.floor((base * scale + 50) / 100), 1, 255) for base in (_LUMA_BASE, _CHROMA_BASE))
+
+
+def estimate_jpeg_quality(quantization) -> tuple:
+    """(quality, exact) from a JPEG's quantization tables ({0: luma, 1: chroma, ...},
+    natural order, as Pillow's `Image.quantization` gives them).
+
+    exact is True when the tables are libjpeg's own tables at that quality (files made
+    by libjpeg, Pillow, OpenCV, most software); otherwise the IJG quality whose tables
+    are closest (mean absolute log ratio), e.g. for camera JPEGs with custom tables."""
+    tables = [np.asarray(quantization[k], np.float64) for k in sorted(quantization)][:2]
+    if not tables or any(t.size != 64 for t in tables):
+        raise MagnError("JPEG quantization tables are not 8x8; cannot estimate the quality")
+    best, best_err = 50, np.inf
+    for q in range(1, 101):
+        err = sum(np.abs(np.log(t) - np.log(ref)).mean() for t, ref in zip(tables, ijg_tables(q)))
+        if err < best_err:
+            best, best_err = q, err
+    return best, bool(best_err == 0)
+
+
 def rgb_to_y_studio(rgb: np.ndarray, data_range: float = 1.0) -> np.ndarray:
     """BT.601 "studio" luma as MATLAB rgb2ycbcr: Y = 16 + (65.481 R + 128.553 G + 24.966 B)/255
     on 0-255 values. rgb: HxWx3 on [0, data_range]; returns float64 HxW on the same scale
@@ -166,6 +201,31 @@ def cfa_to_mosaic(cfa: np.ndarray, pattern: str = DEFAULT_PATTERN) -> np.ndarray
     if cfa.ndim != 2:
         raise MagnError(f"a CFA image has one channel, got shape {cfa.shape}")
     return cfa[..., None] * bayer_masks(cfa.shape[0], cfa.shape[1], pattern).astype(cfa.dtype)
+
+
+def pattern_shift(pattern: str, target: str = DEFAULT_PATTERN) -> tuple:
+    """(dy, dx) such that padding a `pattern` mosaic by dy rows on top and dx columns on
+    the left gives a `target` mosaic: every Bayer pattern is a one-pixel shift of any
+    other, so one model trained on GRBG serves all four."""
+    pattern, target = _check_pattern(pattern), _check_pattern(target)
+    grid = lambda p: [[p[0], p[1]], [p[2], p[3]]]  # noqa: E731
+    src, dst = grid(pattern), grid(target)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            if all(src[(y - dy) % 2][(x - dx) % 2] == dst[y][x] for y in (0, 1) for x in (0, 1)):
+                return dy, dx
+    raise AssertionError("unreachable: the four Bayer patterns are shifts of one another")
+
+
+def align_mosaic(mosaic: np.ndarray, pattern: str, target: str = DEFAULT_PATTERN):
+    """Pad an HxWx3 `pattern` mosaic into a `target` one; returns (aligned, (dy, dx)).
+    Reflection (x -> -x) keeps each pixel's parity, hence its colour site; crop the
+    restored result with [dy:, dx:]."""
+    dy, dx = pattern_shift(pattern, target)
+    if dy or dx:
+        mode = "reflect" if min(mosaic.shape[:2]) > 1 else "edge"
+        mosaic = np.pad(mosaic, ((dy, 0), (dx, 0), (0, 0)), mode=mode)
+    return mosaic, (dy, dx)
 
 
 def mosaic_to_cfa(mosaic: np.ndarray) -> np.ndarray:

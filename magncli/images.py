@@ -46,6 +46,7 @@ class Image:
     icc_profile: Optional[bytes] = None
     exif: Optional[bytes] = None          # orientation already applied and reset to 1
     source_format: str = ""
+    jpeg_quantization: Optional[dict] = None   # a JPEG file's tables {0: luma, 1: chroma}
 
     @property
     def channels(self) -> int:
@@ -133,7 +134,9 @@ def decode_image(data: bytes) -> Image:
         if _ORIENTATION_TAG in exif:
             exif[_ORIENTATION_TAG] = 1     # the pixels are upright now
         exif_bytes = exif.tobytes()
-    return Image(pixels, alpha, icc, exif_bytes, pil.format or "")
+    quant = getattr(pil, "quantization", None) if pil.format == "JPEG" else None
+    return Image(pixels, alpha, icc, exif_bytes, pil.format or "",
+                 {k: list(v) for k, v in quant.items()} if quant else None)
 
 
 def _is_high_depth(data: bytes, pil: PILImage.Image) -> bool:

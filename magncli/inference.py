@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -110,14 +110,21 @@ def auto_tile(model: nn.Module, device: torch.device, channels: int) -> int:
 
 
 # --------------------------------------------------------------------------- tiling
-def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
-    """Starts of tiles covering [0, length): stride tile - overlap, the last snapped to the end."""
+# Tile origins sit on multiples of 4, so every tile sees the same Bayer phase (period 2)
+# and the same stride-4 patch grid as the whole image does.
+TILE_ALIGN = 4
+
+
+def tile_spans(length: int, tile: int, overlap: int) -> List[Tuple[int, int]]:
+    """(start, stop) of tiles covering [0, length): aligned starts, stride about
+    tile - overlap, the last tile ending at the edge and 0-3 px shorter than the others
+    (its start is rounded up to the alignment), so no pixel outside the image is used."""
     if tile >= length:
-        return [0]
-    stride = max(1, tile - overlap)
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
+        return [(0, length)]
+    stride = max(TILE_ALIGN, (tile - overlap) // TILE_ALIGN * TILE_ALIGN)
+    last = -(-(length - tile) // TILE_ALIGN) * TILE_ALIGN
+    starts = list(range(0, last, stride)) + [last]
+    return [(s, min(s + tile, length)) for s in starts]
 
 
 def _edge_ramp(size: int, overlap: int, inner_start: bool, inner_end: bool) -> np.ndarray:
@@ -170,9 +177,8 @@ class _DeviceOOM(Exception):
 
 
 def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, ensemble: bool,
-             device: Optional[torch.device] = None) -> Tensor:
-    """One batch of tiles, on the model's device, returned as fp32 on the CPU."""
-    device = device or next(model.parameters()).device
+             device: torch.device) -> Tensor:
+    """One batch of tiles, run on `device`, returned as fp32 on the CPU."""
     x = x.to(device)
 
     def run(t: Tensor) -> Tensor:
@@ -190,36 +196,37 @@ def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, e
     return y.cpu()
 
 
-def _restore_tiled(model: nn.Module, image: Tensor, tile: int, overlap: int, dtype: torch.dtype,
-                   ensemble: bool, tile_batch: int) -> Tensor:
+def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: int, overlap: int,
+                   dtype: torch.dtype, ensemble: bool, tile_batch: int) -> Tensor:
     """image (1, C, H, W) fp32 on the CPU -> restored (1, C, H, W) fp32 on the CPU."""
     _, c, h, w = image.shape
-    th, tw = min(tile, h), min(tile, w)
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    tiles = [(ys, xs) for ys in tile_spans(h, tile, overlap) for xs in tile_spans(w, tile, overlap)]
     acc = torch.zeros(1, c, h, w)
     weight_sum = torch.zeros(1, 1, h, w)
-    positions = [(y, x) for y in ys for x in xs]
-    for i in range(0, len(positions), tile_batch):
-        batch_pos = positions[i:i + tile_batch]
-        tiles = torch.cat([image[..., y:y + th, x:x + tw] for y, x in batch_pos])  # (b, C, th, tw)
+    while tiles:
+        # A batch holds tiles of one shape (edge tiles may be a few pixels shorter).
+        (y0, y1), (x0, x1) = tiles[0]
+        batch = [t for t in tiles if t[0][1] - t[0][0] == y1 - y0 and t[1][1] - t[1][0] == x1 - x0][:tile_batch]
+        tiles = [t for t in tiles if t not in batch]
+        inputs = torch.cat([image[..., a:b, p:q] for (a, b), (p, q) in batch])     # (n, C, th, tw)
         try:
-            out = _forward(model, tiles, dtype, ensemble)
+            out = _forward(model, inputs, dtype, ensemble, device)
         except torch.cuda.OutOfMemoryError:
             raise _DeviceOOM() from None
-        for (y, x), out_tile in zip(batch_pos, out):
-            wgt = torch.from_numpy(blend_weights(th, tw, overlap, y, x, h, w))
-            acc[0, :, y:y + th, x:x + tw] += out_tile * wgt
-            weight_sum[0, 0, y:y + th, x:x + tw] += wgt
+        for ((a, b), (p, q)), out_tile in zip(batch, out):
+            wgt = torch.from_numpy(blend_weights(b - a, q - p, overlap, a, p, h, w))
+            acc[0, :, a:b, p:q] += out_tile * wgt
+            weight_sum[0, 0, a:b, p:q] += wgt
     return acc / weight_sum
 
 
-def _restore_chopped(model: nn.Module, image: Tensor, dtype: torch.dtype, ensemble: bool) -> Tensor:
+def _restore_chopped(model: nn.Module, image: Tensor, device: torch.device, dtype: torch.dtype,
+                     ensemble: bool) -> Tensor:
     """The official DAGL/PANet protocol: recursive quadrants with hard seams, the whole
     image on the device (as their test scripts did), optional x8 ensemble."""
     from magncli.official_protocols import chop_settings, forward_chop
     settings = chop_settings(model)
-    return _forward(lambda t: forward_chop(model, t, **settings), image, dtype, ensemble,
-                    device=next(model.parameters()).device)
+    return _forward(lambda t: forward_chop(model, t, **settings), image, dtype, ensemble, device)
 
 
 def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceOptions] = None) -> Tensor:
@@ -241,14 +248,14 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
         model.set_attention_backend(opts.backend)
     model.eval().to(device)
     if opts.tiling == "chop":
-        return _restore_chopped(model, image, dtype, opts.ensemble)
+        return _restore_chopped(model, image, device, dtype, opts.ensemble)
     if opts.tiling != "blend":
         raise MagnError(f"unknown tiling {opts.tiling!r} (use blend or chop)")
     tile = opts.tile or auto_tile(model, device, image.shape[1])
     overlap = min(opts.overlap, tile // 2)
     while True:
         try:
-            return _restore_tiled(model, image, tile, overlap, dtype, opts.ensemble, opts.tile_batch)
+            return _restore_tiled(model, image, device, tile, overlap, dtype, opts.ensemble, opts.tile_batch)
         except _DeviceOOM:
             torch.cuda.empty_cache()
             if tile // 2 >= MIN_TILE:
@@ -260,7 +267,8 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
             model.to("cpu")
             if hasattr(model, "set_attention_backend"):
                 model.set_attention_backend(opts.backend if opts.backend != "flex" else None)
-            return _restore_tiled(model, image, tile, overlap, torch.float32, opts.ensemble, opts.tile_batch)
+            return _restore_tiled(model, image, torch.device("cpu"), tile, overlap, torch.float32,
+                                  opts.ensemble, opts.tile_batch)
 
 
 def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None) -> np.ndarray:

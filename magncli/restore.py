@@ -93,9 +93,11 @@ class Restorer:
 
     weights: a checkpoint path/name/URL used for every image, or None for the task's
     published defaults (a gray model for gray images, a color model for color ones).
+    model: an already-built nn.Module to use for every image instead (Python API).
     """
     task: str
     weights: Optional[str] = None
+    model: Optional[nn.Module] = None
     arch: str = "auto"
     level: Optional[float] = None          # sigma (denoise) or quality (dejpeg)
     pattern: str = "grbg"                  # Bayer pattern of demosaic inputs
@@ -111,6 +113,8 @@ class Restorer:
 
     def model_for(self, channels: int, level: Optional[float] = None) -> Tuple[nn.Module, str]:
         """(model, description) serving `channels`-channel inputs of this task."""
+        if self.model is not None:
+            return self.model, getattr(self.model, "arch", type(self.model).__name__)
         level = self.level if level is None else level
         key = (channels, level)
         if key not in self._models:
@@ -131,11 +135,21 @@ class Restorer:
     def restore(self, image: Image, level: Optional[float] = None) -> Tuple[Image, dict]:
         """Restore one decoded image; returns the restored Image and a record of what ran."""
         x = image.to_float()                                                  # (H, W, C)
+        info = {"task": self.task}
+        level = self.level if level is None else level
+        if self.task == "dejpeg" and level is None and image.jpeg_quantization:
+            # The file says how it was compressed: no need to ask the user.
+            from magncli.degrade import estimate_jpeg_quality
+            level, exact = estimate_jpeg_quality(image.jpeg_quantization)
+            info["quality"] = level
+            info["quality_source"] = "JPEG tables" if exact else "JPEG tables (nearest IJG quality)"
+        shift = (0, 0)
         if self.task == "demosaic":
-            x = self._as_mosaic(x)
+            x, shift = self._as_grbg_mosaic(x)
+            info["pattern"] = self.pattern
         model, name = self.model_for(x.shape[2], level)
         need = getattr(model, "in_channels", x.shape[2])
-        info = {"model": name, "task": self.task}
+        info["model"] = name
         if need == x.shape[2]:
             y = restore_array(model, x, self.options)
         elif need == 3 and x.shape[2] == 1:
@@ -145,16 +159,19 @@ class Restorer:
         else:
             raise MagnError(f"{name} is a gray ({need}-channel) model; the image has {x.shape[2]} "
                             "channels (pass --weights with a color model)")
+        y = y[shift[0]:, shift[1]:]
         if self.task == "demosaic" and image.channels == 1:
             image = Image(image.pixels.repeat(3, axis=2), image.alpha, image.icc_profile,
                           image.exif, image.source_format)
         return image.with_pixels(y), info
 
-    def _as_mosaic(self, x: np.ndarray) -> np.ndarray:
-        from magncli.degrade import cfa_to_mosaic
+    def _as_grbg_mosaic(self, x: np.ndarray):
+        """A 1-channel CFA or 3-channel zero-filled mosaic of self.pattern -> the GRBG
+        mosaic the models take, and the (dy, dx) to crop off the result."""
+        from magncli.degrade import align_mosaic, cfa_to_mosaic
         if x.shape[2] == 1:
-            return cfa_to_mosaic(x[..., 0], self.pattern)
-        return x
+            x = cfa_to_mosaic(x[..., 0], self.pattern)
+        return align_mosaic(x, self.pattern)
 
     def restore_file(self, source, target, *, overwrite: bool = False, jpeg_quality: int = 95) -> dict:
         """Read, restore and write one file; returns a JSON-ready record."""

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from magncli.errors import MagnError
-from magncli.inference import (InferenceOptions, blend_weights, resolve_device, restore_array,
-                               restore_tensor, self_ensemble, tile_starts)
+from magncli.inference import (TILE_ALIGN, InferenceOptions, blend_weights, resolve_device, restore_array,
+                               restore_tensor, self_ensemble, tile_spans)
 
 
 class SmallRF(nn.Module):
@@ -28,24 +28,26 @@ class SmallRF(nn.Module):
 
 @pytest.mark.parametrize("length,tile,overlap", [(100, 32, 16), (64, 64, 16), (65, 64, 16), (7, 64, 16),
                                                  (1001, 48, 12), (33, 32, 0)])
-def test_tile_starts_cover_and_snap_to_the_edge(length, tile, overlap):
-    starts = tile_starts(length, tile, overlap)
+def test_tile_spans_cover_aligned_and_snap_to_the_edge(length, tile, overlap):
+    spans = tile_spans(length, tile, overlap)
     t = min(tile, length)
-    assert starts[0] == 0 and starts[-1] == length - t
+    assert spans[0][0] == 0 and spans[-1][1] == length
+    assert all(a % TILE_ALIGN == 0 for a, _ in spans)      # same Bayer phase / patch grid in every tile
+    assert all(b - a == t for a, b in spans[:-1]) and t - TILE_ALIGN < spans[-1][1] - spans[-1][0] <= t
     covered = np.zeros(length, bool)
-    for s in starts:
-        covered[s:s + t] = True
+    for a, b in spans:
+        covered[a:b] = True
     assert covered.all()
-    assert all(b - a <= t - overlap for a, b in zip(starts, starts[1:]))
+    assert all(b0 - a1 >= overlap for (_, b0), (a1, _) in zip(spans, spans[1:]))   # never less overlap
 
 
 def test_blend_weights_positive_sum_and_zero_at_inner_edges():
     total = np.zeros((100, 90))
-    for y in tile_starts(100, 32, 16):
-        for x in tile_starts(90, 32, 16):
-            w = blend_weights(32, 32, 16, y, x, 100, 90)
-            total[y:y + 32, x:x + 32] += w
-            if y > 0:
+    for y0, y1 in tile_spans(100, 32, 16):
+        for x0, x1 in tile_spans(90, 32, 16):
+            w = blend_weights(y1 - y0, x1 - x0, 16, y0, x0, 100, 90)
+            total[y0:y1, x0:x1] += w
+            if y0 > 0:
                 assert np.all(w[:4] == 0)    # the quarter of the overlap at an inner edge
     assert total.min() > 0.5
 
@@ -150,8 +152,8 @@ def _seam_and_typical_steps(overlap):
     img = ramp + 0.05 * rng.standard_normal((96, 96, 3)).astype(np.float32)
     out = restore_array(model, img, InferenceOptions(device="cpu", tile=32, overlap=overlap))
     steps = np.abs(np.diff(out - img, axis=1)).mean(axis=(0, 2))      # steps[i]: column i -> i+1
-    starts = tile_starts(96, 32, overlap)
-    borders = sorted({s - 1 for s in starts if s > 0} | {s + 31 for s in starts if s + 32 < 96})
+    spans = tile_spans(96, 32, overlap)
+    borders = sorted({a - 1 for a, _ in spans if a > 0} | {b - 1 for _, b in spans if b < 96})
     return steps[borders].max(), np.median(steps[4:-4])   # the image's own border excluded
 
 
