@@ -23,8 +23,10 @@ Backends, all computing the same function:
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -80,6 +82,53 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- chunked
+log = logging.getLogger("magn")
+_compile_chunks = False          # set by compiled_chunks(); the inference engine decides
+_compiled_block = None
+_compile_failed = False
+
+
+@contextmanager
+def compiled_chunks(enabled: bool = True):
+    """Run the chunked backend's blocks through torch.compile inside this context.
+
+    Fusing mask, exp and sum over the (rows x n) scores is about 3.7x faster on CPU, after
+    a one-off compilation of ~20 s; worth it for many tiles, not for one small image.
+    Falls back to eager (once, with a warning) if compilation fails, e.g. with no C++
+    compiler on the machine."""
+    global _compile_chunks
+    previous, _compile_chunks = _compile_chunks, enabled
+    try:
+        yield
+    finally:
+        _compile_chunks = previous
+
+
+def _block_forward(q_blk: Tensor, k: Tensor, v: Tensor, thr_blk: Tensor, scale: float):
+    """One block of whole rows: (normalised output (B,h,r,dv), log-sum-exp (B,h,r,1)), fp32."""
+    scores = torch.matmul(q_blk, k.transpose(-1, -2)) * scale                 # (B, h, r, n)
+    scores = torch.where(scores < thr_blk, float("-inf"), scores)
+    row_max = scores.amax(dim=-1, keepdim=True)
+    probs = torch.exp(scores - row_max)
+    row_sum = probs.sum(dim=-1, keepdim=True)
+    # Normalise the (r x dv) output rather than the (r x n) probabilities.
+    return torch.matmul(probs, v) / row_sum, row_max + row_sum.log()
+
+
+def _run_block(q_blk, k, v, thr_blk, scale):
+    global _compiled_block, _compile_failed
+    if _compile_chunks and not _compile_failed:
+        try:
+            if _compiled_block is None:
+                _compiled_block = torch.compile(_block_forward, dynamic=True)
+            return _compiled_block(q_blk, k, v, thr_blk, scale)
+        except Exception as e:  # any backend/compiler failure: stay correct, just slower
+            _compile_failed = True
+            log.warning("torch.compile of the attention blocks failed (%s); using eager blocks",
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return _block_forward(q_blk, k, v, thr_blk, scale)
+
+
 def _rows_per_chunk(batch_heads: int, n_keys: int, chunk_bytes: int) -> int:
     # Three fp32 (rows x n) temporaries live at once: scores, mask, probabilities.
     per_row = max(1, batch_heads * n_keys * 4 * 3)
@@ -101,16 +150,11 @@ class _ChunkedAttention(torch.autograd.Function):
         scale = 1.0 / math.sqrt(q.shape[-1])
         out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=torch.float32, device=q.device)
         lse = torch.empty(*q.shape[:-1], 1, dtype=torch.float32, device=q.device)
-        v32 = v.float()
+        q32, k32, v32 = q.float(), k.float(), v.float()
         for start in range(0, q.shape[-2], rows):
             blk = slice(start, start + rows)
-            scores = _block_scores(q[..., blk, :], k, threshold[..., blk, :], scale)
-            row_max = scores.amax(dim=-1, keepdim=True)                        # (B, h, r, 1)
-            probs = scores.sub_(row_max).exp_()                                # in place: one pass
-            row_sum = probs.sum(dim=-1, keepdim=True)
-            # Normalise the (r x dv) output rather than the (r x n) probabilities.
-            out[..., blk, :] = torch.matmul(probs, v32).div_(row_sum)
-            lse[..., blk, :] = row_max + row_sum.log()
+            out[..., blk, :], lse[..., blk, :] = _run_block(q32[..., blk, :], k32, v32,
+                                                            threshold[..., blk, :], scale)
         ctx.save_for_backward(q, k, v, threshold, out, lse)
         ctx.rows, ctx.scale = rows, scale
         return out.to(v.dtype)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from magncli.attention import compiled_chunks
 from magncli.errors import MagnError
 
 log = logging.getLogger("magn")
@@ -35,6 +36,7 @@ CPU_TILE = 64           # the training patch size: graph statistics match traini
 CPU_OVERLAP = 16
 MIN_TILE = 16
 MAX_AUTO_TILE = 256
+COMPILE_MIN_PASSES = 8     # compiling (~20 s once) pays off after about this many CPU tiles
 
 
 @dataclass
@@ -46,6 +48,7 @@ class InferenceOptions:
     ensemble: bool = False        # x8 flip/rotate self-ensemble
     tile_batch: int = 1           # tiles per forward pass
     tiling: str = "blend"         # blend (this engine's tiler) | chop (DAGL/PANet's official protocol)
+    compile: Optional[bool] = None  # torch.compile the attention chunks; None: on CPU for >= 8 tile passes
     backend: Optional[str] = None  # graph-attention backend; None = per device
 
     def describe(self) -> dict:
@@ -253,6 +256,16 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
         raise MagnError(f"unknown tiling {opts.tiling!r} (use blend or chop)")
     tile = opts.tile or auto_tile(model, device, image.shape[1])
     overlap = min(opts.overlap, tile // 2)
+    h, w = image.shape[-2:]
+    passes = len(tile_spans(h, tile, overlap)) * len(tile_spans(w, tile, overlap)) * (8 if opts.ensemble else 1)
+    use_compile = opts.compile if opts.compile is not None else (
+        device.type == "cpu" and passes >= COMPILE_MIN_PASSES)
+    with compiled_chunks(use_compile):
+        return _restore_with_retries(model, image, device, dtype, tile, overlap, opts)
+
+
+def _restore_with_retries(model, image, device, dtype, tile, overlap, opts) -> Tensor:
+    """The tiled pass; on CUDA OOM halve the tile, then fall back to the CPU."""
     while True:
         try:
             return _restore_tiled(model, image, device, tile, overlap, dtype, opts.ensemble, opts.tile_batch)

@@ -113,3 +113,27 @@ def test_chunked_never_allocates_the_score_matrix():
     full_matrix = 20000 * 20000 * 4
     assert full_matrix > 2**30
     assert growth < 256 * 2**20, f"peak grew by {growth / 2**20:.0f} MiB"
+
+
+def test_compiled_chunks_match_the_reference():
+    # The inference engine compiles the chunk function for large CPU jobs.
+    from magncli.attention import compiled_chunks
+    q, k, v = _inputs((1, 4, 300, 300, 16, 16), seed=5)
+    with compiled_chunks(True):
+        out = chunked_attention(q, k, v, chunk_bytes=64 * 300 * 4 * 3 * 4)
+    torch.testing.assert_close(out, reference_attention(q, k, v), atol=1e-5, rtol=0)
+
+
+def test_engine_compiles_only_for_many_cpu_tiles(monkeypatch):
+    import numpy as np
+
+    import magncli.inference as inference
+    from magncli.models import build_model
+    seen = []
+    real = inference.compiled_chunks
+    monkeypatch.setattr(inference, "compiled_chunks", lambda enabled: seen.append(enabled) or real(False))
+    model = build_model("magn", n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
+    inference.restore_array(model, np.zeros((40, 40, 3), np.float32), inference.InferenceOptions(device="cpu"))
+    inference.restore_array(model, np.zeros((40, 200, 3), np.float32), inference.InferenceOptions(device="cpu", tile=16, overlap=4))
+    inference.restore_array(model, np.zeros((40, 40, 3), np.float32), inference.InferenceOptions(device="cpu", compile=True))
+    assert seen == [False, True, True]

@@ -150,7 +150,7 @@ def _seam_and_typical_steps(overlap):
     rng = np.random.default_rng(0)
     ramp = np.tile(np.linspace(0, 1, 96, dtype=np.float32), (96, 1))[..., None].repeat(3, 2)
     img = ramp + 0.05 * rng.standard_normal((96, 96, 3)).astype(np.float32)
-    out = restore_array(model, img, InferenceOptions(device="cpu", tile=32, overlap=overlap))
+    out = restore_array(model, img, InferenceOptions(device="cpu", tile=32, overlap=overlap, compile=False))
     steps = np.abs(np.diff(out - img, axis=1)).mean(axis=(0, 2))      # steps[i]: column i -> i+1
     spans = tile_spans(96, 32, overlap)
     borders = sorted({a - 1 for a, _ in spans if a > 0} | {b - 1 for _, b in spans if b < 96})

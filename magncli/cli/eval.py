@@ -59,6 +59,8 @@ def eval_command(
     tile: Optional[int] = typer.Option(None, "--tile", help="Model tile size in pixels."),
     overlap: Optional[int] = typer.Option(None, "--overlap", help="Overlap between model tiles."),
     ensemble: bool = typer.Option(False, "--ensemble", help="x8 flip/rotate self-ensemble."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the "
+                                           "attention (default: on for CPU images of 8+ tiles)."),
     tiling: Optional[str] = typer.Option(None, "--tiling", help="blend (default) or chop: DAGL/PANet's "
                                          "official recursive quadrants, to regenerate their numbers."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... for models."),
@@ -74,7 +76,7 @@ def eval_command(
     set_names = _split(sets) or sets_for(task, channels)  # default: every set of the task
     options = _inference_options(models, tile=tile, overlap=overlap,
                                  ensemble=ensemble or None, device=device, precision=precision,
-                                 tiling=tiling)
+                                 tiling=tiling, compile=compile)
     status = Console(stderr=True)
     rows = run_eval(task, set_names, _levels(levels), models, seed=seed, data_root=data_root,
                     options=options, save_images=save_images, quantize=quantize,

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from magncli.cli.app import app
-from magncli.cli.common import (DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt, TileOpt, TilingOpt, console,
+from magncli.cli.common import (CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt, TileOpt, TilingOpt, console,
                                 inference_options)
 from magncli.errors import MagnError
 
@@ -42,6 +42,7 @@ def restore(
     overlap: int = OverlapOpt,
     ensemble: bool = EnsembleOpt,
     tiling: str = TilingOpt,
+    compile: Optional[bool] = CompileOpt,
     offline: bool = typer.Option(False, help="Never download weights (also MAGN_OFFLINE=1)."),
     model_dir: Optional[str] = typer.Option(None, help="Weights cache folder (also MAGN_HOME)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON record per image on stdout."),
@@ -58,7 +59,7 @@ def restore(
     jobs = plan_jobs(inputs, out_dir=str(output) if output else None, suffix=suffix, ext=ext,
                      recursive=recursive)
     restorer = Restorer(task=task.value, weights=weights, arch=arch, level=level, pattern=pattern,
-                        options=inference_options(device, precision, tile, overlap, ensemble, tiling),
+                        options=inference_options(device, precision, tile, overlap, ensemble, tiling, compile),
                         offline=offline or None, model_dir=model_dir, quiet=quiet)
     failures = 0
     start = time.perf_counter()

@@ -1,0 +1,112 @@
+"""Inference speed and peak memory of `restore` (the tiled engine) per size, backend, model.
+
+    python benchmarks/bench_inference.py                          # CPU defaults
+    python benchmarks/bench_inference.py --sizes 256,512,1024,2048 --archs magn,magn-light,dagl,panet
+    python benchmarks/bench_inference.py --device cuda --precision bf16 --backends flex,chunked
+
+Each configuration runs in a fresh subprocess so that its peak RSS is its own. Weights are
+random (speed and memory do not depend on them). Prints a table and writes JSON.
+Megapixels per second counts image pixels (not the tiles' overlap); peak memory should be
+flat in image size, since only tiles go through the model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_one(arch: str, size: int, backend: str, device: str, precision: str, tile, channels: int,
+            threads: int) -> dict:
+    """Measure one configuration in this process (called in a subprocess)."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from magncli.inference import InferenceOptions, restore_array
+    from magncli.models import build_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    overrides = {"in_channels": channels}
+    model = build_model(arch, **overrides).eval()
+    image = np.random.default_rng(0).random((size, size, channels), dtype=np.float32)
+    options = InferenceOptions(device=device, precision=precision, tile=tile, backend=backend or None)
+    # Warm-up on one tile (first-call costs: allocator, kernels, compilation).
+    restore_array(model, image[:64, :64], options)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    restore_array(model, image, options)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    row = {"arch": arch, "size": size, "backend": backend or "auto", "device": device,
+           "precision": precision, "tile": options.describe()["tile"], "overlap": options.overlap,
+           "channels": channels, "seconds": round(seconds, 3),
+           "mp_per_s": round(size * size / 1e6 / seconds, 5),
+           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "rss_before_mib": round(rss_before, 1),
+           "threads": torch.get_num_threads()}
+    if device.startswith("cuda"):
+        row["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="256,512,1024")
+    ap.add_argument("--archs", default="magn,magn-light")
+    ap.add_argument("--backends", default="chunked", help="comma list; '' = automatic per device")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--tile", type=int, default=None)
+    ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--json", default="benchmarks/results/inference.json")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.one:
+        print(json.dumps(run_one(**json.loads(args.one))))
+        return
+
+    rows = []
+    for arch in args.archs.split(","):
+        for backend in args.backends.split(","):
+            for size in map(int, args.sizes.split(",")):
+                spec = dict(arch=arch, size=size, backend=backend, device=args.device,
+                            precision=args.precision, tile=args.tile, channels=args.channels,
+                            threads=args.threads)
+                res = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
+                                     capture_output=True, text=True)
+                if res.returncode != 0:
+                    print(f"{arch} {size} {backend}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(f"{arch:11s} {backend or 'auto':9s} {size:5d}^2  {row['seconds']:9.2f} s  "
+                      f"{row['mp_per_s']:.4f} MP/s  peak RSS {row['peak_rss_mib']:7.0f} MiB"
+                      + (f"  CUDA peak {row['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in row else ""),
+                      flush=True)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor(), "command": " ".join(sys.argv)}
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
