@@ -41,8 +41,15 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     model = build_model(arch, **overrides).eval()
     image = np.random.default_rng(0).random((size, size, channels), dtype=np.float32)
     options = InferenceOptions(device=device, precision=precision, tile=tile, backend=backend or None)
-    # Warm-up on one tile (first-call costs: allocator, kernels, compilation).
+    # Decide compilation as the engine would for the whole image, then warm up on one
+    # tile with that decision, so the one-off compile is timed apart from the run.
+    from magncli.inference import COMPILE_MIN_PASSES, tile_spans
+    t = options.tile or 64
+    passes = len(tile_spans(size, t, options.overlap)) ** 2
+    options.compile = torch.device(device).type == "cpu" and passes >= COMPILE_MIN_PASSES
+    warm = time.perf_counter()
     restore_array(model, image[:64, :64], options)
+    warm_seconds = time.perf_counter() - warm
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -54,7 +61,8 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     seconds = time.perf_counter() - start
     row = {"arch": arch, "size": size, "backend": backend or "auto", "device": device,
            "precision": precision, "tile": options.describe()["tile"], "overlap": options.overlap,
-           "channels": channels, "seconds": round(seconds, 3),
+           "channels": channels, "seconds": round(seconds, 3), "compiled": options.compile,
+           "warmup_seconds": round(warm_seconds, 2),
            "mp_per_s": round(size * size / 1e6 / seconds, 5),
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "rss_before_mib": round(rss_before, 1),
@@ -96,7 +104,8 @@ def main() -> None:
                     continue
                 row = json.loads(res.stdout.strip().splitlines()[-1])
                 rows.append(row)
-                print(f"{arch:11s} {backend or 'auto':9s} {size:5d}^2  {row['seconds']:9.2f} s  "
+                print(f"{arch:11s} {backend or 'auto':9s} {size:5d}^2  compiled={row['compiled']!s:5s} "
+                      f"{row['seconds']:9.2f} s  "
                       f"{row['mp_per_s']:.4f} MP/s  peak RSS {row['peak_rss_mib']:7.0f} MiB"
                       + (f"  CUDA peak {row['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in row else ""),
                       flush=True)

@@ -120,17 +120,21 @@ def _check_tied_values(model: nn.Module, own: Mapping[str, torch.Tensor],
                             f"checkpoint gives them different values{hint}")
 
 
+def checkpoint_arch(path, state: Mapping[str, torch.Tensor], meta: dict) -> Tuple[str, dict]:
+    """(arch, config) of a checkpoint: from its metadata, else recognised from its keys."""
+    if "arch" in meta:
+        return meta["arch"], dict(meta.get("config", {}))
+    try:
+        return detect_arch(state)
+    except ValueError as e:
+        raise MagnError(f"{path}: {e}") from None
+
+
 def load_model(path, arch: str = "auto", **config_overrides) -> nn.Module:
     """Build the checkpoint's model and load its weights strictly (fp32, CPU, eval mode)."""
     state, meta = read_checkpoint(path)
     if arch in (None, "", "auto"):
-        if "arch" in meta:
-            arch, config = meta["arch"], dict(meta.get("config", {}))
-        else:
-            try:
-                arch, config = detect_arch(state)
-            except ValueError as e:
-                raise MagnError(f"{path}: {e}") from None
+        arch, config = checkpoint_arch(path, state, meta)
     else:
         config = dict(meta.get("config", {})) if meta.get("arch") == arch else {}
         if not config:

@@ -844,18 +844,11 @@ def add_checkpoint(file, *, name: str, task: str, channels: Optional[int] = None
     copy_file: copy it next to the manifest (shipped with the repository); otherwise only
     its file name is recorded (host it somewhere and give --url, or place it in the cache).
     """
-    from magncli.checkpoints import read_checkpoint  # imports torch: only when adding
+    from magncli.checkpoints import checkpoint_arch, read_checkpoint  # imports torch: only when adding
 
     file = Path(file).expanduser()
     state, meta = read_checkpoint(file)
-    if "arch" in meta:
-        arch, config = meta["arch"], dict(meta.get("config", {}))
-    else:
-        from magncli.models.registry import detect_arch
-        try:
-            arch, config = detect_arch(state)
-        except ValueError as e:
-            raise MagnError(f"{file}: {e}") from None
+    arch, config = checkpoint_arch(file, state, meta)
     if channels is None:
         channels = config.get("in_channels")
         if channels is None:
