@@ -151,7 +151,7 @@ def _model_restorer(spec: str, options) -> Restorer:
 def model_restorer(model, options=None, name: str = "model") -> Restorer:
     """A Restorer for a model already in memory (e.g. training's validation of its EMA
     weights), run through the same inference engine as checkpoint models."""
-    from magncli.inference import restore_array
+    from magncli import restore_array  # the package's name: what tests stand in for
 
     def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
         return restore_array(model, degraded, options)

@@ -109,12 +109,14 @@ class TrainConfig:
         need(self.task in TASKS, f"unknown task {self.task!r}; tasks: {', '.join(TASKS)}")
         need(self.channels in (1, 3), f"channels must be 1 or 3, not {self.channels}")
         need(self.task != "demosaic" or self.channels == 3, "demosaic trains color models (channels 3)")
-        need(self.batch >= 1 and self.patch >= 8 and self.steps >= 1, "batch, patch and steps must be positive (patch >= 8)")
+        need(self.batch >= 1 and self.patch >= 8 and self.steps >= 1,
+             "batch and steps must be positive and patch at least 8")
         need(self.patch % 4 == 0, f"patch must be a multiple of 4 (the patch graph's stride), not {self.patch}")
         need(self.lr > 0 and len(self.betas) == 2, "lr must be > 0 and betas two numbers")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; schedules: {', '.join(SCHEDULES)}")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)")
-        need(min(self.val_every, self.ckpt_every, self.log_every) >= 1, "val_every, ckpt_every and log_every must be >= 1")
+        need(min(self.val_every, self.ckpt_every, self.log_every) >= 1,
+             "val_every, ckpt_every and log_every must be >= 1")
         need(self.workers >= 0, "workers must be >= 0")
         need(self.val_crop == 0 or self.val_crop >= 16, "val_crop must be 0 (whole images) or >= 16")
         if self.task == "denoise":

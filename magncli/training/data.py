@@ -199,13 +199,14 @@ class StepBatches(Sampler):
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Per-worker seeding: torch gives each worker base_seed + id; numpy, random and OpenCV
-    follow it. Samples do not use these generators (they carry their own), but nothing
-    drawn in a worker is then left to chance. One OpenCV/torch thread per worker."""
+    """Per-worker seeding: torch gives each worker base_seed + id; numpy and random follow
+    it. Samples do not use these generators (they carry their own), but nothing drawn in a
+    worker is then left to chance. One torch thread per worker: the workers are the
+    parallelism. (Not cv2.setNumThreads: in a forked child of a process whose OpenCV
+    thread pool has run, it deadlocks; OpenCV calls themselves work.)"""
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
-    cv2.setNumThreads(1)
     torch.set_num_threads(1)
 
 
