@@ -216,6 +216,9 @@ def test_resume_needs_a_run_folder(tmp_path):
     assert isinstance(result.exception, MagnError) and "--out" in str(result.exception)
     result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "none"), "--quiet"])
     assert isinstance(result.exception, MagnError) and "config.toml" in str(result.exception)
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path), "--config",
+                                 str(RECIPES[0]), "--quiet"])
+    assert isinstance(result.exception, MagnError) and "drop --config" in str(result.exception)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -251,13 +254,15 @@ def test_resume_restores_step_optimizer_and_weights(gray_data, tmp_path, one_thr
         for name, value in state.items():
             assert torch.equal(value, restored["state"][key][name]), name
     assert resumed.scheduler.last_epoch == 6
+    with pytest.raises(MagnError, match="changed settings: lr"):
+        Trainer(load_run_config(run, {"lr": 0.5}), run, resume=True)
 
 
 def test_kill9_then_resume_ends_bit_identical(gray_data, data_root, tmp_path, one_thread):
     """SIGKILL a training process right after its first checkpoint, resume it, and compare
     with an uninterrupted run: same live and EMA weights, to the bit (CPU, workers=0)."""
-    config = tiny_config(gray_data, steps=40, ckpt_every=5, val=str(data_root / "Set12"),
-                         val_images=1, val_crop=32, val_every=20)
+    config = tiny_config(gray_data, steps=48, ckpt_every=5, val=str(data_root / "Set12"),
+                         val_images=1, val_crop=32, val_every=24)
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(config_to_toml(config))
 
@@ -285,7 +290,8 @@ def test_kill9_then_resume_ends_bit_identical(gray_data, data_root, tmp_path, on
     killed_at = _weights(killed / STATE_FILE)["step"]
     assert killed_at < config.steps and not (killed / EXPORT_FILE).exists()
 
-    Trainer(load_run_config(killed), killed, resume=True).run()
+    result = runner.invoke(app, ["train", "--resume", "--out", str(killed), "--quiet"])
+    assert result.exit_code == 0, result.output
     a, b = _weights(whole / STATE_FILE), _weights(killed / STATE_FILE)
     assert a["step"] == b["step"] == config.steps
     for part in ("model", "ema"):

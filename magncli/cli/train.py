@@ -71,6 +71,8 @@ def train_command(
     if resume:
         if out is None:
             raise MagnError("--resume needs --out RUNDIR (the run folder to continue)")
+        if configs:
+            raise MagnError("--resume continues with RUNDIR/config.toml; drop --config")
         config = load_run_config(out, overrides)
     else:
         if not configs and task is None:

@@ -58,7 +58,7 @@ from magncli.evaluate import git_commit
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
 from magncli.models.registry import build_model
 from magncli.training.config import (RESUMABLE, TrainConfig, config_from_dict, config_to_toml,
-                                     read_recipe)
+                                     merge, read_recipe)
 from magncli.training.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
 
@@ -186,8 +186,7 @@ def load_run_config(run_dir, overrides: Optional[dict] = None) -> TrainConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise MagnError(f"cannot resume: {path} does not exist (is {run_dir} a run folder?)")
-    settings = read_recipe(path)
-    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    settings = merge(read_recipe(path), {k: v for k, v in (overrides or {}).items() if v is not None})
     return config_from_dict(settings)
 
 
@@ -287,6 +286,9 @@ class Trainer:
             # Records after the checkpoint belong to steps that will be trained again.
             kept = [r for r in read_log(log_path) if r.get("step", 0) <= self.step]
             write_file_atomic(log_path, "".join(json.dumps(r) + "\n" for r in kept), overwrite=True)
+        else:  # a run that died before its first checkpoint leaves nothing to resume: start clean
+            for name in (LOG_FILE, CURVES_FILE, LATEST_FILE, BEST_FILE, EXPORT_FILE):
+                (self.run_dir / name).unlink(missing_ok=True)
         skipped = [str(p) for p, _ in self.images.skipped]
         self._log({"event": "resume" if resume else "start", "step": self.step,
                    "data": str(self.images.folder), "images": len(self.images.paths),
