@@ -137,14 +137,21 @@ def _split_arch(spec: str) -> Tuple[Optional[str], str]:
 
 
 def _model_restorer(spec: str, options) -> Restorer:
-    from magncli import load_model, restore_array   # torch is imported only when a model runs
+    from magncli import load_model   # torch is imported only when a model runs
     arch, path = _split_arch(spec)
     model = load_model(path) if arch is None else load_model(path, arch=arch)
+    return model_restorer(model, options, spec)
+
+
+def model_restorer(model, options=None, name: str = "model") -> Restorer:
+    """A Restorer for a model already in memory (e.g. training's validation of its EMA
+    weights), run through the same inference engine as checkpoint models."""
+    from magncli import restore_array  # the package's name: what tests stand in for
 
     def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
         return restore_array(model, degraded, options)
 
-    return Restorer(spec, restore, device=getattr(options, "device", None) or "auto")
+    return Restorer(name, restore, device=getattr(options, "device", None) or "auto")
 
 
 def make_restorer(spec: str, task: str, options=None) -> Restorer:
@@ -326,8 +333,8 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
             for restorer in restorers:
                 save = None if save_images is None else partial(
                     _save_image, Path(save_images), restorer, set_name, label, overwrite=overwrite)
-                row, first_output = _evaluate_one(restorer, stems, degraded, truths, degradation,
-                                                  quantize, save)
+                row, first_output = evaluate_restorer(restorer, stems, degraded, truths,
+                                                      degradation, quantize, save)
                 engine = options.describe() if options is not None else {}
                 row.update(set=set_name, channels=mode, inputs=str(inputs) if inputs else None,
                            note=_set_note(test_set, mode),
@@ -348,9 +355,10 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     return rows
 
 
-def _evaluate_one(restorer: Restorer, stems, degraded, truths, degradation: Degradation,
-                  quantize: bool, save: Optional[Callable[[str, np.ndarray], None]]
-                  ) -> Tuple[dict, np.ndarray]:
+def evaluate_restorer(restorer: Restorer, stems, degraded, truths, degradation: Degradation,
+                      quantize: bool = False,
+                      save: Optional[Callable[[str, np.ndarray], None]] = None
+                      ) -> Tuple[dict, np.ndarray]:
     """One row: restore and score every image of a set at one level; `save(stem, output)`
     keeps each output. Returns the row and the first image's output (for the sheet)."""
     # Color JPEG is scored on RGB and on Y (the protocol's "RGB, and Y").

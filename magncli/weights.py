@@ -873,8 +873,11 @@ def add_checkpoint(file, *, name: str, task: str, channels: Optional[int] = None
         "sha256": sha256,
         "urls": list(urls),
         "default": default,
-        # To be filled in by hand for the model card (see weights/README.md).
-        "provenance": {k: None for k in ("training_data", "steps", "hardware", "wall_time", "commit")},
+        # Filled from the checkpoint when `magn train` wrote it (export.safetensors), else
+        # left for the model card (see weights/README.md).
+        "provenance": {**{k: None for k in ("training_data", "steps", "hardware", "wall_time", "commit")},
+                       **{k: v for k, v in (meta.get("provenance") or {}).items()
+                          if k in _PROVENANCE_KEYS}},
         "scores": [],
     }
     new_raw = copy.deepcopy(manifest.raw)

@@ -32,7 +32,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _register() -> None:
     # Imported here so that `magn --help` lists every command; each module adds itself.
-    from magncli.cli import degrade, eval, restore, weights  # noqa: F401
+    from magncli.cli import degrade, eval, restore, train, weights  # noqa: F401
 
 
 def main() -> None:

@@ -1,0 +1,223 @@
+"""Training configuration: recipes (TOML files in train/), overrides, and the config file
+written into every run folder.
+
+    config = load_config(["train/denoise-gray-blind.toml"], {"steps": 1000})
+    write_config(config, run_dir / "config.toml")
+
+A recipe is a flat TOML table of TrainConfig fields plus an optional [model] table of
+architecture overrides (n_feats, ...). `extends = "other.toml"` (relative to the recipe)
+reads that recipe first. Later sources override earlier ones: recipe < --config files in
+order < command-line flags. Unknown keys are errors, so a typo never goes unnoticed.
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from magncli.degrade import BAYER_PATTERNS, TASKS
+from magncli.errors import MagnError
+
+SCHEDULES = ("cosine", "multistep", "constant")
+# Keys that each replace another: giving one (in a later recipe or a flag) drops the other.
+EXCLUSIVE = {"sigma": "sigma_range", "sigma_range": "sigma",
+             "qualities": "quality_range", "quality_range": "qualities"}
+# What --resume may change: nothing that alters the data or the optimisation.
+RESUMABLE = {"steps", "val_every", "ckpt_every", "log_every", "workers", "device", "data", "val"}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Defaults are the paper's (MAGN Sec. IV-A)."""
+
+    task: str = "denoise"                 # denoise | dejpeg | demosaic
+    data: str = ""                        # folder of clean images, or a folder name under the data root
+    val: str = ""                         # validation folder or test-set name ("" = no validation)
+    arch: str = "magn"                    # magn | magn-light (a registry name or variant)
+    channels: int = 1                     # 1 gray, 3 color (demosaic: 3)
+    model: Dict[str, Any] = field(default_factory=dict)  # architecture config overrides
+
+    # Optimisation: Adam, MSE loss (eq. 14).
+    batch: int = 32                       # global batch: split evenly over DDP ranks
+    patch: int = 64
+    steps: int = 300_000
+    lr: float = 1e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"              # cosine (to min_lr after warmup) | multistep | constant
+    warmup_steps: int = 0
+    min_lr: float = 1e-6                  # cosine: the final learning rate
+    milestones: List[int] = field(default_factory=list)  # multistep: steps where lr *= gamma
+    gamma: float = 0.5
+    grad_clip: float = 0.0                # max global gradient norm; 0 = off
+    ema_decay: float = 0.999
+
+    # Degradation (one of each exclusive pair; see EXCLUSIVE).
+    sigma: Optional[float] = None         # denoise: one noise level (0-255 scale) ...
+    sigma_range: Optional[List[float]] = None   # ... or blind: uniform in [lo, hi] per image
+    qualities: Optional[List[int]] = None       # dejpeg: a quality drawn from this list ...
+    quality_range: Optional[List[int]] = None   # ... or uniform integers in [lo, hi] per image
+    pattern: str = "grbg"                 # demosaic: a Bayer pattern, or "random" (all four)
+
+    # Validation through the eval engine; PSNR on val_images images cropped to val_crop.
+    val_every: int = 5000
+    val_levels: Optional[List[float]] = None    # sigmas / qualities to score (default: per task)
+    val_crop: int = 0                     # centre crop of each validation image; 0 = whole
+    val_images: int = 0                   # use the first N validation images; 0 = all
+    val_seed: int = 0                     # noise seed of validation inputs, as `magn eval --seed`
+
+    ckpt_every: int = 1000
+    log_every: int = 100
+    workers: int = 4                      # DataLoader worker processes per rank
+    device: str = "auto"
+    precision: str = "fp32"               # fp32 | bf16 | fp16 (half precisions on CUDA)
+    backend: Optional[str] = None         # graph-attention backend; None = per device
+    seed: int = 0
+
+    # ------------------------------------------------------------------ derived
+    def levels(self) -> Dict[str, Any]:
+        """What the model is trained for, as checkpoint metadata records it."""
+        if self.task == "denoise":
+            return {"sigma": self.sigma} if self.sigma is not None else {"sigma_range": self.sigma_range}
+        if self.task == "dejpeg":
+            return {"qualities": self.qualities} if self.qualities else {"quality_range": self.quality_range}
+        return {"pattern": self.pattern}
+
+    def validation_levels(self) -> List[float]:
+        """The levels validation scores (the mean is the run's validation PSNR)."""
+        if self.task == "demosaic":
+            return []
+        if self.val_levels:
+            return list(self.val_levels)
+        if self.task == "denoise":
+            if self.sigma is not None:
+                return [self.sigma]
+            lo, hi = self.sigma_range
+            return [s for s in (15, 25, 50) if lo <= s <= hi] or [(lo + hi) / 2]
+        if self.qualities:
+            return list(self.qualities)
+        lo, hi = self.quality_range
+        return [q for q in (10, 20, 30, 40) if lo <= q <= hi] or [(lo + hi) // 2]
+
+    def check(self) -> "TrainConfig":
+        """Raise MagnError for any setting that cannot work; returns self."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise MagnError(message)
+
+        need(self.task in TASKS, f"unknown task {self.task!r}; tasks: {', '.join(TASKS)}")
+        need(self.channels in (1, 3), f"channels must be 1 or 3, not {self.channels}")
+        need(self.task != "demosaic" or self.channels == 3, "demosaic trains color models (channels 3)")
+        need(self.batch >= 1 and self.patch >= 8 and self.steps >= 1,
+             "batch and steps must be positive and patch at least 8")
+        need(self.patch % 4 == 0, f"patch must be a multiple of 4 (the patch graph's stride), not {self.patch}")
+        need(self.lr > 0 and len(self.betas) == 2, "lr must be > 0 and betas two numbers")
+        need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; schedules: {', '.join(SCHEDULES)}")
+        need(0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)")
+        need(min(self.val_every, self.ckpt_every, self.log_every) >= 1,
+             "val_every, ckpt_every and log_every must be >= 1")
+        need(self.workers >= 0, "workers must be >= 0")
+        need(self.val_crop == 0 or self.val_crop >= 16, "val_crop must be 0 (whole images) or >= 16")
+        if self.task == "denoise":
+            need((self.sigma is None) != (self.sigma_range is None),
+                 "denoise needs exactly one of sigma (e.g. 25) and sigma_range (e.g. 0,55)")
+            if self.sigma_range is not None:
+                need(len(self.sigma_range) == 2 and 0 <= self.sigma_range[0] <= self.sigma_range[1],
+                     f"sigma_range must be lo,hi with 0 <= lo <= hi, not {self.sigma_range}")
+            else:
+                need(math.isfinite(self.sigma) and self.sigma >= 0, f"sigma must be >= 0, not {self.sigma}")
+        if self.task == "dejpeg":
+            need((self.qualities is None) != (self.quality_range is None),
+                 "dejpeg needs exactly one of qualities (e.g. [10, 20, 30, 40]) and quality_range (e.g. 10,40)")
+            chosen = self.qualities or self.quality_range
+            need(len(chosen) >= 1 and all(1 <= int(q) <= 100 and int(q) == q for q in chosen),
+                 f"JPEG qualities must be integers from 1 to 100, not {chosen}")
+            if self.quality_range is not None:
+                need(len(chosen) == 2 and chosen[0] <= chosen[1], f"quality_range must be lo,hi, not {chosen}")
+        if self.task == "demosaic":
+            need(self.pattern in BAYER_PATTERNS + ("random",),
+                 f"unknown Bayer pattern {self.pattern!r}; use {', '.join(BAYER_PATTERNS)} or random")
+        return self
+
+
+# --------------------------------------------------------------------------- reading
+
+_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+def read_recipe(path, _seen: Sequence[Path] = ()) -> Dict[str, Any]:
+    """A recipe's settings, with its `extends` chain merged in (base first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MagnError(f"{path}: recipe not found")
+    if path.resolve() in _seen:
+        raise MagnError(f"{path}: recipes extend each other in a loop")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise MagnError(f"{path}: not valid TOML ({e})") from None
+    base = raw.pop("extends", None)
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise MagnError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    if base is None:
+        return raw
+    return merge(read_recipe(path.parent / base, (*_seen, path.resolve())), raw)
+
+
+def merge(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """base updated by overrides; a key replaces its EXCLUSIVE partner; [model] merges."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if key in EXCLUSIVE and value is not None:
+            out.pop(EXCLUSIVE[key], None)
+        if key == "model":
+            value = {**out.get("model", {}), **value}
+        out[key] = value
+    return out
+
+
+def load_config(recipes: Sequence = (), overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """TrainConfig from recipe files merged in order, then `overrides` (None values ignored)."""
+    settings: Dict[str, Any] = {}
+    for recipe in recipes:
+        settings = merge(settings, read_recipe(recipe))
+    settings = merge(settings, {k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(settings)
+
+
+def config_from_dict(settings: Dict[str, Any]) -> TrainConfig:
+    unknown = set(settings) - _FIELDS
+    if unknown:
+        raise MagnError(f"unknown training setting(s) {', '.join(sorted(unknown))}")
+    try:
+        config = TrainConfig(**settings)
+    except TypeError as e:
+        raise MagnError(f"bad training settings ({e})") from None
+    return config.check()
+
+
+# --------------------------------------------------------------------------- writing
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def config_to_toml(config: TrainConfig, header: str = "") -> str:
+    """The config as TOML that read_recipe reads back (None values are left out)."""
+    settings = asdict(config)
+    model = settings.pop("model")
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items() if v is not None]
+    if model:
+        lines += ["", "[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,220 @@
+"""Training data: random patches of clean images, degraded on the fly.
+
+    images = scan_images(resolve_data_folder("Train400"))   # readable files; bad ones counted
+    dataset = PatchDataset(images.paths, config)             # index -> (degraded, clean)
+    loader = make_loader(dataset, config, start_step=0)      # yields (B, C, p, p) pairs
+
+Determinism: sample i of a run is drawn by its own generator, np.random.default_rng((seed, i)),
+and the batch of step s holds samples s*batch ... s*batch + batch - 1 (in DDP, rank r takes
+its slice of them). So the data depends only on (seed, step), not on the number of worker
+processes or ranks, and a resumed run sees exactly the batches an uninterrupted one would:
+the data position is the step.
+
+Per sample: pick an image uniformly, reflect-pad it if it is smaller than the patch, take a
+random patch, apply one of the 8 flips/rotations, convert the channels, then degrade it as
+magn eval does (degrade.py): Gaussian noise in float, unclipped; JPEG of the 8-bit patch;
+a zero-filled Bayer mosaic.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from magncli.datasets import resolve_data_root
+from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, bayer_mosaic, jpeg_compress,
+                             rgb_to_y_studio)
+from magncli.errors import MagnError
+from magncli.images import IMAGE_EXTENSIONS, read_image, to_float
+from magncli.training.config import TrainConfig
+
+# --------------------------------------------------------------------------- files
+
+def resolve_data_folder(name: str) -> Path:
+    """A folder path, else a folder of that name under the data root ($MAGN_DATA, ...)."""
+    if not name:
+        raise MagnError("no training data: pass --data DIR (or set data in the recipe)")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if not path.is_absolute():
+        try:
+            under_root = resolve_data_root() / name
+        except MagnError:
+            under_root = None
+        if under_root is not None and under_root.is_dir():
+            return under_root
+    raise MagnError(f"training data folder {name} does not exist")
+
+
+@dataclass
+class ImageFiles:
+    """The readable images of a folder, and the files skipped with the reason."""
+
+    folder: Path
+    paths: List[Path]
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
+
+
+def scan_images(folder) -> ImageFiles:
+    """Decode every image file of `folder` once (not recursive), so that unreadable ones
+    are skipped (and reported by the caller) up front instead of failing mid-run."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MagnError(f"training data {folder} is not a folder")
+    candidates = sorted(p for p in folder.iterdir()
+                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not candidates:
+        raise MagnError(f"no image files in {folder} (looked for {' '.join(IMAGE_EXTENSIONS)})")
+    found = ImageFiles(folder, [])
+    for path in candidates:
+        try:
+            read_image(path)
+            found.paths.append(path)
+        except MagnError as e:
+            found.skipped.append((path, str(e)))
+    if not found.paths:
+        raise MagnError(f"none of the {len(candidates)} image files in {folder} could be read "
+                        f"(first: {found.skipped[0][1]})")
+    return found
+
+
+# --------------------------------------------------------------------------- one sample
+
+def random_patch(pixels: np.ndarray, patch: int, rng: np.random.Generator) -> np.ndarray:
+    """A (patch, patch, C) crop of (H, W, C) pixels at a random place. Images smaller than
+    the patch are reflect-padded first (not upscaled: resampling would blur the clean
+    target and change its noise-free statistics)."""
+    h, w = pixels.shape[:2]
+    if h < patch or w < patch:
+        pad = ((0, max(0, patch - h)), (0, max(0, patch - w)), (0, 0))
+        pixels = np.pad(pixels, pad, mode="reflect")  # numpy reflects repeatedly if needed
+        h, w = pixels.shape[:2]
+    top = int(rng.integers(h - patch + 1))
+    left = int(rng.integers(w - patch + 1))
+    return pixels[top:top + patch, left:left + patch]
+
+
+def random_dihedral(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One of the 8 flips/rotations of (H, W, C), uniformly (the inference x8 ensemble's set)."""
+    k = int(rng.integers(8))
+    x = np.rot90(x, k % 4)
+    return x[:, ::-1] if k >= 4 else x
+
+
+def convert_channels(x: np.ndarray, channels: int, task: str) -> np.ndarray:
+    """float32 (H, W, C) -> (H, W, channels). Color to gray is BT.601: studio Y for JPEG
+    (how the gray JPEG sets such as LIVE1 are made), full-range luma 0.299R + 0.587G +
+    0.114B otherwise (MATLAB rgb2gray, how BSD68 and Urban100_gray are made). A gray image
+    in a color run is repeated over the three channels."""
+    if x.shape[2] == channels:
+        return x
+    if channels == 3:
+        return np.repeat(x, 3, axis=2)
+    if task == "dejpeg":
+        return rgb_to_y_studio(x).astype(np.float32)[..., None]
+    return cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY)[..., None]
+
+
+class PatchDegradation:
+    """The task's random degradation of one clean float32 (H, W, C) patch."""
+
+    def __init__(self, config: TrainConfig):
+        self.task = config.task
+        self.sigma, self.sigma_range = config.sigma, config.sigma_range
+        self.qualities, self.quality_range = config.qualities, config.quality_range
+        self.patterns = BAYER_PATTERNS if config.pattern == "random" else (config.pattern,)
+
+    def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.task == "denoise":
+            sigma = self.sigma if self.sigma is not None else rng.uniform(*self.sigma_range)
+            # The eval noise function, seeded from this sample's generator.
+            return add_gaussian_noise(clean, float(sigma), seed=int(rng.integers(2 ** 32)))
+        if self.task == "dejpeg":
+            if self.qualities:
+                quality = self.qualities[int(rng.integers(len(self.qualities)))]
+            else:
+                quality = int(rng.integers(self.quality_range[0], self.quality_range[1] + 1))
+            return jpeg_compress(clean, int(quality)).astype(np.float32) / 255.0
+        # Every pattern is GRBG seen from an origin shifted by one pixel (down, right or
+        # both), so random patterns teach one model all four phases.
+        pattern = self.patterns[int(rng.integers(len(self.patterns)))]
+        return bayer_mosaic(clean, pattern)
+
+
+class PatchDataset(Dataset):
+    """Sample index -> (degraded, clean), each a float32 tensor (C, patch, patch).
+
+    The index is the sample's position in the whole run (step * batch + i), and the only
+    source of randomness is np.random.default_rng((seed, index))."""
+
+    def __init__(self, paths: List[Path], config: TrainConfig):
+        self.paths = list(paths)
+        self.patch, self.channels, self.task = config.patch, config.channels, config.task
+        self.seed = config.seed
+        self.degrade = PatchDegradation(config)
+
+    def __len__(self) -> int:  # nominal: samples are drawn with replacement, indices are open-ended
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, int(index)))
+        path = self.paths[int(rng.integers(len(self.paths)))]
+        pixels = read_image(path).pixels                                       # (H, W, C) as stored
+        crop = random_dihedral(random_patch(pixels, self.patch, rng), rng)     # (p, p, C)
+        clean = convert_channels(to_float(np.ascontiguousarray(crop)), self.channels, self.task)
+        degraded = self.degrade(clean, rng)                                    # (p, p, C) float32
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))  # noqa: E731
+        return as_tensor(degraded), as_tensor(clean)
+
+
+# --------------------------------------------------------------------------- batches
+
+class StepBatches(Sampler):
+    """Sample indices of the batches of steps [start, stop) on one rank.
+
+    Step s covers the global samples s*batch ... s*batch + batch - 1; rank r of `world`
+    takes the r-th of `world` equal slices, so DDP ranks see disjoint data."""
+
+    def __init__(self, start: int, stop: int, batch: int, rank: int = 0, world: int = 1):
+        if batch % world:
+            raise MagnError(f"batch {batch} does not split evenly over {world} processes")
+        self.start, self.stop, self.batch = start, stop, batch
+        self.per_rank = batch // world
+        self.offset = rank * self.per_rank
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for step in range(self.start, self.stop):
+            first = step * self.batch + self.offset
+            yield list(range(first, first + self.per_rank))
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Per-worker seeding: torch gives each worker base_seed + id; numpy and random follow
+    it. Samples do not use these generators (they carry their own), but nothing drawn in a
+    worker is then left to chance. One torch thread per worker: the workers are the
+    parallelism. (Not cv2.setNumThreads: in a forked child of a process whose OpenCV
+    thread pool has run, it deadlocks; OpenCV calls themselves work.)"""
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: PatchDataset, config: TrainConfig, start_step: int, stop_step: int,
+                rank: int = 0, world: int = 1, pin_memory: bool = False) -> DataLoader:
+    """Batches (degraded, clean), each (batch/world, C, p, p), of steps start_step ... stop_step-1."""
+    # An explicit generator: the loader then never draws from torch's global generator.
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + rank)
+    return DataLoader(dataset, batch_sampler=StepBatches(start_step, stop_step, config.batch, rank, world),
+                      num_workers=config.workers, worker_init_fn=_seed_worker, generator=generator,
+                      pin_memory=pin_memory, persistent_workers=False)

@@ -1,0 +1,437 @@
+"""The training loop behind `magn train`.
+
+    trainer = Trainer(load_config(["train/denoise-gray-s25.toml"]), "runs/s25")
+    summary = trainer.run()                 # trains to config.steps, writes the run folder
+    Trainer(load_run_config("runs/s25"), "runs/s25", resume=True).run()   # continues it
+
+One step: a batch of degraded/clean patches -> model (autocast bf16/fp16 on CUDA) -> MSE
+-> backward (GradScaler for fp16) -> gradient clipping -> Adam -> LR schedule -> EMA.
+
+The run folder (only rank 0 writes; every file is written to a temporary name and
+os.replace'd, so a kill at any moment leaves the previous version intact):
+
+    config.toml                the settings actually used
+    log.jsonl                  one JSON record per log interval, validation and event
+    curves.png                 loss and validation PSNR
+    state_latest.pt            everything needed to resume (see Trainer._state), weights
+                               included: one file is one atomic resume point, so a resume
+                               never mixes two checkpoints
+    model_latest.safetensors   EMA weights at the last checkpoint
+    model_best.safetensors     EMA weights at the best validation PSNR
+    export.safetensors         fp16 EMA weights at the end, with provenance metadata
+
+Resuming restores the model, EMA, optimizer, scheduler, scaler, RNG states and the step,
+which is also the data position (see data.py), so on the CPU with workers=0 a run killed
+and resumed ends with the same weights, bit for bit, as one that was never stopped.
+
+Distributed: under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP (nccl on CUDA,
+gloo on the CPU), each rank takes its slice of every batch, and rank 0 alone validates,
+logs and writes files. BatchNorm running statistics follow rank 0 (DDP broadcasts them
+before each forward); the weights are the same on every rank.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import random
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from magncli import __version__
+from magncli.checkpoints import load_state_dict_strict, save_checkpoint
+from magncli.datasets import write_file_atomic
+from magncli.errors import MagnError
+from magncli.evaluate import git_commit
+from magncli.inference import InferenceOptions, resolve_device, resolve_precision
+from magncli.models.registry import build_model
+from magncli.training.config import (RESUMABLE, TrainConfig, config_from_dict, config_to_toml,
+                                     merge, read_recipe)
+from magncli.training.curves import write_curves
+from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
+
+log = logging.getLogger("magn")
+
+CONFIG_FILE = "config.toml"
+LOG_FILE = "log.jsonl"
+CURVES_FILE = "curves.png"
+STATE_FILE = "state_latest.pt"
+LATEST_FILE = "model_latest.safetensors"
+BEST_FILE = "model_best.safetensors"
+EXPORT_FILE = "export.safetensors"
+
+
+# --------------------------------------------------------------------------- pieces
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """Learning rate / config.lr at `step` (a pure function, so resuming needs no state):
+    linear warmup, then cosine down to min_lr, multistep decay, or constant."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "cosine":
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        floor = min(1.0, config.min_lr / config.lr)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if config.schedule == "multistep":
+        return config.gamma ** sum(step >= m for m in config.milestones)
+    return 1.0
+
+
+class EMA:
+    """Exponential moving average of the weights: the model that is validated and exported.
+
+    ema = d * ema + (1 - d) * weights, with d = min(decay, (1 + n) / (10 + n)) after n
+    updates: early on the average follows the weights instead of remembering the random
+    initialisation (which would make short runs look untrained). Buffers (BatchNorm
+    running statistics) are copied, not averaged."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1.0 - d)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+        self.updates += 1
+
+
+def rng_states() -> dict:
+    """torch, CUDA, numpy and Python RNG states as tensors, lists and numbers only, so that
+    torch.load(weights_only=True) reads them back (numpy's own state holds an ndarray)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_log(path: Path) -> List[dict]:
+    """log.jsonl records; a torn last line (the process was killed mid-write) is dropped."""
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return records
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def hardware_string(device: torch.device, world: int) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{world}x {name}" if world > 1 else name
+
+
+def _cpu_state(module: nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def load_run_config(run_dir, overrides: Optional[dict] = None) -> TrainConfig:
+    """The config a run folder was started with (for --resume), with `overrides` applied."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise MagnError(f"cannot resume: {path} does not exist (is {run_dir} a run folder?)")
+    settings = merge(read_recipe(path), {k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(settings)
+
+
+# --------------------------------------------------------------------------- distributed
+
+class Distributed:
+    """Rank, world size and device. Joins the process group torchrun describes
+    (WORLD_SIZE > 1), or uses one the caller has initialised already."""
+
+    def __init__(self, device_spec: str):
+        self.owns_group = False
+        if dist.is_available() and dist.is_initialized():
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        else:
+            self.rank = int(os.environ.get("RANK", "0"))
+            self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        device = resolve_device(device_spec)
+        if device.type == "cuda" and self.world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+            torch.cuda.set_device(device)
+        self.device = device
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.owns_group = True
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """Builds everything for a run (or restores it from run_dir with resume=True);
+    `run()` trains. `reporter(progress)` gets a dict after every step (a progress bar)."""
+
+    def __init__(self, config: TrainConfig, run_dir, resume: bool = False,
+                 reporter: Optional[Callable[[dict], None]] = None):
+        self.config = config.check()
+        self.run_dir = Path(run_dir)
+        self.reporter = reporter or (lambda progress: None)
+        self.dist = Distributed(config.device)
+        self.device = self.dist.device
+        self.amp_dtype = resolve_precision(config.precision, self.device)
+        self._check_run_dir(resume)
+
+        self.images = scan_images(resolve_data_folder(config.data))
+        if self.dist.is_main:
+            for _, reason in self.images.skipped:
+                log.warning("skipped unreadable training image: %s", reason)
+        self.dataset = PatchDataset(self.images.paths, config)
+
+        torch.manual_seed(config.seed)  # the initial weights
+        self.model = build_model(config.arch, in_channels=config.channels, **config.model).to(self.device)
+        self.model.set_attention_backend(config.backend)
+        self.model.train()
+        self.ema = EMA(self.model, config.ema_decay)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=tuple(config.betas))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.step, self.best_psnr, self.elapsed_s = 0, -math.inf, 0.0
+        if resume:
+            self._load_state()
+        self.net = self.model  # what the forward pass calls: the DDP wrapper when distributed
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+        self.validator = None
+        if config.val and self.dist.is_main:
+            from magncli.training.validation import Validator
+            options = InferenceOptions(device=str(self.device), precision=config.precision,
+                                       backend=config.backend)
+            self.validator = Validator(config, options)
+        if self.dist.is_main:
+            self._start_run_dir(resume)
+
+    # ------------------------------------------------------------------ run folder
+    def _check_run_dir(self, resume: bool) -> None:
+        state = self.run_dir / STATE_FILE
+        if resume and not state.is_file():
+            raise MagnError(f"cannot resume: {state} does not exist")
+        if not resume and state.exists():
+            raise MagnError(f"{self.run_dir} already holds a run; pass --resume to continue it "
+                            "or choose another --out")
+
+    def _start_run_dir(self, resume: bool) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        header = f"magn train {__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}: the settings used"
+        write_file_atomic(self.run_dir / CONFIG_FILE, config_to_toml(self.config, header), overwrite=True)
+        log_path = self.run_dir / LOG_FILE
+        if resume:
+            # Records after the checkpoint belong to steps that will be trained again.
+            kept = [r for r in read_log(log_path) if r.get("step", 0) <= self.step]
+            write_file_atomic(log_path, "".join(json.dumps(r) + "\n" for r in kept), overwrite=True)
+        else:  # a run that died before its first checkpoint leaves nothing to resume: start clean
+            for name in (LOG_FILE, CURVES_FILE, LATEST_FILE, BEST_FILE, EXPORT_FILE):
+                (self.run_dir / name).unlink(missing_ok=True)
+        skipped = [str(p) for p, _ in self.images.skipped]
+        self._log({"event": "resume" if resume else "start", "step": self.step,
+                   "data": str(self.images.folder), "images": len(self.images.paths),
+                   "skipped_images": len(skipped), "skipped": skipped,
+                   "device": str(self.device), "world_size": self.dist.world,
+                   "params": sum(p.numel() for p in self.model.parameters()),
+                   "val_input_psnr": self.validator.input_psnr if self.validator else None})
+
+    def _log(self, record: dict) -> None:
+        with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict:
+        """The resume point: tensors, numbers, strings and containers only (weights_only)."""
+        return {"step": self.step, "best_psnr": self.best_psnr, "elapsed_s": self.elapsed_s,
+                "model": _cpu_state(self.model), "ema": _cpu_state(self.ema.model),
+                "ema_updates": self.ema.updates,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng_states(),
+                "config": asdict(self.config)}
+
+    def _load_state(self) -> None:
+        path = self.run_dir / STATE_FILE
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file
+            raise MagnError(f"{path}: cannot be read as a training state ({e})") from None
+        changed = [k for k, v in state["config"].items()
+                   if k not in RESUMABLE and getattr(self.config, k) != v]
+        if changed:
+            raise MagnError(f"cannot resume with changed settings: {', '.join(changed)} "
+                            f"(only {', '.join(sorted(RESUMABLE))} may change)")
+        load_state_dict_strict(self.model, state["model"], source=str(path))
+        load_state_dict_strict(self.ema.model, state["ema"], source=str(path))
+        self.ema.updates = state["ema_updates"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_states(state["rng"])
+        self.step, self.best_psnr, self.elapsed_s = state["step"], state["best_psnr"], state["elapsed_s"]
+
+    def _meta(self, **extra) -> dict:
+        """Checkpoint metadata beside arch/config: what the model is for, and how far along."""
+        return {"task": self.config.task, "channels": self.config.channels, **self.config.levels(),
+                "step": self.step, **extra}
+
+    def save_checkpoint(self) -> None:
+        """The resume point first (one atomic file), then the EMA weights and the curves."""
+        atomic_torch_save(self._state(), self.run_dir / STATE_FILE)
+        save_checkpoint(self.run_dir / LATEST_FILE, self.ema.model, self._meta())
+        write_curves(self.run_dir / CURVES_FILE, read_log(self.run_dir / LOG_FILE))
+
+    def export(self) -> Path:
+        """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry."""
+        config = self.config
+        provenance = {
+            "training_data": f"{self.images.folder} ({len(self.images.paths)} images)",
+            "steps": self.step, "batch_size": config.batch, "patch_size": config.patch,
+            "hardware": hardware_string(self.device, self.dist.world),
+            "wall_time": f"{self.elapsed_s / 3600:.2f} h", "commit": git_commit(),
+            "command": "magn train",
+            "notes": f"seed {config.seed}, lr {config.lr} {config.schedule}, EMA {config.ema_decay}"}
+        best = self.best_psnr if math.isfinite(self.best_psnr) else None
+        return save_checkpoint(self.run_dir / EXPORT_FILE, self.ema.model,
+                               self._meta(provenance=provenance, best_val_psnr=best), half=True)
+
+    # ------------------------------------------------------------------ training
+    def _train_step(self, degraded: torch.Tensor, clean: torch.Tensor) -> float:
+        degraded = degraded.to(self.device, non_blocking=True)                 # (b, C, p, p)
+        clean = clean.to(self.device, non_blocking=True)                       # (b, C, p, p)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype,
+                            enabled=self.amp_dtype != torch.float32):
+            restored = self.net(degraded)                                      # (b, C, p, p)
+        loss = F.mse_loss(restored.float(), clean)
+        if not torch.isfinite(loss):
+            raise MagnError(f"the loss became {loss.item()} at step {self.step + 1}; "
+                            "lower --lr or use fp32")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        return loss.item()
+
+    def validate(self) -> Dict[str, float]:
+        """Score the EMA weights; keep them as model_best when the mean PSNR improved."""
+        scores = self.validator(self.ema.model)
+        self.ema.model.to(self.device)  # the engine falls back to the CPU on a CUDA OOM
+        improved = scores["mean"] > self.best_psnr
+        if improved:
+            self.best_psnr = scores["mean"]
+            save_checkpoint(self.run_dir / BEST_FILE, self.ema.model,
+                            self._meta(val_psnr=scores["mean"], val_set=self.validator.name))
+        self._log({"step": self.step, "val_psnr": scores["mean"], "val": scores, "best": improved,
+                   "elapsed_s": round(self.elapsed_s, 2)})
+        return scores
+
+    def run(self, until: Optional[int] = None) -> dict:
+        """Train to config.steps (or stop after step `until`); returns a summary."""
+        config, main = self.config, self.dist.is_main
+        stop = min(config.steps, until or config.steps)
+        loader = make_loader(self.dataset, config, self.step, stop, self.dist.rank, self.dist.world,
+                             pin_memory=self.device.type == "cuda")
+        run_start, elapsed_before = time.perf_counter(), self.elapsed_s
+        losses: List[float] = []        # since the last log record
+        step_seconds = 0.0              # data wait + training of those steps (no validation)
+        val_psnr = None
+        fetch_start = time.perf_counter()
+        for degraded, clean in loader:
+            loss = self._train_step(degraded, clean)
+            self.step += 1
+            losses.append(loss)
+            step_seconds += time.perf_counter() - fetch_start
+            self.elapsed_s = elapsed_before + time.perf_counter() - run_start
+            if main:
+                samples_per_s = len(losses) * config.batch / max(step_seconds, 1e-9)
+                if self.step % config.log_every == 0 or self.step == stop:
+                    self._log({"step": self.step, "loss": float(np.mean(losses)),
+                               "lr": self.scheduler.get_last_lr()[0],
+                               "samples_per_s": round(samples_per_s, 3),
+                               "elapsed_s": round(self.elapsed_s, 2)})
+                    losses, step_seconds = [], 0.0
+                if self.validator and (self.step % config.val_every == 0 or self.step == config.steps):
+                    val_psnr = self.validate()["mean"]
+                if self.step % config.ckpt_every == 0 or self.step == stop:
+                    self.save_checkpoint()
+                self.reporter({"step": self.step, "steps": config.steps, "loss": loss,
+                               "val_psnr": val_psnr, "samples_per_s": samples_per_s})
+            fetch_start = time.perf_counter()
+        if main and self.step == config.steps:
+            self.export()
+            self._log({"event": "end", "step": self.step, "elapsed_s": round(self.elapsed_s, 2),
+                       "best_val_psnr": self.best_psnr if math.isfinite(self.best_psnr) else None})
+            write_curves(self.run_dir / CURVES_FILE, read_log(self.run_dir / LOG_FILE))
+        if self.dist.world > 1:
+            dist.barrier()  # rank 0's files are complete before any rank moves on
+        return {"step": self.step, "best_val_psnr": self.best_psnr, "elapsed_s": self.elapsed_s,
+                "run_dir": str(self.run_dir)}
+
+    def close(self) -> None:
+        self.dist.close()

@@ -1,0 +1,381 @@
+"""`magn train`: recipes, data, the loop, kill -9 + resume, DDP, and the command.
+
+Models are tiny (8 features, one ResBlock per side, one GraphBlock) and patches 16x16:
+the pixel graph costs O(pixels^2), so patch 32 would make every step ~15x slower
+(0.8 s instead of 0.05 s on the 2-core CI machine). Data-only tests use patch 32.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from magncli.checkpoints import read_checkpoint
+from magncli.cli.app import _register, app
+from magncli.degrade import BAYER_PATTERNS, bayer_masks
+from magncli.errors import MagnError
+from magncli.training.config import config_to_toml, load_config, read_recipe
+from magncli.training.data import PatchDataset, StepBatches, make_loader, scan_images
+from magncli.training.loop import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FILE, LATEST_FILE,
+                                   LOG_FILE, STATE_FILE, Trainer, load_run_config, read_log)
+
+REPO = Path(__file__).resolve().parents[1]
+# One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
+# are not recipes on their own.
+RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in ("paper", "cpu"))
+TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
+
+_register()
+runner = CliRunner()
+
+
+@pytest.fixture
+def one_thread():
+    """Bit-identical comparisons need the same intra-op thread count in every run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _link_images(folder: Path, sources, n: int) -> Path:
+    """A folder of symlinks to the first n images of a dataset (nothing is copied)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in sorted(p for p in Path(sources).iterdir() if p.suffix in (".png", ".jpg"))[:n]:
+        (folder / src.name).symlink_to(src)
+    return folder
+
+
+@pytest.fixture
+def gray_data(tmp_path, data_root):
+    return _link_images(tmp_path / "train400", data_root / "Train400", 8)
+
+
+@pytest.fixture
+def color_data(tmp_path, data_root):
+    return _link_images(tmp_path / "cbsd", data_root / "CBSD432", 4)
+
+
+def tiny_config(data, **overrides):
+    settings = dict(task="denoise", data=str(data), channels=1, sigma=25, model=TINY, batch=4,
+                    patch=16, steps=20, lr=2e-3, schedule="constant", val_every=1000,
+                    ckpt_every=1000, log_every=5, workers=0, ema_decay=0.9)
+    settings.update(overrides)
+    return load_config([], settings)
+
+
+def _weights(state_path):
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    return state
+
+
+# --------------------------------------------------------------------------- recipes
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_is_a_valid_config(recipe):
+    config = load_config([recipe])
+    assert config.patch == 64 and config.batch == 32 and config.lr == 1e-4   # the paper's
+    assert config.betas == [0.9, 0.999]
+    assert (config.channels == 3) == (config.task == "demosaic" or "color" in recipe.stem)
+    cpu = load_config([recipe, REPO / "train" / "cpu.toml"])
+    assert cpu.arch == "magn-light" and cpu.batch < 32 and cpu.task == config.task
+
+
+def test_overrides_replace_their_partner_and_typos_are_errors(tmp_path):
+    config = load_config([REPO / "train" / "denoise-gray-blind.toml"], {"sigma": 25, "steps": 7})
+    assert config.sigma == 25 and config.sigma_range is None and config.steps == 7
+    assert load_config([REPO / "train" / "denoise-gray-s50.toml"]).sigma == 50
+    bad = tmp_path / "bad.toml"
+    bad.write_text('task = "denoise"\nsigmaa = 3\n')
+    with pytest.raises(MagnError, match="sigmaa"):
+        read_recipe(bad)
+    with pytest.raises(MagnError, match="unknown task"):
+        load_config([], {"task": "deblur"})
+    # What a run folder records reads back to the same config.
+    written = tmp_path / "config.toml"
+    written.write_text(config_to_toml(config, "header"))
+    assert load_config([written]) == config
+
+
+# --------------------------------------------------------------------------- data
+
+def test_denoise_batch_has_the_requested_noise(gray_data):
+    config = tiny_config(gray_data, patch=32, batch=64)
+    degraded, clean = next(iter(make_loader(PatchDataset(scan_images(gray_data).paths, config),
+                                            config, 0, 1)))
+    assert degraded.shape == clean.shape == (64, 1, 32, 32) and degraded.dtype == torch.float32
+    noise = degraded - clean
+    assert abs(noise.std().item() * 255 - 25) < 0.5          # 65k samples: +-0.2 expected
+    assert degraded.min() < 0 or degraded.max() > 1          # unclipped, as eval's noise
+
+
+def test_dejpeg_batch_is_8bit_jpeg_of_the_clean_patch(color_data):
+    config = tiny_config(color_data, task="dejpeg", sigma=None, qualities=[10], channels=3, patch=32)
+    dataset = PatchDataset(scan_images(color_data).paths, config)
+    degraded, clean = dataset[3]
+    assert degraded.shape == clean.shape == (3, 32, 32)
+    assert not torch.equal(degraded, clean)
+    assert torch.equal(torch.round(degraded * 255), degraded * 255)   # decoded 8-bit samples
+    assert 20 < -10 * np.log10(((degraded - clean) ** 2).mean().item()) < 40
+
+
+def test_gray_from_color_and_mosaic_zeros(color_data):
+    gray = tiny_config(color_data, patch=32)
+    assert PatchDataset(scan_images(color_data).paths, gray)[0][0].shape == (1, 32, 32)
+
+    mosaic = tiny_config(color_data, task="demosaic", sigma=None, channels=3, patch=32)
+    degraded, clean = PatchDataset(scan_images(color_data).paths, mosaic)[5]
+    sampled = torch.from_numpy(bayer_masks(32, 32, "grbg")).permute(2, 0, 1)   # (3, 32, 32)
+    assert torch.all(degraded[~sampled] == 0)
+    assert torch.equal(degraded[sampled], clean[sampled])
+
+    random_patterns = tiny_config(color_data, task="demosaic", sigma=None, channels=3, patch=32,
+                                  pattern="random")
+    dataset = PatchDataset(scan_images(color_data).paths, random_patterns)
+    seen = set()
+    for i in range(16):
+        degraded, _ = dataset[i]
+        nonzero = (degraded != 0).permute(1, 2, 0).numpy()
+        matches = [p for p in BAYER_PATTERNS if not (nonzero & ~bayer_masks(32, 32, p)).any()]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) > 1
+
+
+def test_data_depends_only_on_seed_and_step(gray_data):
+    config = tiny_config(gray_data, batch=4, steps=6, workers=2)
+    dataset = PatchDataset(scan_images(gray_data).paths, config)
+    with_workers = [b for b in make_loader(dataset, config, 2, 6)]
+    config.workers = 0
+    without = [b for b in make_loader(dataset, config, 0, 6)][2:]
+    for (d1, c1), (d2, c2) in zip(with_workers, without, strict=True):
+        assert torch.equal(d1, d2) and torch.equal(c1, c2)
+    # DDP: the two ranks' slices of a step are the single-process batch.
+    rank0, rank1 = (next(iter(StepBatches(3, 4, 4, rank, 2))) for rank in (0, 1))
+    assert rank0 + rank1 == next(iter(StepBatches(3, 4, 4)))
+
+
+def test_corrupt_files_are_skipped_and_counted_small_images_padded(tmp_path, one_thread):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    cv2.imwrite(str(folder / "big.png"), (rng.rand(40, 40) * 255).astype(np.uint8))
+    cv2.imwrite(str(folder / "tiny.png"), (rng.rand(7, 5) * 255).astype(np.uint8))  # < patch
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    found = scan_images(folder)
+    assert sorted(p.name for p in found.paths) == ["big.png", "tiny.png"]
+    assert sorted(p.name for p, _ in found.skipped) == ["broken.png", "empty.jpg"]
+
+    config = tiny_config(folder, steps=2, patch=16)
+    dataset = PatchDataset(found.paths, config)
+    assert all(dataset[i][0].shape == (1, 16, 16) for i in range(12))   # both images drawn
+    run = tmp_path / "run"
+    Trainer(config, run).run()
+    start = read_log(run / LOG_FILE)[0]
+    assert start["event"] == "start" and start["skipped_images"] == 2 and start["images"] == 2
+
+
+@pytest.mark.parametrize("setup, words", [
+    (lambda tmp: dict(data=str(tmp / "nowhere")), ["does not exist"]),
+    (lambda tmp: dict(data=str((tmp / "empty").mkdir() or tmp / "empty")), ["no image files"]),
+    (lambda tmp: dict(data=str(_unreadable_folder(tmp))), ["none of the 2 image files"]),
+    (lambda tmp: dict(task="deblur"), ["unknown task"]),
+])
+def test_bad_training_input_is_one_line(tmp_path, gray_data, setup, words):
+    args = dict(task="denoise", data=str(gray_data), sigma=25)
+    args.update(setup(tmp_path))
+    cli = ["train", "--out", str(tmp_path / "run"), "--quiet"]
+    for key, value in args.items():
+        cli += [f"--{key}", str(value)]
+    result = runner.invoke(app, cli)
+    assert isinstance(result.exception, MagnError), result.output
+    assert "\n" not in str(result.exception)
+    for word in words:
+        assert word in str(result.exception)
+
+
+def _unreadable_folder(tmp):
+    folder = tmp / "bad"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"garbage")
+    return folder
+
+
+def test_resume_needs_a_run_folder(tmp_path):
+    result = runner.invoke(app, ["train", "--resume", "--quiet"])
+    assert isinstance(result.exception, MagnError) and "--out" in str(result.exception)
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "none"), "--quiet"])
+    assert isinstance(result.exception, MagnError) and "config.toml" in str(result.exception)
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path), "--config",
+                                 str(RECIPES[0]), "--quiet"])
+    assert isinstance(result.exception, MagnError) and "drop --config" in str(result.exception)
+
+
+# --------------------------------------------------------------------------- the loop
+
+def test_training_lowers_the_loss_and_beats_the_noisy_input(gray_data, data_root, tmp_path, one_thread):
+    config = tiny_config(gray_data, steps=120, val=str(data_root / "Set12"), val_images=2,
+                         val_crop=48, val_every=60, log_every=20)
+    run = tmp_path / "run"
+    Trainer(config, run).run()
+    records = read_log(run / LOG_FILE)
+    losses = [r["loss"] for r in records if "loss" in r]
+    val = [r for r in records if "val_psnr" in r]
+    input_psnr = records[0]["val_input_psnr"]["mean"]
+    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < (25 / 255) ** 2          # below the noise power: it denoises
+    assert val[-1]["val_psnr"] > input_psnr + 1.0, (val, input_psnr)
+    for name in (CONFIG_FILE, CURVES_FILE, STATE_FILE, LATEST_FILE, BEST_FILE, EXPORT_FILE):
+        assert (run / name).is_file(), name
+
+
+def test_resume_restores_step_optimizer_and_weights(gray_data, tmp_path, one_thread):
+    config = tiny_config(gray_data, steps=10, ckpt_every=3)
+    run = tmp_path / "run"
+    first = Trainer(config, run)
+    first.run(until=6)
+    resumed = Trainer(load_run_config(run), run, resume=True)
+    assert resumed.step == 6 and resumed.ema.updates == 6
+    for a, b in zip(first.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    saved, restored = first.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert saved["param_groups"] == restored["param_groups"]
+    for key, state in saved["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, restored["state"][key][name]), name
+    assert resumed.scheduler.last_epoch == 6
+    with pytest.raises(MagnError, match="changed settings: lr"):
+        Trainer(load_run_config(run, {"lr": 0.5}), run, resume=True)
+
+
+def test_kill9_then_resume_ends_bit_identical(gray_data, data_root, tmp_path, one_thread):
+    """SIGKILL a training process right after its first checkpoint, resume it, and compare
+    with an uninterrupted run: same live and EMA weights, to the bit (CPU, workers=0)."""
+    config = tiny_config(gray_data, steps=48, ckpt_every=5, val=str(data_root / "Set12"),
+                         val_images=1, val_crop=32, val_every=24)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(config_to_toml(config))
+
+    whole = tmp_path / "whole"
+    Trainer(config, whole).run()
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "magncli", "train", "--config", str(recipe),
+                             "--out", str(killed), "--quiet"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (killed / STATE_FILE).exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    killed_at = _weights(killed / STATE_FILE)["step"]
+    assert killed_at < config.steps and not (killed / EXPORT_FILE).exists()
+
+    result = runner.invoke(app, ["train", "--resume", "--out", str(killed), "--quiet"])
+    assert result.exit_code == 0, result.output
+    a, b = _weights(whole / STATE_FILE), _weights(killed / STATE_FILE)
+    assert a["step"] == b["step"] == config.steps
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][key]["exp_avg_sq"])
+    steps_logged = [r["step"] for r in read_log(killed / LOG_FILE) if "loss" in r]
+    assert steps_logged == sorted(set(steps_logged))      # no step logged twice after resume
+    val_a = [r["val_psnr"] for r in read_log(whole / LOG_FILE) if "val_psnr" in r]
+    val_b = [r["val_psnr"] for r in read_log(killed / LOG_FILE) if "val_psnr" in r]
+    assert val_a == val_b
+
+
+# --------------------------------------------------------------------------- DDP
+
+def _ddp_worker(rank: int, world: int, init_file: str, data: str, run: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        trainer = Trainer(tiny_config(data, steps=4, batch=4, ckpt_every=2), run)
+        trainer.run()
+        torch.save({k: v.cpu() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_cpu_processes_hold_the_same_weights(gray_data, tmp_path):
+    import torch.multiprocessing as mp
+
+    run = tmp_path / "run"
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(gray_data), str(run), str(tmp_path)),
+             nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    params = [k for k in ranks[0] if "running_" not in k and "num_batches" not in k]
+    for key in params:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    start = torch.load(run / STATE_FILE, weights_only=True)
+    assert start["step"] == 4
+    assert read_log(run / LOG_FILE)[0]["world_size"] == 2
+    # It trained: the weights moved away from the seed's initialisation.
+    from magncli.models import build_model
+    torch.manual_seed(0)
+    init = build_model("magn", in_channels=1, **TINY).state_dict()
+    assert not torch.equal(init["head.weight"], ranks[0]["head.weight"])
+
+
+# --------------------------------------------------------------------------- CLI
+
+def test_cli_trains_writes_the_run_folder_and_restore_accepts_the_export(gray_data, tmp_path, one_thread):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(config_to_toml(tiny_config(gray_data, steps=50)))
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--steps", "6", "--out", str(run),
+                                 "--quiet", "--sigma-range", "0,55"])
+    assert result.exit_code == 0, result.output
+    for name in (CONFIG_FILE, LOG_FILE, CURVES_FILE, STATE_FILE, LATEST_FILE, EXPORT_FILE):
+        assert (run / name).is_file(), name
+    used = load_run_config(run)
+    assert used.steps == 6 and used.sigma_range == [0, 55] and used.sigma is None
+    assert cv2.imread(str(run / CURVES_FILE)).shape[2] == 3
+
+    state, meta = read_checkpoint(run / EXPORT_FILE)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert meta["arch"] == "magn" and meta["config"]["in_channels"] == 1
+    assert meta["task"] == "denoise" and meta["sigma_range"] == [0, 55]
+    assert meta["provenance"]["steps"] == 6 and meta["provenance"]["batch_size"] == 4
+
+    from magncli.weights import add_checkpoint
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"schema": 1, "checkpoints": []}))
+    entry = add_checkpoint(run / EXPORT_FILE, name="tiny-blind", task="denoise", levels="0-55",
+                           copy_file=False, manifest_path=manifest)
+    assert entry.channels == 1 and entry.provenance["steps"] == 6 and entry.provenance["hardware"]
+
+    image = tmp_path / "noisy.png"
+    cv2.imwrite(str(image), (np.random.RandomState(1).rand(24, 20) * 255).astype(np.uint8))
+    result = runner.invoke(app, ["restore", str(image), "--task", "denoise", "-w",
+                                 str(run / EXPORT_FILE), "-o", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(tmp_path / "out" / "noisy_magn.png"), cv2.IMREAD_UNCHANGED).shape == (24, 20)
+
+    # Starting a new run into a used run folder is refused.
+    again = runner.invoke(app, ["train", "--config", str(recipe), "--out", str(run), "--quiet"])
+    assert isinstance(again.exception, MagnError) and "--resume" in str(again.exception)
