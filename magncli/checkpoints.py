@@ -14,8 +14,6 @@ Two formats are read:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from magncli.errors import MagnError
+from magncli.fileio import atomic_path
 from magncli.models.registry import build_model, detect_arch
 
 META_KEY = "magn"
@@ -165,13 +164,6 @@ def save_checkpoint(path, model: nn.Module, meta: Optional[dict] = None, half: b
         if half and v.is_floating_point():
             v = v.half()
         state[k] = v.contiguous().clone()  # safetensors refuses shared storage
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={META_KEY: json.dumps(full_meta, sort_keys=True)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={META_KEY: json.dumps(full_meta, sort_keys=True)})
     return path

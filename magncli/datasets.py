@@ -17,6 +17,7 @@ import numpy as np
 from magncli import images
 from magncli.degrade import rgb_to_y_studio_uint8
 from magncli.errors import MagnError
+from magncli.fileio import atomic_write_bytes
 from magncli.images import IMAGE_EXTENSIONS, from_float, read_image, to_float
 CHANNELS = ("gray", "color")
 
@@ -170,5 +171,5 @@ def write_file_atomic(path: Union[str, Path], data: Union[bytes, str],
     """Write through a temporary file and os.replace, so that a reader never sees half a
     file; refuses to replace an existing file unless `overwrite`."""
     path = check_writable(path, overwrite)
-    images.atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
     return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
 from magncli.errors import MagnError
+from magncli.fileio import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
@@ -283,19 +283,3 @@ def _png_add_chunks(png: bytes, icc: Optional[bytes], exif: Optional[bytes]) -> 
         extra += _png_chunk(b"eXIf", payload)
     ihdr_end = 8 + 8 + 13 + 4                 # signature + IHDR header, data, crc
     return png[:ihdr_end] + extra + png[ihdr_end:]
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

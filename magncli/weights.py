@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from urllib.parse import quote, unquote, urldefrag, urlsplit
 
 import magncli
 from magncli.errors import MagnError
+from magncli.fileio import atomic_path, atomic_write_text
 
 ENV_HOME = "MAGN_HOME"
 ENV_MANIFEST = "MAGN_MANIFEST"
@@ -334,7 +334,7 @@ def save_manifest(raw: dict, path) -> None:
     path = Path(path)
     parse_manifest(raw, path)
     text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
-    _atomic_write_text(path, text)
+    atomic_write_text(path, text)
 
 
 # --------------------------------------------------------------------------- selection
@@ -453,7 +453,7 @@ def _record_verified(path: Path, sha256: str, cache_dir: Path) -> None:
     st = path.stat()
     record = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "path": str(path.resolve())}
     try:
-        _atomic_write_text(_sidecar_path(path, cache_dir), json.dumps(record) + "\n")
+        atomic_write_text(_sidecar_path(path, cache_dir), json.dumps(record) + "\n")
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
 
@@ -897,25 +897,6 @@ def add_checkpoint(file, *, name: str, task: str, channels: Optional[int] = None
 
 # --------------------------------------------------------------------------- file helpers
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

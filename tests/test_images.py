@@ -189,3 +189,13 @@ def test_to_float_and_back_is_exact_for_8_and_16_bit():
     for dtype in (np.uint8, np.uint16):
         img = Image(_rand((7, 7, 3), dtype))
         assert np.array_equal(img.with_pixels(img.to_float()).pixels, img.pixels)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    # mkstemp makes 0600 files; outputs must follow the umask like any other program's.
+    umask = os.umask(0o022)
+    try:
+        path = write_image(tmp_path / "p.png", Image(_rand((4, 4, 1))))
+    finally:
+        os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o644

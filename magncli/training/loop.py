@@ -38,7 +38,6 @@ import math
 import os
 import platform
 import random
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +53,7 @@ from magncli import __version__
 from magncli.checkpoints import load_state_dict_strict, save_checkpoint
 from magncli.datasets import write_file_atomic
 from magncli.errors import MagnError
+from magncli.fileio import atomic_path
 from magncli.evaluate import git_commit
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
 from magncli.models.registry import build_model
@@ -137,14 +137,8 @@ def set_rng_states(states: dict) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_log(path: Path) -> List[dict]:
