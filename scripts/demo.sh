@@ -16,9 +16,8 @@ mkdir -p "$OUT/clean"
 cp "$DATA/Set12/01.png" "$OUT/clean/"
 
 rm -rf "$OUT/run"      # the demo's own run folder: start it afresh
-magn train --task denoise --data "$DATA/Train400" --val "$OUT/clean" --sigma 25 --channels 1 \
-    --arch magn-light --patch 32 --batch 8 --steps "$STEPS" --val-every "$STEPS" --ckpt-every 50 \
-    --workers 1 --out "$OUT/run"
+magn train --config scripts/demo.toml --data "$DATA/Train400" --val "$OUT/clean" --steps "$STEPS" \
+    --val-every "$STEPS" --out "$OUT/run"
 
 magn degrade "$OUT/clean/01.png" --task denoise --sigma 25 -o "$OUT/noisy" --overwrite
 magn restore "$OUT/noisy/01.png" --task denoise -w "$OUT/run/export.safetensors" -o "$OUT/restored" --overwrite

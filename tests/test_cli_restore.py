@@ -6,15 +6,14 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from magncli.checkpoints import save_checkpoint
 from magncli.cli.app import _register, app
 from magncli.images import Image, read_image, write_image
-from magncli.models import build_model
+from magn_testkit import TINY, random_magn
 
-TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
+
 _register()
 runner = CliRunner()
 
@@ -22,8 +21,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    return {c: save_checkpoint(d / f"tiny{c}.safetensors", build_model("magn", in_channels=c, **TINY))
+    return {c: save_checkpoint(d / f"tiny{c}.safetensors", random_magn(in_channels=c, **TINY))
             for c in (1, 3)}
 
 

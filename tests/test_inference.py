@@ -144,9 +144,8 @@ def test_half_precision_needs_cuda_and_bad_options_are_errors():
 
 def _seam_and_typical_steps(overlap):
     """Mean column-to-column change of (output - input) at tile borders and in general."""
-    from magncli.models import build_model
-    torch.manual_seed(0)
-    model = build_model("magn", n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
+    from magn_testkit import TINY, random_magn
+    model = random_magn(**TINY)
     rng = np.random.default_rng(0)
     ramp = np.tile(np.linspace(0, 1, 96, dtype=np.float32), (96, 1))[..., None].repeat(3, 2)
     img = ramp + 0.05 * rng.standard_normal((96, 96, 3)).astype(np.float32)

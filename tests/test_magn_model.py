@@ -4,8 +4,7 @@ import torch
 
 from magncli.models import build_model, detect_arch
 from magncli.models.magn import PatchGraph, PixelGraph
-
-TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
+from magn_testkit import TINY, random_magn
 
 
 def n_params(model):
@@ -29,20 +28,22 @@ def test_default_structure():
 @pytest.mark.parametrize("size", [(1, 1), (3, 5), (13, 7), (16, 16), (17, 30)])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_any_size_and_channels(size, channels):
-    m = build_model("magn", in_channels=channels, **TINY).eval()
+    m = random_magn(in_channels=channels, **TINY).eval()
     x = torch.rand(2, channels, *size)
     with torch.no_grad():
         y = m(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
 
 
-def test_global_residual_identity_when_tail_is_zero():
+def test_starts_as_the_identity_through_the_global_residual():
+    # The tail conv is zero-initialised (a documented decision): y = x + tail(f) = x.
     m = build_model("magn", **TINY).eval()
-    torch.nn.init.zeros_(m.tail.weight)
-    torch.nn.init.zeros_(m.tail.bias)
     x = torch.rand(1, 3, 9, 11)
     with torch.no_grad():
         assert torch.equal(m(x), x)
+    # ... and only the tail: with a random tail the output differs from the input.
+    with torch.no_grad():
+        assert not torch.allclose(random_magn(**TINY).eval()(x), x)
 
 
 def test_ablation_switches():
@@ -59,7 +60,7 @@ def test_ablation_switches():
 
 
 def test_backends_agree_on_the_whole_network():
-    m = build_model("magn", **TINY).eval()
+    m = random_magn(**TINY).eval()
     x = torch.rand(1, 3, 20, 24)
     outs = {}
     with torch.no_grad():
@@ -71,13 +72,13 @@ def test_backends_agree_on_the_whole_network():
 
 
 def test_flat_image_gives_finite_output():
-    m = build_model("magn", **TINY).eval()
+    m = random_magn(**TINY).eval()
     with torch.no_grad():
         assert torch.isfinite(m(torch.full((1, 3, 32, 32), 0.5))).all()
 
 
 def test_gradients_flow_through_chunked_attention():
-    m = build_model("magn", **TINY).train()
+    m = random_magn(**TINY).train()
     m.set_attention_backend("chunked")
     loss = m(torch.rand(2, 3, 16, 16)).square().mean()
     loss.backward()
