@@ -104,10 +104,15 @@ def compiled_chunks(enabled: bool = True):
         _compile_chunks = previous
 
 
+def _block_scores(q_blk: Tensor, k: Tensor, thr_blk: Tensor, scale: float) -> Tensor:
+    """Masked fp32 scores of a block of query rows: (B, h, r, n), -inf where masked."""
+    scores = torch.matmul(q_blk, k.transpose(-1, -2)) * scale                 # (B, h, r, n)
+    return torch.where(scores < thr_blk, float("-inf"), scores)
+
+
 def _block_forward(q_blk: Tensor, k: Tensor, v: Tensor, thr_blk: Tensor, scale: float):
     """One block of whole rows: (normalised output (B,h,r,dv), log-sum-exp (B,h,r,1)), fp32."""
-    scores = torch.matmul(q_blk, k.transpose(-1, -2)) * scale                 # (B, h, r, n)
-    scores = torch.where(scores < thr_blk, float("-inf"), scores)
+    scores = _block_scores(q_blk, k, thr_blk, scale)
     row_max = scores.amax(dim=-1, keepdim=True)
     probs = torch.exp(scores - row_max)
     row_sum = probs.sum(dim=-1, keepdim=True)
@@ -133,12 +138,6 @@ def _rows_per_chunk(batch_heads: int, n_keys: int, chunk_bytes: int) -> int:
     # Three fp32 (rows x n) temporaries live at once: scores, mask, probabilities.
     per_row = max(1, batch_heads * n_keys * 4 * 3)
     return max(1, chunk_bytes // per_row)
-
-
-def _block_scores(q_blk: Tensor, k: Tensor, thr_blk: Tensor, scale: float) -> Tensor:
-    """Masked fp32 scores of a block of query rows: (B, h, r, n), -inf where masked."""
-    scores = torch.matmul(q_blk.float(), k.float().transpose(-1, -2)).mul_(scale)
-    return scores.masked_fill_(scores < thr_blk, float("-inf"))
 
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -172,7 +171,7 @@ class _ChunkedAttention(torch.autograd.Function):
         for start in range(0, q.shape[-2], rows):
             blk = slice(start, start + rows)
             q_blk = q[..., blk, :].float()
-            probs = _block_scores(q_blk, k32, threshold[..., blk, :], scale).sub_(lse[..., blk, :]).exp_()
+            probs = torch.exp(_block_scores(q_blk, k32, threshold[..., blk, :], scale) - lse[..., blk, :])
             g_blk = g32[..., blk, :]
             dv += torch.matmul(probs.transpose(-1, -2), g_blk)
             d_scores = probs * (torch.matmul(g_blk, v32.transpose(-1, -2)) - row_dot[..., blk, :])

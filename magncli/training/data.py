@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from magncli.datasets import resolve_data_root
+from magncli.datasets import list_images, resolve_data_root
 from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, bayer_mosaic, jpeg_compress,
                              rgb_to_y_studio)
 from magncli.errors import MagnError
-from magncli.images import IMAGE_EXTENSIONS, read_image, to_float
+from magncli.images import read_image, to_float
 from magncli.training.config import TrainConfig
 
 # --------------------------------------------------------------------------- files
@@ -66,12 +66,7 @@ def scan_images(folder) -> ImageFiles:
     """Decode every image file of `folder` once (not recursive), so that unreadable ones
     are skipped (and reported by the caller) up front instead of failing mid-run."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise MagnError(f"training data {folder} is not a folder")
-    candidates = sorted(p for p in folder.iterdir()
-                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not candidates:
-        raise MagnError(f"no image files in {folder} (looked for {' '.join(IMAGE_EXTENSIONS)})")
+    candidates = list_images(folder)
     found = ImageFiles(folder, [])
     for path in candidates:
         try:
