@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -203,14 +203,15 @@ def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: 
                    dtype: torch.dtype, ensemble: bool, tile_batch: int) -> Tensor:
     """image (1, C, H, W) fp32 on the CPU -> restored (1, C, H, W) fp32 on the CPU."""
     _, c, h, w = image.shape
-    tiles = [(ys, xs) for ys in tile_spans(h, tile, overlap) for xs in tile_spans(w, tile, overlap)]
+    # A batch holds tiles of one shape: edge tiles may be a few pixels shorter.
+    by_shape: Dict[Tuple[int, int], list] = {}
+    for ys in tile_spans(h, tile, overlap):
+        for xs in tile_spans(w, tile, overlap):
+            by_shape.setdefault((ys[1] - ys[0], xs[1] - xs[0]), []).append((ys, xs))
+    batches = [group[i:i + tile_batch] for group in by_shape.values() for i in range(0, len(group), tile_batch)]
     acc = torch.zeros(1, c, h, w)
     weight_sum = torch.zeros(1, 1, h, w)
-    while tiles:
-        # A batch holds tiles of one shape (edge tiles may be a few pixels shorter).
-        (y0, y1), (x0, x1) = tiles[0]
-        batch = [t for t in tiles if t[0][1] - t[0][0] == y1 - y0 and t[1][1] - t[1][0] == x1 - x0][:tile_batch]
-        tiles = [t for t in tiles if t not in batch]
+    for batch in batches:
         inputs = torch.cat([image[..., a:b, p:q] for (a, b), (p, q) in batch])     # (n, C, th, tw)
         try:
             out = _forward(model, inputs, dtype, ensemble, device)

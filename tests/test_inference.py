@@ -163,3 +163,12 @@ def test_magn_tiles_blend_without_seams():
     # Control: the same measure does see the hard seams of non-overlapping tiles.
     seam, typical = _seam_and_typical_steps(overlap=0)
     assert seam > 3 * typical
+
+
+def test_tile_batches_give_the_same_result():
+    model = SmallRF()
+    x = torch.rand(1, 3, 70, 61)     # edge tiles are shorter: batches must group by shape
+    one = restore_tensor(model, x, InferenceOptions(device="cpu", tile=32, overlap=16, tile_batch=1))
+    many = restore_tensor(model, x, InferenceOptions(device="cpu", tile=32, overlap=16, tile_batch=5))
+    torch.testing.assert_close(many, one, atol=1e-6, rtol=0)
+    assert max(s[0] for s in model.seen) > 1
