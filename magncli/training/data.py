@@ -28,8 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from magncli.datasets import list_images, resolve_data_root
-from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, bayer_mosaic, jpeg_compress,
-                             rgb_to_y_studio)
+from magncli.degrade import BAYER_PATTERNS, make_degradation, rgb_to_y_studio
 from magncli.errors import MagnError
 from magncli.images import read_image, to_float
 from magncli.training.config import TrainConfig
@@ -127,20 +126,23 @@ class PatchDegradation:
         self.patterns = BAYER_PATTERNS if config.pattern == "random" else (config.pattern,)
 
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Draw this sample's level, then apply the eval protocol's own Degradation."""
         if self.task == "denoise":
             sigma = self.sigma if self.sigma is not None else rng.uniform(*self.sigma_range)
-            # The eval noise function, seeded from this sample's generator.
-            return add_gaussian_noise(clean, float(sigma), seed=int(rng.integers(2 ** 32)))
-        if self.task == "dejpeg":
+            # The eval noise stream, seeded from this sample's generator.
+            degradation = make_degradation("denoise", float(sigma), seed=int(rng.integers(2 ** 32)))
+        elif self.task == "dejpeg":
             if self.qualities:
                 quality = self.qualities[int(rng.integers(len(self.qualities)))]
             else:
                 quality = int(rng.integers(self.quality_range[0], self.quality_range[1] + 1))
-            return jpeg_compress(clean, int(quality)).astype(np.float32) / 255.0
-        # Every pattern is GRBG seen from an origin shifted by one pixel (down, right or
-        # both), so random patterns teach one model all four phases.
-        pattern = self.patterns[int(rng.integers(len(self.patterns)))]
-        return bayer_mosaic(clean, pattern)
+            degradation = make_degradation("dejpeg", int(quality))
+        else:
+            # Every pattern is GRBG seen from an origin shifted by one pixel (down, right or
+            # both), so random patterns teach one model all four phases.
+            pattern = self.patterns[int(rng.integers(len(self.patterns)))]
+            degradation = make_degradation("demosaic", pattern=pattern)
+        return degradation.apply(clean)
 
 
 class PatchDataset(Dataset):
