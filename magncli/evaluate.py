@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from magncli import datasets
-from magncli.degrade import (DEFAULT_PATTERN, TASKS, Degradation, cfa_to_mosaic,
+from magncli.degrade import (DEFAULT_PATTERN, TASKS, Degradation, align_mosaic, cfa_to_mosaic,
                              make_degradation, mosaic_to_cfa, to_uint8)
 from magncli.errors import MagnError
 from magncli.metrics import psnr, psnr_ssim
@@ -149,6 +149,10 @@ def model_restorer(model, options=None, name: str = "model") -> Restorer:
     from magncli import restore_array  # the package's name: what tests stand in for
 
     def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
+        if degradation.task == "demosaic":
+            # Models take GRBG mosaics: shift other patterns into phase, as restore does.
+            aligned, (dy, dx) = align_mosaic(degraded, degradation.pattern)
+            return restore_array(model, aligned, options)[dy:, dx:]
         return restore_array(model, degraded, options)
 
     return Restorer(name, restore, device=getattr(options, "device", None) or "auto")

@@ -98,3 +98,16 @@ def test_align_mosaic_puts_samples_on_grbg_sites(pattern):
     aligned, (dy, dx) = align_mosaic(bayer_mosaic(np.random.default_rng(1).random((7, 9, 3)) + 0.1, pattern), pattern)
     assert aligned.shape == (7 + dy, 9 + dx, 3)
     assert np.array_equal(aligned != 0, bayer_masks(7 + dy, 9 + dx, "grbg"))
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+def test_eval_aligns_every_pattern_for_grbg_models(pattern):
+    # `magn eval --pattern P` runs models through the same alignment as restore.
+    from magncli.degrade import make_degradation
+    from magncli.evaluate import model_restorer
+    from magncli.inference import InferenceOptions
+    rgb = _smooth_rgb().astype(np.float32)
+    degradation = make_degradation("demosaic", pattern=pattern)
+    out = model_restorer(BilinearGRBG(), InferenceOptions(device="cpu")).restore(
+        degradation.apply(rgb), degradation)
+    assert out.shape == rgb.shape and psnr(out, rgb) > 30
