@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ from urllib.parse import quote, unquote, urldefrag, urlsplit
 import magncli
 from magncli.errors import MagnError
 from magncli.fileio import atomic_path, atomic_write_text
+
+log = logging.getLogger("magn")
 
 ENV_HOME = "MAGN_HOME"
 ENV_MANIFEST = "MAGN_MANIFEST"
@@ -64,7 +67,7 @@ _ENTRY_OPTIONAL = {"urls", "default", "provenance", "scores", "notes"}
 _PROVENANCE_KEYS = {"training_data", "steps", "batch_size", "patch_size", "hardware",
                     "wall_time", "commit", "command", "notes"}
 _SCORE_REQUIRED = {"dataset", "psnr", "command"}
-_SCORE_OPTIONAL = {"level", "ssim", "notes"}
+_SCORE_OPTIONAL = {"level", "ssim", "psnr_y", "ssim_y", "channels", "n_images", "notes"}
 
 
 # --------------------------------------------------------------------------- manifest
@@ -339,6 +342,13 @@ def save_manifest(raw: dict, path) -> None:
 
 # --------------------------------------------------------------------------- selection
 
+def _level_distance(entry: WeightsEntry, level) -> float:
+    if entry.level_range is not None:
+        lo, hi = entry.level_range
+        return max(lo - level, level - hi, 0)
+    return min(abs(level - v) for v in entry.levels)
+
+
 def select_default(task: str, channels: int, level=None, *, manifest: Optional[Manifest] = None) -> WeightsEntry:
     """The checkpoint that serves `task` on `channels`-channel images at `level`.
 
@@ -364,9 +374,13 @@ def select_default(task: str, channels: int, level=None, *, manifest: Optional[M
         blind = [e for e in candidates if e.blind and e.serves(level)]
         if blind:
             return prefer_default(blind)
-        available = "; ".join(f"{e.name}: {e.describe_levels()}" for e in candidates)
-        raise MagnError(f"no pretrained {task} model for {_kind(channels)} images at {key} {_num(level)} "
-                        f"(available: {available}); pass --weights PATH")
+        # Out of every trained range (a quality-85 photo, sigma 70): a user still expects a
+        # result, so use the nearest model and say so, rather than refusing.
+        nearest = min(candidates, key=lambda e: (_level_distance(e, level), not e.default))
+        log.warning("no pretrained %s model for %s images was trained for %s %s; using %s (%s), "
+                    "the nearest", task, _kind(channels), key, _num(level), nearest.name,
+                    nearest.describe_levels())
+        return nearest
 
     for group in ([e for e in candidates if e.default], [e for e in candidates if e.blind]):
         if group:
@@ -836,7 +850,23 @@ def parse_levels(task: str, text: Optional[str]) -> dict:
     return {key: [number(s.strip()) for s in text.split(",") if s.strip()]}
 
 
-def add_checkpoint(file, *, name: str, task: str, channels: Optional[int] = None,
+def levels_from_metadata(task: str, meta: dict) -> dict:
+    """The manifest's level fields from a checkpoint's metadata as `magn train` writes it
+    ({"sigma_range": [0, 55]}, {"qualities": [10, 20]}, ...); {} if it records none."""
+    key = LEVEL_KEY.get(task)
+    if key is None:
+        return {}
+    plural = {"sigma": "sigma", "quality": "qualities"}[key]
+    if meta.get(f"{key}_range") is not None:
+        lo, hi = meta[f"{key}_range"]
+        return {f"{key}_range": [lo, hi]}
+    values = meta.get(plural, meta.get(key))
+    if values is None:
+        return {}
+    return {key: list(values) if isinstance(values, (list, tuple)) else [values]}
+
+
+def add_checkpoint(file, *, name: str, task: Optional[str] = None, channels: Optional[int] = None,
                    levels: Optional[str] = None, urls: Sequence[str] = (), default: bool = False,
                    copy_file: bool = True, manifest_path=None) -> WeightsEntry:
     """Append a checkpoint file to the manifest (arch/config read from its metadata).
@@ -853,8 +883,16 @@ def add_checkpoint(file, *, name: str, task: str, channels: Optional[int] = None
         channels = config.get("in_channels")
         if channels is None:
             raise MagnError(f"{file}: its config does not say the channels; pass --channels")
+    if task is None:
+        task = meta.get("task")
+        if task is None:
+            raise MagnError(f"{file}: its metadata does not say the task; pass --task")
     if task not in LEVEL_KEY:
         raise MagnError(f"unknown task {task!r} (known: {', '.join(LEVEL_KEY)})")
+    if levels or LEVEL_KEY[task] is None:
+        serves_levels = parse_levels(task, levels)
+    else:  # what `magn train` recorded; parse_levels then asks for --levels
+        serves_levels = levels_from_metadata(task, meta) or parse_levels(task, levels)
 
     manifest = load_manifest(manifest_path)
     if manifest.find(name):
@@ -865,7 +903,7 @@ def add_checkpoint(file, *, name: str, task: str, channels: Optional[int] = None
     sha256 = file_sha256(file)
     raw_entry = {
         "name": name,
-        "serves": {"task": task, "channels": channels, **parse_levels(task, levels)},
+        "serves": {"task": task, "channels": channels, **serves_levels},
         "arch": arch,
         "config": config,
         "file": file.name,
@@ -891,6 +929,53 @@ def add_checkpoint(file, *, name: str, task: str, channels: Optional[int] = None
                 raise MagnError(f"{dest} already exists with other content; not overwriting it")
         elif not dest.exists():
             _atomic_copy(file, dest)
+    save_manifest(new_raw, manifest.path)
+    return load_manifest(manifest.path).get(name)
+
+
+def scores_from_results(rows: Sequence[dict], model: str) -> List[dict]:
+    """Manifest score records from `magn eval --output results.json` rows of `model`."""
+    scores = []
+    for row in rows:
+        if row.get("model") != model:
+            continue
+        degradation = row.get("degradation") or {}
+        level = degradation.get("sigma", degradation.get("quality"))
+        score = {"dataset": row["set"], "level": level, "channels": row.get("channels"),
+                 "psnr": round(row["psnr"], 4), "ssim": round(row["ssim"], 6),
+                 "n_images": row.get("n_images"), "command": row.get("command") or "magn eval"}
+        for key in ("psnr_y", "ssim_y"):
+            if key in row:
+                score[key] = round(row[key], 6 if key.startswith("ssim") else 4)
+        scores.append({k: v for k, v in score.items() if v is not None})
+    return scores
+
+
+def record_scores(name: str, results_files: Sequence, *, manifest_path=None) -> WeightsEntry:
+    """Replace a checkpoint's scores with its rows in `magn eval` JSON results files.
+
+    Rows are matched by model name, so evaluate the checkpoint by its manifest name
+    (`magn eval --model NAME`)."""
+    manifest = load_manifest(manifest_path)
+    manifest.get(name)  # MagnError for an unknown name
+    scores: List[dict] = []
+    for path in results_files:
+        path = Path(path)
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise MagnError(f"cannot read results {path}: {e}") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise MagnError(f"{path} is not a `magn eval --output *.json` results file")
+        found = scores_from_results(rows, name)
+        if not found:
+            models = ", ".join(dict.fromkeys(str(r.get("model")) for r in rows)) or "none"
+            raise MagnError(f"{path} has no rows for {name} (its models: {models}); "
+                            f"evaluate it as `magn eval --model {name}`")
+        scores += found
+    new_raw = copy.deepcopy(manifest.raw)
+    item = next(i for i in new_raw["checkpoints"] if i.get("name") == name)
+    item["scores"] = scores
     save_manifest(new_raw, manifest.path)
     return load_manifest(manifest.path).get(name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -346,7 +347,7 @@ def test_repository_manifest_is_valid():
     assert manifest.base_url is None and manifest.entries == []
 
 
-def test_select_default(wenv):
+def test_select_default(wenv, caplog):
     wenv.write_manifest([
         make_entry("gray-s25", b"1", sigma=[25]),
         make_entry("gray-blind", b"2", sigma_range=[0, 55], default=True),
@@ -360,7 +361,14 @@ def test_select_default(wenv):
     assert select_default("denoise", 3).name == "color-s50"          # the only one
     assert select_default("dejpeg", 3, 20).name == "jpeg-color"
     assert select_default("demosaic", 3).name == "mosaic"
-    with pytest.raises(MagnError, match="at sigma 70"):
-        select_default("denoise", 1, 70)
+    # Outside every trained level: the nearest model, with a warning that says so.
+    with caplog.at_level(logging.WARNING, logger="magn"):
+        assert select_default("denoise", 1, 70).name == "gray-blind"  # 15 from 0-55, 45 from 25
+        assert select_default("dejpeg", 3, 85).name == "jpeg-color"
+    assert [r.getMessage() for r in caplog.records] == [
+        "no pretrained denoise model for gray images was trained for sigma 70; "
+        "using gray-blind (sigma 0-55 (blind)), the nearest",
+        "no pretrained dejpeg model for color images was trained for quality 85; "
+        "using jpeg-color (quality 10-40 (blind)), the nearest"]
     with pytest.raises(MagnError, match=r"^no pretrained dejpeg model for gray images yet; pass --weights PATH$"):
         select_default("dejpeg", 1)

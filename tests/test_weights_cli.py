@@ -133,3 +133,49 @@ def test_add_without_copy_and_bad_levels(wenv, tiny_checkpoint, tmp_path):
     missing = magn("add", str(tiny_checkpoint), "--name", "x", "--task", "denoise")
     assert isinstance(missing.exception, MagnError) and "--levels" in str(missing.exception)
     assert wenv.manifest_path.read_text() == before          # refused without writing
+
+
+def test_add_reads_task_and_levels_from_training_metadata(wenv, tmp_path):
+    """`magn train` records what the model is for; `add` needs no --task/--levels then,
+    and --levels still overrides the record."""
+    from magncli.checkpoints import save_checkpoint
+    from magncli.models.registry import build_model
+
+    model = build_model(TINY_ARCH, in_channels=3, n_feats=16)
+    blind = save_checkpoint(tmp_path / "blind.safetensors", model,
+                            {"task": "dejpeg", "channels": 3, "quality_range": [10, 40]})
+    listed = save_checkpoint(tmp_path / "listed.safetensors", model,
+                             {"task": "denoise", "channels": 3, "sigma": 25})
+    assert magn("add", str(blind), "--name", "jpeg").exit_code == 0
+    assert magn("add", str(listed), "--name", "s25").exit_code == 0
+    override = tmp_path / "override.safetensors"
+    shutil.copyfile(listed, override)
+    assert magn("add", str(override), "--name", "s15", "--levels", "15").exit_code == 0
+    m = load_manifest()
+    assert (m.get("jpeg").task, m.get("jpeg").channels, m.get("jpeg").level_range) == ("dejpeg", 3, (10, 40))
+    assert (m.get("s25").task, m.get("s25").levels) == ("denoise", (25,))
+    assert m.get("s15").levels == (15,)
+
+
+def test_scores_recorded_from_eval_results(wenv, tiny_checkpoint, tmp_path):
+    assert magn("add", str(tiny_checkpoint), "--name", NAME, "--task", "denoise", "--levels", "25").exit_code == 0
+    rows = [{"model": m, "set": "Set12", "channels": "gray", "level": "sigma 25", "psnr": p,
+             "ssim": 0.8, "n_images": 12, "degradation": {"task": "denoise", "sigma": 25},
+             "command": "magn eval --task denoise --model tiny-s25 -o r.json"}
+            for m, p in (("input", 20.2), (NAME, 29.512345))]
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps(rows))
+    result = magn("scores", NAME, str(results))
+    assert result.exit_code == 0, result.output
+    entry = load_manifest().get(NAME)
+    assert entry.scores == ({"dataset": "Set12", "level": 25, "channels": "gray", "psnr": 29.5123,
+                             "ssim": 0.8, "n_images": 12, "command": rows[1]["command"]},)
+    assert entry.headline_score() == "29.51 dB Set12 sigma 25"
+
+    before = wenv.manifest_path.read_text()
+    results.write_text(json.dumps(rows[:1]))                 # no row of this checkpoint
+    missing = magn("scores", NAME, str(results))
+    assert isinstance(missing.exception, MagnError) and "magn eval --model tiny-s25" in str(missing.exception)
+    results.write_text("{not json")
+    assert isinstance(magn("scores", NAME, str(results)).exception, MagnError)
+    assert wenv.manifest_path.read_text() == before

@@ -1,6 +1,8 @@
 """`magn eval`: score models and baselines on benchmark sets by the protocol."""
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -53,7 +55,8 @@ def eval_command(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder of the test sets."),
     inputs: Optional[Path] = typer.Option(
         None, "--inputs", help="Already-degraded images, matched to the set by file name (one set, one level)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Results file: .json, .csv or .md."),
+    outputs: List[Path] = typer.Option(
+        [], "--output", "-o", help="Results file: .json, .csv or .md (repeatable)."),
     save_images: Optional[Path] = typer.Option(None, "--save-images", help="Folder for restored images."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="PNG sheet of labelled crops."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Model tile size in pixels."),
@@ -71,7 +74,7 @@ def eval_command(
     """Evaluate models on benchmark sets; print tables and optionally write results."""
     from rich.console import Console
 
-    if output is not None:
+    for output in outputs:
         check_results_path(output, overwrite)  # fail before the run, not after it
     set_names = _split(sets) or sets_for(task, channels)  # default: every set of the task
     options = _inference_options(models, tile=tile, overlap=overlap,
@@ -86,6 +89,10 @@ def eval_command(
     console = Console()
     for table in results_tables(rows):
         console.print(table)
-    if output is not None:
+    # Each row says how it was made, so that the numbers can be regenerated (model cards).
+    command = shlex.join(["magn", *sys.argv[1:]])
+    for row in rows:
+        row["command"] = command
+    for output in outputs:
         write_results(rows, output, overwrite)
         status.print(f"results written to {output}")

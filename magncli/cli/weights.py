@@ -156,11 +156,13 @@ def path_cmd(
 def add_cmd(
     file: Annotated[Path, typer.Argument(help="The checkpoint file (.safetensors with magn metadata).")],
     name: Annotated[str, typer.Option("--name", help="Unique checkpoint name.")],
-    task: Annotated[str, typer.Option("--task", help="denoise, dejpeg or demosaic.")],
+    task: Annotated[Optional[str], typer.Option(
+        "--task", help="denoise, dejpeg or demosaic [default: from the file's metadata].")] = None,
     channels: Annotated[Optional[int], typer.Option(
         "--channels", help="1 (gray) or 3 (color) [default: the config's in_channels].")] = None,
     levels: Annotated[Optional[str], typer.Option(
-        "--levels", help="Levels it serves: 25, 15,25,50, or a blind range 0-55.")] = None,
+        "--levels", help="Levels it serves: 25, 15,25,50, or a blind range 0-55 "
+                         "[default: what `magn train` recorded in the file].")] = None,
     urls: Annotated[Optional[List[str]], typer.Option("--url", help="Download URL (repeatable).")] = None,
     default: Annotated[bool, typer.Option("--default", help="Make it the default for its task and channels.")] = False,
     copy_file: Annotated[bool, typer.Option(
@@ -173,4 +175,16 @@ def add_cmd(
                              manifest_path=manifest)
     m = w.load_manifest(manifest)
     print(f"added {entry.name} ({entry.file}, {entry.size} bytes, sha256 {entry.sha256}) to {m.path}; "
-          "fill in its provenance and scores by hand", file=sys.stderr)
+          f"record its scores with `magn weights scores {entry.name} RESULTS.json`", file=sys.stderr)
+
+
+@weights_app.command("scores")
+def scores_cmd(
+    name: Annotated[str, typer.Argument(help="Checkpoint name from the manifest.")],
+    results: Annotated[List[Path], typer.Argument(help="`magn eval --model NAME --output X.json` results.")],
+    manifest: ManifestOpt = None,
+) -> None:
+    """Record a checkpoint's benchmark scores in the manifest from `magn eval` JSON results."""
+    entry = w.record_scores(name, results, manifest_path=manifest)
+    print(f"recorded {len(entry.scores)} scores for {entry.name} in {w.load_manifest(manifest).path}",
+          file=sys.stderr)
