@@ -6,6 +6,7 @@ the pixel graph costs O(pixels^2), so patch 32 would make every step ~15x slower
 """
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -343,12 +344,15 @@ def test_ddp_two_cpu_processes_hold_the_same_weights(gray_data, tmp_path):
 
 # --------------------------------------------------------------------------- CLI
 
-def test_cli_trains_writes_the_run_folder_and_restore_accepts_the_export(gray_data, tmp_path, one_thread):
+def test_cli_trains_writes_the_run_folder_and_restore_accepts_the_export(gray_data, tmp_path, one_thread,
+                                                                         monkeypatch):
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(config_to_toml(tiny_config(gray_data, steps=50)))
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--config", str(recipe), "--steps", "6", "--out", str(run),
-                                 "--quiet", "--sigma-range", "0,55"])
+    args = ["train", "--config", str(recipe), "--steps", "6", "--out", str(run), "--quiet",
+            "--sigma-range", "0,55"]
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/magn", *args])  # as the console script sees it
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     for name in (CONFIG_FILE, LOG_FILE, CURVES_FILE, STATE_FILE, LATEST_FILE, EXPORT_FILE):
         assert (run / name).is_file(), name
@@ -361,6 +365,7 @@ def test_cli_trains_writes_the_run_folder_and_restore_accepts_the_export(gray_da
     assert meta["arch"] == "magn" and meta["config"]["in_channels"] == 1
     assert meta["task"] == "denoise" and meta["sigma_range"] == [0, 55]
     assert meta["provenance"]["steps"] == 6 and meta["provenance"]["batch_size"] == 4
+    assert meta["provenance"]["command"] == shlex.join(["magn", *args])
 
     from magncli.weights import add_checkpoint
     manifest = tmp_path / "manifest.json"

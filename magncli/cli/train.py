@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -92,7 +94,8 @@ def train_command(
                 info += f"  val {p['val_psnr']:.2f} dB"
             progress.update(bar, completed=p["step"], info=info)
 
-        trainer = Trainer(config, out, resume=resume, reporter=report)
+        trainer = Trainer(config, out, resume=resume, reporter=report,
+                          command=shlex.join(["magn", *sys.argv[1:]]))
         progress.update(bar, completed=trainer.step)
         summary = trainer.run()
         trainer.close()

@@ -222,10 +222,11 @@ class Trainer:
     `run()` trains. `reporter(progress)` gets a dict after every step (a progress bar)."""
 
     def __init__(self, config: TrainConfig, run_dir, resume: bool = False,
-                 reporter: Optional[Callable[[dict], None]] = None):
+                 reporter: Optional[Callable[[dict], None]] = None, command: Optional[str] = None):
         self.config = config.check()
         self.run_dir = Path(run_dir)
         self.reporter = reporter or (lambda progress: None)
+        self.command = command  # the command line that ran this, for the export's provenance
         self.dist = Distributed(config.device)
         self.device = self.dist.device
         self.amp_dtype = resolve_precision(config.precision, self.device)
@@ -344,7 +345,7 @@ class Trainer:
             "steps": self.step, "batch_size": config.batch, "patch_size": config.patch,
             "hardware": hardware_string(self.device, self.dist.world),
             "wall_time": f"{self.elapsed_s / 3600:.2f} h", "commit": git_commit(),
-            "command": "magn train",
+            "command": self.command,
             "notes": f"seed {config.seed}, lr {config.lr} {config.schedule}, EMA {config.ema_decay}"}
         best = self.best_psnr if math.isfinite(self.best_psnr) else None
         return save_checkpoint(self.run_dir / EXPORT_FILE, self.ema.model,
