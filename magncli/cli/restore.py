@@ -72,7 +72,7 @@ def restore(
                     raise MagnError(job.error)
                 record = restorer.restore_file(job.source, job.target, overwrite=overwrite,
                                                jpeg_quality=jpeg_quality)
-                line = f"{job.source} -> {job.target} ({record['seconds']:.1f} s)"
+                line = f"{job.source} -> {job.target} ({_describe(record)})"
             except MagnError as e:
                 failures += 1
                 record = {"input": str(job.source), "error": str(e)}
@@ -92,6 +92,16 @@ def restore(
                       + (f", {failures} failed" if failures else ""), highlight=False)
     if failures:
         raise typer.Exit(1)
+
+
+def _describe(record: dict) -> str:
+    """'1.2 s, quality 20 from the JPEG tables, model X': what was assumed and what ran."""
+    parts = [f"{record['seconds']:.1f} s"]
+    if record.get("quality") is not None:
+        parts.append(f"quality {record['quality']} from the {record['quality_source']}")
+    if record.get("model"):
+        parts.append(f"model {record['model']}")
+    return ", ".join(parts)
 
 
 def _progress(total: int, quiet: bool):
