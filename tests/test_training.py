@@ -24,7 +24,7 @@ from magncli.cli.app import _register, app
 from magncli.degrade import BAYER_PATTERNS, bayer_masks
 from magncli.errors import MagnError
 from magncli.training.config import config_to_toml, load_config, read_recipe
-from magncli.training.data import PatchDataset, StepBatches, make_loader, scan_images
+from magncli.training.data import PatchDataset, StepBatches, make_loader, scale_saturation, scan_images
 from magncli.training.loop import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FILE, LATEST_FILE,
                                    LOG_FILE, STATE_FILE, Trainer, load_run_config, read_log)
 
@@ -384,3 +384,32 @@ def test_cli_trains_writes_the_run_folder_and_restore_accepts_the_export(gray_da
     # Starting a new run into a used run folder is refused.
     again = runner.invoke(app, ["train", "--config", str(recipe), "--out", str(run), "--quiet"])
     assert isinstance(again.exception, MagnError) and "--resume" in str(again.exception)
+
+
+def test_scale_saturation_keeps_luma_and_scales_chroma():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.3, 0.7, size=(8, 8, 3)).astype(np.float32)    # room to scale unclipped
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    assert np.allclose(scale_saturation(x, 1.0), x, atol=1e-6)
+    gray = scale_saturation(x, 0.0)
+    assert np.allclose(gray, np.repeat((x @ weights)[..., None], 3, axis=2), atol=1e-6)
+    boosted = scale_saturation(x, 1.5)
+    assert np.allclose(boosted @ weights, x @ weights, atol=1e-5)    # luma unchanged
+    assert np.allclose(boosted - gray, 1.5 * (x - gray), atol=1e-5)  # chroma x1.5
+    assert scale_saturation(np.array([[[1.0, 0.0, 0.0]]], np.float32), 3.0).max() <= 1.0
+
+
+def test_saturation_range_is_checked_and_applies_to_color_patches(gray_data, color_data):
+    with pytest.raises(MagnError, match="saturation_range"):
+        load_config([], dict(task="demosaic", data=str(gray_data), channels=3, saturation_range=[2, 1]))
+    for data, channels in ((gray_data, 1), (color_data, 3)):
+        plain = tiny_config(data, channels=channels)
+        gray_out = tiny_config(data, channels=channels, saturation_range=[0.0, 0.0])  # chroma x0
+        images = scan_images(data).paths
+        (_, a), (_, b) = PatchDataset(images, plain)[3], PatchDataset(images, gray_out)[3]  # clean (C, p, p)
+        if channels == 1:
+            assert torch.equal(a, b)                                 # gray runs: untouched
+        else:
+            luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+            assert not torch.equal(a, b)
+            assert torch.allclose(b, (a * luma).sum(0, keepdim=True).expand_as(b), atol=1e-5)

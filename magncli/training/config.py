@@ -59,6 +59,9 @@ class TrainConfig:
     qualities: Optional[List[int]] = None       # dejpeg: a quality drawn from this list ...
     quality_range: Optional[List[int]] = None   # ... or uniform integers in [lo, hi] per image
     pattern: str = "grbg"                 # demosaic: a Bayer pattern, or "random" (all four)
+    # Color patches: scale the chroma (RGB minus its luma) by a factor uniform in [lo, hi]
+    # (clipped to [0, 1]); None = off. Saturated colours are rare in CBSD432.
+    saturation_range: Optional[List[float]] = None
 
     # Validation through the eval engine; PSNR on val_images images cropped to val_crop.
     val_every: int = 5000
@@ -108,6 +111,10 @@ class TrainConfig:
 
         need(self.task in TASKS, f"unknown task {self.task!r}; tasks: {', '.join(TASKS)}")
         need(self.channels in (1, 3), f"channels must be 1 or 3, not {self.channels}")
+        if self.saturation_range is not None:
+            lo_hi = self.saturation_range
+            need(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],
+                 f"saturation_range must be [lo, hi] with 0 <= lo <= hi, not {lo_hi}")
         need(self.task != "demosaic" or self.channels == 3, "demosaic trains color models (channels 3)")
         need(self.batch >= 1 and self.patch >= 8 and self.steps >= 1,
              "batch and steps must be positive and patch at least 8")

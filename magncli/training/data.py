@@ -116,6 +116,12 @@ def convert_channels(x: np.ndarray, channels: int, task: str) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY)[..., None]
 
 
+def scale_saturation(x: np.ndarray, factor: float) -> np.ndarray:
+    """(H, W, 3) float RGB with its chroma (RGB minus BT.601 luma) scaled by factor, in [0, 1]."""
+    luma = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)                # (H, W)
+    return np.clip(luma[..., None] + factor * (x - luma[..., None]), 0.0, 1.0).astype(np.float32)
+
+
 class PatchDegradation:
     """The task's random degradation of one clean float32 (H, W, C) patch."""
 
@@ -155,6 +161,7 @@ class PatchDataset(Dataset):
         self.paths = list(paths)
         self.patch, self.channels, self.task = config.patch, config.channels, config.task
         self.seed = config.seed
+        self.saturation_range = config.saturation_range
         self.degrade = PatchDegradation(config)
 
     def __len__(self) -> int:  # nominal: samples are drawn with replacement, indices are open-ended
@@ -166,6 +173,8 @@ class PatchDataset(Dataset):
         pixels = read_image(path).pixels                                       # (H, W, C) as stored
         crop = random_dihedral(random_patch(pixels, self.patch, rng), rng)     # (p, p, C)
         clean = convert_channels(to_float(np.ascontiguousarray(crop)), self.channels, self.task)
+        if self.saturation_range is not None and clean.shape[2] == 3:  # drawn only when on
+            clean = scale_saturation(clean, float(rng.uniform(*self.saturation_range)))
         degraded = self.degrade(clean, rng)                                    # (p, p, C) float32
         as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))  # noqa: E731
         return as_tensor(degraded), as_tensor(clean)
