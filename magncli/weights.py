@@ -943,7 +943,8 @@ def scores_from_results(rows: Sequence[dict], model: str) -> List[dict]:
         level = degradation.get("sigma", degradation.get("quality"))
         score = {"dataset": row["set"], "level": level, "channels": row.get("channels"),
                  "psnr": round(row["psnr"], 4), "ssim": round(row["ssim"], 6),
-                 "n_images": row.get("n_images"), "command": row.get("command") or "magn eval"}
+                 "n_images": row.get("n_images"),
+                 "command": row.get("command") or "magn eval (the results file does not record its command)"}
         for key in ("psnr_y", "ssim_y"):
             if key in row:
                 score[key] = round(row[key], 6 if key.startswith("ssim") else 4)
