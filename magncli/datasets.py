@@ -147,6 +147,7 @@ IMAGE_FORMATS = {
     "png": (".png", "8-bit PNG: values clipped to [0, 1] and rounded (noise loses its tails)"),
     "png16": (".png", "16-bit PNG: values clipped to [0, 1], stored as round(value * 65535)"),
     "tiff": (".tiff", "float32 TIFF: values stored exactly, unclipped"),
+    "jpg": (".jpg", "dejpeg only: the JPEG file itself, which decodes to the protocol's input"),
 }
 
 

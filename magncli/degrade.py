@@ -90,6 +90,14 @@ def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
     img: uint8 HxW, HxWx1 (gray, encoded as a one-channel JPEG) or HxWx3 RGB (encoded
     YCbCr 4:2:0, standard IJG tables). Float input in [0, 1] is first rounded to uint8,
     because JPEG only stores 8-bit samples."""
+    decoded = cv2.imdecode(np.frombuffer(jpeg_encode(img, quality), np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded.ndim == 3:                                  # HxW (gray) or HxWx3 BGR
+        decoded = decoded[..., ::-1]
+    return np.ascontiguousarray(decoded).reshape(img.shape)
+
+
+def jpeg_encode(img: np.ndarray, quality: int) -> bytes:
+    """The JPEG file jpeg_compress decodes: libjpeg at `quality`, 4:2:0 for color."""
     _check_quality(quality)
     pixels = to_uint8(img)
     if pixels.ndim == 3 and pixels.shape[2] == 3:
@@ -105,10 +113,7 @@ def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
     ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(pixels), params)
     if not ok:
         raise MagnError("OpenCV could not encode the image as JPEG")
-    decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)  # HxW (gray) or HxWx3 BGR
-    if decoded.ndim == 3:
-        decoded = decoded[..., ::-1]
-    return np.ascontiguousarray(decoded).reshape(img.shape)
+    return encoded.tobytes()
 
 
 # --------------------------------------------------------------------------- BT.601 studio Y
@@ -307,6 +312,8 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
 
     if fmt not in IMAGE_FORMATS:
         raise MagnError(f"unknown output format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
+    if fmt == "jpg" and degradation.task != "dejpeg":
+        raise MagnError("--format jpg writes JPEG files, for --task dejpeg only")
     sources = []
     for item in inputs:
         item = Path(item)
@@ -329,10 +336,13 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
     for src, target in zip(sources, targets):
         clean = load_image(src)  # float32 HxWxC
         try:
-            degraded = degradation.apply(clean)
+            if fmt == "jpg":  # the JPEG file itself: restore reads its quality from the tables
+                data = jpeg_encode(clean, degradation.quality)
+            else:
+                data = encode_image(degradation.apply(clean), fmt)
         except MagnError as e:
             raise MagnError(f"{src}: {e}") from None
-        write_file_atomic(target, encode_image(degraded, fmt), overwrite)
+        write_file_atomic(target, data, overwrite)
         records.append({"input": str(src), "output": target.name, "seed": degradation.seed,
                         "height": clean.shape[0], "width": clean.shape[1],
                         "channels": clean.shape[2]})

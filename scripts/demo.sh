@@ -18,7 +18,7 @@ cp "$DATA/Kodak24/kodim05.png" "$OUT/clean-color/"
 
 magn degrade "$OUT/clean-gray/01.png" --task denoise --sigma 25 -o "$OUT/noisy" --overwrite
 magn restore "$OUT/noisy/01.png" --task denoise -o "$OUT/restored" --overwrite
-magn degrade "$OUT/clean-color/kodim05.png" --task dejpeg --quality 20 -o "$OUT/jpeg" --overwrite
+magn degrade "$OUT/clean-color/kodim05.png" --task dejpeg --quality 20 --format jpg -o "$OUT/jpeg" --overwrite
 magn restore "$OUT/jpeg/kodim05.jpg" --task dejpeg -o "$OUT/restored" --overwrite
 
 magn eval --task denoise --sets "$OUT/clean-gray" --levels 25 \

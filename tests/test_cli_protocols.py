@@ -169,6 +169,26 @@ def test_the_real_command_prints_one_line_and_exits_1(tmp_path):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+def test_degrade_writes_the_jpeg_file_itself(tmp_path):
+    """--format jpg: the file decodes to exactly the protocol's dejpeg input, and restore
+    reads its quality back from the tables."""
+    from magncli.degrade import estimate_jpeg_quality, make_degradation
+    from magncli.images import read_image
+
+    folder = tmp_path / "set"
+    _make_images(folder, n=1)
+    clean = load_image(next(folder.iterdir()))
+    result = runner.invoke(app, ["degrade", str(folder), "--task", "dejpeg", "--quality", "30",
+                                 "--format", "jpg", "-o", str(tmp_path / "jpeg")])
+    assert result.exit_code == 0, result.output
+    jpeg = read_image(next((tmp_path / "jpeg").glob("*.jpg")))
+    assert np.array_equal(jpeg.to_float(), make_degradation("dejpeg", 30).apply(clean))
+    assert estimate_jpeg_quality(jpeg.jpeg_quantization) == (30, True)
+    wrong = runner.invoke(app, ["degrade", str(folder), "--task", "denoise", "--sigma", "25",
+                                "--format", "jpg", "-o", str(tmp_path / "noisy")])
+    _user_error(wrong, "--task dejpeg only")
+
+
 def test_results_record_the_command_that_made_them(tmp_path):
     folder = tmp_path / "set"
     _make_images(folder, n=1)

@@ -31,7 +31,8 @@ from magncli.training.loop import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_F
 REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
-RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in ("paper", "cpu"))
+OVERLAYS = ("paper", "cpu", "cpu-tiny")   # shared settings, not recipes of a checkpoint
+RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
 _register()
@@ -88,6 +89,8 @@ def test_every_recipe_is_a_valid_config(recipe):
     assert (config.channels == 3) == (config.task == "demosaic" or "color" in recipe.stem)
     cpu = load_config([recipe, REPO / "train" / "cpu.toml"])
     assert cpu.arch == "magn-light" and cpu.batch < 32 and cpu.task == config.task
+    tiny = load_config([recipe, REPO / "train" / "cpu-tiny.toml"])   # the published CPU runs
+    assert tiny.arch == "magn-tiny-local" and tiny.steps == 3000 and tiny.task == config.task
 
 
 def test_overrides_replace_their_partner_and_typos_are_errors(tmp_path):

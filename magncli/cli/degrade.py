@@ -26,7 +26,7 @@ def degrade_command(
     fmt: str = typer.Option(
         "png", "--format",
         help="png: 8-bit, clipped and rounded. png16: 16-bit, clipped, round(value*65535). "
-             "tiff: float32, noise kept exactly (unclipped)."),
+             "tiff: float32, noise kept exactly (unclipped). jpg (dejpeg): the JPEG file itself."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
 ) -> None:
     """Degrade images by the benchmark protocol and write them with manifest.json."""

@@ -1,0 +1,147 @@
+"""The checkpoints shipped in weights/: intact, loadable, published with their scores, and
+serving every task out of the box (`magn restore` with no --weights) on gray and color.
+
+The behaviour tests restore crops of benchmark images and compare against the degraded
+input and a no-weights baseline computed here on the same crop (an independent oracle);
+they need ../shared/datasets and are skipped without it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from magncli.checkpoints import load_model, read_checkpoint
+from magncli.cli.app import _register, app
+from magncli.datasets import load_ground_truth
+from magncli.degrade import bayer_mosaic, make_degradation, mosaic_to_cfa
+from magncli.evaluate import BASELINES
+from magncli.images import Image, read_image, write_image
+from magncli.metrics import psnr
+from magncli.restore import Restorer
+from magncli.weights import file_sha256, load_manifest, select_default
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "weights"
+SERVED = {("denoise", 1), ("denoise", 3), ("dejpeg", 1), ("dejpeg", 3), ("demosaic", 3)}
+
+_register()
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def shipped_only(monkeypatch, tmp_path):
+    """An empty cache and no network: only the files shipped in weights/ can serve."""
+    monkeypatch.setenv("MAGN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MAGN_OFFLINE", "1")
+    monkeypatch.delenv("MAGN_MANIFEST", raising=False)
+    monkeypatch.delenv("MAGN_WEIGHTS_URL", raising=False)
+    torch.set_num_threads(1)
+
+
+def _manifest():
+    return load_manifest(WEIGHTS / "manifest.json")
+
+
+def test_every_task_and_channel_count_has_a_shipped_default():
+    manifest = _manifest()
+    assert {(e.task, e.channels) for e in manifest.entries} == SERVED
+    for task, channels in SERVED:
+        assert select_default(task, channels).default
+
+
+@pytest.mark.parametrize("name", [e.name for e in load_manifest(WEIGHTS / "manifest.json").entries])
+def test_shipped_checkpoint_is_intact_half_precision_and_documented(name):
+    entry = _manifest().get(name)
+    path = WEIGHTS / entry.file
+    assert path.stat().st_size == entry.size and file_sha256(path) == entry.sha256
+    state, meta = read_checkpoint(path)
+    assert all(t.dtype == torch.float16 for t in state.values() if t.is_floating_point())
+    model = load_model(path)                                      # strict: every key used
+    assert model.config == {**model.config, **entry.config} and model.in_channels == entry.channels
+    assert meta["task"] == entry.task
+    for key in ("training_data", "steps", "hardware", "wall_time", "commit", "command"):
+        assert entry.provenance.get(key), f"{name}: provenance lacks {key}"
+    assert entry.scores and all(s["command"].startswith("magn eval ") for s in entry.scores)
+    assert f"### {name}" in (WEIGHTS / "README.md").read_text()   # its model card
+
+
+# Where a published checkpoint does not yet meet the bar (weights/README.md says so). The
+# test pins this list exactly: a fix, or a new shortfall, must update it and the card.
+KNOWN_SHORTFALLS = {("magn-tiny-local-demosaic", "McMaster", "grbg", "opencv-vng")}
+
+
+@pytest.mark.parametrize("name", [e.name for e in load_manifest(WEIGHTS / "manifest.json").entries])
+def test_recorded_scores_meet_the_bar_against_every_baseline_in_the_table(name):
+    """The issues' bar, on the results the model card quotes: on every set and level the
+    checkpoint beats every no-weights baseline evaluated beside it."""
+    rows = json.loads((WEIGHTS / "results" / f"{name}.json").read_text())
+    mine = {(r["set"], r["level"]): r for r in rows if r["model"] == name}
+    baselines = [r for r in rows if r["model"] in BASELINES]
+    assert mine and {r["model"] for r in baselines} >= {"input"}
+    assert {(r["set"], r["level"]) for r in baselines} == set(mine)      # same sets and levels
+    below = {(name, r["set"], r["level"], r["model"]) for r in baselines
+             if mine[(r["set"], r["level"])]["psnr"] <= r["psnr"]}
+    assert below == {k for k in KNOWN_SHORTFALLS if k[0] == name}
+    recorded = {(s["dataset"], round(s["psnr"], 2)) for s in _manifest().get(name).scores}
+    assert recorded == {(r["set"], round(r["psnr"], 2)) for r in mine.values()}
+
+
+# --------------------------------------------------------------------------- out of the box
+
+def _crop(image: np.ndarray, size: int = 96) -> np.ndarray:
+    return np.ascontiguousarray(image[:size, :size])
+
+
+@pytest.mark.parametrize("set_name,stem,mode", [("Set12", "05", "gray"), ("Kodak24", "kodim05", "color")])
+def test_denoise_out_of_the_box_beats_nlm(data_root, set_name, stem, mode):
+    truth = _crop(load_ground_truth(data_root / set_name / f"{stem}.png", mode))
+    degradation = make_degradation("denoise", 25)
+    noisy = degradation.apply(truth)
+    out, info = Restorer(task="denoise").restore(Image(noisy))
+    nlm = BASELINES["opencv-nlm"].restore(noisy, degradation)
+    assert info["model"].startswith("magn-tiny-local-denoise-" + mode)
+    assert psnr(out.to_float(), truth) > psnr(nlm, truth) > psnr(noisy, truth, clamp=False)
+
+
+@pytest.mark.parametrize("set_name,stem,mode,quality", [("Classic5", "lena", "gray", 10),
+                                                         ("Kodak24", "kodim05", "color", 20)])
+def test_dejpeg_out_of_the_box_reads_the_quality_and_improves_the_jpeg(data_root, tmp_path, set_name,
+                                                                     stem, mode, quality):
+    source = next((data_root / set_name).glob(f"{stem}.*"))
+    truth = _crop(load_ground_truth(source, mode), 128)
+    clean = tmp_path / "clean.png"
+    write_image(clean, Image(np.round(truth * 255).astype(np.uint8)))     # exact: 8-bit source
+    made = runner.invoke(app, ["degrade", str(clean), "--task", "dejpeg", "--quality", str(quality),
+                               "--format", "jpg", "-o", str(tmp_path / "jpeg")])
+    assert made.exit_code == 0, made.output
+    jpeg = tmp_path / "jpeg" / "clean.jpg"
+    result = runner.invoke(app, ["restore", str(jpeg), "--task", "dejpeg", "-o", str(tmp_path / "out"),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["quality"] == quality and record["model"].startswith("magn-tiny-local-dejpeg-" + mode)
+    # Without --json the line on stderr says what it assumed and which model ran.
+    said = runner.invoke(app, ["restore", str(jpeg), "--task", "dejpeg", "-o", str(tmp_path / "said")])
+    assert said.exit_code == 0, said.output
+    line = " ".join(said.stderr.split())                     # undo rich's wrapping
+    assert f"quality {quality} from the JPEG tables, model magn-tiny-local-dejpeg-{mode}" in line
+    restored = read_image(record["output"]).to_float()
+    compressed = read_image(jpeg).to_float()
+    assert psnr(restored, truth) > psnr(compressed, truth) + 0.3
+
+
+@pytest.mark.parametrize("pattern", ["grbg", "rggb", "gbrg", "bggr"])
+def test_demosaic_out_of_the_box_beats_opencv_on_every_pattern(data_root, pattern):
+    # Kodak24, where the checkpoint beats VNG (on McMaster it does not: KNOWN_SHORTFALLS).
+    # A pattern served at the wrong phase would fall far below VNG.
+    truth = _crop(load_ground_truth(data_root / "Kodak24" / "kodim05.png", "color"), 96)
+    cfa = mosaic_to_cfa(bayer_mosaic(truth, pattern))[..., None]             # (H, W, 1)
+    out, _ = Restorer(task="demosaic", pattern=pattern).restore(Image(cfa))
+    degradation = make_degradation("demosaic", pattern=pattern)
+    vng = BASELINES["opencv-vng"].restore(bayer_mosaic(truth, pattern), degradation)
+    assert out.to_float().shape == truth.shape
+    assert psnr(out.to_float(), truth) > psnr(vng, truth)
