@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 from typing import Optional
 
 import typer
@@ -29,6 +31,11 @@ def inference_options(device: str, precision: str, tile: Optional[int], overlap:
                       ensemble: bool, tiling: str = "blend", compile: Optional[bool] = None) -> InferenceOptions:
     return InferenceOptions(device=device, precision=precision, tile=tile, overlap=overlap,
                             ensemble=ensemble, tiling=tiling, compile=compile)
+
+
+def command_line() -> str:
+    """This run's command as a user would type it ("magn eval ..."), for provenance."""
+    return shlex.join(["magn", *sys.argv[1:]])
 
 
 def setup_logging() -> None:

@@ -1,14 +1,13 @@
 """`magn eval`: score models and baselines on benchmark sets by the protocol."""
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from magncli.cli.app import app
+from magncli.cli.common import command_line
 from magncli.datasets import sets_for
 from magncli.degrade import DEFAULT_PATTERN
 from magncli.errors import MagnError
@@ -90,7 +89,7 @@ def eval_command(
     for table in results_tables(rows):
         console.print(table)
     # Each row says how it was made, so that the numbers can be regenerated (model cards).
-    command = shlex.join(["magn", *sys.argv[1:]])
+    command = command_line()
     for row in rows:
         row["command"] = command
     for output in outputs:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -16,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from magncli.cli.app import app
-from magncli.cli.common import console
+from magncli.cli.common import command_line, console
 from magncli.errors import MagnError
 
 
@@ -95,7 +93,7 @@ def train_command(
             progress.update(bar, completed=p["step"], info=info)
 
         trainer = Trainer(config, out, resume=resume, reporter=report,
-                          command=shlex.join(["magn", *sys.argv[1:]]))
+                          command=command_line())
         progress.update(bar, completed=trainer.step)
         summary = trainer.run()
         trainer.close()
