@@ -353,8 +353,9 @@ def select_default(task: str, channels: int, level=None, *, manifest: Optional[M
     """The checkpoint that serves `task` on `channels`-channel images at `level`.
 
     With a known level, a model trained for exactly that level wins over a blind one whose
-    range covers it. Without a level: the entry flagged default, else a blind one, else the
-    only one. A MagnError says what is missing and how to pass --weights instead.
+    range covers it; a level no model covers gets the nearest one, with a warning. Without
+    a level: the entry flagged default, else a blind one, else the only one. A MagnError
+    says what is missing and how to pass --weights instead.
     """
     if task not in LEVEL_KEY:
         raise MagnError(f"unknown task {task!r} (known: {', '.join(LEVEL_KEY)})")
