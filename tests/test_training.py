@@ -31,7 +31,7 @@ from magncli.training.loop import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_F
 REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
-OVERLAYS = ("paper", "cpu", "cpu-tiny")   # shared settings, not recipes of a checkpoint
+OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -193,6 +193,8 @@ def test_corrupt_files_are_skipped_and_counted_small_images_padded(tmp_path, one
     (lambda tmp: dict(data=str((tmp / "empty").mkdir() or tmp / "empty")), ["no image files"]),
     (lambda tmp: dict(data=str(_unreadable_folder(tmp))), ["none of the 2 image files"]),
     (lambda tmp: dict(task="deblur"), ["unknown task"]),
+    (lambda tmp: dict(arch="unet"), ["unknown architecture 'unet'", "magn"]),
+    (lambda tmp: dict(arch="magn-huge"), ["unknown variant 'magn-huge'", "magn-tiny-local"]),
 ])
 def test_bad_training_input_is_one_line(tmp_path, gray_data, setup, words):
     args = dict(task="denoise", data=str(gray_data), sigma=25)
@@ -205,6 +207,7 @@ def test_bad_training_input_is_one_line(tmp_path, gray_data, setup, words):
     assert "\n" not in str(result.exception)
     for word in words:
         assert word in str(result.exception)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 def _unreadable_folder(tmp):

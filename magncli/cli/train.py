@@ -38,7 +38,7 @@ def train_command(
         [], "--config", help="Recipe TOML (repeatable: later files override earlier ones)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/RECIPE-TIME)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="magn | magn-light."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: magn, a variant (magn-light, magn-tiny-local), dagl or panet."),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 (gray) or 3 (color)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Global batch size (split over DDP ranks)."),
     patch: Optional[int] = typer.Option(None, "--patch", help="Training patch size (multiple of 4)."),

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from magncli.degrade import BAYER_PATTERNS, TASKS
 from magncli.errors import MagnError
+from magncli.models.registry import resolve_config
 
 SCHEDULES = ("cosine", "multistep", "constant")
 # Keys that each replace another: giving one (in a later recipe or a flag) drops the other.
@@ -35,7 +36,7 @@ class TrainConfig:
     task: str = "denoise"                 # denoise | dejpeg | demosaic
     data: str = ""                        # folder of clean images, or a folder name under the data root
     val: str = ""                         # validation folder or test-set name ("" = no validation)
-    arch: str = "magn"                    # magn | magn-light (a registry name or variant)
+    arch: str = "magn"                    # a registry name or variant: magn, magn-tiny-local, dagl, ...
     channels: int = 1                     # 1 gray, 3 color (demosaic: 3)
     model: Dict[str, Any] = field(default_factory=dict)  # architecture config overrides
 
@@ -111,6 +112,10 @@ class TrainConfig:
 
         need(self.task in TASKS, f"unknown task {self.task!r}; tasks: {', '.join(TASKS)}")
         need(self.channels in (1, 3), f"channels must be 1 or 3, not {self.channels}")
+        try:  # the model is built only after the run folder exists: fail before that
+            resolve_config(self.arch, in_channels=self.channels, **self.model)
+        except KeyError as e:
+            raise MagnError(e.args[0]) from None
         if self.saturation_range is not None:
             lo_hi = self.saturation_range
             need(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],
