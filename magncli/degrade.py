@@ -47,7 +47,7 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- Gaussian noise
 
-def _check_sigma(sigma: float) -> None:
+def check_sigma(sigma: float) -> None:
     if not np.isfinite(sigma) or sigma < 0:
         raise MagnError(f"noise sigma must be a number >= 0 (on the 0-255 scale), got {sigma}")
 
@@ -56,7 +56,7 @@ def add_gaussian_noise(img: np.ndarray, sigma: float, seed: int = DEFAULT_SEED) 
     """img (float [0, 1], any shape) + N(0, sigma/255), as float32 with no clipping and no
     rounding. The noise comes from a fresh `np.random.RandomState(seed)`, whose stream numpy
     keeps frozen, so a seed gives the same noisy image on every numpy version."""
-    _check_sigma(sigma)
+    check_sigma(sigma)
     noise = np.random.RandomState(seed).standard_normal(img.shape) * (sigma / 255.0)  # float64
     return (img.astype(np.float64) + noise).astype(np.float32)
 
@@ -79,7 +79,7 @@ def gaussian_noise_torch(x, sigma_per_image, generator=None):
 
 # --------------------------------------------------------------------------- JPEG
 
-def _check_quality(quality: int) -> None:
+def check_quality(quality: int) -> None:
     if int(quality) != quality or not 1 <= quality <= 100:
         raise MagnError(f"JPEG quality must be an integer from 1 to 100, got {quality}")
 
@@ -98,7 +98,7 @@ def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
 
 def jpeg_encode(img: np.ndarray, quality: int) -> bytes:
     """The JPEG file jpeg_compress decodes: libjpeg at `quality`, 4:2:0 for color."""
-    _check_quality(quality)
+    check_quality(quality)
     pixels = to_uint8(img)
     if pixels.ndim == 3 and pixels.shape[2] == 3:
         pixels = pixels[..., ::-1]  # OpenCV encodes BGR
@@ -174,7 +174,7 @@ def rgb_to_y_studio_uint8(rgb: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- Bayer mosaic
 
-def _check_pattern(pattern: str) -> str:
+def check_pattern(pattern: str) -> str:
     name = str(pattern).lower()
     if name not in BAYER_PATTERNS:
         raise MagnError(f"unknown Bayer pattern {pattern!r}; known: {', '.join(BAYER_PATTERNS)}")
@@ -184,7 +184,7 @@ def _check_pattern(pattern: str) -> str:
 def bayer_masks(h: int, w: int, pattern: str = DEFAULT_PATTERN) -> np.ndarray:
     """Boolean HxWx3 array: True where the sensor samples that channel. The 2x2 tile is
     anchored at (0, 0); odd sizes simply cut the last tile."""
-    pattern = _check_pattern(pattern)
+    pattern = check_pattern(pattern)
     masks = np.zeros((h, w, 3), dtype=bool)
     for (row, col), colour in zip(((0, 0), (0, 1), (1, 0), (1, 1)), pattern):
         masks[row::2, col::2, _CHANNEL_INDEX[colour]] = True
@@ -212,7 +212,7 @@ def pattern_shift(pattern: str, target: str = DEFAULT_PATTERN) -> tuple:
     """(dy, dx) such that padding a `pattern` mosaic by dy rows on top and dx columns on
     the left gives a `target` mosaic: every Bayer pattern is a one-pixel shift of any
     other, so one model trained on GRBG serves all four."""
-    pattern, target = _check_pattern(pattern), _check_pattern(target)
+    pattern, target = check_pattern(pattern), check_pattern(target)
     grid = lambda p: [[p[0], p[1]], [p[2], p[3]]]  # noqa: E731
     src, dst = grid(pattern), grid(target)
     for dy in (0, 1):
@@ -277,15 +277,15 @@ def make_degradation(task: str, level=None, seed: int = DEFAULT_SEED,
     if task not in TASKS:
         raise MagnError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     if task == "demosaic":
-        return Degradation(task, pattern=_check_pattern(pattern))
+        return Degradation(task, pattern=check_pattern(pattern))
     if level is None:
         what = "--sigma" if task == "denoise" else "--quality"
         raise MagnError(f"task {task} needs a level ({what})")
     if task == "denoise":
-        _check_sigma(float(level))
+        check_sigma(float(level))
         sigma = float(level)
         return Degradation(task, sigma=int(sigma) if sigma.is_integer() else sigma, seed=int(seed))
-    _check_quality(float(level))
+    check_quality(float(level))
     return Degradation(task, quality=int(level))
 
 

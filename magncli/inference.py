@@ -51,6 +51,19 @@ class InferenceOptions:
     compile: Optional[bool] = None  # torch.compile the attention chunks; None: on CPU for >= 8 tile passes
     backend: Optional[str] = None  # graph-attention backend; None = per device
 
+    def check(self) -> Tuple[torch.device, torch.dtype]:
+        """(device, dtype) these options run on; MagnError for any setting that cannot
+        work, so that callers can refuse bad options before touching any file."""
+        device = resolve_device(self.device)
+        dtype = resolve_precision(self.precision, device)
+        if self.overlap < 0:
+            raise MagnError(f"--overlap must be >= 0 (got {self.overlap})")
+        if self.tile is not None and (self.tile < 4 or self.tile % 4):
+            raise MagnError(f"--tile must be a positive multiple of 4 (got {self.tile})")
+        if self.tiling not in ("blend", "chop"):
+            raise MagnError(f"unknown tiling {self.tiling!r} (use blend or chop)")
+        return device, dtype
+
     def describe(self) -> dict:
         """The settings as results should record them: the tile actually used on the
         CPU rather than None; "auto" where CUDA picks it from free memory."""
@@ -242,19 +255,12 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
     opts = options or InferenceOptions()
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError("restore_tensor expects one image of shape (1, C, H, W)")
-    device = resolve_device(opts.device)
-    dtype = resolve_precision(opts.precision, device)
-    if opts.overlap < 0:
-        raise MagnError("--overlap must be >= 0")
-    if opts.tile is not None and (opts.tile < 4 or opts.tile % 4):
-        raise MagnError(f"--tile must be a positive multiple of 4 (got {opts.tile})")
+    device, dtype = opts.check()
     if hasattr(model, "set_attention_backend"):
         model.set_attention_backend(opts.backend)
     model.eval().to(device)
     if opts.tiling == "chop":
         return _restore_chopped(model, image, device, dtype, opts.ensemble)
-    if opts.tiling != "blend":
-        raise MagnError(f"unknown tiling {opts.tiling!r} (use blend or chop)")
     tile = opts.tile or auto_tile(model, device, image.shape[1])
     overlap = min(opts.overlap, tile // 2)
     h, w = image.shape[-2:]

@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 from torch import nn
 
+from magncli.degrade import check_pattern, check_quality, check_sigma
 from magncli.errors import MagnError
 from magncli.images import IMAGE_EXTENSIONS, Image, read_image, write_image
 from magncli.inference import InferenceOptions, restore_array
@@ -108,8 +109,16 @@ class Restorer:
     _models: Dict[Tuple, Tuple[nn.Module, str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        # Settings that cannot work are refused here, once, rather than once per image.
         if self.task not in TASKS:
             raise MagnError(f"unknown task {self.task!r} (choose from {', '.join(TASKS)})")
+        if self.level is not None and self.task == "denoise":
+            check_sigma(self.level)
+        if self.level is not None and self.task == "dejpeg":
+            check_quality(self.level)
+        if self.task == "demosaic":
+            self.pattern = check_pattern(self.pattern)
+        self.options.check()
 
     def model_for(self, channels: int, level: Optional[float] = None) -> Tuple[nn.Module, str]:
         """(model, description) serving `channels`-channel inputs of this task."""

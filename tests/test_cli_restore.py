@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from magncli.checkpoints import save_checkpoint
 from magncli.cli.app import _register, app
+from magncli.errors import MagnError
 from magncli.images import Image, read_image, write_image
 from magn_testkit import TINY, random_magn
 
@@ -122,7 +123,34 @@ def test_bad_options_are_one_line_errors(tmp_path, ckpt):
     for extra, message in ((["--tile", "30"], "multiple of 4"), (["--precision", "bf16"], "CUDA"),
                            (["--ext", "gif"], "cannot write")):
         res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[3], *extra)
-        assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
+        assert res.exit_code == 1 and message in _said(res) and "Traceback" not in res.output
+
+
+def _said(res) -> str:
+    """What the user sees: the output, and the one-line error that `magn` prints for a
+    MagnError raised by the command (the runner hands it back instead of printing it)."""
+    return res.output + (str(res.exception) if isinstance(res.exception, MagnError) else "")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["-t", "denoise", "--tile", "-8"], "--tile must be a positive multiple of 4"),
+    (["-t", "denoise", "--overlap", "-1"], "--overlap must be >= 0"),
+    (["-t", "denoise", "--device", "tpu"], "unknown device 'tpu'"),
+    (["-t", "denoise", "--precision", "fp8"], "unknown precision 'fp8'"),
+    (["-t", "denoise", "--sigma", "-5"], "sigma must be a number >= 0"),
+    (["-t", "dejpeg", "--quality", "0"], "quality must be an integer from 1 to 100"),
+    (["-t", "dejpeg", "--quality", "101"], "quality must be an integer from 1 to 100"),
+    (["-t", "demosaic", "--pattern", "rgbg"], "unknown Bayer pattern 'rgbg'"),
+])
+def test_a_bad_setting_is_refused_once_before_any_image(tmp_path, ckpt, extra, message):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        _img(folder / name, (16, 16, 3))
+    res = _run(folder, "-w", ckpt[3], *extra)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert _said(res).count(message) == 1, _said(res)   # once, not once per image
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png", "c.png"]
 
 
 def test_python_dash_m_and_a_bad_checkpoint(tmp_path, ckpt):
