@@ -391,6 +391,14 @@ def test_cli_trains_writes_the_run_folder_and_restore_accepts_the_export(gray_da
     again = runner.invoke(app, ["train", "--config", str(recipe), "--out", str(run), "--quiet"])
     assert isinstance(again.exception, MagnError) and "--resume" in str(again.exception)
 
+    # A resume that goes further is part of how the weights were made: both commands.
+    more = ["train", "--resume", "--out", str(run), "--steps", "8", "--quiet"]
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/magn", *more])
+    assert runner.invoke(app, more).exit_code == 0
+    _, meta = read_checkpoint(run / EXPORT_FILE)
+    assert meta["provenance"]["steps"] == 8
+    assert meta["provenance"]["command"] == shlex.join(["magn", *args]) + "; then " + shlex.join(["magn", *more])
+
 
 def test_scale_saturation_keeps_luma_and_scales_chroma():
     rng = np.random.default_rng(0)

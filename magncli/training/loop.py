@@ -285,7 +285,7 @@ class Trainer:
             for name in (LOG_FILE, CURVES_FILE, LATEST_FILE, BEST_FILE, EXPORT_FILE):
                 (self.run_dir / name).unlink(missing_ok=True)
         skipped = [str(p) for p, _ in self.images.skipped]
-        self._log({"event": "resume" if resume else "start", "step": self.step,
+        self._log({"event": "resume" if resume else "start", "step": self.step, "command": self.command,
                    "data": str(self.images.folder), "images": len(self.images.paths),
                    "skipped_images": len(skipped), "skipped": skipped,
                    "device": str(self.device), "world_size": self.dist.world,
@@ -337,6 +337,16 @@ class Trainer:
         save_checkpoint(self.run_dir / LATEST_FILE, self.ema.model, self._meta())
         write_curves(self.run_dir / CURVES_FILE, read_log(self.run_dir / LOG_FILE))
 
+    def _commands(self) -> Optional[str]:
+        """The command lines that made these weights: the start, then each resume (a
+        resume may change --steps, so the first command alone would not say how far)."""
+        records = [r for r in read_log(self.run_dir / LOG_FILE) if r.get("event") in ("start", "resume")]
+        commands = [r["command"] for r in records if r.get("command")]
+        if not records or records[-1].get("command") != self.command:
+            commands.append(self.command)  # not logged (another rank) or an older run folder
+        commands = [c for c in commands if c]
+        return "; then ".join(commands) if commands else None
+
     def export(self) -> Path:
         """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry."""
         config = self.config
@@ -345,7 +355,7 @@ class Trainer:
             "steps": self.step, "batch_size": config.batch, "patch_size": config.patch,
             "hardware": hardware_string(self.device, self.dist.world),
             "wall_time": f"{self.elapsed_s / 3600:.2f} h", "commit": git_commit(),
-            "command": self.command,
+            "command": self._commands(),
             "notes": f"seed {config.seed}, lr {config.lr} {config.schedule}, EMA {config.ema_decay}"}
         best = self.best_psnr if math.isfinite(self.best_psnr) else None
         return save_checkpoint(self.run_dir / EXPORT_FILE, self.ema.model,
