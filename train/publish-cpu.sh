@@ -16,6 +16,8 @@ RECIPE="$1"
 NAME="magn-tiny-local-${RECIPE%-blind}"
 RUN="runs/tiny-$RECIPE"
 RESULTS="weights/results/$NAME"
+OVERLAYS=(--config train/cpu-tiny.toml)
+EXTEND_TO=""
 
 case "$RECIPE" in
   denoise-gray-*)  TASK=denoise;  CH=gray;  BASELINES=(-m input -m opencv-nlm) ;;
@@ -23,7 +25,11 @@ case "$RECIPE" in
   dejpeg-gray)     TASK=dejpeg;   CH=gray;  BASELINES=(-m input) ;;
   dejpeg-color)    TASK=dejpeg;   CH=color; BASELINES=(-m input) ;;
   demosaic)        TASK=demosaic; CH=color
-                   BASELINES=(-m input -m opencv-bilinear -m opencv-ea -m opencv-vng) ;;
+                   BASELINES=(-m input -m opencv-bilinear -m opencv-ea -m opencv-vng)
+                   # a longer run with wider chroma scaling (see the overlay's comments),
+                   # then resumed to 21000 steps (a warm restart of the cosine; its card)
+                   OVERLAYS+=(--config train/cpu-tiny-demosaic.toml); RUN="runs/tiny-demosaic-long"
+                   EXTEND_TO=21000 ;;
   *) echo "publish-cpu: unknown recipe $RECIPE" >&2; exit 2 ;;
 esac
 
@@ -32,7 +38,10 @@ if [ -f "$RUN/export.safetensors" ]; then
 elif [ -f "$RUN/config.toml" ]; then
     magn train --resume --out "$RUN" -q
 else
-    magn train --config "train/$RECIPE.toml" --config train/cpu-tiny.toml --out "$RUN" -q
+    magn train --config "train/$RECIPE.toml" "${OVERLAYS[@]}" --out "$RUN" -q
+fi
+if [ -n "$EXTEND_TO" ] && ! tail -n 1 "$RUN/log.jsonl" | grep -q "\"event\": \"end\", \"step\": $EXTEND_TO,"; then
+    magn train --resume --out "$RUN" --steps "$EXTEND_TO" -q
 fi
 
 if ! magn weights path "$NAME" >/dev/null 2>&1; then
