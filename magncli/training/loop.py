@@ -341,11 +341,10 @@ class Trainer:
         """The command lines that made these weights: the start, then each resume (a
         resume may change --steps, so the first command alone would not say how far)."""
         records = [r for r in read_log(self.run_dir / LOG_FILE) if r.get("event") in ("start", "resume")]
-        commands = [r["command"] for r in records if r.get("command")]
+        commands = [r.get("command") for r in records]
         if not records or records[-1].get("command") != self.command:
-            commands.append(self.command)  # not logged (another rank) or an older run folder
-        commands = [c for c in commands if c]
-        return "; then ".join(commands) if commands else None
+            commands.append(self.command)  # a run folder whose events predate the "command" field
+        return "; then ".join(c for c in commands if c) or None
 
     def export(self) -> Path:
         """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry."""
