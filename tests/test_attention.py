@@ -6,7 +6,8 @@ import textwrap
 import pytest
 import torch
 
-from magncli.attention import chunked_attention, flex_attention_backend, graph_attention, reference_attention
+from magncli.attention import (chunked_attention, flex_attention_backend, graph_attention, reference_attention,
+                               sdpa_attention)
 
 SHAPES = [  # (B, heads, m queries, n keys, d, dv)
     (2, 4, 37, 37, 16, 16),
@@ -21,6 +22,8 @@ def _backends():
         "chunked-1row": lambda q, k, v: chunked_attention(q, k, v, chunk_bytes=1),
         "chunked-7rows": lambda q, k, v: chunked_attention(q, k, v, chunk_bytes=7 * 4 * 3 * k.shape[0] * k.shape[1] * k.shape[2]),
         "chunked-default": lambda q, k, v: chunked_attention(q, k, v),
+        "sdpa-1row": lambda q, k, v: sdpa_attention(q, k, v, chunk_bytes=1),
+        "sdpa-default": lambda q, k, v: sdpa_attention(q, k, v),
         "flex": lambda q, k, v: flex_attention_backend(q, k, v, compiled=False),
     }
 
@@ -63,12 +66,12 @@ def test_reference_masks_below_row_mean_and_renormalises():
     keep = torch.tensor([0, 1, 3])
     w = torch.softmax(s[keep], 0)
     expected = (w * torch.tensor([10.0, 20.0, 40.0])).sum()
-    for backend in ("reference", "chunked", "flex"):
+    for backend in ("reference", "chunked", "sdpa", "flex"):
         out = graph_attention(q, k, v, backend=backend)
         assert out.item() == pytest.approx(expected.item(), abs=1e-5), backend
 
 
-@pytest.mark.parametrize("backend", ["reference", "chunked", "flex"])
+@pytest.mark.parametrize("backend", ["reference", "chunked", "sdpa", "flex"])
 def test_exact_ties_are_kept(backend):
     # Integer features, d = 4 (scale 1/2) and n = 4 keys: every score and mean is exact,
     # so some scores equal their row mean exactly; >= keeps them in every backend.
@@ -81,7 +84,7 @@ def test_exact_ties_are_kept(backend):
     assert out[0, 0, 2, 0].item() == pytest.approx(1.5, abs=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["reference", "chunked", "flex"])
+@pytest.mark.parametrize("backend", ["reference", "chunked", "sdpa", "flex"])
 def test_flat_input_never_masks_whole_rows(backend):
     # All keys equal: S_ij == t_i up to rounding; without the tolerance rows turn NaN.
     g = torch.Generator().manual_seed(3)
@@ -124,7 +127,7 @@ def test_compiled_chunks_match_the_reference():
     torch.testing.assert_close(out, reference_attention(q, k, v), atol=1e-5, rtol=0)
 
 
-def test_engine_compiles_only_for_many_cpu_tiles(monkeypatch):
+def test_engine_compiles_only_for_many_cpu_tiles_with_the_chunked_backend(monkeypatch):
     import numpy as np
 
     import magncli.inference as inference
@@ -133,7 +136,21 @@ def test_engine_compiles_only_for_many_cpu_tiles(monkeypatch):
     real = inference.compiled_chunks
     monkeypatch.setattr(inference, "compiled_chunks", lambda enabled: seen.append(enabled) or real(False))
     model = build_model("magn", n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
-    inference.restore_array(model, np.zeros((40, 40, 3), np.float32), inference.InferenceOptions(device="cpu"))
+    chunked = dict(device="cpu", backend="chunked")
+    inference.restore_array(model, np.zeros((40, 40, 3), np.float32), inference.InferenceOptions(**chunked))
+    inference.restore_array(model, np.zeros((40, 200, 3), np.float32), inference.InferenceOptions(**chunked, tile=16, overlap=4))
+    inference.restore_array(model, np.zeros((40, 40, 3), np.float32), inference.InferenceOptions(**chunked, compile=True))
+    # The CPU default backend (sdpa) is fused already: never a cold compile, however many tiles.
     inference.restore_array(model, np.zeros((40, 200, 3), np.float32), inference.InferenceOptions(device="cpu", tile=16, overlap=4))
-    inference.restore_array(model, np.zeros((40, 40, 3), np.float32), inference.InferenceOptions(device="cpu", compile=True))
-    assert seen == [False, True, True]
+    assert seen == [False, True, True, False]
+
+
+def test_sdpa_in_bf16_keeps_the_fp32_mask_and_stays_close():
+    # bf16 q, k, v (autocast on a CPU with native bf16): the kept set is decided in fp32
+    # from the same bf16 values, and the output stays within bf16 rounding of the fp32
+    # reference computed from those values.
+    q, k, v = (t.bfloat16() for t in _inputs((2, 1, 200, 200, 48, 48), seed=7))
+    out = sdpa_attention(q, k, v).float()
+    ref = reference_attention(q.float(), k.float(), v.float())
+    assert (out - ref).abs().max().item() < 0.05
+    assert (out - ref).abs().mean().item() < 0.005

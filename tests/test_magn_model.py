@@ -17,6 +17,37 @@ def test_default_parameter_count_is_pinned():
     assert n_params(build_model("magn", in_channels=1)) == 5_074_886
 
 
+def test_variant_parameter_counts_are_pinned():
+    # The CPU variants (magn.VARIANTS); the study in train/README.md quotes these counts.
+    counts = {name: (n_params(build_model(name, in_channels=1)), n_params(build_model(name)))
+              for name in ("magn-tiny-local", "magn-s", "magn-s-local")}
+    assert counts == {"magn-tiny-local": (254_490, 255_644), "magn-s": (509_728, 516_648),
+                      "magn-s-local": (461_103, 468_023)}
+
+
+def test_half_resolution_variant_keeps_both_graphs_and_full_resolution_output():
+    m = build_model("magn-s", in_channels=3)
+    assert m.multiple == 8 and m.head.in_channels == 12 and m.tail.out_channels == 12
+    g = m.graphs[0]
+    assert isinstance(g.g1.pixel_graph, PixelGraph) and g.g1.pixel_graph.heads == 1
+    assert g.g2.pixel_graph is None                      # pixel_graph_layers = 1: g1 only
+    assert isinstance(g.g1.patch_graph, PatchGraph) and isinstance(g.g2.patch_graph, PatchGraph)
+    assert build_model("magn-s-local").graphs[0].g1.pixel_graph is None
+    # pixel_unshuffle then pixel_shuffle of the residual: with a random tail the output
+    # differs from the input at full resolution, for any size.
+    r = build_model("magn-s", in_channels=3)
+    torch.nn.init.normal_(r.tail.weight, std=0.1)
+    x = torch.rand(1, 3, 19, 13)
+    with torch.no_grad():
+        y = r.eval()(x)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    # The unshuffled trunk sees each 2x2 block as 4 channels: the oracle is
+    # F.pixel_unshuffle itself (a naive reshuffle by hand).
+    t = torch.arange(16.0).reshape(1, 1, 4, 4)
+    naive = torch.stack([t[0, 0, i::2, j::2] for i in range(2) for j in range(2)])[None]
+    assert torch.equal(torch.nn.functional.pixel_unshuffle(t, 2), naive)
+
+
 def test_default_structure():
     m = build_model("magn")
     assert len(m.body_pre) == 16 and len(m.body_post) == 16 and len(m.graphs) == 3
@@ -64,11 +95,11 @@ def test_backends_agree_on_the_whole_network():
     x = torch.rand(1, 3, 20, 24)
     outs = {}
     with torch.no_grad():
-        for backend in ("reference", "chunked", "flex"):
+        for backend in ("reference", "chunked", "sdpa", "flex"):
             m.set_attention_backend(backend)
             outs[backend] = m(x)
-    torch.testing.assert_close(outs["chunked"], outs["reference"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(outs["flex"], outs["reference"], atol=1e-5, rtol=0)
+    for backend in ("chunked", "sdpa", "flex"):
+        torch.testing.assert_close(outs[backend], outs["reference"], atol=1e-5, rtol=0)
 
 
 def test_flat_image_gives_finite_output():
@@ -87,7 +118,9 @@ def test_gradients_flow_through_chunked_attention():
 
 
 @pytest.mark.parametrize("name,overrides", [("magn", {}), ("magn", {"in_channels": 1}), ("magn-light", {}),
-                                            ("magn", dict(TINY, global_graph=False))])
+                                            ("magn", dict(TINY, global_graph=False)),
+                                            ("magn-s-local", {}), ("magn-s-local", {"in_channels": 1}),
+                                            ("magn-s", {"pixel_heads": None})])
 def test_detect_arch_recovers_config(name, overrides):
     m = build_model(name, **overrides)
     arch, config = detect_arch(m.state_dict())

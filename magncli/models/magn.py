@@ -33,18 +33,30 @@ DEFAULT_CONFIG = dict(
     patch_embed=196,       # FC1/FC2 output: 784 -> 196
     global_graph=True,     # ablation switch (paper Table V): the pixel graph
     local_graph=True,      # ablation switch: the patch graph
+    unshuffle=1,           # pixel-unshuffle factor of the front end (1 = the paper's full resolution)
+    pixel_heads=None,      # heads of the pixel graph (None = heads)
+    pixel_graph_layers=2,  # of each GraphBlock's g1, g2: 2 = both have the pixel graph, 1 = g1 only
 )
 
-# A CPU-friendly variant (named, documented, benchmarked beside the default).
+# Named variants. Their departures from the paper and the measurements behind them are
+# in docs/architecture.md ("Variants") and train/README.md (the equal-budget study).
+_SMALL = dict(n_feats=48, n_resblocks=3, n_graphblocks=1, heads=4, patch_channels=8,
+              patch_embed=96, unshuffle=2, pixel_heads=1, pixel_graph_layers=1)
 VARIANTS = {
     "magn-light": dict(n_feats=32, n_resblocks=4, n_graphblocks=2, heads=4,
                        patch_channels=8, patch_embed=96),
-    # The variant the published CPU-trained checkpoints use. The pixel graph is off (the
-    # paper's Table V ablation): on 2 CPU cores its masked attention over every pixel of
-    # a 64 px tile cost 70-290 s/MP at inference and trained ~40x slower than the rest of
-    # the network, while the patch graph keeps inference near 5 s/MP.
+    # Full resolution without the pixel graph (the paper's Table V ablation): the
+    # variant of the first CPU-trained checkpoints.
     "magn-tiny-local": dict(n_feats=32, n_resblocks=2, n_graphblocks=1, heads=4,
                             patch_channels=8, patch_embed=96, global_graph=False),
+    # Both graph levels on a half-resolution trunk (pixel-unshuffle x2 in, pixel-shuffle
+    # x2 out, as FFDNet): the convolutions cost 4x less per image pixel and the pixel
+    # graph 16x less; one pixel-graph head, in g1 only, keeps its elementwise work 8x
+    # below the paper's four heads in both layers.
+    "magn-s": dict(_SMALL),
+    # Its twin without the pixel graph, for the equal-budget study (the pixel-graph
+    # settings at their defaults, as a state_dict without a pixel graph reads back).
+    "magn-s-local": dict(_SMALL, global_graph=False, pixel_heads=None, pixel_graph_layers=2),
 }
 
 
@@ -125,11 +137,11 @@ class MultiLevelGraphConv(nn.Module):
     """Y = X + f(BN(PixelGraph(X) + PatchGraph(X)))  (eq. 4, 12)."""
 
     def __init__(self, n_feats, heads, patch_size, patch_stride, patch_channels, patch_embed,
-                 global_graph=True, local_graph=True):
+                 global_graph=True, local_graph=True, pixel_heads=None):
         super().__init__()
         if not (global_graph or local_graph):
             raise ValueError("at least one of global_graph and local_graph must be on")
-        self.pixel_graph = PixelGraph(n_feats, heads) if global_graph else None
+        self.pixel_graph = PixelGraph(n_feats, pixel_heads or heads) if global_graph else None
         self.patch_graph = (PatchGraph(n_feats, heads, patch_size, patch_stride, patch_channels, patch_embed)
                             if local_graph else None)
         self.norm = nn.BatchNorm2d(n_feats)
@@ -145,12 +157,17 @@ class MultiLevelGraphConv(nn.Module):
 
 
 class GraphBlock(nn.Module):
-    """x + g2(PReLU(g1(x)))  (eq. 3, Fig. 3b)."""
+    """x + g2(PReLU(g1(x)))  (eq. 3, Fig. 3b). pixel_graph_layers=1 keeps the pixel graph
+    in g1 only (a departure for cost; g2 is then the patch graph alone)."""
 
-    def __init__(self, **graph_kwargs):
+    def __init__(self, pixel_graph_layers: int = 2, **graph_kwargs):
         super().__init__()
+        if pixel_graph_layers not in (1, 2):
+            raise ValueError("pixel_graph_layers must be 1 or 2")
         self.g1 = MultiLevelGraphConv(**graph_kwargs)
         self.act = nn.PReLU()
+        if pixel_graph_layers == 1:
+            graph_kwargs = dict(graph_kwargs, global_graph=False)
         self.g2 = MultiLevelGraphConv(**graph_kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -158,16 +175,23 @@ class GraphBlock(nn.Module):
 
 
 def _detect_magn(state: Mapping[str, Tensor]) -> Optional[dict]:
-    """Config of a MAGN state_dict from its keys and shapes, or None if not MAGN."""
+    """Config of a MAGN state_dict from its keys and shapes, or None if not MAGN.
+    (pixel_heads changes no shape: files record it in their metadata.)"""
     if "head.weight" not in state or not any(".g1.norm." in k for k in state):
         return None
-    head = state["head.weight"]                                                # (F, c, 3, 3)
-    n_feats, in_channels = head.shape[0], head.shape[1]
+    head = state["head.weight"]                                                # (F, c*r*r, 3, 3)
+    n_feats, head_in = head.shape[0], head.shape[1]
+    unshuffle = next((r for r in (1, 2, 3, 4) if head_in % (r * r) == 0
+                      and head_in // (r * r) in (1, 3)), 1)
+    in_channels = head_in // (unshuffle * unshuffle)
     pre = {k.split(".")[1] for k in state if k.startswith("body_pre.")}
     graphs = {k.split(".")[1] for k in state if k.startswith("graphs.")}
     config = dict(DEFAULT_CONFIG, in_channels=int(in_channels), n_feats=int(n_feats),
+                  unshuffle=int(unshuffle),
                   n_resblocks=len(pre), n_graphblocks=len(graphs),
                   global_graph=any(".pixel_graph." in k for k in state),
+                  pixel_graph_layers=1 if (any(".g1.pixel_graph." in k for k in state)
+                                           and not any(".g2.pixel_graph." in k for k in state)) else 2,
                   local_graph=any(".patch_graph." in k for k in state))
     fc = next((v for k, v in state.items() if k.endswith("patch_graph.fc_q.weight")), None)
     if fc is not None:                                                         # (embed, c*7*7)
@@ -178,23 +202,33 @@ def _detect_magn(state: Mapping[str, Tensor]) -> Optional[dict]:
 
 @register_arch("magn", DEFAULT_CONFIG, detect=_detect_magn, variants=VARIANTS)
 class MAGN(nn.Module):
-    """MAGN: residual CNN with multi-level (pixel + patch) graph attention blocks."""
+    """MAGN: residual CNN with multi-level (pixel + patch) graph attention blocks.
+
+    With unshuffle r > 1 the trunk runs at 1/r resolution on pixel-unshuffled input
+    (c*r*r channels) and pixel-shuffles back before the global residual; r = 1 is the
+    paper's network, parameter for parameter."""
 
     def __init__(self, in_channels=3, n_feats=64, n_resblocks=16, n_graphblocks=3, heads=4,
                  patch_size=7, patch_stride=4, patch_channels=16, patch_embed=196,
-                 global_graph=True, local_graph=True):
+                 global_graph=True, local_graph=True, unshuffle=1, pixel_heads=None,
+                 pixel_graph_layers=2):
         super().__init__()
+        if unshuffle < 1:
+            raise ValueError("unshuffle must be >= 1")
         self.in_channels = in_channels
-        self.multiple = patch_stride    # the patch grid needs H, W divisible by the stride
+        self.unshuffle = unshuffle
+        # The trunk's patch grid needs its H, W divisible by the stride.
+        self.multiple = patch_stride * unshuffle
         graph_kwargs = dict(n_feats=n_feats, heads=heads, patch_size=patch_size,
                             patch_stride=patch_stride, patch_channels=patch_channels,
                             patch_embed=patch_embed, global_graph=global_graph,
-                            local_graph=local_graph)
-        self.head = conv3x3(in_channels, n_feats)
+                            local_graph=local_graph, pixel_heads=pixel_heads or heads)
+        self.head = conv3x3(in_channels * unshuffle * unshuffle, n_feats)
         self.body_pre = nn.Sequential(*[ResBlock(n_feats) for _ in range(n_resblocks)])
-        self.graphs = nn.Sequential(*[GraphBlock(**graph_kwargs) for _ in range(n_graphblocks)])
+        self.graphs = nn.Sequential(*[GraphBlock(pixel_graph_layers if global_graph else 2, **graph_kwargs)
+                                      for _ in range(n_graphblocks)])
         self.body_post = nn.Sequential(*[ResBlock(n_feats) for _ in range(n_resblocks)])
-        self.tail = conv3x3(n_feats, in_channels)
+        self.tail = conv3x3(n_feats, in_channels * unshuffle * unshuffle)
         # Decision (not in the paper): start as the identity. With default init the
         # residual branch adds a large random image, and short runs spend their first
         # hundreds of steps unlearning it (measured: loss 3x the noise power after 150
@@ -210,8 +244,11 @@ class MAGN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]                                                    # (B, c, H, W)
-        xp = pad_to_multiple(x, self.multiple)                                 # (B, c, H4, W4)
-        f = self.head(xp)                                                      # (B, F, H4, W4)
+        xp = pad_to_multiple(x, self.multiple)                                 # (B, c, Hm, Wm)
+        r = self.unshuffle
+        trunk_in = F.pixel_unshuffle(xp, r) if r > 1 else xp                   # (B, c*r*r, Hm/r, Wm/r)
+        f = self.head(trunk_in)                                                # (B, F, Hm/r, Wm/r)
         f = self.body_post(self.graphs(self.body_pre(f)))
-        y = xp + self.tail(f)
+        residual = self.tail(f)                                                # (B, c*r*r, Hm/r, Wm/r)
+        y = xp + (F.pixel_shuffle(residual, r) if r > 1 else residual)         # (B, c, Hm, Wm)
         return y[..., :h, :w]
