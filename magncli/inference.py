@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from magncli.attention import compiled_chunks
+from magncli.attention import compiled_chunks, default_backend
 from magncli.errors import MagnError
 
 log = logging.getLogger("magn")
@@ -102,11 +102,24 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): oneDNN says so."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of `precision` on `device`: bf16 on CUDA and on CPUs with native
+    bf16 (elsewhere it is emulated and slower than fp32); fp16 on CUDA only."""
     if precision not in PRECISIONS:
         raise MagnError(f"unknown precision {precision!r} (use fp32, bf16 or fp16)")
-    if precision != "fp32" and device.type != "cuda":
-        raise MagnError(f"--precision {precision} needs a CUDA device (got {device.type})")
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
+        raise MagnError("precision bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX) "
+                        "or a CUDA device; this CPU would emulate it, slower than fp32")
+    if precision == "fp16" and device.type != "cuda":
+        raise MagnError(f"precision fp16 needs a CUDA device (got {device.type})")
     return PRECISIONS[precision]
 
 
@@ -126,19 +139,25 @@ def auto_tile(model: nn.Module, device: torch.device, channels: int) -> int:
 
 
 # --------------------------------------------------------------------------- tiling
-# Tile origins sit on multiples of 4, so every tile sees the same Bayer phase (period 2)
-# and the same stride-4 patch grid as the whole image does.
+# Tile origins sit on multiples of 4 (and of the model's own size multiple), so every
+# tile sees the same Bayer phase (period 2) and the same patch grid as the whole image.
 TILE_ALIGN = 4
 
 
-def tile_spans(length: int, tile: int, overlap: int) -> List[Tuple[int, int]]:
+def tile_alignment(model) -> int:
+    """The step tile origins snap to: TILE_ALIGN and the model's `multiple` (the size its
+    forward pads to, e.g. 8 for a half-resolution trunk with a stride-4 patch grid)."""
+    return math.lcm(TILE_ALIGN, int(getattr(model, "multiple", 1)))
+
+
+def tile_spans(length: int, tile: int, overlap: int, align: int = TILE_ALIGN) -> List[Tuple[int, int]]:
     """(start, stop) of tiles covering [0, length): aligned starts, stride about
-    tile - overlap, the last tile ending at the edge and 0-3 px shorter than the others
-    (its start is rounded up to the alignment), so no pixel outside the image is used."""
+    tile - overlap, the last tile ending at the edge and 0 to align-1 px shorter than the
+    others (its start is rounded up to the alignment), so no pixel outside the image is used."""
     if tile >= length:
         return [(0, length)]
-    stride = max(TILE_ALIGN, (tile - overlap) // TILE_ALIGN * TILE_ALIGN)
-    last = -(-(length - tile) // TILE_ALIGN) * TILE_ALIGN
+    stride = max(align, (tile - overlap) // align * align)
+    last = -(-(length - tile) // align) * align
     starts = list(range(0, last, stride)) + [last]
     return [(s, min(s + tile, length)) for s in starts]
 
@@ -195,7 +214,9 @@ class _DeviceOOM(Exception):
 def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, ensemble: bool,
              device: torch.device) -> Tensor:
     """One batch of tiles, run on `device`, returned as fp32 on the CPU."""
-    x = x.to(device)
+    # channels_last on the CPU: oneDNN's convolutions run 1.2-1.4x faster in it in fp32
+    # and more in bf16 (benchmarks/bench_inference.py); the model is converted to match.
+    x = x.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
 
     def run(t: Tensor) -> Tensor:
         if dtype == torch.float32:
@@ -216,10 +237,11 @@ def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: 
                    dtype: torch.dtype, ensemble: bool, tile_batch: int) -> Tensor:
     """image (1, C, H, W) fp32 on the CPU -> restored (1, C, H, W) fp32 on the CPU."""
     _, c, h, w = image.shape
+    align = tile_alignment(model)
     # A batch holds tiles of one shape: edge tiles may be a few pixels shorter.
     by_shape: Dict[Tuple[int, int], list] = {}
-    for ys in tile_spans(h, tile, overlap):
-        for xs in tile_spans(w, tile, overlap):
+    for ys in tile_spans(h, tile, overlap, align):
+        for xs in tile_spans(w, tile, overlap, align):
             by_shape.setdefault((ys[1] - ys[0], xs[1] - xs[0]), []).append((ys, xs))
     batches = [group[i:i + tile_batch] for group in by_shape.values() for i in range(0, len(group), tile_batch)]
     acc = torch.zeros(1, c, h, w)
@@ -258,15 +280,19 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
     device, dtype = opts.check()
     if hasattr(model, "set_attention_backend"):
         model.set_attention_backend(opts.backend)
-    model.eval().to(device)
+    model.eval().to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
     if opts.tiling == "chop":
         return _restore_chopped(model, image, device, dtype, opts.ensemble)
     tile = opts.tile or auto_tile(model, device, image.shape[1])
     overlap = min(opts.overlap, tile // 2)
     h, w = image.shape[-2:]
-    passes = len(tile_spans(h, tile, overlap)) * len(tile_spans(w, tile, overlap)) * (8 if opts.ensemble else 1)
+    align = tile_alignment(model)
+    passes = (len(tile_spans(h, tile, overlap, align)) * len(tile_spans(w, tile, overlap, align))
+              * (8 if opts.ensemble else 1))
+    # Only the "chunked" backend compiles; the CPU default ("sdpa") is fused already.
+    uses_chunks = (opts.backend or default_backend(device)) == "chunked"
     use_compile = opts.compile if opts.compile is not None else (
-        device.type == "cpu" and passes >= COMPILE_MIN_PASSES)
+        device.type == "cpu" and uses_chunks and passes >= COMPILE_MIN_PASSES)
     with compiled_chunks(use_compile):
         return _restore_with_retries(model, image, device, dtype, tile, overlap, opts)
 
@@ -284,7 +310,7 @@ def _restore_with_retries(model, image, device, dtype, tile, overlap, opts) -> T
                 log.warning("CUDA out of memory; retrying with tile %d", tile)
                 continue
             log.warning("CUDA out of memory even at tile %d; falling back to the CPU", tile)
-            model.to("cpu")
+            model.to("cpu", memory_format=torch.channels_last)
             if hasattr(model, "set_attention_backend"):
                 model.set_attention_backend(opts.backend if opts.backend != "flex" else None)
             return _restore_tiled(model, image, torch.device("cpu"), tile, overlap, torch.float32,

@@ -120,7 +120,7 @@ def test_gray_image_with_color_model_and_color_image_with_gray_model(tmp_path, c
 
 def test_bad_options_are_one_line_errors(tmp_path, ckpt):
     _img(tmp_path / "a.png", (16, 16, 3))
-    for extra, message in ((["--tile", "30"], "multiple of 4"), (["--precision", "bf16"], "CUDA"),
+    for extra, message in ((["--tile", "30"], "multiple of 4"), (["--precision", "fp16"], "CUDA"),
                            (["--ext", "gif"], "cannot write")):
         res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[3], *extra)
         assert res.exit_code == 1 and message in _said(res) and "Traceback" not in res.output

@@ -129,9 +129,18 @@ def test_out_of_memory_halves_the_tile():
     assert max(s[-1] for s in model.seen) == 16
 
 
-def test_half_precision_needs_cuda_and_bad_options_are_errors():
+def test_half_precision_needs_cuda_or_native_cpu_bf16_and_bad_options_are_errors(monkeypatch):
+    import magncli.inference as inference
     with pytest.raises(MagnError, match="CUDA"):
+        restore_tensor(SmallRF(), torch.rand(1, 3, 8, 8), InferenceOptions(device="cpu", precision="fp16"))
+    # bf16 on the CPU: accepted where the CPU has it natively, refused (one line, why) elsewhere.
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(MagnError, match="native bf16"):
         restore_tensor(SmallRF(), torch.rand(1, 3, 8, 8), InferenceOptions(device="cpu", precision="bf16"))
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    x = torch.rand(1, 3, 8, 8)
+    y = restore_tensor(SmallRF(), x, InferenceOptions(device="cpu", precision="bf16"))
+    torch.testing.assert_close(y, restore_tensor(SmallRF(), x, InferenceOptions(device="cpu")), atol=0.02, rtol=0)
     with pytest.raises(MagnError, match="multiple of 4"):
         restore_tensor(SmallRF(), torch.rand(1, 3, 8, 8), InferenceOptions(device="cpu", tile=30))
     with pytest.raises(MagnError):

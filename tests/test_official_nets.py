@@ -332,5 +332,6 @@ def test_engine_chop_tiling_is_the_official_protocol():
     with torch.no_grad():
         expected = forward_chop(model, x, **PROTOCOLS["dagl-gray"])
     got = restore_tensor(model, x, InferenceOptions(device="cpu", tiling="chop"))
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    # The engine runs the CPU in channels_last: the same sums in another order (~2e-6).
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert InferenceOptions(tiling="chop").describe()["tile"] == "chop"
