@@ -38,7 +38,7 @@ def train_command(
         [], "--config", help="Recipe TOML (repeatable: later files override earlier ones)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/RECIPE-TIME)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: magn, a variant (magn-light, magn-tiny-local), dagl or panet."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: magn, a variant (magn-s, magn-s-local, magn-light, magn-tiny-local), dagl or panet."),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 (gray) or 3 (color)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Global batch size (split over DDP ranks)."),
     patch: Optional[int] = typer.Option(None, "--patch", help="Training patch size (multiple of 4)."),
@@ -53,8 +53,16 @@ def train_command(
     ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes per rank."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 (CUDA)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the weights and the data."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: one per core). "
+                                          "1 for a long run beside other work."),
+    init_from: Optional[str] = typer.Option(
+        None, "--init-from", help="Warm start: begin from these weights (a file or a published name) "
+                                  "with a fresh optimizer; recorded in the provenance."),
+    for_cpu_hours: Optional[float] = typer.Option(
+        None, "--for-cpu-hours", help="Stop (with a checkpoint) after this many CPU-hours of training; "
+                                      "--resume continues."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a restoration model; writes checkpoints, log.jsonl, curves.png and export.safetensors."""
@@ -67,7 +75,8 @@ def train_command(
                      qualities=_numbers(qualities, "--qualities", int),
                      quality_range=_numbers(quality_range, "--quality-range", int),
                      pattern=pattern, val_every=val_every, ckpt_every=ckpt_every, workers=workers,
-                     device=device, precision=precision, seed=seed)
+                     device=device, precision=precision, seed=seed, threads=threads,
+                     init_from=init_from)
     if resume:
         if out is None:
             raise MagnError("--resume needs --out RUNDIR (the run folder to continue)")
@@ -95,7 +104,7 @@ def train_command(
         trainer = Trainer(config, out, resume=resume, reporter=report,
                           command=command_line())
         progress.update(bar, completed=trainer.step)
-        summary = trainer.run()
+        summary = trainer.run(cpu_hours=for_cpu_hours)
         trainer.close()
     if is_main and not quiet:
         best = summary["best_val_psnr"]

@@ -23,10 +23,13 @@ from magncli.models.registry import resolve_config
 
 SCHEDULES = ("cosine", "multistep", "constant")
 # Keys that each replace another: giving one (in a later recipe or a flag) drops the other.
-EXCLUSIVE = {"sigma": "sigma_range", "sigma_range": "sigma",
+EXCLUSIVE = {"sigma": "sigma_range", "sigma_range": "sigma", "val": "val_holdout", "val_holdout": "val",
              "qualities": "quality_range", "quality_range": "qualities"}
 # What --resume may change: nothing that alters the data or the optimisation.
-RESUMABLE = {"steps", "val_every", "ckpt_every", "log_every", "workers", "device", "data", "val"}
+# threads and precision change the speed, not the data or the optimisation (bf16 changes
+# rounding; each resume's precision is recorded in the log and the export's provenance).
+RESUMABLE = {"steps", "val_every", "ckpt_every", "log_every", "workers", "device", "data", "val",
+             "threads", "precision"}
 
 
 @dataclass
@@ -36,6 +39,8 @@ class TrainConfig:
     task: str = "denoise"                 # denoise | dejpeg | demosaic
     data: str = ""                        # folder of clean images, or a folder name under the data root
     val: str = ""                         # validation folder or test-set name ("" = no validation)
+    val_holdout: int = 0                  # validate on N images held out of `data` instead (never trained on)
+    init_from: str = ""                   # warm start: weights (file or published name) to start from
     arch: str = "magn"                    # a registry name or variant: magn, magn-tiny-local, dagl, ...
     channels: int = 1                     # 1 gray, 3 color (demosaic: 3)
     model: Dict[str, Any] = field(default_factory=dict)  # architecture config overrides
@@ -75,7 +80,8 @@ class TrainConfig:
     log_every: int = 100
     workers: int = 4                      # DataLoader worker processes per rank
     device: str = "auto"
-    precision: str = "fp32"               # fp32 | bf16 | fp16 (half precisions on CUDA)
+    precision: str = "fp32"               # fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA)
+    threads: int = 0                      # torch threads; 0 = torch's default (one per core)
     backend: Optional[str] = None         # graph-attention backend; None = per device
     seed: int = 0
 
@@ -130,6 +136,10 @@ class TrainConfig:
         need(min(self.val_every, self.ckpt_every, self.log_every) >= 1,
              "val_every, ckpt_every and log_every must be >= 1")
         need(self.workers >= 0, "workers must be >= 0")
+        need(self.threads >= 0, "threads must be >= 0")
+        need(self.val_holdout >= 0, "val_holdout must be >= 0")
+        need(not (self.val and self.val_holdout),
+             "give either val (a folder or set) or val_holdout (images held out of data), not both")
         need(self.val_crop == 0 or self.val_crop >= 16, "val_crop must be 0 (whole images) or >= 16")
         if self.task == "denoise":
             need((self.sigma is None) != (self.sigma_range is None),
@@ -182,7 +192,9 @@ def merge(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
     """base updated by overrides; a key replaces its EXCLUSIVE partner; [model] merges."""
     out = dict(base)
     for key, value in overrides.items():
-        if key in EXCLUSIVE and value is not None:
+        # "No validation" ("" or 0, as config.toml writes them) replaces nothing.
+        unset = value is None or (key in ("val", "val_holdout") and not value)
+        if key in EXCLUSIVE and not unset:
             out.pop(EXCLUSIVE[key], None)
         if key == "model":
             value = {**out.get("model", {}), **value}

@@ -229,17 +229,27 @@ class Trainer:
         self.command = command  # the command line that ran this, for the export's provenance
         self.dist = Distributed(config.device)
         self.device = self.dist.device
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.amp_dtype = resolve_precision(config.precision, self.device)
+        # channels_last: 3x3 convolutions on the CPU run faster in it (oneDNN's layout),
+        # in fp32 and more so in bf16 (benchmarks/bench_train.py).
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.preserve_format
         self._check_run_dir(resume)
 
-        self.images = scan_images(resolve_data_folder(config.data))
+        scanned = scan_images(resolve_data_folder(config.data))
         if self.dist.is_main:
-            for _, reason in self.images.skipped:
+            for _, reason in scanned.skipped:
                 log.warning("skipped unreadable training image: %s", reason)
+        self.images, held_out = scanned.split_holdout(config.val_holdout)
         self.dataset = PatchDataset(self.images.paths, config)
 
         torch.manual_seed(config.seed)  # the initial weights
-        self.model = build_model(config.arch, in_channels=config.channels, **config.model).to(self.device)
+        self.model = build_model(config.arch, in_channels=config.channels, **config.model)
+        self.warm_start = None
+        if config.init_from and not resume:
+            self.warm_start = self._load_init_weights(config.init_from)
+        self.model = self.model.to(self.device, memory_format=self.memory_format)
         self.model.set_attention_backend(config.backend)
         self.model.train()
         self.ema = EMA(self.model, config.ema_decay)
@@ -247,6 +257,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step, self.best_psnr, self.elapsed_s = 0, -math.inf, 0.0
+        # CPU seconds of this process (all its threads) spent training, over every resume;
+        # a warm start carries those of the weights it started from.
+        self.cpu_s = float(self.warm_start["cpu_s"]) if self.warm_start else 0.0
         if resume:
             self._load_state()
         self.net = self.model  # what the forward pass calls: the DDP wrapper when distributed
@@ -255,11 +268,12 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
         self.validator = None
-        if config.val and self.dist.is_main:
+        if (config.val or held_out) and self.dist.is_main:
             from magncli.training.validation import Validator
             options = InferenceOptions(device=str(self.device), precision=config.precision,
                                        backend=config.backend)
-            self.validator = Validator(config, options)
+            self.validator = Validator(config, options, files=held_out or None,
+                                       name=f"{self.images.folder.name} held-out ({len(held_out)})")
         if self.dist.is_main:
             self._start_run_dir(resume)
 
@@ -284,13 +298,34 @@ class Trainer:
         else:  # a run that died before its first checkpoint leaves nothing to resume: start clean
             for name in (LOG_FILE, CURVES_FILE, LATEST_FILE, BEST_FILE, EXPORT_FILE):
                 (self.run_dir / name).unlink(missing_ok=True)
-        skipped = [str(p) for p, _ in self.images.skipped]
+        skipped = [p.name for p, _ in self.images.skipped]
         self._log({"event": "resume" if resume else "start", "step": self.step, "command": self.command,
-                   "data": str(self.images.folder), "images": len(self.images.paths),
+                   "data": self.images.folder.name, "images": len(self.images.paths),
                    "skipped_images": len(skipped), "skipped": skipped,
                    "device": str(self.device), "world_size": self.dist.world,
+                   "threads": torch.get_num_threads(), "precision": self.config.precision,
+                   "cpu_s": round(self.cpu_s, 1), "warm_start": self.warm_start,
                    "params": sum(p.numel() for p in self.model.parameters()),
+                   "val_set": self.validator.name if self.validator else None,
                    "val_input_psnr": self.validator.input_psnr if self.validator else None})
+
+    def _load_init_weights(self, source: str) -> dict:
+        """Warm start: the weights (and so the EMA) of a checkpoint file or published name;
+        the optimizer starts fresh. Returns what the provenance records of it."""
+        from magncli.checkpoints import read_checkpoint
+        from magncli.weights import file_sha256, resolve_weights
+        path = resolve_weights(source)
+        state, meta = read_checkpoint(path)
+        if meta.get("arch") not in (None, self.model.arch) or (
+                meta.get("config") and meta["config"] != self.model.config):
+            raise MagnError(f"{source}: its architecture ({meta.get('arch')} {meta.get('config')}) "
+                            f"is not this run's ({self.model.arch} {self.model.config})")
+        load_state_dict_strict(self.model, state, source=str(path))
+        provenance = meta.get("provenance") or {}
+        return {"weights": source if not Path(source).exists() else Path(source).name,
+                "sha256": file_sha256(path), "step": meta.get("step"),
+                "cpu_s": float(provenance.get("cpu_hours", 0.0)) * 3600.0,
+                "commands": provenance.get("command")}
 
     def _log(self, record: dict) -> None:
         with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as f:
@@ -300,6 +335,7 @@ class Trainer:
     def _state(self) -> dict:
         """The resume point: tensors, numbers, strings and containers only (weights_only)."""
         return {"step": self.step, "best_psnr": self.best_psnr, "elapsed_s": self.elapsed_s,
+                "cpu_s": self.cpu_s,
                 "model": _cpu_state(self.model), "ema": _cpu_state(self.ema.model),
                 "ema_updates": self.ema.updates,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -325,6 +361,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_states(state["rng"])
         self.step, self.best_psnr, self.elapsed_s = state["step"], state["best_psnr"], state["elapsed_s"]
+        self.cpu_s = float(state.get("cpu_s", self.elapsed_s))  # states before cpu_s: wall time
 
     def _meta(self, **extra) -> dict:
         """Checkpoint metadata beside arch/config: what the model is for, and how far along."""
@@ -346,15 +383,24 @@ class Trainer:
             commands.append(self.command)  # a run folder whose events predate the "command" field
         return "; then ".join(c for c in commands if c) or None
 
+    def _sessions(self) -> List[dict]:
+        """Each start, resume and warm start of this run, as the log recorded them."""
+        keys = ("event", "step", "precision", "threads", "device", "warm_start")
+        return [{k: r.get(k) for k in keys if r.get(k) is not None}
+                for r in read_log(self.run_dir / LOG_FILE) if r.get("event") in ("start", "resume")]
+
     def export(self) -> Path:
         """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry."""
         config = self.config
         provenance = {
-            "training_data": f"{self.images.folder} ({len(self.images.paths)} images)",
+            "training_data": self.images.describe(),
             "steps": self.step, "batch_size": config.batch, "patch_size": config.patch,
             "hardware": hardware_string(self.device, self.dist.world),
-            "wall_time": f"{self.elapsed_s / 3600:.2f} h", "commit": git_commit(),
+            "wall_time": f"{self.elapsed_s / 3600:.2f} h",
+            "cpu_hours": round(self.cpu_s / 3600, 3),
+            "sessions": self._sessions(), "commit": git_commit(),
             "command": self._commands(),
+            "validation": self.validator.name if self.validator else None,
             "notes": f"seed {config.seed}, lr {config.lr} {config.schedule}, EMA {config.ema_decay}"}
         best = self.best_psnr if math.isfinite(self.best_psnr) else None
         return save_checkpoint(self.run_dir / EXPORT_FILE, self.ema.model,
@@ -362,7 +408,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _train_step(self, degraded: torch.Tensor, clean: torch.Tensor) -> float:
-        degraded = degraded.to(self.device, non_blocking=True)                 # (b, C, p, p)
+        degraded = degraded.to(self.device, non_blocking=True,
+                               memory_format=self.memory_format)               # (b, C, p, p)
         clean = clean.to(self.device, non_blocking=True)                       # (b, C, p, p)
         with torch.autocast(self.device.type, dtype=self.amp_dtype,
                             enabled=self.amp_dtype != torch.float32):
@@ -392,25 +439,29 @@ class Trainer:
             save_checkpoint(self.run_dir / BEST_FILE, self.ema.model,
                             self._meta(val_psnr=scores["mean"], val_set=self.validator.name))
         self._log({"step": self.step, "val_psnr": scores["mean"], "val": scores, "best": improved,
-                   "elapsed_s": round(self.elapsed_s, 2)})
+                   "elapsed_s": round(self.elapsed_s, 2), "cpu_s": round(self.cpu_s, 1)})
         return scores
 
-    def run(self, until: Optional[int] = None) -> dict:
-        """Train to config.steps (or stop after step `until`); returns a summary."""
+    def run(self, until: Optional[int] = None, cpu_hours: Optional[float] = None) -> dict:
+        """Train to config.steps (or stop after step `until`, or once this call has spent
+        `cpu_hours` of CPU time, with a checkpoint); returns a summary."""
         config, main = self.config, self.dist.is_main
         stop = min(config.steps, until or config.steps)
         loader = make_loader(self.dataset, config, self.step, stop, self.dist.rank, self.dist.world,
                              pin_memory=self.device.type == "cuda")
-        run_start, elapsed_before = time.perf_counter(), self.elapsed_s
+        run_start, elapsed_before, cpu_before = time.perf_counter(), self.elapsed_s, self.cpu_s
         losses: List[float] = []        # since the last log record
         step_seconds = 0.0              # data wait + training of those steps (no validation)
         val_psnr = None
-        fetch_start = time.perf_counter()
+        fetch_start, cpu_start = time.perf_counter(), time.process_time()
         for degraded, clean in loader:
             loss = self._train_step(degraded, clean)
             self.step += 1
             losses.append(loss)
             step_seconds += time.perf_counter() - fetch_start
+            # Training CPU time: data (in this process with workers=0) and the step, not
+            # validation or checkpoints, so curves against it compare runs fairly.
+            self.cpu_s += time.process_time() - cpu_start
             self.elapsed_s = elapsed_before + time.perf_counter() - run_start
             if main:
                 samples_per_s = len(losses) * config.batch / max(step_seconds, 1e-9)
@@ -418,15 +469,18 @@ class Trainer:
                     self._log({"step": self.step, "loss": float(np.mean(losses)),
                                "lr": self.scheduler.get_last_lr()[0],
                                "samples_per_s": round(samples_per_s, 3),
-                               "elapsed_s": round(self.elapsed_s, 2)})
+                               "elapsed_s": round(self.elapsed_s, 2), "cpu_s": round(self.cpu_s, 1)})
                     losses, step_seconds = [], 0.0
                 if self.validator and (self.step % config.val_every == 0 or self.step == config.steps):
                     val_psnr = self.validate()["mean"]
-                if self.step % config.ckpt_every == 0 or self.step == stop:
+                out_of_time = cpu_hours is not None and self.cpu_s - cpu_before >= cpu_hours * 3600
+                if self.step % config.ckpt_every == 0 or self.step == stop or out_of_time:
                     self.save_checkpoint()
                 self.reporter({"step": self.step, "steps": config.steps, "loss": loss,
                                "val_psnr": val_psnr, "samples_per_s": samples_per_s})
-            fetch_start = time.perf_counter()
+                if out_of_time:
+                    break
+            fetch_start, cpu_start = time.perf_counter(), time.process_time()
         if main and self.step == config.steps:
             self.export()
             self._log({"event": "end", "step": self.step, "elapsed_s": round(self.elapsed_s, 2),

@@ -8,7 +8,8 @@ on those (optionally cropped) images.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from torch import nn
@@ -34,9 +35,15 @@ class Validator:
     validator(model) -> {"σ15": 31.2, "σ25": 28.9, "mean": 30.05}; `input_psnr` holds the
     same for the degraded inputs (the eval "input" row), the bar to beat."""
 
-    def __init__(self, config: TrainConfig, options: InferenceOptions):
-        self.name, folder, _ = datasets.resolve_set(config.val)
-        files = datasets.list_images(folder)[:config.val_images or None]
+    def __init__(self, config: TrainConfig, options: InferenceOptions,
+                 files: Optional[Sequence[Path]] = None, name: Optional[str] = None):
+        """Validate on config.val, or on `files` (images held out of the training data)."""
+        if files is None:
+            self.name, folder, _ = datasets.resolve_set(config.val)
+            files = datasets.list_images(folder)
+        else:
+            self.name = name or "held-out images"
+        files = list(files)[:config.val_images or None]
         mode = "gray" if config.channels == 1 else "color"
         self.stems = [p.stem for p in files]
         self.truths = [_center_crop(datasets.load_ground_truth(p, mode), config.val_crop)
