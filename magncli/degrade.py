@@ -1,6 +1,6 @@
 """Degradations: how `magn degrade`, `magn eval` and training make their inputs.
 
-Everything here follows docs/benchmark-protocols.md (shared/docs), so that eval tables can
+Everything here follows docs/protocols.md, so that eval tables can
 stand beside published ones:
 
 - Gaussian noise: float, unclipped, unrounded, from numpy's frozen legacy stream

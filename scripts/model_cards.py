@@ -88,13 +88,20 @@ NOTES = {  # what a card must say beyond its table
         "1-channel CFA files; `tests/test_published_weights.py` restores each pattern."),
 }
 
-PAPER = {  # the paper's MAGN numbers (../shared/docs/magn-architecture.md), for reference
+PAPER = {  # the paper's MAGN numbers (docs/architecture.md), for reference
     ("denoise", 1): "Set12 33.28 / 30.95 / 27.82, BSD68 31.94 / 29.52 / 26.58, "
                     "Urban100 33.81 / 31.40 / 27.99 (sigma 15 / 25 / 50, one model per sigma)",
     ("dejpeg", 1): "Classic5 30.10 / 32.37 / 33.62 / 34.48, LIVE1 29.86 / 32.27 / 33.68 / 34.67 "
                    "(q 10 / 20 / 30 / 40)",
     ("demosaic", 3): "McMaster 40.03, Kodak24 43.29, Urban100 40.30",
 }
+
+
+def _data(data) -> str:
+    """The training data as the provenance records it: set, image count, content hash."""
+    if isinstance(data, dict):
+        return f"{data['set']} ({data['images']} images, content sha256 `{data['sha256'][:12]}...`)"
+    return str(data)
 
 
 def card(entry) -> str:
@@ -113,7 +120,7 @@ def card(entry) -> str:
         "",
         f"- File: `{entry.file}`, {entry.size:,} bytes, sha256 `{entry.sha256}`.",
         f"- Trained by: `{prov.get('command')}`",
-        f"- Data: {prov.get('training_data')}; {prov.get('steps')} steps of batch "
+        f"- Data: {_data(prov.get('training_data'))}; {prov.get('steps')} steps of batch "
         f"{prov.get('batch_size')} at patch {prov.get('patch_size')}; {prov.get('notes')}.",
         f"- Hardware: {prov.get('hardware')}; wall time {prov.get('wall_time')}; "
         f"commit {prov.get('commit')}.",

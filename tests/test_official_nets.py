@@ -1,6 +1,7 @@
 """DAGL and PANet ports against the official layouts and forward fixtures in
-/work/shared/reference (see its README), plus the chunked attention and the official
-test protocols (forward_chop, x8 self-ensemble)."""
+../shared/reference beside the checkout, or $MAGN_REFERENCE (skipped when absent), plus
+the chunked attention and the official test protocols (forward_chop, x8 self-ensemble)."""
+import os
 import json
 from pathlib import Path
 
@@ -18,9 +19,7 @@ from magncli.models.panet import pyramid_attention_core, pyramid_attention_refer
 from magncli.inference import self_ensemble as self_ensemble_x8
 from magncli.official_protocols import PROTOCOLS, forward_chop
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
-if not (REF / "README.md").is_file():
-    REF = Path("/work/shared/reference")
+REF = Path(os.environ.get("MAGN_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 needs_ref = pytest.mark.skipif(not (REF / "README.md").is_file(), reason="reference fixtures absent")
 
 LAYOUTS = [  # (arch or variant, overrides, key file, config detect_arch must return)

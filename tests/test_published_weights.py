@@ -74,6 +74,17 @@ def test_shipped_checkpoint_is_intact_half_precision_and_documented(name):
 
 
 @pytest.mark.parametrize("name", [e.name for e in load_manifest(WEIGHTS / "manifest.json").entries])
+def test_training_data_is_recorded_by_name_count_and_content_hash(name, data_root):
+    """Never a path of the machine that trained it; the hash is recomputed from the set."""
+    from magncli.datasets import list_images
+    from magncli.training.data import ImageFiles
+    data = _manifest().get(name).provenance["training_data"]
+    assert set(data) == {"set", "images", "sha256"} and "/" not in data["set"]
+    files = ImageFiles(data_root / data["set"], list_images(data_root / data["set"]))
+    assert files.describe() == data
+
+
+@pytest.mark.parametrize("name", [e.name for e in load_manifest(WEIGHTS / "manifest.json").entries])
 def test_the_recorded_training_command_rebuilds_the_checkpoint_config(name):
     """The recipes named in the provenance exist and give this checkpoint's task,
     architecture and step count (the last --steps of a resume, if any, wins)."""

@@ -1,7 +1,7 @@
 """Building blocks shared by the DAGL and PANet ports (both descend from EDSR's common.py).
 
-Not an architecture: nothing here is registered. Facts cited as "A1", "B3", ... refer to
-section 4 of /work/shared/reference/README.md (the spec of the official layouts).
+Not an architecture: nothing here is registered. Labels such as "A1", "B3" name the facts
+of the official layouts that a line reproduces.
 """
 from __future__ import annotations
 

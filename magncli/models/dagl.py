@@ -1,9 +1,10 @@
 """DAGL: Dynamic Attentive Graph Learning for Image Restoration (Mou et al., ICCV 2021).
 
 A port of the official `RR` model (github.com/jianzhangcs/DAGL @ 7ebfe6c, DN_Gray and
-Demosaic model/dagl.py), written from the spec in /work/shared/reference/README.md; fact
-numbers ("B3") refer to its section 4. state_dict() equals the official layout key for
-key, shape for shape, in order, and the forward pass reproduces the official outputs.
+Demosaic model/dagl.py). Labels such as "B3" name the facts of the official layout
+that a line reproduces. state_dict() equals the official layout key for key, shape for
+shape, in order, and the forward pass reproduces the official outputs
+(tests/test_official_nets.py, against fixtures made with the official code).
 
     x (B, c_in, H, W)
     f = head(x)                         conv3x3 c_in -> 64

@@ -1,6 +1,6 @@
 """MAGN: Multi-level Attention-guided Graph Neural Network (Jiang et al., TNNLS 2025).
 
-The network as ../shared/docs/magn-architecture.md specifies it:
+The network as docs/architecture.md describes it (with every decision and variant):
 
     x (B, c, H, W) -> head conv3x3 -> 16 ResBlocks -> 3 GraphBlocks -> 16 ResBlocks
                    -> tail conv3x3 -> + x                  (global image residual)

@@ -2,8 +2,9 @@
 
 A port of the official `PANET` model (github.com/SHI-Labs/Pyramid-Attention-Networks @
 a267cf8, DN_RGB/CAR/Demosaic code/model/{panet,attention,common}.py, byte-identical in
-the three), written from the spec in /work/shared/reference/README.md; fact numbers
-("C2") refer to its section 4. state_dict() equals the official layout in order.
+the three). Labels such as "C2" name the facts of the official layout that a line
+reproduces. state_dict() equals the official layout in order
+(tests/test_official_nets.py, against fixtures made with the official code).
 
     x (B, c_in, H, W)
     f = head(x)                         conv3x3 c_in -> 64
