@@ -1,8 +1,9 @@
 """Inference speed and peak memory of `restore` (the tiled engine) per size, backend, model.
 
-    python benchmarks/bench_inference.py                          # CPU defaults
+    python benchmarks/bench_inference.py                          # restore's CPU defaults
+    python benchmarks/bench_inference.py --precisions fp32,bf16 --archs magn-s,magn-s-local
     python benchmarks/bench_inference.py --sizes 256,512,1024,2048 --archs magn,magn-light,dagl,panet
-    python benchmarks/bench_inference.py --device cuda --precision bf16 --backends flex,chunked
+    python benchmarks/bench_inference.py --device cuda --precisions bf16 --backends flex,chunked
 
 Each configuration runs in a fresh subprocess so that its peak RSS is its own. Weights are
 random (speed and memory do not depend on them). Prints a table and writes JSON.
@@ -41,12 +42,15 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     model = build_model(arch, **overrides).eval()
     image = np.random.default_rng(0).random((size, size, channels), dtype=np.float32)
     options = InferenceOptions(device=device, precision=precision, tile=tile, backend=backend or None)
-    # Decide compilation as the engine would for the whole image, then warm up on one
-    # tile with that decision, so the one-off compile is timed apart from the run.
-    from magncli.inference import COMPILE_MIN_PASSES, tile_spans
+    # Decide compilation as the engine would for the whole image (only the chunked
+    # backend compiles), then warm up on one tile with that decision, so that a one-off
+    # compile is timed apart from the run.
+    from magncli.attention import default_backend
+    from magncli.inference import COMPILE_MIN_PASSES, tile_alignment, tile_spans
     t = options.tile or 64
-    passes = len(tile_spans(size, t, options.overlap)) ** 2
-    options.compile = torch.device(device).type == "cpu" and passes >= COMPILE_MIN_PASSES
+    passes = len(tile_spans(size, t, options.overlap, tile_alignment(model))) ** 2
+    chunked = (backend or default_backend(torch.device(device))) == "chunked"
+    options.compile = torch.device(device).type == "cpu" and chunked and passes >= COMPILE_MIN_PASSES
     warm = time.perf_counter()
     restore_array(model, image[:64, :64], options)
     warm_seconds = time.perf_counter() - warm
@@ -64,6 +68,7 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
            "channels": channels, "seconds": round(seconds, 3), "compiled": options.compile,
            "warmup_seconds": round(warm_seconds, 2),
            "mp_per_s": round(size * size / 1e6 / seconds, 5),
+           "s_per_mp": round(seconds / (size * size / 1e6), 2),
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "rss_before_mib": round(rss_before, 1),
            "threads": torch.get_num_threads()}
@@ -75,10 +80,10 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256,512,1024")
-    ap.add_argument("--archs", default="magn,magn-light")
-    ap.add_argument("--backends", default="chunked", help="comma list; '' = automatic per device")
+    ap.add_argument("--archs", default="magn-s,magn-s-local,magn-tiny-local")
+    ap.add_argument("--backends", default="", help="comma list; '' = automatic per device (restore's default)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--precisions", default="fp32", help="comma list: fp32, bf16, fp16")
     ap.add_argument("--tile", type=int, default=None)
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -92,23 +97,24 @@ def main() -> None:
 
     rows = []
     for arch in args.archs.split(","):
-        for backend in args.backends.split(","):
-            for size in map(int, args.sizes.split(",")):
-                spec = dict(arch=arch, size=size, backend=backend, device=args.device,
-                            precision=args.precision, tile=args.tile, channels=args.channels,
-                            threads=args.threads)
-                res = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
-                                     capture_output=True, text=True)
-                if res.returncode != 0:
-                    print(f"{arch} {size} {backend}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
-                    continue
-                row = json.loads(res.stdout.strip().splitlines()[-1])
-                rows.append(row)
-                print(f"{arch:11s} {backend or 'auto':9s} {size:5d}^2  compiled={row['compiled']!s:5s} "
-                      f"{row['seconds']:9.2f} s  "
-                      f"{row['mp_per_s']:.4f} MP/s  peak RSS {row['peak_rss_mib']:7.0f} MiB"
-                      + (f"  CUDA peak {row['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in row else ""),
-                      flush=True)
+        for precision in args.precisions.split(","):
+            for backend in args.backends.split(","):
+                for size in map(int, args.sizes.split(",")):
+                    spec = dict(arch=arch, size=size, backend=backend, device=args.device,
+                                precision=precision, tile=args.tile, channels=args.channels,
+                                threads=args.threads)
+                    res = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
+                                         capture_output=True, text=True)
+                    if res.returncode != 0:
+                        print(f"{arch} {size} {backend}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+                        continue
+                    row = json.loads(res.stdout.strip().splitlines()[-1])
+                    rows.append(row)
+                    print(f"{arch:16s} {precision:5s} {backend or 'auto':9s} {size:5d}^2  compiled={row['compiled']!s:5s} "
+                          f"{row['seconds']:9.2f} s {row['s_per_mp']:7.2f} s/MP "
+                          f"{row['mp_per_s']:.4f} MP/s  peak RSS {row['peak_rss_mib']:7.0f} MiB"
+                          + (f"  CUDA peak {row['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in row else ""),
+                          flush=True)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "machine": platform.machine(),

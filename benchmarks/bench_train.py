@@ -1,23 +1,21 @@
-"""Training throughput: samples per second and peak memory of one training step
-(forward, MSE, backward, Adam) per architecture and attention backend.
+"""Training throughput per architecture: samples/s and pixels/s of one training step
+(forward, MSE, backward, Adam) in fp32 and in bf16 autocast + channels_last, as
+`magn train` runs them, and the ratio between the two. Also the data pipeline's own
+rate (crop + degrade on the fly), so that a slow step is never blamed on the model.
 
-    python benchmarks/bench_train.py                       # defaults for this machine
-    python benchmarks/bench_train.py --batch 2 --steps 3 --json bench_train.json
+    python benchmarks/bench_train.py                        # the CPU recipe: batch 16, patch 48
+    python benchmarks/bench_train.py --archs magn-s,magn-s-local --threads 1 --json out.json
+    python benchmarks/bench_train.py --device cuda --batch 32 --patch 64 --archs magn
 
-Defaults follow the paper: patch 64, batch 32 on CUDA. On a CPU, batch 32 of the default
-MAGN takes minutes per step, so the default batch there is 2 (say so when quoting).
-Each configuration runs in its own process, so peak memory is that configuration's:
-on CUDA torch.cuda.max_memory_allocated, on a CPU the process's peak resident memory
-(ru_maxrss, which includes ~0.3-0.5 GiB of torch itself; `rss_before_mb` is the baseline
-measured just before the first step). Backends: chunked and reference everywhere, flex on
-CUDA only (its backward needs the fused kernel). magn-light runs with the default backend.
-Not part of the test suite.
+Each configuration runs in its own process (a fresh allocator and thread pool). Weights
+are random: speed does not depend on them. Run it on a quiet machine: two torch
+processes on the same cores slow each other several times over. Not part of the tests.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import platform
 import subprocess
 import sys
 import time
@@ -27,98 +25,130 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def measure_one(arch: str, backend: str, batch: int, patch: int, steps: int, channels: int,
-                device: str) -> dict:
-    """Train `steps` steps (after one warm-up step) and time them."""
+def measure_step(arch: str, precision: str, layout: str, batch: int, patch: int, steps: int,
+                 channels: int, device: str, threads: int) -> dict:
+    """Time `steps` training steps (after two warm-up steps) of one configuration."""
     import torch
     import torch.nn.functional as F
 
+    from magncli.inference import resolve_precision
     from magncli.models import build_model
 
+    if threads:
+        torch.set_num_threads(threads)
     dev = torch.device(device)
+    amp_dtype = resolve_precision(precision, dev)
+    layout = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     torch.manual_seed(0)
-    model = build_model(arch, in_channels=channels).to(dev).train()
-    model.set_attention_backend(backend)
+    model = build_model(arch, in_channels=channels).to(dev, memory_format=layout).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     clean = torch.rand(batch, channels, patch, patch, device=dev)            # (B, C, p, p)
-    noisy = clean + torch.randn_like(clean) * (25 / 255)
+    noisy = (clean + torch.randn_like(clean) * (25 / 255)).contiguous(memory_format=layout)
 
     def step() -> None:
-        loss = F.mse_loss(model(noisy), clean)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+            restored = model(noisy)
+        loss = F.mse_loss(restored.float(), clean)                             # fp32 loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    rss_before = _rss_mb()
-    step()  # warm-up: allocations, kernel selection, compilation
+    for _ in range(2):
+        step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
         step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else _rss_mb()
-    return {"arch": arch, "backend": backend, "device": device, "batch": batch, "patch": patch,
-            "channels": channels, "steps": steps, "params": sum(p.numel() for p in model.parameters()),
-            "seconds_per_step": seconds / steps, "samples_per_s": batch * steps / seconds,
-            "peak_mem_mb": peak, "rss_before_mb": rss_before if dev.type != "cuda" else None,
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    samples_per_s = batch * steps / seconds
+    return {"arch": arch, "precision": precision, "layout": "channels_last" if layout is torch.channels_last else "NCHW",
+            "device": device, "batch": batch, "patch": patch, "channels": channels,
+            "params": sum(p.numel() for p in model.parameters()), "steps": steps,
+            "ms_per_step": round(1000 * seconds / steps, 1), "samples_per_s": round(samples_per_s, 1),
+            "pixels_per_s": round(samples_per_s * patch * patch), "threads": torch.get_num_threads()}
+
+
+def measure_data(data: str, batch: int, patch: int, samples: int, threads: int) -> dict:
+    """Samples/s of the data pipeline alone (uint8 images in memory, crop, noise)."""
+    import torch
+
+    from magncli.training.config import load_config
+    from magncli.training.data import PatchDataset, resolve_data_folder, scan_images
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = load_config([], dict(task="denoise", data=data, channels=1, sigma_range=[0, 75],
+                                  patch=patch, batch=batch))
+    dataset = PatchDataset(scan_images(resolve_data_folder(data)).paths, config)
+    start = time.perf_counter()
+    for i in range(samples):
+        dataset[i]
+    seconds = time.perf_counter() - start
+    return {"data": Path(data).name, "patch": patch, "samples_per_s": round(samples / seconds, 1)}
 
 
 def main() -> None:
-    import torch
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", default="magn-tiny-local,magn-s-local,magn-s")
+    ap.add_argument("--settings", default="fp32:NCHW,fp32:channels_last,bf16:channels_last",
+                    help="PRECISION:LAYOUT list; the first is the baseline of the speed-up column. "
+                         "magn train on a CPU uses channels_last in either precision.")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--patch", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps after two warm-up steps")
+    ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--data", default="Train400", help="data pipeline rate on this set ('' to skip)")
+    ap.add_argument("--json", default="benchmarks/results/train.json")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
 
-    cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default: 32 on CUDA, 2 on a CPU")
-    parser.add_argument("--patch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 CUDA, 2 CPU)")
-    parser.add_argument("--channels", type=int, default=3)
-    parser.add_argument("--json", default="bench_train.json", help="results file")
-    parser.add_argument("--one", nargs=2, metavar=("ARCH", "BACKEND"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    on_cuda = args.device.startswith("cuda")
-    batch = args.batch or (32 if on_cuda else 2)
-    steps = args.steps or (10 if on_cuda else 2)
-
-    if args.one:  # child process: one configuration, one JSON line
-        print(json.dumps(measure_one(args.one[0], args.one[1], batch, args.patch, steps,
-                                     args.channels, args.device)))
+    if args.one:
+        spec = json.loads(args.one)
+        kind = spec.pop("kind")
+        print(json.dumps(measure_step(**spec) if kind == "step" else measure_data(**spec)))
         return
 
-    backends = ["chunked", "reference"] + (["flex"] if on_cuda else [])
-    configs = [("magn", b) for b in backends] + [("magn-light", "flex" if on_cuda else "chunked")]
+    def child(spec: dict) -> dict:
+        res = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+        if res.returncode != 0:
+            return {**spec, "error": (res.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
     rows = []
-    for arch, backend in configs:
-        cmd = [sys.executable, __file__, "--one", arch, backend, "--device", args.device,
-               "--batch", str(batch), "--patch", str(args.patch), "--steps", str(steps),
-               "--channels", str(args.channels)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["failed"])[-1]
-            rows.append({"arch": arch, "backend": backend, "error": last[:200]})
-        else:
-            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-        print(_format(rows[-1]), flush=True)
-    Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\nbatch {batch}, patch {args.patch}, {args.channels} channels, {steps} timed steps "
-          f"after one warm-up, device {args.device}; written to {args.json}")
-
-
-def _format(row: dict) -> str:
-    if "error" in row:
-        return f"{row['arch']:<11} {row['backend']:<10} error: {row['error']}"
-    return (f"{row['arch']:<11} {row['backend']:<10} {row['params']:>9,} params  "
-            f"{row['seconds_per_step']:8.2f} s/step  {row['samples_per_s']:8.3f} samples/s  "
-            f"peak {row['peak_mem_mb']:8.0f} MiB")
+    for arch in args.archs.split(","):
+        baseline = None
+        for setting in args.settings.split(","):
+            precision, layout = setting.split(":")
+            row = child(dict(kind="step", arch=arch, precision=precision, layout=layout, batch=args.batch,
+                             patch=args.patch, steps=args.steps, channels=args.channels, device=args.device,
+                             threads=args.threads))
+            rows.append(row)
+            if "error" in row:
+                print(f"{arch:16s} {precision:5s} error: {row['error']}", flush=True)
+                continue
+            baseline = baseline or row
+            row["speedup"] = round(row["samples_per_s"] / baseline["samples_per_s"], 2)
+            speedup = f"  x{row['speedup']:.2f}"
+            print(f"{arch:16s} {precision:5s} {row['layout']:13s} {row['params']:>9,} params "
+                  f"{row['ms_per_step']:8.1f} ms/step {row['samples_per_s']:8.1f} samples/s "
+                  f"{row['pixels_per_s'] / 1e6:6.2f} Mpx/s{speedup}", flush=True)
+    data_row = None
+    if args.data:
+        data_row = child(dict(kind="data", data=args.data, batch=args.batch, patch=args.patch,
+                              samples=400, threads=args.threads))
+        print(f"data pipeline ({args.data}, patch {args.patch}, in the training process): "
+              f"{data_row.get('samples_per_s', data_row.get('error'))} samples/s", flush=True)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"python": platform.python_version(), "machine": platform.machine(), "command": " ".join(sys.argv)}
+    out.write_text(json.dumps({"meta": meta, "rows": rows, "data": data_row}, indent=2) + "\n")
+    print(f"batch {args.batch}, patch {args.patch}, {args.channels} channel(s), {args.steps} timed steps "
+          f"after two warm-up steps, device {args.device}; written to {out}")
 
 
 if __name__ == "__main__":
