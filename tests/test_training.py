@@ -464,6 +464,14 @@ def test_a_cpu_hour_budget_stops_with_a_checkpoint_and_resume_continues(gray_dat
     summary = first.run(cpu_hours=1e-9)                             # the first step spends it
     assert summary["step"] == 1 and _weights(run / STATE_FILE)["step"] == 1
     assert _weights(run / STATE_FILE)["cpu_s"] > 0 and not (run / EXPORT_FILE).exists()
+    # Publishing mid-run: an export of the last checkpoint, no training, no log record.
+    log_before = (run / LOG_FILE).read_text()
+    result = runner.invoke(app, ["train", "--resume", "--out", str(run), "--export", "--quiet"])
+    assert result.exit_code == 0, result.output
+    _, meta = read_checkpoint(run / EXPORT_FILE)
+    assert meta["step"] == 1 and meta["provenance"]["steps"] == 1 and meta["provenance"]["planned_steps"] == 400
+    assert (run / LOG_FILE).read_text() == log_before and _weights(run / STATE_FILE)["step"] == 1
+    (run / EXPORT_FILE).unlink()
     resumed = Trainer(load_run_config(run, {"steps": 3}), run, resume=True)
     assert resumed.step == 1 and resumed.cpu_s == pytest.approx(first.cpu_s)
     resumed.run()

@@ -63,6 +63,9 @@ def train_command(
     for_cpu_hours: Optional[float] = typer.Option(
         None, "--for-cpu-hours", help="Stop (with a checkpoint) after this many CPU-hours of training; "
                                       "--resume continues."),
+    export_only: bool = typer.Option(
+        False, "--export", help="With --resume: write RUNDIR/export.safetensors from the last checkpoint "
+                                "and exit, without training (publish while a long run goes on)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a restoration model; writes checkpoints, log.jsonl, curves.png and export.safetensors."""
@@ -83,7 +86,14 @@ def train_command(
         if configs:
             raise MagnError("--resume continues with RUNDIR/config.toml; drop --config")
         config = load_run_config(out, overrides)
+        if export_only:
+            trainer = Trainer(config, out, resume=True, record_session=False)
+            path = trainer.export()
+            console.print(f"exported step {trainer.step} of {config.steps} to {path}", highlight=False)
+            return
     else:
+        if export_only:
+            raise MagnError("--export writes the export of an existing run: give --resume --out RUNDIR")
         if not configs and task is None:
             raise MagnError("give --config RECIPE (see train/) or at least --task and --data")
         config = load_config(configs, overrides)

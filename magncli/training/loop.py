@@ -222,7 +222,10 @@ class Trainer:
     `run()` trains. `reporter(progress)` gets a dict after every step (a progress bar)."""
 
     def __init__(self, config: TrainConfig, run_dir, resume: bool = False,
-                 reporter: Optional[Callable[[dict], None]] = None, command: Optional[str] = None):
+                 reporter: Optional[Callable[[dict], None]] = None, command: Optional[str] = None,
+                 record_session: bool = True):
+        """record_session=False opens a run folder read-only (e.g. to export while the
+        run itself goes on in another process): no log record, no config rewrite."""
         self.config = config.check()
         self.run_dir = Path(run_dir)
         self.reporter = reporter or (lambda progress: None)
@@ -274,7 +277,7 @@ class Trainer:
                                        backend=config.backend)
             self.validator = Validator(config, options, files=held_out or None,
                                        name=f"{self.images.folder.name} held-out ({len(held_out)})")
-        if self.dist.is_main:
+        if self.dist.is_main and record_session:
             self._start_run_dir(resume)
 
     # ------------------------------------------------------------------ run folder
@@ -390,11 +393,14 @@ class Trainer:
                 for r in read_log(self.run_dir / LOG_FILE) if r.get("event") in ("start", "resume")]
 
     def export(self) -> Path:
-        """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry."""
+        """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry. Called
+        at the end of a run, or at any checkpoint to publish while a long run goes on
+        (then steps < planned_steps)."""
         config = self.config
         provenance = {
             "training_data": self.images.describe(),
-            "steps": self.step, "batch_size": config.batch, "patch_size": config.patch,
+            "steps": self.step, "planned_steps": config.steps,
+            "batch_size": config.batch, "patch_size": config.patch,
             "hardware": hardware_string(self.device, self.dist.world),
             "wall_time": f"{self.elapsed_s / 3600:.2f} h",
             "cpu_hours": round(self.cpu_s / 3600, 3),

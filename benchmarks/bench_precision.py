@@ -1,0 +1,72 @@
+"""bf16 against fp32 for the default checkpoints, end to end through `magn eval`'s engine:
+the PSNR change on each standard set and the time per megapixel of each precision.
+
+    python benchmarks/bench_precision.py                          # every default checkpoint
+    python benchmarks/bench_precision.py --only denoise-gray --json out.json
+
+restore makes bf16 the CPU default for a checkpoint only where this shows a PSNR change
+of at most 0.02 dB on every set (README, Performance). Needs the benchmark datasets and
+a CPU with native bf16 (or CUDA). Time figures want a quiet machine; PSNR changes do not.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# (key, task, channels, sets, one level per set): the standard sets of docs/protocols.md,
+# at a middle level (bf16 rounding does not depend much on the level).
+CASES = [
+    ("denoise-gray", "denoise", 1, ["Set12", "BSD68"], [25]),
+    ("denoise-color", "denoise", 3, ["CBSD68", "Kodak24", "McMaster"], [25]),
+    ("dejpeg-gray", "dejpeg", 1, ["Classic5", "LIVE1"], [20]),
+    ("dejpeg-color", "dejpeg", 3, ["LIVE1", "Kodak24"], [20]),
+    ("demosaic", "demosaic", 3, ["McMaster", "Kodak24"], []),
+]
+
+
+def main() -> None:
+    from magncli.evaluate import run_eval
+    from magncli.inference import InferenceOptions
+    from magncli.weights import select_default
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="comma list of case keys (default: all)")
+    ap.add_argument("--json", default="benchmarks/results/precision.json")
+    args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    rows = []
+    for key, task, channels, sets, levels in CASES:
+        if only and key not in only:
+            continue
+        name = select_default(task, channels, levels[0] if levels else None).name
+        mode = "gray" if channels == 1 else "color"
+        by_precision = {}
+        for precision in ("fp32", "bf16"):
+            by_precision[precision] = run_eval(task, sets, levels, models=[name], channels=mode,
+                                               options=InferenceOptions(device="cpu", precision=precision))
+        for fp32, bf16 in zip(by_precision["fp32"], by_precision["bf16"]):
+            row = {"checkpoint": name, "set": fp32["set"], "level": fp32["level"],
+                   "psnr_fp32": fp32["psnr"], "psnr_bf16": bf16["psnr"],
+                   "delta_db": round(bf16["psnr"] - fp32["psnr"], 4),
+                   "s_per_img_fp32": fp32.get("seconds_per_image"), "s_per_img_bf16": bf16.get("seconds_per_image")}
+            rows.append(row)
+            print(f"{name:32s} {row['set']:9s} {str(row['level']):5s} fp32 {row['psnr_fp32']:.4f}  "
+                  f"bf16 {row['psnr_bf16']:.4f}  change {row['delta_db']:+.4f} dB", flush=True)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
+    worst = {}
+    for r in rows:
+        worst[r["checkpoint"]] = max(worst.get(r["checkpoint"], 0.0), abs(r["delta_db"]))
+    for name, w in worst.items():
+        print(f"{name}: largest |change| {w:.4f} dB -> bf16 {'may' if w <= 0.02 else 'may not'} be its CPU default")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
