@@ -16,11 +16,13 @@ Backends, all computing the same function:
 - "chunked":   blocks of whole query rows, sized to a memory budget, with a custom
                backward that recomputes each block (flash-attention style), so memory
                is O(block x n) in training too. The CPU default.
-- "sdpa":      the mask is computed in fp32 for a block of query rows (one matmul and a
-               compare, no gradient), then torch's fused scaled_dot_product_attention
-               takes it as a boolean attn_mask: a blocked softmax in C++ with an exact
-               backward. Memory O(rows x n) bytes of mask. The CPU default: about 2x
-               faster than "chunked" in training (benchmarks/bench_attention.py).
+- "sdpa":      in training, the mask is computed in fp32 for a block of query rows (one
+               matmul and a compare, no gradient), then torch's fused
+               scaled_dot_product_attention takes it as a boolean attn_mask: a blocked
+               softmax in C++ with an exact backward, about 2x faster than "chunked".
+               Without gradients (inference), each block's fp32 scores are masked and
+               softmaxed in place instead, which computes the scores once, not twice.
+               Memory O(rows x n). The CPU default.
 - "flex":      torch.nn.attention.flex_attention with a score_mod that sends masked
                entries to -inf. Fused on CUDA; the CUDA default.
 
@@ -211,6 +213,8 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, chunk_bytes: int = DEFAULT_C
     # A bool mask is 1 byte a score; the fp32 scores that make it are 4.
     rows = rows_per_chunk(q.shape[0] * q.shape[1], k.shape[-2], chunk_bytes, bytes_per_score=5)
     k32_t = k.detach().float().transpose(-1, -2)                               # (B, h, d, n)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        return _masked_softmax_blocks(q, k32_t, v, threshold, scale, chunk_bytes)
     outs = []
     for start in range(0, q.shape[-2], rows):
         q_blk = q[..., start:start + rows, :]                                  # (B, h, r, d)
@@ -218,6 +222,20 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, chunk_bytes: int = DEFAULT_C
             keep = torch.matmul(q_blk.detach().float(), k32_t) * scale >= threshold[..., start:start + rows, :]
         outs.append(torch.nn.functional.scaled_dot_product_attention(q_blk, k, v, attn_mask=keep, scale=scale))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)             # (B, h, m, dv)
+
+
+def _masked_softmax_blocks(q: Tensor, k32_t: Tensor, v: Tensor, threshold: Tensor, scale: float,
+                           chunk_bytes: int) -> Tensor:
+    """Inference: per block of query rows, fp32 scores masked and softmaxed in place
+    (two fp32 (rows x n) buffers at most), then the product with v in v's dtype."""
+    rows = rows_per_chunk(q.shape[0] * q.shape[1], k32_t.shape[-1], chunk_bytes, bytes_per_score=8)
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=q.device)  # (B, h, m, dv)
+    for start in range(0, q.shape[-2], rows):
+        blk = slice(start, start + rows)
+        scores = torch.matmul(q[..., blk, :].float(), k32_t).mul_(scale)       # (B, h, r, n) fp32
+        scores.masked_fill_(scores < threshold[..., blk, :], float("-inf"))
+        out[..., blk, :] = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+    return out
 
 
 # --------------------------------------------------------------------------- flex

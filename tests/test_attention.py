@@ -154,3 +154,14 @@ def test_sdpa_in_bf16_keeps_the_fp32_mask_and_stays_close():
     ref = reference_attention(q.float(), k.float(), v.float())
     assert (out - ref).abs().max().item() < 0.05
     assert (out - ref).abs().mean().item() < 0.005
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("chunk_bytes", [1, None])
+def test_sdpa_without_gradients_takes_the_in_place_path_and_matches_the_reference(shape, chunk_bytes):
+    # Inference masks and softmaxes each block's scores in place instead of calling SDPA.
+    q, k, v = _inputs(shape, seed=11)
+    kwargs = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+    with torch.no_grad():
+        out = sdpa_attention(q, k, v, **kwargs)
+    torch.testing.assert_close(out, reference_attention(q, k, v), atol=1e-5, rtol=0)
