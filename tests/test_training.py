@@ -533,3 +533,24 @@ def test_bf16_and_fp32_short_runs_reach_the_same_validation_psnr(gray_data, tmp_
             assert trainer.best_psnr > trainer.validator.input_psnr["mean"] + 5.0   # it learned
         diffs.append(scores["bf16"] - scores["fp32"])
     assert abs(float(np.mean(diffs))) < 0.05, diffs
+
+
+def test_quality_focus_oversamples_its_range_inside_the_whole_range(monkeypatch):
+    import magncli.training.data as data_mod
+    drawn = []
+    real = data_mod.make_degradation
+    monkeypatch.setattr(data_mod, "make_degradation",
+                        lambda task, level=None, **kw: drawn.append(level) or real(task, level, **kw))
+    patch = np.full((16, 16, 1), 0.5, np.float32)
+    for focus, share in ((None, 31 / 96), ([10, 40, 0.5], 0.5 + 0.5 * 31 / 96)):
+        drawn.clear()
+        config = load_config([], dict(task="dejpeg", data="x", channels=1, quality_range=[5, 100],
+                                      quality_focus=focus))
+        degrade = data_mod.PatchDegradation(config)
+        for i in range(2000):
+            degrade(patch, np.random.default_rng((0, i)))
+        assert min(drawn) >= 5 and max(drawn) <= 100
+        inside = np.mean([10 <= q <= 40 for q in drawn])
+        assert abs(inside - share) < 0.04, (focus, inside, share)
+    with pytest.raises(MagnError, match="quality_focus"):
+        load_config([], dict(task="dejpeg", data="x", qualities=[10], quality_focus=[10, 40, 0.5]))

@@ -64,6 +64,9 @@ class TrainConfig:
     sigma_range: Optional[List[float]] = None   # ... or blind: uniform in [lo, hi] per image
     qualities: Optional[List[int]] = None       # dejpeg: a quality drawn from this list ...
     quality_range: Optional[List[int]] = None   # ... or uniform integers in [lo, hi] per image
+    # dejpeg with quality_range: [lo, hi, p] draws from [lo, hi] with probability p instead
+    # (oversampling the benchmark's low qualities inside a whole-range model); None = off.
+    quality_focus: Optional[List[float]] = None
     pattern: str = "grbg"                 # demosaic: a Bayer pattern, or "random" (all four)
     # Color patches: scale the chroma (RGB minus its luma) by a factor uniform in [lo, hi]
     # (clipped to [0, 1]); None = off. Saturated colours are rare in CBSD432.
@@ -157,6 +160,11 @@ class TrainConfig:
                  f"JPEG qualities must be integers from 1 to 100, not {chosen}")
             if self.quality_range is not None:
                 need(len(chosen) == 2 and chosen[0] <= chosen[1], f"quality_range must be lo,hi, not {chosen}")
+            if self.quality_focus is not None:
+                f = self.quality_focus
+                need(self.quality_range is not None and len(f) == 3 and 1 <= f[0] <= f[1] <= 100
+                     and 0 <= f[2] <= 1, f"quality_focus must be [lo, hi, probability] beside a "
+                                         f"quality_range, not {f}")
         if self.task == "demosaic":
             need(self.pattern in BAYER_PATTERNS + ("random",),
                  f"unknown Bayer pattern {self.pattern!r}; use {', '.join(BAYER_PATTERNS)} or random")

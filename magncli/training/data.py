@@ -153,6 +153,7 @@ class PatchDegradation:
         self.task = config.task
         self.sigma, self.sigma_range = config.sigma, config.sigma_range
         self.qualities, self.quality_range = config.qualities, config.quality_range
+        self.quality_focus = config.quality_focus
         self.patterns = BAYER_PATTERNS if config.pattern == "random" else (config.pattern,)
 
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -165,7 +166,11 @@ class PatchDegradation:
             if self.qualities:
                 quality = self.qualities[int(rng.integers(len(self.qualities)))]
             else:
-                quality = int(rng.integers(self.quality_range[0], self.quality_range[1] + 1))
+                lo, hi = self.quality_range
+                # Drawn only when set, so runs without it keep their exact data stream.
+                if self.quality_focus is not None and rng.random() < self.quality_focus[2]:
+                    lo, hi = self.quality_focus[:2]
+                quality = int(rng.integers(int(lo), int(hi) + 1))
             degradation = make_degradation("dejpeg", int(quality))
         else:
             # Every pattern is GRBG seen from an origin shifted by one pixel (down, right or
