@@ -26,16 +26,16 @@ def parse_levels(task: str, text: Optional[str]) -> dict:
     key = LEVEL_KEY.get(task)
     if key is None:
         if text:
-            raise MagnError(f"{task} has no levels; drop --levels")
+            raise MagnError(f"{task} has no levels; drop levels={text!r}")
         return {}
     if not text:
-        raise MagnError(f"pass --levels for a {task} model: e.g. 25, 15,25,50 or 0-55 (blind)")
+        raise MagnError(f"pass levels='25', '15,25,50' or '0-55' (blind) for a {task} model")
 
     def number(s: str):
         try:
             v = float(s)
         except ValueError:
-            raise MagnError(f"--levels: {s!r} is not a number") from None
+            raise MagnError(f"levels={text!r}: {s!r} is not a number") from None
         return int(v) if v.is_integer() else v
 
     text = text.strip()
@@ -43,7 +43,7 @@ def parse_levels(task: str, text: Optional[str]) -> dict:
     if m:
         lo, hi = number(m.group(1)), number(m.group(2))
         if lo > hi:
-            raise MagnError(f"--levels: range {text} is backwards")
+            raise MagnError(f"levels={text!r}: the range is backwards")
         return {f"{key}_range": [lo, hi]}
     return {key: [number(s.strip()) for s in text.split(",") if s.strip()]}
 
@@ -70,7 +70,7 @@ def add_checkpoint(file, *, name: str, task: Optional[str] = None, channels: Opt
     """Append a checkpoint file to the manifest (arch/config read from its metadata).
 
     copy_file: copy it next to the manifest (shipped with the repository); otherwise only
-    its file name is recorded (host it somewhere and give --url, or place it in the cache).
+    its file name is recorded (host it somewhere and give its urls, or place it in the cache).
     """
     from magncli.checkpoints import checkpoint_arch, read_checkpoint  # imports torch: only when adding
 
@@ -80,16 +80,17 @@ def add_checkpoint(file, *, name: str, task: Optional[str] = None, channels: Opt
     if channels is None:
         channels = config.get("in_channels")
         if channels is None:
-            raise MagnError(f"{file}: its config does not say the channels; pass --channels")
+            raise MagnError(f"{file}: its config does not say the channels; pass channels=1 or 3")
     if task is None:
         task = meta.get("task")
         if task is None:
-            raise MagnError(f"{file}: its metadata does not say the task; pass --task")
+            raise MagnError(f"{file}: its metadata does not say the task; pass task=NAME "
+                            f"({', '.join(LEVEL_KEY)})")
     if task not in LEVEL_KEY:
         raise MagnError(f"unknown task {task!r} (known: {', '.join(LEVEL_KEY)})")
     if levels or LEVEL_KEY[task] is None:
         serves_levels = parse_levels(task, levels)
-    else:  # what `magn train` recorded; parse_levels then asks for --levels
+    else:  # what `magn train` recorded; parse_levels then asks for levels
         serves_levels = levels_from_metadata(task, meta) or parse_levels(task, levels)
 
     manifest = load_manifest(manifest_path)
@@ -165,12 +166,12 @@ def record_scores(name: str, results_files: Sequence, *, manifest_path=None) -> 
         except (OSError, ValueError) as e:
             raise MagnError(f"cannot read results {path}: {e}") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise MagnError(f"{path} is not a `magn eval --output *.json` results file")
+            raise MagnError(f"{path} is not a JSON results file of `magn eval` (a list of rows)")
         found = scores_from_results(rows, name)
         if not found:
             models = ", ".join(dict.fromkeys(str(r.get("model")) for r in rows)) or "none"
             raise MagnError(f"{path} has no rows for {name} (its models: {models}); "
-                            f"evaluate it as `magn eval --model {name}`")
+                            f"evaluate the checkpoint under its manifest name, {name}")
         scores += found
     new_raw = copy.deepcopy(manifest.raw)
     item = next(i for i in new_raw["checkpoints"] if i.get("name") == name)

@@ -117,7 +117,7 @@ def verify_local_files(manifest: Manifest, model_dir=None, names: Optional[Seque
         cached, shipped = cache_dir / entry.file, manifest.shipped_dir / entry.file
         for where, path in (("cached", cached), ("shipped", shipped)):
             if not path.is_file() or (where == "shipped" and path.resolve() == cached.resolve()):
-                continue  # (--model-dir pointing at the manifest folder: one file, checked once)
+                continue  # (model_dir pointing at the manifest folder: one file, checked once)
             actual = file_sha256(path)
             ok = actual == entry.sha256
             if ok:

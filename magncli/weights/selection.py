@@ -29,7 +29,7 @@ def select_default(task: str, channels: int, level=None, *, manifest: Optional[M
     With a known level, a model trained for exactly that level wins over a blind one whose
     range covers it; a level no model covers gets the nearest one, with a warning. Without
     a level: the entry flagged default, else a blind one, else the only one. A MagnError
-    says what is missing and how to pass --weights instead.
+    says what is missing and how to pass weights= instead.
     """
     if task not in LEVEL_KEY:
         raise MagnError(f"unknown task {task!r} (known: {', '.join(LEVEL_KEY)})")
@@ -38,7 +38,7 @@ def select_default(task: str, channels: int, level=None, *, manifest: Optional[M
     candidates = [e for e in manifest.entries if e.task == task and e.channels == channels]
     if not candidates:
         raise MagnError(f"no pretrained {task} model for {describe_channels(channels)} images yet; "
-                        "pass --weights PATH")
+                        "pass weights=PATH")
 
     def prefer_default(entries: List[WeightsEntry]) -> WeightsEntry:
         return next((e for e in entries if e.default), entries[0])
@@ -66,5 +66,5 @@ def select_default(task: str, channels: int, level=None, *, manifest: Optional[M
     names = ", ".join(e.name for e in candidates)
     hint = f"give the {key} or " if key else ""
     raise MagnError(f"several pretrained {task} models for {describe_channels(channels)} images and none "
-                    f"is the default; {hint}pick one with --weights NAME ({names})")
+                    f"is the default; {hint}pick one with weights=NAME ({names})")
 
