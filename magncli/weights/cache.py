@@ -43,6 +43,7 @@ def is_offline(offline: Optional[bool] = None) -> bool:
 
 
 def file_sha256(path) -> str:
+    """The file's sha256 as 64 lowercase hex digits (the manifest's form)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(HASH_BLOCK_BYTES), b""):
