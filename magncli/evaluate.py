@@ -1,7 +1,7 @@
 """The engine of `magn eval`: degrade benchmark sets by the protocol, restore them with each
 model, score, and write tables.
 
-A Restorer turns a degraded float32 HxWxC image on [0, 1] into a restored one of the same
+A Method turns a degraded float32 HxWxC image on [0, 1] into a restored one of the same
 shape. Built-in baselines need no weights:
 
     input            the degraded image itself (the "input rows" of the protocol page)
@@ -44,13 +44,14 @@ DEFAULT_LEVELS = {"denoise": (15, 25, 50), "dejpeg": (10, 20, 30, 40)}
 SHEET_CELL = 192  # pixels of each crop on a comparison sheet
 
 
-# --------------------------------------------------------------------------- restorers
+# --------------------------------------------------------------------------- methods
 
 @dataclass
-class Restorer:
-    """A named way to restore an image. `restore(degraded, degradation)` gets the known
-    degradation too, so that non-blind baselines can use sigma or the Bayer pattern;
-    models ignore it."""
+class Method:
+    """A named way to restore an image, one row of the tables: a baseline or a model.
+    (Not magncli.restore.Restorer, which restores image files.) `restore(degraded,
+    degradation)` gets the known degradation too, so that non-blind baselines can use
+    sigma or the Bayer pattern; models ignore it."""
 
     name: str
     restore: Callable[[np.ndarray, Degradation], np.ndarray]
@@ -106,7 +107,7 @@ def _opencv_demosaic(method: str) -> Callable[[np.ndarray, Degradation], np.ndar
 
 
 def _bm3d(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
-    import bm3d  # optional: `pip install bm3d`, checked by make_restorer
+    import bm3d  # optional: `pip install bm3d`, checked by make_method
 
     sigma = degradation.sigma / 255.0
     if degraded.shape[2] == 3:
@@ -114,13 +115,13 @@ def _bm3d(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
     return bm3d.bm3d(degraded[..., 0], sigma).astype(np.float32)[..., None]
 
 
-BASELINES: Dict[str, Restorer] = {r.name: r for r in (
-    Restorer("input", _identity, clamp_output=False),
-    Restorer("opencv-nlm", _opencv_nlm, tasks=("denoise",)),
-    Restorer("opencv-bilinear", _opencv_demosaic(""), tasks=("demosaic",)),
-    Restorer("opencv-ea", _opencv_demosaic("_EA"), tasks=("demosaic",)),
-    Restorer("opencv-vng", _opencv_demosaic("_VNG"), tasks=("demosaic",)),
-    Restorer("bm3d", _bm3d, tasks=("denoise",), requires="bm3d"),
+BASELINES: Dict[str, Method] = {r.name: r for r in (
+    Method("input", _identity, clamp_output=False),
+    Method("opencv-nlm", _opencv_nlm, tasks=("denoise",)),
+    Method("opencv-bilinear", _opencv_demosaic(""), tasks=("demosaic",)),
+    Method("opencv-ea", _opencv_demosaic("_EA"), tasks=("demosaic",)),
+    Method("opencv-vng", _opencv_demosaic("_VNG"), tasks=("demosaic",)),
+    Method("bm3d", _bm3d, tasks=("denoise",), requires="bm3d"),
 )}
 
 
@@ -136,15 +137,15 @@ def _split_arch(spec: str) -> Tuple[Optional[str], str]:
     return None, spec
 
 
-def _model_restorer(spec: str, options) -> Restorer:
+def _load_model_method(spec: str, options) -> Method:
     from magncli import load_model   # torch is imported only when a model runs
     arch, path = _split_arch(spec)
     model = load_model(path) if arch is None else load_model(path, arch=arch)
-    return model_restorer(model, options, spec)
+    return model_method(model, options, spec)
 
 
-def model_restorer(model, options=None, name: str = "model") -> Restorer:
-    """A Restorer for a model already in memory (e.g. training's validation of its EMA
+def model_method(model, options=None, name: str = "model") -> Method:
+    """A Method for a model already in memory (e.g. training's validation of its EMA
     weights), run through the same inference engine as checkpoint models."""
     from magncli import restore_array  # the package's name: what tests stand in for
 
@@ -155,14 +156,14 @@ def model_restorer(model, options=None, name: str = "model") -> Restorer:
             return restore_array(model, aligned, options)[dy:, dx:]
         return restore_array(model, degraded, options)
 
-    return Restorer(name, restore, device=getattr(options, "device", None) or "auto")
+    return Method(name, restore, device=getattr(options, "device", None) or "auto")
 
 
-def make_restorer(spec: str, task: str, options=None) -> Restorer:
+def make_method(spec: str, task: str, options=None) -> Method:
     """A baseline by name, or a model by checkpoint spec; MagnError for a wrong-task baseline."""
     baseline = BASELINES.get(spec)
     if baseline is None:
-        return _model_restorer(spec, options)
+        return _load_model_method(spec, options)
     if task not in baseline.tasks:
         raise MagnError(f"baseline {spec} does not do {task} (it does: {', '.join(baseline.tasks)})")
     if baseline.requires and importlib.util.find_spec(baseline.requires) is None:
@@ -186,27 +187,27 @@ def git_commit() -> Optional[str]:
     return result.stdout.strip() or None
 
 
-def _uses_cuda(restorer: Restorer) -> bool:
-    if restorer.device is None:  # a baseline: CPU only
+def _uses_cuda(method: Method) -> bool:
+    if method.device is None:  # a baseline: CPU only
         return False
-    if restorer.device == "auto":
+    if method.device == "auto":
         import torch
 
         return torch.cuda.is_available()
-    return restorer.device.startswith("cuda")
+    return method.device.startswith("cuda")
 
 
-def _reset_peak_memory(restorer: Restorer) -> None:
-    if _uses_cuda(restorer):
+def _reset_peak_memory(method: Method) -> None:
+    if _uses_cuda(method):
         import torch
 
         torch.cuda.reset_peak_memory_stats()
 
 
-def _peak_memory_mb(restorer: Restorer) -> Optional[float]:
+def _peak_memory_mb(method: Method) -> Optional[float]:
     """CUDA: the most memory torch allocated during the row. CPU: the process's peak
     resident memory so far (a high-water mark, including everything loaded before)."""
-    if _uses_cuda(restorer):
+    if _uses_cuda(method):
         import torch
 
         return torch.cuda.max_memory_allocated() / 2 ** 20
@@ -282,9 +283,9 @@ def _describe(img: np.ndarray) -> str:
     return f"{img.shape[1]}x{img.shape[0]}x{img.shape[2]}"
 
 
-def _save_image(save_dir: Path, restorer: Restorer, set_name: str, label: str, stem: str,
+def _save_image(save_dir: Path, method: Method, set_name: str, label: str, stem: str,
                 image: np.ndarray, overwrite: bool) -> None:
-    safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in restorer.name)
+    safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in method.name)
     level_folder = label.replace("σ", "sigma")  # ASCII folder names
     path = save_dir / safe_model / set_name / level_folder / f"{stem}.png"
     datasets.write_file_atomic(path, datasets.encode_image(image, "png"), overwrite)
@@ -314,7 +315,7 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
         raise MagnError("given inputs (--inputs) are for one set at one level")
     if sheet is not None:
         datasets.check_writable(sheet, overwrite)
-    restorers = [make_restorer(spec, task, options) for spec in models]
+    methods = [make_method(spec, task, options) for spec in models]
     report = progress or (lambda message: None)
     commit = git_commit()
     sheet_rows = []
@@ -334,19 +335,19 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
             for stem, image, truth in zip(stems, degraded, truths):
                 _check_same_size("input", stem, image, truth)
             first_outputs = []  # (model, output, PSNR) of the set's first image
-            for restorer in restorers:
+            for method in methods:
                 save = None if save_images is None else partial(
-                    _save_image, Path(save_images), restorer, set_name, label, overwrite=overwrite)
-                row, first_output = evaluate_restorer(restorer, stems, degraded, truths,
-                                                      degradation, quantize, save)
+                    _save_image, Path(save_images), method, set_name, label, overwrite=overwrite)
+                row, first_output = evaluate_method(method, stems, degraded, truths,
+                                                    degradation, quantize, save)
                 engine = options.describe() if options is not None else {}
                 row.update(set=set_name, channels=mode, inputs=str(inputs) if inputs else None,
                            note=_set_note(test_set, mode),
                            **{k: engine.get(k) for k in ("tile", "overlap", "tiling", "ensemble", "precision")},
                            commit=commit)
                 rows.append(row)
-                first_outputs.append((restorer.name, first_output, row["images"][0]["psnr"]))
-                report(f"{set_name} {label} {restorer.name}: {row['psnr']:.2f} dB, "
+                first_outputs.append((method.name, first_output, row["images"][0]["psnr"]))
+                report(f"{set_name} {label} {method.name}: {row['psnr']:.2f} dB, "
                        f"SSIM {row['ssim']:.4f}, {row['seconds_per_image']:.3f} s/img")
             if sheet is not None:
                 input_psnr = psnr(degraded[0], truths[0], quantize=quantize, clamp=False)
@@ -359,38 +360,38 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     return rows
 
 
-def evaluate_restorer(restorer: Restorer, stems, degraded, truths, degradation: Degradation,
-                      quantize: bool = False,
-                      save: Optional[Callable[[str, np.ndarray], None]] = None
-                      ) -> Tuple[dict, np.ndarray]:
+def evaluate_method(method: Method, stems, degraded, truths, degradation: Degradation,
+                    quantize: bool = False,
+                    save: Optional[Callable[[str, np.ndarray], None]] = None
+                    ) -> Tuple[dict, np.ndarray]:
     """One row: restore and score every image of a set at one level; `save(stem, output)`
     keeps each output. Returns the row and the first image's output (for the sheet)."""
     # Color JPEG is scored on RGB and on Y (the protocol's "RGB, and Y").
     score_y = degradation.task == "dejpeg" and truths[0].shape[2] == 3
-    _reset_peak_memory(restorer)
+    _reset_peak_memory(method)
     per_image, seconds, first_output = [], 0.0, None
     for stem, image, truth in zip(stems, degraded, truths):
         start = time.perf_counter()
-        output = restorer.restore(image, degradation)
+        output = method.restore(image, degradation)
         seconds += time.perf_counter() - start
-        _check_same_size(f"the output of {restorer.name}", stem, output, truth)
+        _check_same_size(f"the output of {method.name}", stem, output, truth)
         record = {"name": stem}
         record["psnr"], record["ssim"] = psnr_ssim(output, truth, quantize=quantize,
-                                                   clamp=restorer.clamp_output)
+                                                   clamp=method.clamp_output)
         if score_y:
             record["psnr_y"], record["ssim_y"] = psnr_ssim(output, truth, quantize=quantize,
-                                                           to_y=True, clamp=restorer.clamp_output)
+                                                           to_y=True, clamp=method.clamp_output)
         per_image.append(record)
         if save is not None:
             save(stem, output)
         if first_output is None:
             first_output = output
-    row = {"task": degradation.task, "model": restorer.name, "level": degradation.label}
+    row = {"task": degradation.task, "model": method.name, "level": degradation.label}
     for key in ("psnr", "ssim", "psnr_y", "ssim_y"):
         if key in per_image[0]:
             row[key] = float(np.mean([r[key] for r in per_image]))
     row.update(n_images=len(per_image), seconds_per_image=seconds / len(per_image),
-               peak_mem_mb=_peak_memory_mb(restorer), degradation=degradation.as_dict(),
+               peak_mem_mb=_peak_memory_mb(method), degradation=degradation.as_dict(),
                seed=degradation.seed, quantize=quantize, images=per_image)
     return row, first_output
 

@@ -1,8 +1,13 @@
 """Regenerate the "Model cards" section of weights/README.md from the manifest and the
 `magn eval` results in weights/results/, so that a card never quotes a number the results
-files do not hold.
+files do not hold, and the README never lists a checkpoint the manifest does not (or
+misses one it does).
 
     python scripts/model_cards.py          # rewrites weights/README.md from "## Model cards" on
+    python scripts/model_cards.py --check  # exit 1 if the README is not what it would write
+
+The text above "## Model cards" is hand-written and must not say which checkpoints
+exist; tests/test_published_weights.py checks that the README is this script's output.
 """
 from __future__ import annotations
 
@@ -13,16 +18,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from magncli.models.registry import build_model  # noqa: E402
+from magncli.models.registry import build_model, resolve_config  # noqa: E402
 from magncli.weights import load_manifest  # noqa: E402
 
 README = REPO / "weights" / "README.md"
 HEADING = "## Model cards"
 
+# INTRO states facts about every listed checkpoint; _check_intro refuses to write it
+# when the manifest no longer fits them (then rewrite INTRO).
+INTRO_VARIANT = "magn-tiny-local"
 INTRO = """\
-Five checkpoints are published, one per task and channel count; each is the default that
+{count} checkpoints are published, one per task and channel count; each is the default that
 `magn restore` picks. **None of them is the paper's MAGN.** No GPU was available to the
-project when they were made, so all five are the `magn-tiny-local` variant trained on the
+project when they were made, so all {count_lower} are the `magn-tiny-local` variant trained on the
 development machine's 2-core CPU:
 
 - Architecture: `magn-tiny-local` (magncli/models/magn.py): 32 features, 2 + 2 ResBlocks
@@ -135,16 +143,52 @@ def card(entry) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+_COUNT_WORDS = ["No", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten"]
+
+
+def _check_intro(manifest) -> None:
+    """INTRO says: one checkpoint per task and channel count, each the default, all of the
+    INTRO_VARIANT architecture. Refuse to publish that text when it is no longer true."""
+    problems = []
+    kinds = [(e.task, e.channels) for e in manifest.entries]
+    if len(set(kinds)) != len(kinds):
+        problems.append("two checkpoints serve one task and channel count")
+    problems += [f"{e.name} is not the default" for e in manifest.entries if not e.default]
+    problems += [f"{e.name} is not {INTRO_VARIANT}" for e in manifest.entries
+                 if resolve_config(e.arch, **e.config)[1]
+                 != resolve_config(INTRO_VARIANT, in_channels=e.channels)[1]]
+    if problems:
+        raise SystemExit(f"{README}: INTRO in {__file__} no longer describes the manifest "
+                         f"({'; '.join(problems)}); rewrite it")
+
+
+def render(text: str, manifest) -> str:
+    """The README `text` with its model cards section regenerated from `manifest`."""
+    _check_intro(manifest)
+    head = text[:text.index(HEADING)] if HEADING in text else text.rstrip() + "\n\n"
+    params = {c: sum(p.numel() for p in build_model(INTRO_VARIANT, in_channels=c).parameters())
+              for c in (1, 3)}
+    n = len(manifest.entries)
+    count = _COUNT_WORDS[n] if n < len(_COUNT_WORDS) else str(n)
+    intro = INTRO.format(count=count, count_lower=count.lower(),
+                         params_gray=params[1], params_color=params[3])
+    body = "\n".join(card(e) for e in manifest.entries)
+    return f"{head}{HEADING}\n\n{intro}\n{body}"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     manifest = load_manifest(REPO / "weights" / "manifest.json")
     text = README.read_text()
-    head = text[:text.index(HEADING)] if HEADING in text else text.rstrip() + "\n\n"
-    params = {c: sum(p.numel() for p in build_model("magn-tiny-local", in_channels=c).parameters())
-              for c in (1, 3)}
-    intro = INTRO.format(params_gray=params[1], params_color=params[3])
-    body = "\n".join(card(e) for e in manifest.entries)
-    README.write_text(f"{head}{HEADING}\n\n{intro}\n{body}")
+    new = render(text, manifest)
+    if "--check" in argv:
+        if new != text:
+            print(f"{README} is out of date: run python scripts/model_cards.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,7 +6,9 @@ input and a no-weights baseline computed here on the same crop (an independent o
 they need ../shared/datasets and are skipped without it."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -71,6 +73,26 @@ def test_shipped_checkpoint_is_intact_half_precision_and_documented(name):
         assert entry.provenance.get(key), f"{name}: provenance lacks {key}"
     assert entry.scores and all(s["command"].startswith("magn eval ") for s in entry.scores)
     assert f"### {name}" in (WEIGHTS / "README.md").read_text()   # its model card
+
+
+def test_readme_lists_exactly_the_manifests_checkpoints():
+    """weights/README.md states what exists only in the part that scripts/model_cards.py
+    writes from the manifest: one card per checkpoint, in its order, none other, and the
+    whole section is what the script would write now (no hand edit, no stale card)."""
+    manifest = _manifest()
+    text = (WEIGHTS / "README.md").read_text()
+    head, cards = text.split("\n## Model cards\n", 1)
+    assert re.findall(r"^### (.+)$", cards, re.M) == [e.name for e in manifest.entries]
+    assert "\n### " not in head                          # no card in the hand-written part
+    spec = importlib.util.spec_from_file_location("model_cards", REPO / "scripts" / "model_cards.py")
+    model_cards = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_cards)
+    assert model_cards.render(text, manifest) == text, "run python scripts/model_cards.py"
+    # Its hand-written intro ("each is the default ...") is refused once it stops being true.
+    from dataclasses import replace
+    changed = replace(manifest, entries=[replace(manifest.entries[0], default=False), *manifest.entries[1:]])
+    with pytest.raises(SystemExit, match="is not the default"):
+        model_cards.render(text, changed)
 
 
 @pytest.mark.parametrize("name", [e.name for e in load_manifest(WEIGHTS / "manifest.json").entries])

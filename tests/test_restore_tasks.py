@@ -104,10 +104,10 @@ def test_align_mosaic_puts_samples_on_grbg_sites(pattern):
 def test_eval_aligns_every_pattern_for_grbg_models(pattern):
     # `magn eval --pattern P` runs models through the same alignment as restore.
     from magncli.degrade import make_degradation
-    from magncli.evaluate import model_restorer
+    from magncli.evaluate import model_method
     from magncli.inference import InferenceOptions
     rgb = _smooth_rgb().astype(np.float32)
     degradation = make_degradation("demosaic", pattern=pattern)
-    out = model_restorer(BilinearGRBG(), InferenceOptions(device="cpu")).restore(
+    out = model_method(BilinearGRBG(), InferenceOptions(device="cpu")).restore(
         degradation.apply(rgb), degradation)
     assert out.shape == rgb.shape and psnr(out, rgb) > 30

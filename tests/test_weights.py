@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from magncli import weights
+from magncli.weights import cache, download
 from magncli.checkpoints import load_model
 from magncli.errors import MagnError
 from magncli.weights import load_manifest, resolve_weights, select_default
@@ -61,8 +62,8 @@ def test_verified_file_is_not_rehashed_until_it_changes(server, wenv, tiny_bytes
     assert json.loads((wenv.cache / f"{FILE}.verified").read_text())["sha256"] == sha256_of(tiny_bytes)
 
     calls = []
-    real_hash = weights.file_sha256
-    monkeypatch.setattr(weights, "file_sha256", lambda p: calls.append(p) or real_hash(p))
+    real_hash = cache.file_sha256
+    monkeypatch.setattr(cache, "file_sha256", lambda p: calls.append(p) or real_hash(p))
     assert resolve_weights(NAME, quiet=True) == path
     assert calls == []                       # trusted the sidecar record
 
@@ -73,8 +74,14 @@ def test_verified_file_is_not_rehashed_until_it_changes(server, wenv, tiny_bytes
     assert server.state.hits == 1
 
 
+def test_download_policy_is_patched_where_it_is_read(wenv):
+    # Set on the package, RETRIES would be a copy the download code never reads.
+    assert all(not hasattr(weights, name) for name in ("RETRIES", "BACKOFF_S", "TIMEOUT_S"))
+    assert (download.RETRIES, download.BACKOFF_S) == (2, 0.01)   # wenv's short policy, in use
+
+
 def test_dropped_connection_resumes_with_range_on_next_call(server, wenv, tiny_bytes, monkeypatch):
-    monkeypatch.setattr(weights, "RETRIES", 0)
+    monkeypatch.setattr(download, "RETRIES", 0)
     serve_tiny(server, wenv, tiny_bytes)
     server.state.drop_first = 1
     with pytest.raises(MagnError, match="next try resumes"):
@@ -99,7 +106,7 @@ def test_dropped_connection_resumes_within_one_call(server, wenv, tiny_bytes):
 
 
 def test_server_ignoring_range_restarts_cleanly(server, wenv, tiny_bytes, monkeypatch):
-    monkeypatch.setattr(weights, "RETRIES", 0)
+    monkeypatch.setattr(download, "RETRIES", 0)
     serve_tiny(server, wenv, tiny_bytes)
     server.state.drop_first = 1
     server.state.ignore_range = True
@@ -113,7 +120,7 @@ def test_server_ignoring_range_restarts_cleanly(server, wenv, tiny_bytes, monkey
 
 
 def test_stale_partial_file_gets_416_and_restarts(server, wenv, tiny_bytes, monkeypatch):
-    monkeypatch.setattr(weights, "RETRIES", 0)      # the restart after 416 is not a retry
+    monkeypatch.setattr(download, "RETRIES", 0)      # the restart after 416 is not a retry
     server.state.files["/x/model.safetensors"] = tiny_bytes
     target = wenv.cache / "model.safetensors"
     target.parent.mkdir(parents=True)
@@ -170,7 +177,7 @@ def test_500_retried_then_fails(server, wenv, tiny_bytes):
     server.state.status = 500
     with pytest.raises(MagnError, match="failed after 3 attempts: HTTP 500"):
         resolve_weights(NAME, quiet=True)
-    assert server.state.hits == 1 + weights.RETRIES
+    assert server.state.hits == 1 + download.RETRIES
     assert leftovers(wenv) == []
 
 
@@ -370,5 +377,6 @@ def test_select_default(wenv, caplog):
         "using gray-blind (sigma 0-55 (blind)), the nearest",
         "no pretrained dejpeg model for color images was trained for quality 85; "
         "using jpeg-color (quality 10-40 (blind)), the nearest"]
-    with pytest.raises(MagnError, match=r"^no pretrained dejpeg model for gray images yet; pass --weights PATH$"):
+    # A library message names the parameter (the CLI shows it as --weights: test_weights_cli).
+    with pytest.raises(MagnError, match=r"^no pretrained dejpeg model for gray images yet; pass weights=PATH$"):
         select_default("dejpeg", 1)

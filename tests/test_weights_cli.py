@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from magncli.cli.app import _register, app
+from magncli.cli.app import _register, app, cli_message, main
 from magncli.errors import MagnError
 from magncli.weights import load_manifest
 
@@ -131,7 +131,8 @@ def test_add_without_copy_and_bad_levels(wenv, tiny_checkpoint, tmp_path):
         bad = magn("add", str(tiny_checkpoint), "--name", "x", "--task", "denoise", "--levels", levels)
         assert isinstance(bad.exception, MagnError)
     missing = magn("add", str(tiny_checkpoint), "--name", "x", "--task", "denoise")
-    assert isinstance(missing.exception, MagnError) and "--levels" in str(missing.exception)
+    assert isinstance(missing.exception, MagnError) and "pass levels='25'" in str(missing.exception)
+    assert "pass --levels '25'" in cli_message(missing.exception)
     assert wenv.manifest_path.read_text() == before          # refused without writing
 
 
@@ -175,7 +176,32 @@ def test_scores_recorded_from_eval_results(wenv, tiny_checkpoint, tmp_path):
     before = wenv.manifest_path.read_text()
     results.write_text(json.dumps(rows[:1]))                 # no row of this checkpoint
     missing = magn("scores", NAME, str(results))
-    assert isinstance(missing.exception, MagnError) and "magn eval --model tiny-s25" in str(missing.exception)
+    assert isinstance(missing.exception, MagnError)
+    assert "evaluate the checkpoint under its manifest name, tiny-s25" in str(missing.exception)
     results.write_text("{not json")
     assert isinstance(magn("scores", NAME, str(results)).exception, MagnError)
     assert wenv.manifest_path.read_text() == before
+
+
+def test_library_parameters_are_shown_as_options_on_the_command_line(wenv, tiny_checkpoint, tmp_path,
+                                                                     monkeypatch, capsys):
+    """The library says "pass levels=..." (it is called from Python too); `magn` prints
+    the option instead, both for an error that ends the command and for a failed image."""
+    monkeypatch.setattr("sys.argv", ["magn", "weights", "add", str(tiny_checkpoint), "--name", "x",
+                                     "--task", "denoise"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.strip() == ("magn: error: pass --levels '25', '15,25,50' or '0-55' "
+                                               "(blind) for a denoise model")
+
+    image = tmp_path / "gray.png"
+    from PIL import Image
+    Image.new("L", (8, 8)).save(image)
+    result = runner.invoke(app, ["restore", str(image), "--task", "denoise", "-o", str(tmp_path / "out"),
+                                 "--json", "--quiet"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error"] == ("no pretrained denoise model for gray images yet; "
+                                                  "pass --weights PATH")
+    # Paths and other words that merely end in a parameter's name are left alone.
+    assert cli_message("/runs/task=3/a.pt: my-weights=2") == "/runs/task=3/a.pt: my-weights=2"

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from magncli import weights
+from magncli.weights import download
 from magncli.checkpoints import save_checkpoint
 from magncli.models.registry import build_model, list_archs, register_arch
 
@@ -205,9 +205,9 @@ def wenv(tmp_path, monkeypatch) -> WeightsEnv:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     # Short retries so that failure tests take milliseconds.
-    monkeypatch.setattr(weights, "RETRIES", 2)
-    monkeypatch.setattr(weights, "BACKOFF_S", 0.01)
-    monkeypatch.setattr(weights, "TIMEOUT_S", (5.0, 10.0))
+    monkeypatch.setattr(download, "RETRIES", 2)
+    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(download, "TIMEOUT_S", (5.0, 10.0))
     return env
 
 

@@ -3,7 +3,8 @@
 #   1. train the recipe with the CPU overlay (magn-tiny-local), resuming if stopped;
 #   2. add RUNDIR/export.safetensors (fp16 EMA weights) to weights/manifest.json;
 #   3. score it by name with `magn eval` on every standard set of its task, beside the
-#      input and the no-weights baselines, and record the scores in the manifest.
+#      input and the no-weights baselines, and record the scores in the manifest;
+#   4. regenerate the model cards of weights/README.md from the manifest.
 # Usage: bash train/publish-cpu.sh RECIPE
 #   RECIPE: denoise-gray-blind | denoise-color-blind | dejpeg-gray | dejpeg-color | demosaic
 # Steps 2-3 are skipped when the manifest already lists the checkpoint / its results exist.
@@ -55,3 +56,4 @@ if [ ! -f "$RESULTS.json" ]; then
         -o "$RESULTS.json" -o "$RESULTS.md"
 fi
 magn weights scores "$NAME" "$RESULTS.json"
+python scripts/model_cards.py

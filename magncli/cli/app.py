@@ -2,6 +2,7 @@
 and calls the library; MagnError becomes a one-line message and exit code 1."""
 from __future__ import annotations
 
+import re
 import sys
 
 import typer
@@ -15,6 +16,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+# The library names what would fix an error as a Python parameter ("pass weights=PATH");
+# on the command line the same thing is an option ("pass --weights PATH").
+_PARAMETER_OPTIONS = {"weights": "--weights", "levels": "--levels", "task": "--task",
+                      "channels": "--channels"}
+_PARAMETER_RE = re.compile(r"(?<![\w./\\-])(%s)=" % "|".join(_PARAMETER_OPTIONS))
+
+
+def cli_message(error) -> str:
+    """A library error's message as the command line says it: weights=PATH -> --weights PATH."""
+    return _PARAMETER_RE.sub(lambda m: _PARAMETER_OPTIONS[m.group(1)] + " ", str(error))
 
 
 def _version(value: bool) -> None:
@@ -42,7 +55,7 @@ def main() -> None:
     try:
         app()
     except MagnError as e:
-        print(f"magn: error: {e}", file=sys.stderr)
+        print(f"magn: error: {cli_message(e)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("magn: interrupted", file=sys.stderr)

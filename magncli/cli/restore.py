@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from magncli.cli.app import app
+from magncli.cli.app import app, cli_message
 from magncli.cli.common import (CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt, TileOpt, TilingOpt, console,
                                 inference_options)
 from magncli.errors import MagnError
@@ -75,8 +75,8 @@ def restore(
                 line = f"{job.source} -> {job.target} ({_describe(record)})"
             except MagnError as e:
                 failures += 1
-                record = {"input": str(job.source), "error": str(e)}
-                line = f"[red]error:[/red] {e}"
+                record = {"input": str(job.source), "error": cli_message(e)}
+                line = f"[red]error:[/red] {record['error']}"
             except MemoryError:
                 failures += 1
                 record = {"input": str(job.source), "error": "out of memory (try a smaller --tile)"}

@@ -12,7 +12,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from magncli import weights as w
-from magncli.cli.app import app
+from magncli.cli.app import app, cli_message
 from magncli.errors import MagnError
 
 weights_app = typer.Typer(
@@ -98,8 +98,8 @@ def download_cmd(
             if not as_json:
                 print(path)
         except MagnError as err:
-            results.append({"name": e.name, "ok": False, "path": None, "error": str(err)})
-            _error(str(err))
+            results.append({"name": e.name, "ok": False, "path": None, "error": cli_message(err)})
+            _error(cli_message(err))
     if as_json:
         _print_json(results)
     if not all(r["ok"] for r in results):

@@ -2,7 +2,7 @@
 
 The validation images are loaded and degraded once, exactly as `magn eval` does
 (datasets.load_ground_truth, Degradation.apply with a fixed seed); each validation then
-runs the model through evaluate.evaluate_restorer, i.e. inference.restore_array (the
+runs the model through evaluate.evaluate_method, i.e. inference.restore_array (the
 same tiles and blending) and metrics.psnr. So a validation PSNR is a `magn eval` number
 on those (optionally cropped) images.
 """
@@ -16,7 +16,7 @@ from torch import nn
 
 from magncli import datasets
 from magncli.degrade import DEFAULT_PATTERN, make_degradation
-from magncli.evaluate import BASELINES, evaluate_restorer, model_restorer
+from magncli.evaluate import BASELINES, evaluate_method, model_method
 from magncli.inference import InferenceOptions
 from magncli.training.config import TrainConfig
 
@@ -58,15 +58,15 @@ class Validator:
         self.options = options
         self.input_psnr = self._score(BASELINES["input"])
 
-    def _score(self, restorer) -> Dict[str, float]:
+    def _score(self, method) -> Dict[str, float]:
         scores: List[float] = []
         result = {}
         for degradation, degraded in zip(self.degradations, self.inputs):
-            row, _ = evaluate_restorer(restorer, self.stems, degraded, self.truths, degradation)
+            row, _ = evaluate_method(method, self.stems, degraded, self.truths, degradation)
             result[degradation.label] = row["psnr"]
             scores.append(row["psnr"])
         result["mean"] = float(np.mean(scores))
         return result
 
     def __call__(self, model: nn.Module) -> Dict[str, float]:
-        return self._score(model_restorer(model, self.options, "validation"))
+        return self._score(model_method(model, self.options, "validation"))

@@ -1,0 +1,208 @@
+"""Resumable, verified, atomic HTTP downloads shared safely between processes.
+
+The pooch / torch.hub pattern: stream into `<file>.part` (resumed with an HTTP Range
+request after an interruption), retry connection errors, timeouts and 5xx with backoff,
+check size and sha256, then rename atomically, all under a file lock so that concurrent
+processes share one download. A rich progress bar shows on stderr when it is a terminal.
+Knows nothing of the manifest: it is given a URL, a target and what to expect.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import magncli
+from magncli.errors import MagnError
+from magncli.weights import cache
+
+# Download policy, read at call time: tests (and, if ever needed, callers) shorten it by
+# setting these names on this module.
+RETRIES = 3                 # extra attempts after the first, for connection errors, timeouts, 5xx
+BACKOFF_S = 1.0             # wait before retry k is BACKOFF_S * 2**(k-1)
+TIMEOUT_S = (10.0, 60.0)    # (connect, read) seconds, as requests takes them
+CHUNK_BYTES = 1 << 20
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (5xx, a cut connection)."""
+
+
+class _RestartFromZero(_Retryable):
+    """The partial file does not fit what the server sends; it was deleted."""
+
+
+def say(message: str, quiet: bool) -> None:
+    """A note for the user on stderr (retries, waits, mismatches), unless quiet."""
+    if not quiet:
+        print(f"magn: {message}", file=sys.stderr)
+
+
+@contextmanager
+def _progress_bar(description: str, total: Optional[int], done: int, quiet: bool) -> Iterator:
+    """Yields advance(n_bytes). A rich bar on stderr, only when stderr is a terminal."""
+    from rich.console import Console
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield lambda n: None
+        return
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total, completed=done)
+        yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def _locked(target: Path, quiet: bool) -> Iterator[None]:
+    """Hold `<target>.lock`, so that one process downloads while the others wait."""
+    from filelock import FileLock, Timeout
+    lock = FileLock(str(target) + ".lock")
+    try:
+        lock.acquire(timeout=0.2)
+    except Timeout:
+        say(f"waiting for another magn process to finish downloading {target.name}", quiet)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def download_file(url: str, target, *, sha256: Optional[str] = None, size: Optional[int] = None,
+                  quiet: bool = False, cache_dir=None) -> Path:
+    """Download `url` to `target` (resumable, verified, atomic) and return `target`.
+
+    If `target` already exists and matches sha256 (or no sha256 is known), nothing is
+    fetched: that is how a process that waited for the lock finds the other's download.
+    """
+    target = Path(target)
+    cache_dir = Path(cache_dir) if cache_dir is not None else target.parent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    with _locked(target, quiet):
+        if target.is_file():
+            if sha256 is None or cache.is_verified(target, sha256, cache_dir):
+                return target
+            target.unlink()  # a corrupt copy: replace it
+        _fetch_to_part(url, part, sha256=sha256, size=size, quiet=quiet)
+
+        actual_size = part.stat().st_size
+        if size is not None and actual_size != size:
+            part.unlink(missing_ok=True)
+            raise MagnError(f"download of {url} has {actual_size} bytes, expected {size}; deleted it")
+        if sha256 is not None:
+            actual = cache.file_sha256(part)
+            if actual != sha256:
+                part.unlink(missing_ok=True)
+                raise MagnError(f"download of {url} has sha256 {actual}, expected {sha256}; deleted it "
+                                "(a wrong or corrupted file on the server?)")
+        os.replace(part, target)  # atomic: the final name only ever holds a complete file
+        if sha256 is not None:
+            cache.record_verified(target, sha256, cache_dir)
+    return target
+
+
+def _fetch_to_part(url: str, part: Path, *, sha256: Optional[str], size: Optional[int], quiet: bool) -> None:
+    """Fill `part` with the whole body of `url`, resuming what an earlier attempt left."""
+    import requests
+    import urllib3
+
+    # trust_env stays True: requests then honours HTTP(S)_PROXY, NO_PROXY and .netrc.
+    session = requests.Session()
+    # identity: byte offsets for Range must refer to the file, not to a gzip stream.
+    base_headers = {"User-Agent": f"magn/{magncli.__version__}", "Accept-Encoding": "identity"}
+    failures = 0
+    restarted = False  # one free restart from zero when the partial file proves stale
+    try:
+        while True:
+            offset = part.stat().st_size if part.exists() else 0
+            if size is not None and offset >= size:
+                # A leftover as long as the file: it may be complete (crash before the rename).
+                if offset == size and (sha256 is None or cache.file_sha256(part) == sha256):
+                    return
+                part.unlink()
+                offset = 0
+            headers = dict(base_headers)
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
+            try:
+                with session.get(url, headers=headers, stream=True, timeout=TIMEOUT_S) as resp:
+                    _stream_response(resp, url, part, offset, size, quiet)
+                return
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError, _Retryable) as e:  # urllib3: errors while reading the body
+                reason = _short_reason(e)
+                if isinstance(e, _RestartFromZero) and not restarted:
+                    restarted = True
+                    say(f"{reason}: restarting the download of {url}", quiet)
+                    continue
+                failures += 1
+                if failures > RETRIES:
+                    kept = (f"; {part.stat().st_size} bytes kept in {part}, the next try resumes"
+                            if part.exists() else "")
+                    raise MagnError(f"download of {url} failed after {failures} attempts: {reason}{kept}") from None
+                wait = BACKOFF_S * 2 ** (failures - 1)
+                say(f"download of {url} interrupted ({reason}); retrying in {wait:g} s", quiet)
+                time.sleep(wait)
+            except requests.RequestException as e:  # bad URL, too many redirects, ...: no retry
+                raise MagnError(f"cannot download {url}: {_short_reason(e)}") from None
+            except OSError as e:
+                raise MagnError(f"cannot write {part}: {e.strerror or e}") from None
+    finally:
+        session.close()
+
+
+def _stream_response(resp, url: str, part: Path, offset: int, size: Optional[int], quiet: bool) -> None:
+    status = resp.status_code
+    if status == 416:  # our partial file no longer fits the server's file: start over
+        part.unlink(missing_ok=True)
+        raise _RestartFromZero("HTTP 416 for the resumed range")
+    if status >= 500:
+        raise _Retryable(f"HTTP {status} {resp.reason}")
+    if status not in (200, 206):  # 404 and other client errors will not change by retrying
+        raise MagnError(f"cannot download {url}: HTTP {status} {resp.reason}")
+    if status == 206:
+        start = _content_range_start(resp.headers.get("Content-Range", ""))
+        if start != offset:
+            part.unlink(missing_ok=True)
+            raise _RestartFromZero(f"server resumed at byte {start}, not {offset}")
+    else:
+        offset = 0  # 200: the server sent the whole file (it ignores Range, or none was sent)
+    # We asked for identity; a server that compresses anyway gets decoded (its length
+    # and Range offsets then count compressed bytes, so only the sha256 check remains).
+    encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+    length = resp.headers.get("Content-Length")
+    expected_total = offset + int(length) if length and length.isdigit() and not encoded else size
+
+    # read1 (urllib3 >= 2) hands over whatever has arrived, so when the connection drops,
+    # every byte received is already in the .part file for the next Range request.
+    # (iter_content would lose the last partial chunk.)
+    read = getattr(resp.raw, "read1", None) or resp.raw.read
+    written = offset
+    with open(part, "ab" if offset else "wb") as out, \
+            _progress_bar(part.name[:-len(".part")], expected_total, offset, quiet) as advance:
+        while True:
+            chunk = read(CHUNK_BYTES, decode_content=encoded)
+            if not chunk:
+                break
+            out.write(chunk)
+            written += len(chunk)
+            advance(len(chunk))
+    if expected_total is not None and written < expected_total:
+        raise _Retryable(f"connection closed after {written} of {expected_total} bytes")
+
+
+def _content_range_start(header: str) -> Optional[int]:
+    m = re.match(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)", header)
+    return int(m.group(1)) if m else None
+
+
+def _short_reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
