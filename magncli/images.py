@@ -291,7 +291,7 @@ def write_image(path, image: Image, *, overwrite: bool = False, jpeg_quality: in
     if path.exists() and not overwrite:
         raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
     data = encode_image(image, ext, jpeg_quality)
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, exclusive=not overwrite)
     return path
 
 
