@@ -341,3 +341,44 @@ def test_long_error_lines_are_not_wrapped(tmp_path, ckpt):
     res = _run(path, "-t", "denoise", "-w", ckpt[3], "-q")
     assert res.exit_code == 1 and len(_errors(res)) == 1 and res.stderr.count("\n") == 1
     assert res.stderr.startswith(f"error: {path}: too large")
+
+
+class _RunsCode:
+    """Pickles to a call of exec: what a hostile checkpoint does when it is loaded."""
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_blocked_pickle_never_suggests_the_unsafe_option(tmp_path, ckpt, legacy):
+    import torch
+    _img(tmp_path / "a.png", (12, 12, 3))
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(2), "x": _RunsCode(marker)}, evil,
+               _use_new_zipfile_serialization=not legacy)
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", evil, "-q")
+    assert res.exit_code == 1 and not marker.exists()
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"error: {evil}: not a plain state_dict (loading it would call Python code: exec)")
+    assert "safetensors" in line and "weights_only" not in line and "trust" not in line
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"hello, I am a text file\n", "not a PyTorch checkpoint (it looks like text)"),
+    (b"", "empty file (0 bytes), not a PyTorch checkpoint"),
+    (b"\x00\x01\x02binary", "not a PyTorch checkpoint: neither the zip archive"),
+    (b"\x80\x04K\x01.", "not a readable PyTorch checkpoint"),   # a pickle of the number 1
+])
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is_not(tmp_path, ckpt, content, words):
+    _img(tmp_path / "a.png", (12, 12, 3))
+    bad = tmp_path / "x.pth"
+    bad.write_bytes(content)
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", bad, "-q")
+    assert res.exit_code == 1
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"error: {bad}: {words}"), line
+    assert "pop from empty list" not in line and "weights_only" not in line
