@@ -14,6 +14,9 @@ Two formats are read:
 from __future__ import annotations
 
 import json
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -52,14 +55,51 @@ def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
                 raise MagnError(f"{path}: corrupt '{META_KEY}' metadata") from None
         return state, meta
     if path.suffix in _PT_SUFFIXES:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle refusals, truncated zips, ...
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MagnError(f"{path}: cannot be read as a weights-only state_dict ({first})") from None
-        return _unwrap_state_dict(obj, path), {}
+        return _unwrap_state_dict(_torch_load_tensors(path), path), {}
     raise MagnError(f"{path}: unknown checkpoint format {path.suffix!r} "
                     "(expected .safetensors, .pt or .pth)")
+
+
+_NOT_PLAIN = ("not a plain state_dict ({why}); magn reads tensors only and never runs a "
+              "checkpoint's code: save the weights as safetensors "
+              "(safetensors.torch.save_file(model.state_dict(), PATH))")
+
+
+def _torch_load_tensors(path: Path):
+    """torch.load(weights_only=True), with messages that say what the file is not, and
+    never torch's advice to retry with weights_only=False (which runs the file's code)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise MagnError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not head:
+        raise MagnError(f"{path}: empty file (0 bytes), not a PyTorch checkpoint")
+    if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":
+        looks = " (it looks like text)" if _is_text(head) else ""
+        raise MagnError(f"{path}: not a PyTorch checkpoint{looks}: neither the zip archive "
+                        "that torch.save writes nor a pickle")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # torch's multi-line pickle notes
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        why = (f"loading it would call Python code: {blocked.group(1)}" if blocked else
+               "a pickle of Python objects other than tensors, or a damaged one")
+        raise MagnError(f"{path}: " + _NOT_PLAIN.format(why=why)) from None
+    except Exception as e:  # truncated zips, ...
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        first = next((line for line in lines if "weights_only" not in line), type(e).__name__)
+        raise MagnError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(ch >= 32 or ch in b"\t\n\r" for ch in head)
 
 
 def _unwrap_state_dict(obj, path) -> Dict[str, torch.Tensor]:

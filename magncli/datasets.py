@@ -172,5 +172,5 @@ def write_file_atomic(path: Union[str, Path], data: Union[bytes, str],
     """Write through a temporary file and os.replace, so that a reader never sees half a
     file; refuses to replace an existing file unless `overwrite`."""
     path = check_writable(path, overwrite)
-    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, exclusive=not overwrite)
     return path

@@ -303,12 +303,19 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
     <stem>.png/.tiff, plus manifest.json recording every parameter; returns the manifest.
 
     As the protocol says, every image gets a fresh generator seeded with the same seed, so
-    a file's noise does not depend on which other files were given. Nothing is written if
-    any output exists already (unless overwrite)."""
+    a file's noise does not depend on which other files were given.
+
+    Settings and outputs are checked before any work: nothing is written if an input
+    is missing or any output exists already (unless overwrite). Then every image is
+    attempted: one that fails (unreadable, too large, several frames, cannot be
+    written) is listed under "failed" with its one-line error, and the others are
+    written. manifest.json lists exactly the files written ("files"), and is written
+    whenever at least one was."""
     # Imported here: datasets itself uses this module (studio Y).
     from magncli import __version__
     from magncli.datasets import (IMAGE_FORMATS, check_writable, encode_image, list_images,
                                   load_image, write_file_atomic)
+    from magncli.fileio import remove_stale_temporaries
 
     if fmt not in IMAGE_FORMATS:
         raise MagnError(f"unknown output format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
@@ -331,22 +338,31 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
     manifest_path = out_dir / "manifest.json"
     for target in targets + [manifest_path]:
         check_writable(target, overwrite)
+    remove_stale_temporaries(targets + [manifest_path])
 
-    records = []
+    records, failed = [], []
     for src, target in zip(sources, targets):
-        clean = load_image(src)  # float32 HxWxC
         try:
+            clean = load_image(src)  # float32 HxWxC
             if fmt == "jpg":  # the JPEG file itself: restore reads its quality from the tables
                 data = jpeg_encode(clean, degradation.quality)
             else:
                 data = encode_image(degradation.apply(clean), fmt)
-        except MagnError as e:
-            raise MagnError(f"{src}: {e}") from None
-        write_file_atomic(target, data, overwrite)
+            write_file_atomic(target, data, overwrite)
+        except (MagnError, OSError, MemoryError) as e:
+            message = str(e) if isinstance(e, MagnError) else (
+                "out of memory" if isinstance(e, MemoryError) else (e.strerror or str(e)))
+            if not message.startswith(str(src)) and not message.startswith(str(target)):
+                message = f"{src}: {message}"
+            failed.append({"input": str(src), "error": message})
+            continue
         records.append({"input": str(src), "output": target.name, "seed": degradation.seed,
                         "height": clean.shape[0], "width": clean.shape[1],
                         "channels": clean.shape[2]})
     manifest = {"magn_version": __version__, "degradation": degradation.as_dict(),
                 "format": fmt, "format_note": IMAGE_FORMATS[fmt][1], "files": records}
-    write_file_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n", overwrite)
+    if failed:
+        manifest["failed"] = failed
+    if records:
+        write_file_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n", overwrite)
     return manifest

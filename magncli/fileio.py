@@ -1,23 +1,91 @@
-"""Atomic file writes: the one way magn puts a file in place.
+"""Atomic file writes, output claims and the clean-up of what a killed run left behind:
+the one way magn puts a file in place.
 
     with atomic_path("out.png") as tmp:   # a temporary name in the same folder
         write_something(tmp)
     # now out.png exists, complete, with the usual permissions; on any error nothing
     # is left under either name
 
+    with claim_output("out.png"):         # before the work: refuses an existing out.png,
+        ...                               # and one that another live process is making
+        atomic_write_bytes("out.png", data, exclusive=True)
+
+    remove_stale_temporaries(["out.png"])  # temporaries of out.png whose writer is gone
+
 A reader never sees half a file, and an interrupted run never leaves a truncated
 output under the final name. Temporary files are made with mkstemp (mode 0600), so the
 usual umask-derived mode (0644 typically) is applied before the rename.
+
+Temporary names say who wrote them: `.NAME.PID@HOST.XXXXXXXX.part`. A `kill -9` can
+leave one behind; it is stale once its process is gone (same host), and
+`remove_stale_temporaries` deletes it then, never while its writer lives.
+
+A claim is `.NAME.magn-lock`, held with flock(2) for as long as the work runs: the kernel
+releases it when the process ends, however it ends, so a killed run never blocks a rerun.
+The file is removed when the claim is released (and by the next run after a kill).
+
+A file-system error (read-only, full, no permission) is a one-line MagnError.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterable, Iterator, List, Optional, Union
+
+from magncli.errors import MagnError
+
+try:
+    import fcntl
+except ImportError:               # not POSIX: claims reduce to the existence checks
+    fcntl = None
 
 PathLike = Union[str, os.PathLike]
+
+LOCK_SUFFIX = ".magn-lock"
+# Temporaries of another host, or of a magn older than the PID@HOST names, are judged
+# by age alone: no write of one file takes this long.
+FOREIGN_STALE_SECONDS = 24 * 3600
+UNTAGGED_STALE_SECONDS = 3600
+_MAX_NAME_BYTES = 150             # of NAME in a temporary's name (file names stop at 255)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+
+
+def _owner() -> str:
+    """PID@HOST: who writes a temporary file or holds a claim."""
+    return f"{os.getpid()}@{_host()}"
+
+
+def _short_name(name: str) -> str:
+    """`name` cut to _MAX_NAME_BYTES (UTF-8), so that a temporary's name stays legal."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _MAX_NAME_BYTES:
+        return name
+    return raw[:_MAX_NAME_BYTES].decode("utf-8", "ignore")
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True               # no safe liveness test here: treat as alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:       # another user's process
+        return True
+    return True
+
+
+def _cannot_write(path: Path, e: OSError) -> MagnError:
+    return MagnError(f"{path}: cannot write ({e.strerror or e})")
 
 
 def _default_mode() -> int:
@@ -26,29 +94,226 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+def _make_parents(folder: Path) -> List[Path]:
+    """mkdir -p; returns the folders it made, deepest first (to undo on failure)."""
+    made = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        made.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _remove_empty(folders: Iterable[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _publish(tmp: Path, path: Path, exclusive: bool) -> None:
+    """Move `tmp` to `path`; with `exclusive`, never over a file that exists."""
+    if not exclusive:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)         # atomic, and fails if `path` exists
+    except FileExistsError:
+        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        # A file system without hard links: the claim keeps other magn runs away.
+        if path.exists():
+            raise MagnError(f"{path}: already exists (pass --overwrite to replace it)") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 @contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` if the block succeeds."""
+def atomic_path(path: PathLike, *, exclusive: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; move it to `path` if the block succeeds.
+
+    exclusive: never replace an existing `path` (MagnError "already exists" instead),
+    even one that another process wrote while the block ran."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    try:
+        made = _make_parents(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short_name(path.name)}.{_owner()}.", suffix=".part",
+                                   dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     try:
         yield Path(tmp)
         os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
+        _publish(Path(tmp), path, exclusive)
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        _remove_empty(made)
+        if isinstance(e, OSError):
+            raise _cannot_write(path, e) from None
         raise
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: PathLike, data: bytes, *, exclusive: bool = False) -> None:
     """Write `data` to `path` atomically, flushed to disk before the rename."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, exclusive=exclusive) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def atomic_write_text(path: PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: PathLike, text: str, *, exclusive: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), exclusive=exclusive)
+
+
+# --------------------------------------------------------------------------- claims
+def lock_path(path: PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(f".{_short_name(path.name)}{LOCK_SUFFIX}")
+
+
+def _try_lock(lock: Path) -> Optional[int]:
+    """An fd holding `lock` (flock, exclusive), or None when a live process holds it."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            raise
+        # The holder before us removes the file before it unlocks: if the name now
+        # points elsewhere (or nowhere), we locked a removed file; start again.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _lock_owner(lock: Path) -> str:
+    try:
+        owner = lock.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        owner = ""
+    return f"pid {owner.replace('@', ' on ')}" if owner else "another process"
+
+
+@contextmanager
+def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Claim the output name `path` before working on it.
+
+    MagnError, before any work, if `path` exists (unless `overwrite`), if another live
+    process holds the claim, or if the folder cannot be written. The claim ends with
+    the block, or with the process however it ends."""
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
+    try:
+        made = _make_parents(path.parent)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+    if fcntl is None:
+        try:
+            yield path
+        except BaseException:
+            _remove_empty(made)
+            raise
+        return
+    lock = lock_path(path)
+    try:
+        fd = _try_lock(lock)
+    except OSError as e:
+        _remove_empty(made)
+        raise _cannot_write(path, e) from None
+    if fd is None:
+        _remove_empty(made)
+        raise MagnError(f"{path}: being written by another magn process ({_lock_owner(lock)})")
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, _owner().encode())
+        if not overwrite and path.exists():   # finished by another process meanwhile
+            raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
+        yield path
+    except BaseException:
+        _release(lock, fd)
+        _remove_empty(made)
+        raise
+    _release(lock, fd)
+
+
+def _release(lock: Path, fd: int) -> None:
+    try:
+        lock.unlink(missing_ok=True)      # before unlocking: see _try_lock
+    except OSError:
+        pass
+    os.close(fd)
+
+
+# --------------------------------------------------------------------------- clean-up
+_TAGGED = re.compile(r"\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.[A-Za-z0-9_]{8}\.part$")
+_UNTAGGED = re.compile(r"\.[A-Za-z0-9_]{8}\.part$")     # mkstemp names of older magn versions
+
+
+def _stale(entry: Path, rest: str, now: float) -> bool:
+    """Is `entry` (a temporary whose name after `.NAME` is `rest`) left by a dead writer?"""
+    try:
+        age = now - entry.stat().st_mtime
+    except OSError:
+        return False
+    tagged = _TAGGED.fullmatch(rest)
+    if tagged:
+        if tagged["host"] == _host():
+            return not _pid_alive(int(tagged["pid"]))
+        return age > FOREIGN_STALE_SECONDS
+    return bool(_UNTAGGED.fullmatch(rest)) and age > UNTAGGED_STALE_SECONDS
+
+
+def remove_stale_temporaries(paths: Iterable[PathLike]) -> List[Path]:
+    """Delete what killed magn runs left for the output names `paths`: temporaries
+    (`.NAME.*.part`) whose writer is gone, and claims (`.NAME.magn-lock`) that no
+    process holds. Returns the temporaries removed. Files of live processes, and files
+    that are not this tool's temporaries of these names, are never touched."""
+    by_folder = {}
+    for p in map(Path, paths):
+        by_folder.setdefault(p.parent, set()).add(_short_name(p.name))
+    removed, now = [], time.time()
+    for folder, names in by_folder.items():
+        try:
+            entries = [e for e in os.listdir(folder) if e.startswith(".")]
+        except OSError:
+            continue
+        for entry in entries:
+            if fcntl is not None and entry.endswith(LOCK_SUFFIX) and entry[1:-len(LOCK_SUFFIX)] in names:
+                _remove_unheld_lock(folder / entry)
+                continue
+            if not entry.endswith(".part"):
+                continue
+            for name in names:
+                prefix = f".{name}"
+                if entry.startswith(prefix) and _stale(folder / entry, entry[len(prefix):], now):
+                    try:
+                        (folder / entry).unlink()
+                        removed.append(folder / entry)
+                    except OSError:
+                        pass
+                    break
+    return removed
+
+
+def _remove_unheld_lock(lock: Path) -> None:
+    try:
+        fd = _try_lock(lock)
+    except OSError:
+        return
+    if fd is not None:
+        _release(lock, fd)

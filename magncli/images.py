@@ -8,12 +8,24 @@
 Decoding: Pillow for 8-bit files (palette, gray+alpha, EXIF, ICC), OpenCV for 16-bit
 and float files, which Pillow reduces to 8 bits. Paths are read as bytes, so non-ASCII
 names work everywhere. The alpha channel is carried through untouched.
+
+Refused, each with a one-line MagnError and before any pixel is decoded:
+- an image whose header declares more than MAX_PIXELS (width x height; 400 million, or
+  $MAGN_MAX_PIXELS). This is the one size rule: while magn decodes, Pillow's own
+  decompression-bomb limit is the same number, and its error and warning become this
+  message;
+- a PNG too small to hold the pixels its header declares (truncated, or a bomb);
+- a file of several frames or pages (animated GIF/PNG/WebP, multi-page TIFF): only
+  single-frame images are read, and the other frames are never dropped silently.
+Truncated image data is an error, never gray or black padding.
 """
 from __future__ import annotations
 
 import io
 import os
+import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +34,7 @@ from typing import Optional
 import cv2
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageOps, UnidentifiedImageError
+from PIL import ImageFile, ImageOps, UnidentifiedImageError
 
 from magncli.errors import MagnError
 from magncli.fileio import atomic_write_bytes
@@ -31,6 +43,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
                  ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP"}
 MAX_PIXELS = int(os.environ.get("MAGN_MAX_PIXELS", str(400_000_000)))
+# Deflate cannot compress more than 1032:1, so a PNG holds at most this many bytes of
+# (filtered) pixel rows per byte of file; a header that declares more is a lie.
+_PNG_MAX_RATIO = 1100
 _ORIENTATION_TAG = 0x0112
 
 
@@ -103,29 +118,83 @@ def read_image(path) -> Image:
         raise MagnError(f"{path}: {e}") from None
 
 
+def _too_large(pixels: int, size: str = "") -> MagnError:
+    return MagnError(f"too large: {size + ' = ' if size else ''}{pixels:,} pixels, over the "
+                     f"limit of {MAX_PIXELS:,} (width x height; set MAGN_MAX_PIXELS to raise it)")
+
+
+def _bomb_pixels(error: Exception) -> int:
+    """The pixel count in Pillow's DecompressionBombError ("Image size (N pixels) ...")."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return int(found.group(1)) if found else 2 * MAX_PIXELS + 1
+
+
+def _png_declared_bytes(data: bytes, w: int, h: int) -> int:
+    """Bytes of filtered rows that a non-interlaced PNG of this header decodes to."""
+    depth, color = data[24], data[25]
+    samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color, 1)
+    return h * (1 + (w * samples * depth + 7) // 8)
+
+
 def decode_image(data: bytes) -> Image:
+    # Pillow's bomb check uses the same limit as magn's, so that there is one rule, and
+    # truncated data is an error even if another library told Pillow to pad it; the
+    # caller's own settings are put back afterwards.
+    saved = PILImage.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    PILImage.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = MAX_PIXELS, False
     try:
-        pil = PILImage.open(io.BytesIO(data))
-        pil.size  # noqa: B018 - forces the header parse
+        return _decode(data)
+    finally:
+        PILImage.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _decode(data: bytes) -> Image:
+    try:
+        with warnings.catch_warnings():
+            # Above MAX_PIXELS Pillow warns (we refuse below, naming the size); above
+            # twice that it raises DecompressionBombError.
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            pil = PILImage.open(io.BytesIO(data))
+            pil.size  # noqa: B018 - forces the header parse
+    except PILImage.DecompressionBombError as e:
+        raise _too_large(_bomb_pixels(e)) from None
     except UnidentifiedImageError:
         raise MagnError("not an image, or a format magn cannot read") from None
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         raise MagnError(f"cannot decode ({e})") from None
     w, h = pil.size
     if w * h > MAX_PIXELS:
-        raise MagnError(f"{w}x{h} is too large ({w * h / 1e6:.0f} MP; limit "
-                        f"{MAX_PIXELS / 1e6:.0f} MP, set MAGN_MAX_PIXELS to raise it)")
+        raise _too_large(w * h, f"{w}x{h}")
     if w == 0 or h == 0:
         raise MagnError("image has no pixels")
+    if pil.format == "PNG" and len(data) > 25 and \
+            _png_declared_bytes(data, w, h) > _PNG_MAX_RATIO * len(data):
+        raise MagnError(f"the file ({len(data):,} bytes) is too small to hold the {w}x{h} "
+                        "pixels its header declares; it is truncated or corrupt")
+    frames = _frame_count(pil)
+    if frames > 1:
+        raise MagnError(f"has {frames} frames or pages (an animation or a multi-page file); "
+                        "magn reads single-frame images only: split it into one file per frame")
     try:
-        # getexif() may read to the end of the file (PNG eXIf after IDAT): inside the guard.
-        exif = pil.getexif()
-        orientation = exif.get(_ORIENTATION_TAG, 1)
-        if _is_high_depth(data, pil):
-            pixels, alpha = _decode_opencv(data)
-            pixels, alpha = _apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation)
-        else:
-            pixels, alpha = _decode_pillow(pil)
+        # Decoders' warnings are not printed (a multi-line Python warning is no message
+        # for a user); one that says the data is truncated makes the file an error.
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            # getexif() may read to the end of the file (PNG eXIf after IDAT): inside the guard.
+            exif = pil.getexif()
+            orientation = exif.get(_ORIENTATION_TAG, 1)
+            if _is_high_depth(data, pil):
+                pixels, alpha = _decode_opencv(data)
+                pixels, alpha = _apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation)
+            else:
+                pixels, alpha = _decode_pillow(pil)
+        truncated = [str(w.message) for w in said if "truncat" in str(w.message).lower()]
+        if truncated:
+            raise MagnError(f"cannot decode ({truncated[0]}); the file is truncated")
+    except PILImage.DecompressionBombError as e:
+        raise _too_large(_bomb_pixels(e)) from None
+    except MemoryError:
+        raise MagnError(f"not enough memory to decode {w}x{h} pixels") from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         raise MagnError(f"cannot decode ({e}); the file may be truncated or corrupt") from None
     icc = pil.info.get("icc_profile") or None
@@ -137,6 +206,17 @@ def decode_image(data: bytes) -> Image:
     quant = getattr(pil, "quantization", None) if pil.format == "JPEG" else None
     return Image(pixels, alpha, icc, exif_bytes, pil.format or "",
                  {k: list(v) for k, v in quant.items()} if quant else None)
+
+
+def _frame_count(pil: PILImage.Image) -> int:
+    """Frames of an animation, pages of a TIFF. A JPEG's MPO extension (a camera's
+    preview or depth images) is not counted: the first image is the photo."""
+    if pil.format == "MPO":
+        return 1
+    try:
+        return int(getattr(pil, "n_frames", 1) or 1)
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
+        raise MagnError(f"cannot decode ({e}); the file may be truncated or corrupt") from None
 
 
 def _is_high_depth(data: bytes, pil: PILImage.Image) -> bool:
@@ -207,15 +287,22 @@ def write_image(path, image: Image, *, overwrite: bool = False, jpeg_quality: in
     pixels are kept for TIFF. Alpha is dropped only where the format has none (JPEG).
     """
     path = Path(path)
+    ext = check_output_format(path)
+    if path.exists() and not overwrite:
+        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
+    data = encode_image(image, ext, jpeg_quality)
+    atomic_write_bytes(path, data, exclusive=not overwrite)
+    return path
+
+
+def check_output_format(path) -> str:
+    """The lower-case extension of `path`, or a MagnError if magn cannot write it."""
+    path = Path(path)
     ext = path.suffix.lower()
     if ext not in WRITE_FORMATS:
         raise MagnError(f"{path}: cannot write {ext or 'files without an extension'} "
                         f"(use one of {', '.join(sorted(set(WRITE_FORMATS)))})")
-    if path.exists() and not overwrite:
-        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
-    data = encode_image(image, ext, jpeg_quality)
-    atomic_write_bytes(path, data)
-    return path
+    return ext
 
 
 def encode_image(image: Image, ext: str, jpeg_quality: int = 95) -> bytes:

@@ -60,6 +60,10 @@ class InferenceOptions:
             raise MagnError(f"--overlap must be >= 0 (got {self.overlap})")
         if self.tile is not None and (self.tile < 4 or self.tile % 4):
             raise MagnError(f"--tile must be a positive multiple of 4 (got {self.tile})")
+        if self.tile is not None and self.tiling == "blend" and self.overlap > self.tile // 2:
+            # Refused rather than silently clamped: the tiles would not overlap as asked.
+            raise MagnError(f"overlap {self.overlap} is more than half of tile {self.tile} "
+                            f"(at most {self.tile // 2}; set a smaller overlap or a larger tile)")
         if self.tiling not in ("blend", "chop"):
             raise MagnError(f"unknown tiling {self.tiling!r} (use blend or chop)")
         return device, dtype

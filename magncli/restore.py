@@ -5,7 +5,8 @@
     record = restorer.restore_file(job.source, job.target)
 
 The pipeline of one image: read -> float (H, W, C) -> task preparation (a 1-channel CFA
-becomes a 3-channel mosaic) -> tiles -> model -> blend -> same bit depth -> atomic write.
+becomes a 3-channel mosaic) -> tiles -> model -> blend -> same bit depth -> atomic write,
+all under a claim of the output name taken before the file is read.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from torch import nn
 
 from magncli.degrade import check_pattern, check_quality, check_sigma
 from magncli.errors import MagnError
-from magncli.images import IMAGE_EXTENSIONS, Image, read_image, write_image
+from magncli.fileio import claim_output
+from magncli.images import IMAGE_EXTENSIONS, Image, check_output_format, read_image, write_image
 from magncli.inference import InferenceOptions, restore_array
 
 TASKS = ("denoise", "dejpeg", "demosaic")
@@ -183,11 +185,17 @@ class Restorer:
         return align_mosaic(x, self.pattern)
 
     def restore_file(self, source, target, *, overwrite: bool = False, jpeg_quality: int = 95) -> dict:
-        """Read, restore and write one file; returns a JSON-ready record."""
+        """Read, restore and write one file; returns a JSON-ready record.
+
+        The output name is claimed before any work (see fileio.claim_output): an existing
+        `target` (without `overwrite`), or one that another magn process is making, is a
+        MagnError before the image is even read."""
         start = time.perf_counter()
-        image = read_image(source)
-        restored, info = self.restore(image)
-        write_image(target, restored, overwrite=overwrite, jpeg_quality=jpeg_quality)
+        check_output_format(target)
+        with claim_output(target, overwrite):
+            image = read_image(source)
+            restored, info = self.restore(image)
+            write_image(target, restored, overwrite=overwrite, jpeg_quality=jpeg_quality)
         h, w = image.pixels.shape[:2]
         return {"input": str(source), "output": str(target), "width": w, "height": h,
                 "channels": image.channels, "bit_depth": image.bit_depth,

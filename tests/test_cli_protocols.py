@@ -15,6 +15,8 @@ from magncli.datasets import load_image
 from magncli.degrade import add_gaussian_noise, bayer_mosaic
 from magncli.errors import MagnError
 
+import hostile_kit
+
 _register()
 runner = CliRunner()
 
@@ -72,7 +74,12 @@ def test_degrade_jpeg_gray_stays_one_channel_and_mosaic_needs_color(tmp_path):
 
     mosaic = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "demosaic",
                                  "-o", str(tmp_path / "mosaic")])
-    _user_error(mosaic, "RGB")
+    # Per file: each gray image gets its one line; nothing was written, so no manifest.
+    assert mosaic.exit_code == 1 and "Traceback" not in mosaic.output
+    assert [line for line in mosaic.stderr.splitlines() if "RGB" in line] == [
+        f"error: {tmp_path / 'clean' / name}: demosaicing needs an RGB image, got shape (48, 64, 1)"
+        for name in ("img0.png", "img1.png")]
+    assert not (tmp_path / "mosaic").exists()
     bad = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "dejpeg",
                               "--quality", "0", "-o", str(tmp_path / "q0")])
     _user_error(bad, "quality")
@@ -262,3 +269,44 @@ def test_degrade_png16_stores_the_clipped_signal_in_16_bits(tmp_path):
     assert stored.dtype == np.uint16
     # Oracle in float64: exact for every 16-bit level (float32 rounds some ties).
     assert np.array_equal(stored, np.floor(np.clip(noisy.astype(np.float64), 0, 1) * 65535 + 0.5))
+
+
+# --------------------------------------------------------------------------- issue 19
+def test_degrade_attempts_every_file_and_its_manifest_lists_what_was_written(tmp_path):
+    # A bad file used to stop the run at it, leaving outputs and no manifest.
+    clean = tmp_path / "clean"
+    _make_images(clean, n=3)
+    (clean / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    hostile_kit.bomb(clean / "img1b.png")
+    out = tmp_path / "noisy"
+    result = runner.invoke(app, ["degrade", str(clean), "--task", "denoise", "--sigma", "25", "-o", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = result.stderr.splitlines()
+    assert [line.split(":")[1].strip() for line in errors] == [str(clean / "img1.png"), str(clean / "img1b.png")]
+    assert all(line.startswith("error: ") for line in errors)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [f["output"] for f in manifest["files"]] == ["img0.png", "img2.png"]
+    assert [f["input"] for f in manifest["failed"]] == [str(clean / "img1.png"), str(clean / "img1b.png")]
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img2.png", "manifest.json"]
+    assert "wrote 2 png files" in result.stdout and "2 failed" in result.stdout
+
+
+def test_degrade_of_a_bomb_is_one_line_and_writes_nothing(tmp_path):
+    bomb = hostile_kit.bomb(tmp_path / "bomb.png")
+    result = subprocess.run([sys.executable, "-m", "magncli", "degrade", str(bomb), "--task", "dejpeg",
+                             "--quality", "10", "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {bomb}: too large")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--levels", ","), ("--levels", ""), ("--levels", "15,,25"),
+                                           ("--levels", "15,x"), ("--levels", "nan"), ("--sets", ","),
+                                           ("--sets", "Set12,")])
+def test_eval_refuses_an_empty_or_malformed_list(tmp_path, option, value, monkeypatch):
+    import magncli.cli.eval as eval_cli
+    monkeypatch.setattr(eval_cli, "run_eval", lambda *a, **k: pytest.fail("ran with defaults"))
+    args = ["eval", "--task", "denoise", "--sets", "Set12", "--levels", "25"]
+    args[args.index(option) + 1] = value
+    _user_error(runner.invoke(app, args), option, repr(value))

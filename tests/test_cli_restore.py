@@ -13,6 +13,7 @@ from magncli.cli.app import _register, app
 from magncli.errors import MagnError
 from magncli.images import Image, read_image, write_image
 from magn_testkit import TINY, random_magn
+import hostile_kit
 
 
 _register()
@@ -162,3 +163,222 @@ def test_python_dash_m_and_a_bad_checkpoint(tmp_path, ckpt):
     assert ok.returncode == 0, ok.stderr
     res = subprocess.run(cmd + [str(bad), "--suffix", "_b"], capture_output=True, text=True)
     assert res.returncode == 1 and "Traceback" not in res.stderr and "bad.pt" in res.stderr
+
+
+# --------------------------------------------------------------------------- issue 19
+# Hostile and unlucky inputs: one line each, the rest of the batch still runs.
+def _errors(res):
+    return [line for line in res.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_hostile_files_are_one_line_each_and_real_stderr_says_nothing_else(tmp_path, ckpt):
+    bad = [hostile_kit.bomb(tmp_path / "bomb.png"),
+           hostile_kit.bomb(tmp_path / "bomb2.png", 20_000, 10_000),
+           tmp_path / "huge.png", hostile_kit.animated(tmp_path / "anim.gif"),
+           hostile_kit.animated(tmp_path / "pages.tif")]
+    bad[2].write_bytes(hostile_kit.png_claiming(12_000, 12_000))
+    for path in bad:
+        res = subprocess.run([sys.executable, "-m", "magncli", "restore", str(path), "-t", "denoise",
+                              "-w", str(ckpt[3]), "-q"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 1
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"error: {path}: "), res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in bad)
+
+
+@pytest.mark.parametrize("name, words", [("anim.gif", "3 frames"), ("pages.tif", "3 frames"),
+                                         ("anim.png", "3 frames")])
+def test_several_frames_are_refused_not_dropped(tmp_path, ckpt, name, words):
+    path = hostile_kit.animated(tmp_path / name)
+    res = _run(path, "-t", "denoise", "-w", ckpt[3], "-q")
+    assert res.exit_code == 1 and len(_errors(res)) == 1 and words in _errors(res)[0]
+    assert sorted(os.listdir(tmp_path)) == [name]
+
+
+def test_a_bomb_in_a_folder_fails_alone(tmp_path, ckpt):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("01.png", "03.png", "05.png"):
+        _img(folder / name, (16, 16, 3))
+    hostile_kit.bomb(folder / "02.png")
+    hostile_kit.animated(folder / "04.tif")
+    res = _run(folder, "-t", "denoise", "-w", ckpt[3], "-o", tmp_path / "out")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert sorted(os.listdir(tmp_path / "out")) == ["01_magn.png", "03_magn.png", "05_magn.png"]
+    assert [e.split(":")[1].strip() for e in _errors(res)] == [str(folder / "02.png"), str(folder / "04.tif")]
+    assert "3 of 5 image(s) restored" in res.stderr and "2 failed" in res.stderr
+
+
+def test_an_unexpected_failure_of_one_image_does_not_stop_the_batch(tmp_path, ckpt, monkeypatch):
+    from magncli import restore as restore_mod
+    real = restore_mod.read_image
+
+    def flaky(path):
+        if path.name == "a.png":
+            raise OSError(5, "Input/output error", str(path))
+        if path.name == "b.png":
+            raise MemoryError()
+        if path.name == "c.png":
+            raise ValueError("something odd\nsecond line")
+        return real(path)
+
+    monkeypatch.setattr(restore_mod, "read_image", flaky)
+    for name in "abcd":
+        _img(tmp_path / f"{name}.png", (16, 16, 3))
+    res = _run(*(tmp_path / f"{n}.png" for n in "abcd"), "-t", "denoise", "-w", ckpt[3], "-q")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert _errors(res) == [f"error: {tmp_path / 'a.png'}: Input/output error",
+                            f"error: {tmp_path / 'b.png'}: out of memory (try a smaller --tile)",
+                            f"error: {tmp_path / 'c.png'}: ValueError: something odd"]
+    assert (tmp_path / "d_magn.png").is_file()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]
+
+
+def test_a_read_only_output_folder_is_one_line_per_image_before_any_compute(tmp_path, ckpt, monkeypatch):
+    import errno
+    from magncli import fileio
+    from magncli.restore import Restorer
+    for name in ("a.png", "b.png"):
+        _img(tmp_path / name, (16, 16, 3))
+    out = tmp_path / "ro"
+    out.mkdir()
+    real_open = os.open
+
+    def read_only(path, *args, **kw):
+        if str(path).startswith(str(out)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(fileio.os, "open", read_only)
+    ran = []
+    monkeypatch.setattr(Restorer, "restore", lambda self, image: ran.append(1))
+    res = _run(tmp_path / "a.png", tmp_path / "b.png", "-t", "denoise", "-w", ckpt[3], "-o", out, "-q")
+    assert res.exit_code == 1 and "Traceback" not in res.output and not ran
+    assert _errors(res) == [f"error: {out / n}_magn.png: cannot write (Read-only file system)" for n in "ab"]
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_and_reported(tmp_path, ckpt):
+    from test_fileio import _dead_pid, _killed_while_writing
+    from magncli.fileio import _host
+    _img(tmp_path / "01.png", (16, 16, 3))
+    _img(tmp_path / "02.png", (16, 16, 3))
+    _killed_while_writing(tmp_path / "01_magn.png")      # kill -9 in the middle of a write
+    stale = tmp_path / f".02_magn.png.{_dead_pid()}@{_host()}.abcdefgh.part"
+    stale.write_bytes(b"x" * 32768)
+    live = tmp_path / f".02_magn.png.{os.getpid()}@{_host()}.abcdefgh.part"
+    live.write_bytes(b"x")
+    left = sorted(p for p in tmp_path.iterdir() if p.name.startswith(".01"))
+    res = _run(tmp_path, "-t", "denoise", "-w", ckpt[3], "-q")
+    assert res.exit_code == 0, res.output
+    removed = [line for line in res.stderr.splitlines() if line.startswith("removed ")]
+    assert len(removed) == 2 and all("left by an interrupted magn run" in line for line in removed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["01.png", "02.png", "01_magn.png", "02_magn.png", live.name])
+    assert all(str(p) in res.stderr for p in left if p.suffix == ".part") and str(stale) in res.stderr
+
+
+def test_an_output_another_process_is_making_is_skipped_before_compute(tmp_path, ckpt, monkeypatch):
+    from test_fileio import _python
+    from magncli.restore import Restorer
+    _img(tmp_path / "01.png", (16, 16, 3))
+    _img(tmp_path / "02.png", (16, 16, 3))
+    target = tmp_path / "01_magn.png"
+    holder = _python(f"""
+        import time
+        from magncli.fileio import claim_output
+        with claim_output({str(target)!r}):
+            print("held", flush=True)
+            time.sleep(120)
+    """, stdout=subprocess.PIPE, text=True)
+    real, ran = Restorer.restore, []
+    monkeypatch.setattr(Restorer, "restore", lambda self, image: ran.append(1) or real(self, image))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = _run(tmp_path / "01.png", tmp_path / "02.png", "-t", "denoise", "-w", ckpt[3], "-q")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.exit_code == 1 and len(ran) == 1           # only 02 was computed
+    assert _errors(res) == [f"error: {target}: being written by another magn process "
+                            f"(pid {holder.pid} on {__import__('magncli.fileio').fileio._host()})"]
+    assert sorted(os.listdir(tmp_path)) == [".01_magn.png.magn-lock", "01.png", "02.png", "02_magn.png"]
+    assert _run(tmp_path / "01.png", "-t", "denoise", "-w", ckpt[3], "-q").exit_code == 0
+    assert sorted(os.listdir(tmp_path)) == ["01.png", "01_magn.png", "02.png", "02_magn.png"]
+
+
+def test_an_existing_output_costs_no_compute_and_is_never_replaced(tmp_path, ckpt, monkeypatch):
+    from magncli.restore import Restorer
+    _img(tmp_path / "a.png", (16, 16, 3))
+    (tmp_path / "a_magn.png").write_bytes(b"keep me")
+    real = Restorer.restore
+    monkeypatch.setattr(Restorer, "restore", lambda self, image: pytest.fail("computed"))
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[3], "-q")
+    assert res.exit_code == 1 and _errors(res) == [
+        f"error: {tmp_path / 'a_magn.png'}: already exists (pass --overwrite to replace it)"]
+    # Another process (not magn) writes the output while this one computes: kept.
+    _img(tmp_path / "b.png", (16, 16, 3))
+    monkeypatch.setattr(Restorer, "restore", lambda self, image: (
+        (tmp_path / "b_magn.png").write_bytes(b"theirs"), real(self, image))[1])
+    res = _run(tmp_path / "b.png", "-t", "denoise", "-w", ckpt[3], "-q")
+    assert res.exit_code == 1 and "already exists" in _errors(res)[0]
+    assert (tmp_path / "b_magn.png").read_bytes() == b"theirs"
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]
+
+
+def test_overlap_more_than_half_the_tile_is_refused(tmp_path, ckpt):
+    _img(tmp_path / "a.png", (16, 16, 3))
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[3], "--tile", "32", "--overlap", "64")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "overlap 64 is more than half of tile 32 (at most 16" in _said(res)
+    assert os.listdir(tmp_path) == ["a.png"]
+    assert _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[3], "--tile", "32", "--overlap", "16",
+                "-q").exit_code == 0
+
+
+def test_long_error_lines_are_not_wrapped(tmp_path, ckpt):
+    folder = tmp_path / ("a-long-folder-name-" * 6)
+    folder.mkdir()
+    path = hostile_kit.bomb(folder / "bomb.png")
+    res = _run(path, "-t", "denoise", "-w", ckpt[3], "-q")
+    assert res.exit_code == 1 and len(_errors(res)) == 1 and res.stderr.count("\n") == 1
+    assert res.stderr.startswith(f"error: {path}: too large")
+
+
+class _RunsCode:
+    """Pickles to a call of exec: what a hostile checkpoint does when it is loaded."""
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_blocked_pickle_never_suggests_the_unsafe_option(tmp_path, ckpt, legacy):
+    import torch
+    _img(tmp_path / "a.png", (12, 12, 3))
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(2), "x": _RunsCode(marker)}, evil,
+               _use_new_zipfile_serialization=not legacy)
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", evil, "-q")
+    assert res.exit_code == 1 and not marker.exists()
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"error: {evil}: not a plain state_dict (loading it would call Python code: exec)")
+    assert "safetensors" in line and "weights_only" not in line and "trust" not in line
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"hello, I am a text file\n", "not a PyTorch checkpoint (it looks like text)"),
+    (b"", "empty file (0 bytes), not a PyTorch checkpoint"),
+    (b"\x00\x01\x02binary", "not a PyTorch checkpoint: neither the zip archive"),
+    (b"\x80\x04K\x01.", "not a readable PyTorch checkpoint"),   # a pickle of the number 1
+])
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is_not(tmp_path, ckpt, content, words):
+    _img(tmp_path / "a.png", (12, 12, 3))
+    bad = tmp_path / "x.pth"
+    bad.write_bytes(content)
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", bad, "-q")
+    assert res.exit_code == 1
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"error: {bad}: {words}"), line
+    assert "pop from empty list" not in line and "weights_only" not in line

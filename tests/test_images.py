@@ -11,6 +11,8 @@ from PIL import ImageCms, ImageOps
 from magncli.errors import MagnError
 from magncli.images import Image, read_image, write_image
 
+import hostile_kit
+
 RNG = np.random.default_rng(0)
 
 
@@ -199,3 +201,81 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+# --------------------------------------------------------------------------- issue 19
+# Hostile and unlucky files: each is one MagnError line naming the file, before decoding.
+def _one_line_error(path, *words):
+    with pytest.raises(MagnError) as e:
+        read_image(path)
+    message = str(e.value)
+    assert message.startswith(str(path)) and "\n" not in message, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+@pytest.mark.parametrize("width, height", [(100_000, 100_000), (20_000, 10_000)])
+def test_a_png_claiming_a_huge_size_is_one_line(tmp_path, width, height):
+    # A 1 KB file claiming 10^10 pixels used to escape as Pillow's DecompressionBombError
+    # (a 53-line traceback); 20000x10000 fired Pillow's limit, not magn's.
+    path = hostile_kit.bomb(tmp_path / "bomb.png", width, height)
+    assert path.stat().st_size < 1024
+    message = _one_line_error(path)
+    assert "too large" in message or "too small to hold" in message
+
+
+def test_the_size_limit_is_one_rule_that_says_how_to_raise_it(tmp_path, monkeypatch):
+    path = write_image(tmp_path / "p.png", Image(_rand((40, 40, 3))))
+    # Pillow's own limit no longer decides: below magn's limit the image loads, even
+    # where Pillow's would have refused, and the caller's Pillow setting is kept.
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    assert read_image(path).pixels.shape == (40, 40, 3)
+    assert PILImage.MAX_IMAGE_PIXELS == 100
+    # Over magn's limit: the same message whether Pillow warns (1x-2x) or raises (>2x).
+    monkeypatch.setattr("magncli.images.MAX_PIXELS", 1000)
+    message = _one_line_error(path, "too large", "40x40 = 1,600 pixels", "limit of 1,000", "MAGN_MAX_PIXELS")
+    monkeypatch.setattr("magncli.images.MAX_PIXELS", 700)
+    assert "1,600 pixels" in _one_line_error(path, "too large", "limit of 700", "MAGN_MAX_PIXELS")
+    assert "width x height" in message
+    assert PILImage.MAX_IMAGE_PIXELS == 100
+
+
+def test_max_pixels_comes_from_the_environment(tmp_path):
+    import subprocess
+    import sys
+    path = write_image(tmp_path / "p.png", Image(_rand((40, 40, 1))))
+    code = "from magncli.images import read_image; read_image(%r)" % str(path)
+    env = dict(os.environ, MAGN_MAX_PIXELS="1000")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode != 0 and "limit of 1,000" in res.stderr
+
+
+def test_a_huge_png_with_a_tiny_truncated_idat_is_refused_at_once(tmp_path, monkeypatch):
+    # 12000x12000 from 85 bytes: refused from its size alone, before Pillow allocates
+    # 432 MB (magn restore used to run for minutes on such a file).
+    path = tmp_path / "t.png"
+    path.write_bytes(hostile_kit.png_claiming(12_000, 12_000))
+    decoded = []
+    monkeypatch.setattr("magncli.images._decode_pillow", lambda pil: decoded.append(1))
+    _one_line_error(path, "too small to hold the 12000x12000 pixels", "truncated")
+    assert not decoded
+
+
+@pytest.mark.parametrize("end", [True, False])
+def test_a_png_whose_data_ends_early_is_an_error_even_if_pillow_is_told_to_pad(tmp_path, monkeypatch, end):
+    from PIL import ImageFile
+    path = tmp_path / "t.png"
+    # 300 rows declared, 20 given: plausible by size, so Pillow decodes and runs out.
+    path.write_bytes(hostile_kit.png_claiming(300, 300, _rand((20 * 901,)).tobytes(), end=end))
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)    # another library's choice
+    _one_line_error(path, "truncated")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+@pytest.mark.parametrize("name", ["anim.gif", "pages.tif", "anim.png", "anim.webp"])
+def test_several_frames_or_pages_are_refused_never_dropped(tmp_path, name):
+    path = hostile_kit.animated(tmp_path / name, 3)
+    _one_line_error(path, "3 frames or pages", "single-frame")
+    hostile_kit.frames(1)[0].save(tmp_path / f"one{path.suffix}")
+    assert read_image(tmp_path / f"one{path.suffix}").pixels.shape == (8, 8, 3)

@@ -29,9 +29,20 @@ def degrade_command(
              "tiff: float32, noise kept exactly (unclipped). jpg (dejpeg): the JPEG file itself."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
 ) -> None:
-    """Degrade images by the benchmark protocol and write them with manifest.json."""
+    """Degrade images by the benchmark protocol and write them with manifest.json.
+
+    Every image is attempted: one that fails gets one line on stderr, the others are
+    written, manifest.json lists exactly the files written, and the exit code is 1."""
     if (task == "denoise" and quality is not None) or (task == "dejpeg" and sigma is not None):
         raise MagnError("--sigma is for --task denoise, --quality for --task dejpeg")
     degradation = make_degradation(task, sigma if task == "denoise" else quality, seed, pattern)
     manifest = degrade_files(inputs, output, degradation, fmt, overwrite)
-    typer.echo(f"wrote {len(manifest['files'])} {fmt} files and manifest.json to {output}")
+    failed = manifest.get("failed", [])
+    for failure in failed:
+        typer.echo(f"error: {failure['error']}", err=True)
+    written = len(manifest["files"])
+    if written:
+        typer.echo(f"wrote {written} {fmt} files and manifest.json to {output}"
+                   + (f"; {len(failed)} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(1)

@@ -1,6 +1,7 @@
 """`magn eval`: score models and baselines on benchmark sets by the protocol."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,15 +16,25 @@ from magncli.evaluate import (BASELINES, DEFAULT_LEVELS, check_results_path, res
                               run_eval, write_results)
 
 
-def _split(text: Optional[str]) -> List[str]:
-    return [part.strip() for part in text.split(",") if part.strip()] if text else []
+def _split(text: Optional[str], option: str) -> List[str]:
+    """The items of a comma-separated option; [] when it was not given. Given but empty,
+    or with an empty item ("10,,20", ","), it is an error, never the default."""
+    if text is None:
+        return []
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise MagnError(f"{option} takes a comma-separated list with no empty items, got {text!r}")
+    return parts
 
 
 def _levels(text: Optional[str]) -> List[float]:
     try:
-        return [float(v) if "." in v else int(v) for v in _split(text)]
+        levels = [float(v) if "." in v or "e" in v.lower() else int(v) for v in _split(text, "--levels")]
     except ValueError:
-        raise MagnError(f"--levels takes comma-separated numbers, got {text!r}") from None
+        levels = None
+    if levels is None or not all(math.isfinite(v) for v in levels):
+        raise MagnError(f"--levels takes comma-separated numbers, got {text!r}")
+    return levels
 
 
 def _inference_options(models: List[str], **given):
@@ -75,7 +86,7 @@ def eval_command(
 
     for output in outputs:
         check_results_path(output, overwrite)  # fail before the run, not after it
-    set_names = _split(sets) or sets_for(task, channels)  # default: every set of the task
+    set_names = _split(sets, "--sets") or sets_for(task, channels)  # default: every set of the task
     options = _inference_options(models, tile=tile, overlap=overlap,
                                  ensemble=ensemble or None, device=device, precision=precision,
                                  tiling=tiling, compile=compile)

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from magncli.cli.app import app, cli_message
 from magncli.cli.common import (CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt, TileOpt, TilingOpt, console,
                                 inference_options)
 from magncli.errors import MagnError
+from magncli.fileio import remove_stale_temporaries
 
 
 class Task(str, Enum):
@@ -51,7 +53,9 @@ def restore(
     """Restore images (denoise, remove JPEG artifacts or demosaic).
 
     Outputs are written next to the inputs as NAME_magn.png, or mirrored under -o.
-    Every image is attempted; the exit code is 1 if any failed.
+    Every image is attempted: one that fails (unreadable, too large, several frames,
+    output exists or cannot be written, out of memory) gets one line, and the exit code
+    is 1 if any failed.
     """
     from magncli.restore import Restorer, plan_jobs
 
@@ -61,37 +65,49 @@ def restore(
     restorer = Restorer(task=task.value, weights=weights, arch=arch, level=level, pattern=pattern,
                         options=inference_options(device, precision, tile, overlap, ensemble, tiling, compile),
                         offline=offline or None, model_dir=model_dir, quiet=quiet)
+    for stale in remove_stale_temporaries(job.target for job in jobs if job.target):
+        console.print(f"removed {escape(str(stale))}, a temporary file left by an interrupted "
+                      "magn run", highlight=False, soft_wrap=True)
     failures = 0
     start = time.perf_counter()
     with _progress(len(jobs), quiet) as progress:
         bar = progress.add_task("restoring", total=len(jobs))
         for job in jobs:
-            progress.update(bar, description=job.source.name)
+            progress.update(bar, description=escape(job.source.name))
             try:
                 if job.error:
                     raise MagnError(job.error)
                 record = restorer.restore_file(job.source, job.target, overwrite=overwrite,
                                                jpeg_quality=jpeg_quality)
-                line = f"{job.source} -> {job.target} ({_describe(record)})"
-            except MagnError as e:
+                line = escape(f"{job.source} -> {job.target} ({_describe(record)})")
+            except Exception as e:  # noqa: BLE001 - one image's failure never stops the rest
                 failures += 1
-                record = {"input": str(job.source), "error": cli_message(e)}
-                line = f"[red]error:[/red] {record['error']}"
-            except MemoryError:
-                failures += 1
-                record = {"input": str(job.source), "error": "out of memory (try a smaller --tile)"}
-                line = f"[red]error:[/red] {job.source}: {record['error']}"
+                record = {"input": str(job.source), "error": cli_message(image_error(job.source, e))}
+                line = f"[red]error:[/red] {escape(record['error'])}"
             if as_json:
                 typer.echo(json.dumps(record))
             if not quiet or "error" in record:
-                progress.console.print(line, highlight=False, markup=True)
+                progress.console.print(line, highlight=False, markup=True, soft_wrap=True)
             progress.advance(bar)
     if not quiet:
         ok = len(jobs) - failures
         console.print(f"{ok} of {len(jobs)} image(s) restored in {time.perf_counter() - start:.1f} s"
-                      + (f", {failures} failed" if failures else ""), highlight=False)
+                      + (f", {failures} failed" if failures else ""), highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)
+
+
+def image_error(source: Path, e: Exception) -> str:
+    """One line for one input's failure, whatever it was (the batch goes on)."""
+    if isinstance(e, MagnError):
+        return str(e)
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "memory" in str(e).lower()):
+        return f"{source}: out of memory (try a smaller --tile)"
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else f"{source}: "
+        return f"{where}{e.strerror or e}"
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{source}: {type(e).__name__}{': ' + first if first else ''}"
 
 
 def _describe(record: dict) -> str:

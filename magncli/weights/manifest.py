@@ -32,7 +32,8 @@ _MANIFEST_KEYS = {"schema", "base_url", "checkpoints", "comment"}
 _ENTRY_REQUIRED = {"name", "serves", "arch", "config", "file", "size", "sha256"}
 _ENTRY_OPTIONAL = {"urls", "default", "provenance", "scores", "notes"}
 PROVENANCE_KEYS = {"training_data", "steps", "batch_size", "patch_size", "hardware",
-                   "wall_time", "cpu_hours", "sessions", "validation", "commit", "command", "notes"}
+                   "wall_time", "cpu_hours", "sessions", "validation", "planned_steps", "commit",
+                   "command", "notes"}
 _SCORE_REQUIRED = {"dataset", "psnr", "command"}
 _SCORE_OPTIONAL = {"level", "ssim", "psnr_y", "ssim_y", "channels", "n_images", "notes"}
 
