@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_one(arch: str, size: int, backend: str, device: str, precision: str, tile, channels: int,
-            threads: int) -> dict:
+            threads: int, tile_batch: int = 1) -> dict:
     """Measure one configuration in this process (called in a subprocess)."""
     import resource
 
@@ -41,7 +41,8 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     overrides = {"in_channels": channels}
     model = build_model(arch, **overrides).eval()
     image = np.random.default_rng(0).random((size, size, channels), dtype=np.float32)
-    options = InferenceOptions(device=device, precision=precision, tile=tile, backend=backend or None)
+    options = InferenceOptions(device=device, precision=precision, tile=tile, backend=backend or None,
+                               tile_batch=tile_batch)
     # Decide compilation as the engine would for the whole image (only the chunked
     # backend compiles), then warm up on one tile with that decision, so that a one-off
     # compile is timed apart from the run.
@@ -65,6 +66,7 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     seconds = time.perf_counter() - start
     row = {"arch": arch, "size": size, "backend": backend or "auto", "device": device,
            "precision": precision, "tile": options.describe()["tile"], "overlap": options.overlap,
+           "tile_batch": tile_batch,
            "channels": channels, "seconds": round(seconds, 3), "compiled": options.compile,
            "warmup_seconds": round(warm_seconds, 2),
            "mp_per_s": round(size * size / 1e6 / seconds, 5),
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=None)
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass")
     ap.add_argument("--json", default="benchmarks/results/inference.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -102,7 +105,7 @@ def main() -> None:
                 for size in map(int, args.sizes.split(",")):
                     spec = dict(arch=arch, size=size, backend=backend, device=args.device,
                                 precision=precision, tile=args.tile, channels=args.channels,
-                                threads=args.threads)
+                                threads=args.threads, tile_batch=args.tile_batch)
                     res = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
                                          capture_output=True, text=True)
                     if res.returncode != 0:
