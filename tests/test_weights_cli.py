@@ -205,3 +205,35 @@ def test_library_parameters_are_shown_as_options_on_the_command_line(wenv, tiny_
                                                   "pass --weights PATH")
     # Paths and other words that merely end in a parameter's name are left alone.
     assert cli_message("/runs/task=3/a.pt: my-weights=2") == "/runs/task=3/a.pt: my-weights=2"
+
+
+def test_add_replaces_an_entry_and_deletes_its_file_or_publishes_a_newer_export(wenv, tmp_path):
+    from magncli.checkpoints import save_checkpoint
+    from magncli.models.registry import build_model
+
+    def export(path, seed):
+        import torch
+        torch.manual_seed(seed)
+        model = build_model(TINY_ARCH, in_channels=1, n_feats=16)
+        return save_checkpoint(path, model, {"task": "denoise", "channels": 1, "sigma_range": [0, 75]})
+
+    old = export(tmp_path / "old.safetensors", 0)
+    assert magn("add", str(old), "--name", "old", "--default").exit_code == 0
+    new = export(tmp_path / "new.safetensors", 1)
+    result = magn("add", str(new), "--name", "new", "--default", "--replaces", "old")
+    assert result.exit_code == 0, result.output
+    assert [e.name for e in load_manifest().entries] == ["new"]
+    assert not (wenv.manifest_dir / "old.safetensors").exists()              # no orphan file
+    # A newer export of the same run, under the same name and file name.
+    newer = tmp_path / "later" / "new.safetensors"
+    newer.parent.mkdir()
+    export(newer, 2)
+    result = magn("add", str(newer), "--name", "new", "--default", "--replaces", "new")
+    assert result.exit_code == 0, result.output
+    assert (wenv.manifest_dir / "new.safetensors").read_bytes() == newer.read_bytes()
+    assert load_manifest().get("new").sha256 == sha256_of(newer.read_bytes())
+    # Replacing what is not there changes nothing.
+    before = wenv.manifest_path.read_text()
+    bad = magn("add", str(old), "--name", "x", "--replaces", "nope")
+    assert isinstance(bad.exception, MagnError) and "nope" in str(bad.exception)
+    assert wenv.manifest_path.read_text() == before

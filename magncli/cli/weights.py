@@ -167,12 +167,15 @@ def add_cmd(
     default: Annotated[bool, typer.Option("--default", help="Make it the default for its task and channels.")] = False,
     copy_file: Annotated[bool, typer.Option(
         "--copy/--no-copy", help="Copy the file next to the manifest, or only record its file name.")] = True,
+    replaces: Annotated[Optional[List[str]], typer.Option(
+        "--replaces", help="An entry this one supersedes (repeatable; may be --name itself, to publish "
+                           "a newer export): it leaves the manifest and its shipped file is deleted.")] = None,
     manifest: ManifestOpt = None,
 ) -> None:
     """Add a checkpoint to the manifest (hash, size, arch and config are read from the file)."""
     entry = w.add_checkpoint(file, name=name, task=task, channels=channels, levels=levels,
                              urls=urls or [], default=default, copy_file=copy_file,
-                             manifest_path=manifest)
+                             manifest_path=manifest, replaces=replaces or [])
     m = w.load_manifest(manifest)
     print(f"added {entry.name} ({entry.file}, {entry.size} bytes, sha256 {entry.sha256}) to {m.path}; "
           f"record its scores with `magn weights scores {entry.name} RESULTS.json`", file=sys.stderr)

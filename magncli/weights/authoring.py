@@ -66,11 +66,14 @@ def levels_from_metadata(task: str, meta: dict) -> dict:
 
 def add_checkpoint(file, *, name: str, task: Optional[str] = None, channels: Optional[int] = None,
                    levels: Optional[str] = None, urls: Sequence[str] = (), default: bool = False,
-                   copy_file: bool = True, manifest_path=None) -> WeightsEntry:
+                   copy_file: bool = True, manifest_path=None, replaces: Sequence[str] = ()) -> WeightsEntry:
     """Append a checkpoint file to the manifest (arch/config read from its metadata).
 
     copy_file: copy it next to the manifest (shipped with the repository); otherwise only
     its file name is recorded (host it somewhere and give its urls, or place it in the cache).
+    replaces: names of entries this one supersedes (it may be its own name, to publish a
+    newer export of a run): they leave the manifest, and their shipped files are deleted
+    once no entry uses them. A superseded file's scores do not carry over.
     """
     from magncli.checkpoints import checkpoint_arch, read_checkpoint  # imports torch: only when adding
 
@@ -94,9 +97,15 @@ def add_checkpoint(file, *, name: str, task: Optional[str] = None, channels: Opt
         serves_levels = levels_from_metadata(task, meta) or parse_levels(task, levels)
 
     manifest = load_manifest(manifest_path)
-    if manifest.find(name):
-        raise MagnError(f"{manifest.path} already lists a checkpoint named {name!r}")
-    if any(e.file == file.name for e in manifest.entries):
+    missing = [r for r in replaces if not manifest.find(r)]
+    if missing:
+        raise MagnError(f"{manifest.path} lists no checkpoint named {missing[0]!r} to replace")
+    replaced = [manifest.get(r) for r in replaces]
+    kept = [e for e in manifest.entries if e.name not in replaces]
+    if any(e.name == name for e in kept):
+        raise MagnError(f"{manifest.path} already lists a checkpoint named {name!r} "
+                        "(replaces=[name] publishes a newer file under it)")
+    if any(e.file == file.name for e in kept):
         raise MagnError(f"{manifest.path} already lists a checkpoint file named {file.name!r}")
 
     sha256 = file_sha256(file)
@@ -118,17 +127,24 @@ def add_checkpoint(file, *, name: str, task: Optional[str] = None, channels: Opt
         "scores": [],
     }
     new_raw = copy.deepcopy(manifest.raw)
-    new_raw.setdefault("checkpoints", []).append(raw_entry)
+    new_raw["checkpoints"] = [c for c in new_raw.get("checkpoints", []) if c.get("name") not in replaces]
+    new_raw["checkpoints"].append(raw_entry)
     parse_manifest(new_raw, manifest.path)  # refuse before touching any file
 
+    replaced_files = {e.file for e in replaced}
     if copy_file:
         dest = manifest.shipped_dir / file.name
         if dest.exists() and not (dest.is_file() and os.path.samefile(dest, file)):
-            if file_sha256(dest) != sha256:
+            if file.name not in replaced_files and file_sha256(dest) != sha256:
                 raise MagnError(f"{dest} already exists with other content; not overwriting it")
+            if file_sha256(dest) != sha256:
+                _atomic_copy(file, dest)          # a newer export of a replaced entry's file
         elif not dest.exists():
             _atomic_copy(file, dest)
     save_manifest(new_raw, manifest.path)
+    in_use = {c["file"] for c in new_raw["checkpoints"]}
+    for old in replaced_files - in_use:
+        (manifest.shipped_dir / old).unlink(missing_ok=True)
     return load_manifest(manifest.path).get(name)
 
 
