@@ -1,0 +1,81 @@
+"""Publish a training run's current weights as a default checkpoint, while the run goes on.
+
+    python scripts/publish_run.py ~/magn-runs/denoise-gray --name magn-s-denoise-gray \
+        --replaces magn-tiny-local-denoise-gray
+
+1. exports the run's last checkpoint (fp16 EMA weights, provenance with every command,
+   resume and warm start, CPU-hours, data by name and content hash);
+2. adds it to weights/manifest.json as the default for its task and channels, replacing
+   the named entries (and deleting their files), or a previous export of its own name;
+3. writes the validation curve beside the model card: weights/results/NAME-validation.json
+   (step, CPU-hours, PSNR per level) and NAME-validation.png (PSNR against CPU-hours).
+
+Then score it (the eval command is printed) and regenerate the cards:
+
+    magn eval ... -m NAME -o weights/results/NAME.json -o weights/results/NAME.md
+    magn weights scores NAME weights/results/NAME.json
+    python scripts/model_cards.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from magncli.training.curves import draw_validation_series, validation_points, write_png  # noqa: E402
+from magncli.training.loop import LOG_FILE, Trainer, load_run_config, read_log  # noqa: E402
+from magncli.weights import add_checkpoint  # noqa: E402
+
+EVAL = {  # task, channels -> the sets and baselines of its published tables
+    # bm3d (the optional extra) takes about 40 s/MP: add `-m bm3d` for the final tables.
+    ("denoise", 1): "--task denoise --channels gray -m input -m opencv-nlm",
+    ("denoise", 3): "--task denoise --channels color -m input -m opencv-nlm",
+    ("dejpeg", 1): "--task dejpeg --channels gray --levels 10,20,30,40,50,60,70,80,90,95 -m input",
+    ("dejpeg", 3): "--task dejpeg --channels color --levels 10,20,30,40,50,60,70,80,90,95 -m input",
+    ("demosaic", 3): "--task demosaic --channels color -m input -m opencv-bilinear -m opencv-ea -m opencv-vng",
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--replaces", action="append", default=[])
+    args = ap.parse_args()
+
+    config = load_run_config(args.run)
+    trainer = Trainer(config, args.run, resume=True, record_session=False)
+    export = trainer.export()
+    named = args.run / f"{args.name}.safetensors"
+    shutil.copyfile(export, named)
+    replaces = list(args.replaces)
+    from magncli.weights import load_manifest
+    if load_manifest().find(args.name) and args.name not in replaces:
+        replaces.append(args.name)
+    entry = add_checkpoint(named, name=args.name, default=True, replaces=replaces)
+
+    results = REPO / "weights" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    records = read_log(args.run / LOG_FILE)
+    curve = [{"step": r["step"], "cpu_hours": round(r.get("cpu_s", r.get("elapsed_s", 0)) / 3600, 4),
+              "val_psnr": r["val_psnr"], "levels": {k: v for k, v in r["val"].items() if k != "mean"}}
+             for r in records if "val_psnr" in r]
+    (results / f"{args.name}-validation.json").write_text(json.dumps(
+        {"validation": entry.provenance.get("validation"), "points": curve}, indent=1, ensure_ascii=False) + "\n")
+    write_png(results / f"{args.name}-validation.png",
+              draw_validation_series([(args.name, validation_points(records))],
+                                     f"{args.name}: validation PSNR (dB, held-out images) against CPU-hours"))
+    print(f"published {entry.name}: step {trainer.step} of {config.steps}, "
+          f"{trainer.cpu_s / 3600:.2f} CPU-hours, sha256 {entry.sha256[:12]}...")
+    print("score it with:\n  magn eval " + EVAL[(entry.task, entry.channels)].replace("-m input", f"-m input -m {entry.name}", 1)
+          + f" -o weights/results/{entry.name}.json -o weights/results/{entry.name}.md --overwrite"
+          + f"\n  magn weights scores {entry.name} weights/results/{entry.name}.json\n  python scripts/model_cards.py")
+
+
+if __name__ == "__main__":
+    main()
