@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 
 def measure_step(arch: str, precision: str, layout: str, batch: int, patch: int, steps: int,
-                 channels: int, device: str, threads: int) -> dict:
+                 channels: int, device: str, threads: int, compiled: bool = False) -> dict:
     """Time `steps` training steps (after two warm-up steps) of one configuration."""
     import torch
     import torch.nn.functional as F
@@ -42,19 +42,22 @@ def measure_step(arch: str, precision: str, layout: str, batch: int, patch: int,
     torch.manual_seed(0)
     model = build_model(arch, in_channels=channels).to(dev, memory_format=layout).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    net = torch.compile(model) if compiled else model
     clean = torch.rand(batch, channels, patch, patch, device=dev)            # (B, C, p, p)
     noisy = (clean + torch.randn_like(clean) * (25 / 255)).contiguous(memory_format=layout)
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
-            restored = model(noisy)
+            restored = net(noisy)
         loss = F.mse_loss(restored.float(), clean)                             # fp32 loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
+    compile_start = time.perf_counter()
     for _ in range(2):
         step()
+    warmup_s = time.perf_counter() - compile_start
     if dev.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -64,7 +67,8 @@ def measure_step(arch: str, precision: str, layout: str, batch: int, patch: int,
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     samples_per_s = batch * steps / seconds
-    return {"arch": arch, "precision": precision, "layout": "channels_last" if layout is torch.channels_last else "NCHW",
+    return {"arch": arch, "precision": precision, "compiled": compiled, "warmup_s": round(warmup_s, 1),
+            "layout": "channels_last" if layout is torch.channels_last else "NCHW",
             "device": device, "batch": batch, "patch": patch, "channels": channels,
             "params": sum(p.numel() for p in model.parameters()), "steps": steps,
             "ms_per_step": round(1000 * seconds / steps, 1), "samples_per_s": round(samples_per_s, 1),
@@ -94,8 +98,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", default="magn-tiny-local,magn-s-local,magn-s")
     ap.add_argument("--settings", default="fp32:NCHW,fp32:channels_last,bf16:channels_last",
-                    help="PRECISION:LAYOUT list; the first is the baseline of the speed-up column. "
-                         "magn train on a CPU uses channels_last in either precision.")
+                    help="PRECISION:LAYOUT[:compiled] list; the first is the baseline of the speed-up "
+                         "column. magn train on a CPU uses channels_last in either precision.")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--patch", type=int, default=48)
@@ -123,10 +127,10 @@ def main() -> None:
     for arch in args.archs.split(","):
         baseline = None
         for setting in args.settings.split(","):
-            precision, layout = setting.split(":")
+            precision, layout, *rest = setting.split(":")
             row = child(dict(kind="step", arch=arch, precision=precision, layout=layout, batch=args.batch,
                              patch=args.patch, steps=args.steps, channels=args.channels, device=args.device,
-                             threads=args.threads))
+                             threads=args.threads, compiled=rest == ["compiled"]))
             rows.append(row)
             if "error" in row:
                 print(f"{arch:16s} {precision:5s} error: {row['error']}", flush=True)
@@ -134,7 +138,8 @@ def main() -> None:
             baseline = baseline or row
             row["speedup"] = round(row["samples_per_s"] / baseline["samples_per_s"], 2)
             speedup = f"  x{row['speedup']:.2f}"
-            print(f"{arch:16s} {precision:5s} {row['layout']:13s} {row['params']:>9,} params "
+            print(f"{arch:16s} {precision:5s} {row['layout']:13s}{' compiled' if row['compiled'] else ''} "
+                  f"{row['params']:>9,} params "
                   f"{row['ms_per_step']:8.1f} ms/step {row['samples_per_s']:8.1f} samples/s "
                   f"{row['pixels_per_s'] / 1e6:6.2f} Mpx/s{speedup}", flush=True)
     data_row = None
