@@ -11,8 +11,15 @@ The Python API, usable without the command line:
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+# Before anything imports torch: idle OpenMP threads sleep instead of spinning, so that
+# several magn processes on the same cores share them (a user's OMP_WAIT_POLICY wins).
+# The policy and why: magncli/parallel.py.
+from magncli.parallel import set_default_wait_policy
+
+set_default_wait_policy()
+
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 __version__ = "0.1.0"
 
