@@ -12,8 +12,9 @@ weights, `-o` a temporary folder, `--overwrite`, `--quiet`):
     (b) P processes started together, each on K/P of them (people scripting over folders:
         `xargs -P`, or several shells)
     (c) one process with `--jobs P`
-    (b, ACTIVE) with --active: (b) with OMP_WAIT_POLICY=ACTIVE forced, how magn ran before
-        it chose a passive wait policy itself
+    (a, ACTIVE), (b, ACTIVE) with --active: (a) and (b) with OMP_WAIT_POLICY=ACTIVE forced,
+        how magn ran before it chose a passive wait policy itself ((a, ACTIVE) against (a):
+        what the passive policy costs a process alone)
 
 Wall seconds run from starting the first process to the end of the last, so they include
 starting Python and torch, as a user waits for them. Reports each and its ratio to (a)
@@ -103,7 +104,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=4, help="K: images restored by every configuration")
     ap.add_argument("--parallel", type=int, default=2, help="P: processes in (b), --jobs in (c)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration (the median is reported)")
-    ap.add_argument("--active", action="store_true", help="also run (b) with OMP_WAIT_POLICY=ACTIVE")
+    ap.add_argument("--active", action="store_true", help="also run (a) and (b) with OMP_WAIT_POLICY=ACTIVE")
     ap.add_argument("--synthetic", metavar="HxW", help="synthetic images of this size instead of Kodak24")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed first restore (file cache, weights)")
     ap.add_argument("--json", default="benchmarks/results/concurrency.json")
@@ -128,6 +129,8 @@ def main() -> int:
                    ("c", f"1 process --jobs {p}, {len(files)} images",
                     [restore_command(files, tmp / "c", jobs=p)], env)]
         if args.active:
+            configs.append(("a_active", f"1 process, {len(files)} images, OMP_WAIT_POLICY=ACTIVE",
+                            [restore_command(files, tmp / "a_active")], child_env("ACTIVE")))
             configs.append(("b_active", f"{p} processes at once, OMP_WAIT_POLICY=ACTIVE",
                             [restore_command(part, tmp / "b_active") for part in split(files, p)],
                             child_env("ACTIVE")))
