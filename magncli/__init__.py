@@ -11,8 +11,15 @@ The Python API, usable without the command line:
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+# Before anything imports torch: idle OpenMP threads sleep instead of spinning, so that
+# several magn processes on the same cores share them (a user's OMP_WAIT_POLICY wins).
+# The policy and why: magncli/parallel.py.
+from magncli.parallel import set_default_wait_policy
+
+set_default_wait_policy()
+
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -34,11 +41,13 @@ def load_model(weights: str, arch: str = "auto", *, offline: Optional[bool] = No
 
 
 def restore_file(source, target, task: str, weights: Optional[str] = None,
-                 options: Optional[InferenceOptions] = None, overwrite: bool = False) -> dict:
-    """Restore one image file into `target` (atomic write); returns a record of what ran."""
+                 options: Optional[InferenceOptions] = None, overwrite: bool = False,
+                 progress=None) -> dict:
+    """Restore one image file into `target` (atomic write); returns a record of what ran.
+    progress(done, total), if given, hears the tile passes (see magncli.inference)."""
     from magncli.restore import Restorer
     restorer = Restorer(task=task, weights=weights, options=options or InferenceOptions())
-    return restorer.restore_file(source, target, overwrite=overwrite)
+    return restorer.restore_file(source, target, overwrite=overwrite, progress=progress)
 
 
 __all__ = ["Image", "InferenceOptions", "MagnError", "build_model", "list_archs", "load_model",

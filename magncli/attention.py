@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from contextlib import contextmanager
 from typing import Optional
 
@@ -101,9 +102,13 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- chunked
 log = logging.getLogger("magn")
-_compile_chunks = False          # set by compiled_chunks(); the inference engine decides
+# Whether to compile is set per thread by compiled_chunks() (the inference engine
+# decides per image): images restored at once in threads (restore --jobs) must not
+# switch each other's blocks between compiled and eager half-way through an image.
+_compile_state = threading.local()
 _compiled_block = None
 _compile_failed = False
+_compile_lock = threading.Lock()
 
 
 @contextmanager
@@ -114,12 +119,12 @@ def compiled_chunks(enabled: bool = True):
     a one-off compilation of ~20 s; worth it for many tiles, not for one small image.
     Falls back to eager (once, with a warning) if compilation fails, e.g. with no C++
     compiler on the machine."""
-    global _compile_chunks
-    previous, _compile_chunks = _compile_chunks, enabled
+    previous = getattr(_compile_state, "enabled", False)
+    _compile_state.enabled = enabled
     try:
         yield
     finally:
-        _compile_chunks = previous
+        _compile_state.enabled = previous
 
 
 def _block_scores(q_blk: Tensor, k: Tensor, thr_blk: Tensor, scale: float) -> Tensor:
@@ -140,10 +145,11 @@ def _block_forward(q_blk: Tensor, k: Tensor, v: Tensor, thr_blk: Tensor, scale: 
 
 def _run_block(q_blk, k, v, thr_blk, scale):
     global _compiled_block, _compile_failed
-    if _compile_chunks and not _compile_failed:
+    if getattr(_compile_state, "enabled", False) and not _compile_failed:
         try:
-            if _compiled_block is None:
-                _compiled_block = torch.compile(_block_forward, dynamic=True)
+            with _compile_lock:
+                if _compiled_block is None:
+                    _compiled_block = torch.compile(_block_forward, dynamic=True)
             return _compiled_block(q_blk, k, v, thr_blk, scale)
         except Exception as e:  # any backend/compiler failure: stay correct, just slower
             _compile_failed = True

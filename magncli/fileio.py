@@ -230,11 +230,24 @@ def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
             raise
         return
     lock = lock_path(path)
-    try:
-        fd = _try_lock(lock)
-    except OSError as e:
-        _remove_empty(made)
-        raise _cannot_write(path, e) from None
+    for attempt in range(3):
+        try:
+            fd = _try_lock(lock)
+            break
+        except FileNotFoundError as e:
+            # A claim in the same new folder that failed (another thread of `restore
+            # --jobs`, or another process) removed the folder it had made, between our
+            # mkdir and our lock: make it again.
+            if attempt == 2:
+                _remove_empty(made)
+                raise _cannot_write(path, e) from None
+            try:
+                made = _make_parents(path.parent)
+            except OSError as e2:
+                raise _cannot_write(path, e2) from None
+        except OSError as e:
+            _remove_empty(made)
+            raise _cannot_write(path, e) from None
     if fd is None:
         _remove_empty(made)
         raise MagnError(f"{path}: being written by another magn process ({_lock_owner(lock)})")

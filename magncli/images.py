@@ -118,6 +118,19 @@ def read_image(path) -> Image:
         raise MagnError(f"{path}: {e}") from None
 
 
+def declared_pixels(path) -> Optional[int]:
+    """width x height as the file's header declares it, without decoding the pixels
+    (for progress estimates); None when the header cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with PILImage.open(path) as pil:
+                w, h = pil.size
+        return int(w) * int(h)
+    except Exception:  # noqa: BLE001 - only an estimate: reading the image will say what is wrong
+        return None
+
+
 def _too_large(pixels: int, size: str = "") -> MagnError:
     return MagnError(f"too large: {size + ' = ' if size else ''}{pixels:,} pixels, over the "
                      f"limit of {MAX_PIXELS:,} (width x height; set MAGN_MAX_PIXELS to raise it)")

@@ -14,11 +14,22 @@ touches its own inner edge, rises smoothly (raised cosine) across the middle hal
 1 beyond. A model whose receptive-field radius is at most overlap/4 therefore gives
 exactly the whole-image result (only pixels it computed with full context get weight),
 and graph models, whose tiles do differ, get seamless cross-fades.
+
+Progress: restore_tensor/restore_array take an optional `progress(done, total)`, called
+with (0, total) before the first pass, then after each pass of a batch of tiles through
+the model, counting tile passes (a tile is one pass, eight with the x8 ensemble;
+`--tiling chop` counts the whole image as one).
+An OOM retry with a smaller tile starts counting again from 0 with its own total.
+
+Threads: several threads may restore images with one model at once (`restore --jobs`):
+the model is only read while it runs; moving it to the device and setting its backend
+happen under a lock, and only when something changes.
 """
 from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -37,6 +48,8 @@ CPU_OVERLAP = 16
 MIN_TILE = 16
 MAX_AUTO_TILE = 256
 COMPILE_MIN_PASSES = 8     # compiling (~20 s once) pays off after about this many CPU tiles
+
+ProgressCallback = Callable[[int, int], None]     # progress(tile passes done, total)
 
 
 @dataclass
@@ -216,17 +229,22 @@ class _DeviceOOM(Exception):
 
 
 def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, ensemble: bool,
-             device: torch.device) -> Tensor:
-    """One batch of tiles, run on `device`, returned as fp32 on the CPU."""
+             device: torch.device, on_pass: Optional[Callable[[int], None]] = None) -> Tensor:
+    """One batch of tiles, run on `device`, returned as fp32 on the CPU; on_pass(n) after
+    each pass of the n tiles through the model (8 with the ensemble)."""
     # channels_last on the CPU: oneDNN's convolutions run 1.2-1.4x faster in it in fp32
     # and more in bf16 (benchmarks/bench_inference.py); the model is converted to match.
     x = x.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
 
     def run(t: Tensor) -> Tensor:
         if dtype == torch.float32:
-            return model(t).float()
-        with torch.autocast(device_type=device.type, dtype=dtype):
-            return model(t).float()
+            y = model(t).float()
+        else:
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                y = model(t).float()
+        if on_pass is not None:
+            on_pass(t.shape[0])
+        return y
 
     with torch.inference_mode():
         y = self_ensemble(run, x) if ensemble else run(x)
@@ -237,8 +255,24 @@ def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, e
     return y.cpu()
 
 
+def _pass_counter(progress: Optional[ProgressCallback], total: int) -> Optional[Callable[[int], None]]:
+    """on_pass(n) for _forward: adds n tile passes and reports (done, total) to `progress`,
+    which hears (0, total) first, before any pass."""
+    if progress is None:
+        return None
+    done = 0
+    progress(0, total)
+
+    def on_pass(n: int) -> None:
+        nonlocal done
+        done = min(total, done + n)
+        progress(done, total)
+    return on_pass
+
+
 def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: int, overlap: int,
-                   dtype: torch.dtype, ensemble: bool, tile_batch: int) -> Tensor:
+                   dtype: torch.dtype, ensemble: bool, tile_batch: int,
+                   progress: Optional[ProgressCallback] = None) -> Tensor:
     """image (1, C, H, W) fp32 on the CPU -> restored (1, C, H, W) fp32 on the CPU."""
     _, c, h, w = image.shape
     align = tile_alignment(model)
@@ -248,12 +282,13 @@ def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: 
         for xs in tile_spans(w, tile, overlap, align):
             by_shape.setdefault((ys[1] - ys[0], xs[1] - xs[0]), []).append((ys, xs))
     batches = [group[i:i + tile_batch] for group in by_shape.values() for i in range(0, len(group), tile_batch)]
+    on_pass = _pass_counter(progress, sum(map(len, batches)) * (8 if ensemble else 1))
     acc = torch.zeros(1, c, h, w)
     weight_sum = torch.zeros(1, 1, h, w)
     for batch in batches:
         inputs = torch.cat([image[..., a:b, p:q] for (a, b), (p, q) in batch])     # (n, C, th, tw)
         try:
-            out = _forward(model, inputs, dtype, ensemble, device)
+            out = _forward(model, inputs, dtype, ensemble, device, on_pass)
         except torch.cuda.OutOfMemoryError:
             raise _DeviceOOM() from None
         for ((a, b), (p, q)), out_tile in zip(batch, out):
@@ -264,29 +299,29 @@ def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: 
 
 
 def _restore_chopped(model: nn.Module, image: Tensor, device: torch.device, dtype: torch.dtype,
-                     ensemble: bool) -> Tensor:
+                     ensemble: bool, progress: Optional[ProgressCallback] = None) -> Tensor:
     """The official DAGL/PANet protocol: recursive quadrants with hard seams, the whole
     image on the device (as their test scripts did), optional x8 ensemble."""
     from magncli.official_protocols import chop_settings, forward_chop
     settings = chop_settings(model)
-    return _forward(lambda t: forward_chop(model, t, **settings), image, dtype, ensemble, device)
+    return _forward(lambda t: forward_chop(model, t, **settings), image, dtype, ensemble, device,
+                    _pass_counter(progress, 8 if ensemble else 1))
 
 
-def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceOptions] = None) -> Tensor:
+def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceOptions] = None,
+                   progress: Optional[ProgressCallback] = None) -> Tensor:
     """Restore (1, C, H, W) fp32 CPU tensor with `model`; returns the same shape, unclipped.
 
     On CUDA out-of-memory the tile is halved and retried; below MIN_TILE the work falls
-    back to the CPU with a warning.
+    back to the CPU with a warning. `progress(done, total)`: see the module docstring.
     """
     opts = options or InferenceOptions()
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError("restore_tensor expects one image of shape (1, C, H, W)")
     device, dtype = opts.check()
-    if hasattr(model, "set_attention_backend"):
-        model.set_attention_backend(opts.backend)
-    model.eval().to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
+    _prepare(model, device, opts.backend)
     if opts.tiling == "chop":
-        return _restore_chopped(model, image, device, dtype, opts.ensemble)
+        return _restore_chopped(model, image, device, dtype, opts.ensemble, progress)
     tile = opts.tile or auto_tile(model, device, image.shape[1])
     overlap = min(opts.overlap, tile // 2)
     h, w = image.shape[-2:]
@@ -298,14 +333,39 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
     use_compile = opts.compile if opts.compile is not None else (
         device.type == "cpu" and uses_chunks and passes >= COMPILE_MIN_PASSES)
     with compiled_chunks(use_compile):
-        return _restore_with_retries(model, image, device, dtype, tile, overlap, opts)
+        return _restore_with_retries(model, image, device, dtype, tile, overlap, opts, progress)
 
 
-def _restore_with_retries(model, image, device, dtype, tile, overlap, opts) -> Tensor:
+_PREPARE_LOCK = threading.Lock()
+
+
+def _prepare(model: nn.Module, device: torch.device, backend: Optional[str]) -> None:
+    """The model in eval mode on `device` (channels_last on the CPU) with its attention
+    backend set. Under a lock, and the weights moved only when they are not in place
+    already, so that threads running the model at once never see it change."""
+    fmt = torch.channels_last if device.type == "cpu" else torch.preserve_format
+    with _PREPARE_LOCK:
+        if hasattr(model, "set_attention_backend"):
+            model.set_attention_backend(backend)
+        if any(m.training for m in model.modules()) or not _in_place(model, device, fmt):
+            model.eval().to(device, memory_format=fmt)
+
+
+def _in_place(model: nn.Module, device: torch.device, fmt: torch.memory_format) -> bool:
+    for t in (*model.parameters(), *model.buffers()):
+        if t.device.type != device.type or (device.index is not None and t.device.index != device.index):
+            return False
+        if fmt == torch.channels_last and t.dim() == 4 and not t.is_contiguous(memory_format=fmt):
+            return False
+    return True
+
+
+def _restore_with_retries(model, image, device, dtype, tile, overlap, opts, progress=None) -> Tensor:
     """The tiled pass; on CUDA OOM halve the tile, then fall back to the CPU."""
     while True:
         try:
-            return _restore_tiled(model, image, device, tile, overlap, dtype, opts.ensemble, opts.tile_batch)
+            return _restore_tiled(model, image, device, tile, overlap, dtype, opts.ensemble, opts.tile_batch,
+                                  progress)
         except _DeviceOOM:
             torch.cuda.empty_cache()
             if tile // 2 >= MIN_TILE:
@@ -314,15 +374,15 @@ def _restore_with_retries(model, image, device, dtype, tile, overlap, opts) -> T
                 log.warning("CUDA out of memory; retrying with tile %d", tile)
                 continue
             log.warning("CUDA out of memory even at tile %d; falling back to the CPU", tile)
-            model.to("cpu", memory_format=torch.channels_last)
-            if hasattr(model, "set_attention_backend"):
-                model.set_attention_backend(opts.backend if opts.backend != "flex" else None)
+            _prepare(model, torch.device("cpu"), opts.backend if opts.backend != "flex" else None)
             return _restore_tiled(model, image, torch.device("cpu"), tile, overlap, torch.float32,
-                                  opts.ensemble, opts.tile_batch)
+                                  opts.ensemble, opts.tile_batch, progress)
 
 
-def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None) -> np.ndarray:
-    """Restore an (H, W, C) or (H, W) float image in about [0, 1]; returns float32, same shape, unclipped."""
+def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
+                  progress: Optional[ProgressCallback] = None) -> np.ndarray:
+    """Restore an (H, W, C) or (H, W) float image in about [0, 1]; returns float32, same
+    shape, unclipped. `progress(done, total)` after each batch of tile passes."""
     arr = np.asarray(image, dtype=np.float32)
     squeeze = arr.ndim == 2
     if squeeze:
@@ -333,5 +393,5 @@ def restore_array(model: nn.Module, image: np.ndarray, options: Optional[Inferen
     if arr.shape[-1] != expected:
         raise MagnError(f"the model expects {expected}-channel images, got {arr.shape[-1]} channels")
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]   # (1, C, H, W)
-    y = restore_tensor(model, x, options)[0].numpy().transpose(1, 2, 0)        # (H, W, C)
+    y = restore_tensor(model, x, options, progress)[0].numpy().transpose(1, 2, 0)   # (H, W, C)
     return y[..., 0] if squeeze else np.ascontiguousarray(y)

@@ -7,15 +7,22 @@
 The pipeline of one image: read -> float (H, W, C) -> task preparation (a 1-channel CFA
 becomes a 3-channel mosaic) -> tiles -> model -> blend -> same bit depth -> atomic write,
 all under a claim of the output name taken before the file is read.
+
+Many images, several at a time (`restore --jobs N`), each failure kept with its image:
+
+    for outcome in restore_files(restorer, jobs, workers=2):
+        print(outcome.index, outcome.record or outcome.error)
 """
 from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from torch import nn
@@ -24,7 +31,7 @@ from magncli.degrade import check_pattern, check_quality, check_sigma
 from magncli.errors import MagnError
 from magncli.fileio import claim_output
 from magncli.images import IMAGE_EXTENSIONS, Image, check_output_format, read_image, write_image
-from magncli.inference import InferenceOptions, restore_array
+from magncli.inference import InferenceOptions, ProgressCallback, restore_array
 
 TASKS = ("denoise", "dejpeg", "demosaic")
 
@@ -109,6 +116,9 @@ class Restorer:
     model_dir: Optional[str] = None
     quiet: bool = True
     _models: Dict[Tuple, Tuple[nn.Module, str]] = field(default_factory=dict, repr=False)
+    # One load per model even when threads ask at once (restore_files with workers > 1);
+    # the models are then only read, in eval mode under inference_mode.
+    _models_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self):
         # Settings that cannot work are refused here, once, rather than once per image.
@@ -128,9 +138,10 @@ class Restorer:
             return self.model, getattr(self.model, "arch", type(self.model).__name__)
         level = self.level if level is None else level
         key = (channels, level)
-        if key not in self._models:
-            self._models[key] = self._load(channels, level)
-        return self._models[key]
+        with self._models_lock:
+            if key not in self._models:
+                self._models[key] = self._load(channels, level)
+            return self._models[key]
 
     def _load(self, channels: int, level: Optional[float]) -> Tuple[nn.Module, str]:
         from magncli.checkpoints import load_model
@@ -143,8 +154,10 @@ class Restorer:
         model = load_model(path, arch=self.arch)
         return model, Path(path).name
 
-    def restore(self, image: Image, level: Optional[float] = None) -> Tuple[Image, dict]:
-        """Restore one decoded image; returns the restored Image and a record of what ran."""
+    def restore(self, image: Image, level: Optional[float] = None,
+                progress: Optional[ProgressCallback] = None) -> Tuple[Image, dict]:
+        """Restore one decoded image; returns the restored Image and a record of what ran.
+        progress(done, total): tile passes, after each batch (see magncli.inference)."""
         x = image.to_float()                                                  # (H, W, C)
         info = {"task": self.task}
         level = self.level if level is None else level
@@ -162,10 +175,10 @@ class Restorer:
         need = getattr(model, "in_channels", x.shape[2])
         info["model"] = name
         if need == x.shape[2]:
-            y = restore_array(model, x, self.options)
+            y = restore_array(model, x, self.options, progress)
         elif need == 3 and x.shape[2] == 1:
             # Only a color model was given: run it on the gray replicated, keep the mean.
-            y = restore_array(model, np.repeat(x, 3, axis=2), self.options).mean(axis=2, keepdims=True)
+            y = restore_array(model, np.repeat(x, 3, axis=2), self.options, progress).mean(axis=2, keepdims=True)
             info["note"] = "gray image restored with a color model"
         else:
             raise MagnError(f"{name} is a gray ({need}-channel) model; the image has {x.shape[2]} "
@@ -184,8 +197,10 @@ class Restorer:
             x = cfa_to_mosaic(x[..., 0], self.pattern)
         return align_mosaic(x, self.pattern)
 
-    def restore_file(self, source, target, *, overwrite: bool = False, jpeg_quality: int = 95) -> dict:
-        """Read, restore and write one file; returns a JSON-ready record.
+    def restore_file(self, source, target, *, overwrite: bool = False, jpeg_quality: int = 95,
+                     progress: Optional[ProgressCallback] = None) -> dict:
+        """Read, restore and write one file; returns a JSON-ready record. progress(done,
+        total) after each batch of tile passes.
 
         The output name is claimed before any work (see fileio.claim_output): an existing
         `target` (without `overwrite`), or one that another magn process is making, is a
@@ -194,9 +209,93 @@ class Restorer:
         check_output_format(target)
         with claim_output(target, overwrite):
             image = read_image(source)
-            restored, info = self.restore(image)
+            restored, info = self.restore(image, progress=progress)
             write_image(target, restored, overwrite=overwrite, jpeg_quality=jpeg_quality)
         h, w = image.pixels.shape[:2]
         return {"input": str(source), "output": str(target), "width": w, "height": h,
                 "channels": image.channels, "bit_depth": image.bit_depth,
                 "seconds": round(time.perf_counter() - start, 3), **info}
+
+
+# --------------------------------------------------------------------------- many files
+@dataclass
+class Outcome:
+    """What became of one job: its record (Restorer.restore_file's) or its error."""
+    index: int                          # position of the job in the list given
+    job: Job
+    record: Optional[dict] = None
+    error: Optional[Exception] = None
+
+
+class _Abandoned(BaseException):
+    """Stops a worker thread at its next tile pass once the run is given up (Ctrl-C)."""
+
+
+def restore_files(restorer: Restorer, jobs: List[Job], *, workers: int = 1, overwrite: bool = False,
+                  jpeg_quality: int = 95,
+                  progress: Optional[Callable[[int, int, int], None]] = None) -> Iterator[Outcome]:
+    """Restore every job, `workers` images at a time; yields one Outcome per job as it
+    finishes: in input order with one worker, in order of completion with more (sort
+    by Outcome.index for input order).
+
+    Every job is attempted: an image's failure (any Exception) is its Outcome's error,
+    never raised. progress(index, done, total) reports an image's tile passes, from the
+    thread restoring it.
+
+    With workers > 1 the images run in threads of this process sharing the restorer's
+    models (torch releases the GIL), and torch's intra-op threads are split between
+    them for the run (parallel.split_threads), so that N images at once use the cores
+    that one would. CPU only: on CUDA, one image at a time already fills the device,
+    and its OOM fallback moves the model. If the caller stops iterating (Ctrl-C), the
+    images in flight stop at their next tile pass and no new one starts."""
+    if workers < 1:
+        raise MagnError(f"workers must be >= 1 (got {workers})")
+    if workers > 1 and restorer.options.check()[0].type != "cpu":
+        raise MagnError(f"workers={workers} restores images side by side on the CPU's cores; "
+                        "on other devices pass workers=1")
+    if workers == 1 or len(jobs) < 2:
+        for index, job in enumerate(jobs):
+            yield _restore_one(restorer, index, job, overwrite, jpeg_quality, progress)
+        return
+    yield from _restore_in_threads(restorer, jobs, min(workers, len(jobs)), overwrite, jpeg_quality, progress)
+
+
+def _restore_one(restorer: Restorer, index: int, job: Job, overwrite: bool, jpeg_quality: int,
+                 progress: Optional[Callable[[int, int, int], None]],
+                 abandoned: Optional[threading.Event] = None) -> Outcome:
+    def report(done: int, total: int) -> None:
+        if abandoned is not None and abandoned.is_set():
+            raise _Abandoned()
+        if progress is not None:
+            progress(index, done, total)
+
+    try:
+        if job.error:
+            raise MagnError(job.error)
+        record = restorer.restore_file(job.source, job.target, overwrite=overwrite, jpeg_quality=jpeg_quality,
+                                       progress=report if progress or abandoned else None)
+        return Outcome(index, job, record=record)
+    except Exception as e:  # noqa: BLE001 - one image's failure never stops the rest
+        return Outcome(index, job, error=e)
+
+
+def _restore_in_threads(restorer, jobs, workers, overwrite, jpeg_quality, progress) -> Iterator[Outcome]:
+    from magncli.parallel import split_threads
+    import torch
+
+    abandoned = threading.Event()
+    with split_threads(workers) as share:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="magn-restore",
+                                  initializer=torch.set_num_threads, initargs=(share,))
+        try:
+            pending = {pool.submit(_restore_one, restorer, index, job, overwrite, jpeg_quality, progress,
+                                   abandoned) for index, job in enumerate(jobs)}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=lambda f: f.result().index):
+                    yield future.result()
+        finally:
+            # Normally nothing is left; after Ctrl-C (or a caller that stopped early),
+            # queued images never start and running ones stop at their next tile pass.
+            abandoned.set()
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -250,7 +250,7 @@ def test_a_read_only_output_folder_is_one_line_per_image_before_any_compute(tmp_
 
     monkeypatch.setattr(fileio.os, "open", read_only)
     ran = []
-    monkeypatch.setattr(Restorer, "restore", lambda self, image: ran.append(1))
+    monkeypatch.setattr(Restorer, "restore", lambda self, image, **kw: ran.append(1))
     res = _run(tmp_path / "a.png", tmp_path / "b.png", "-t", "denoise", "-w", ckpt[3], "-o", out, "-q")
     assert res.exit_code == 1 and "Traceback" not in res.output and not ran
     assert _errors(res) == [f"error: {out / n}_magn.png: cannot write (Read-only file system)" for n in "ab"]
@@ -290,7 +290,7 @@ def test_an_output_another_process_is_making_is_skipped_before_compute(tmp_path,
             time.sleep(120)
     """, stdout=subprocess.PIPE, text=True)
     real, ran = Restorer.restore, []
-    monkeypatch.setattr(Restorer, "restore", lambda self, image: ran.append(1) or real(self, image))
+    monkeypatch.setattr(Restorer, "restore", lambda self, image, **kw: ran.append(1) or real(self, image, **kw))
     try:
         assert holder.stdout.readline().strip() == "held"
         res = _run(tmp_path / "01.png", tmp_path / "02.png", "-t", "denoise", "-w", ckpt[3], "-q")
@@ -310,14 +310,14 @@ def test_an_existing_output_costs_no_compute_and_is_never_replaced(tmp_path, ckp
     _img(tmp_path / "a.png", (16, 16, 3))
     (tmp_path / "a_magn.png").write_bytes(b"keep me")
     real = Restorer.restore
-    monkeypatch.setattr(Restorer, "restore", lambda self, image: pytest.fail("computed"))
+    monkeypatch.setattr(Restorer, "restore", lambda self, image, **kw: pytest.fail("computed"))
     res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[3], "-q")
     assert res.exit_code == 1 and _errors(res) == [
         f"error: {tmp_path / 'a_magn.png'}: already exists (pass --overwrite to replace it)"]
     # Another process (not magn) writes the output while this one computes: kept.
     _img(tmp_path / "b.png", (16, 16, 3))
-    monkeypatch.setattr(Restorer, "restore", lambda self, image: (
-        (tmp_path / "b_magn.png").write_bytes(b"theirs"), real(self, image))[1])
+    monkeypatch.setattr(Restorer, "restore", lambda self, image, **kw: (
+        (tmp_path / "b_magn.png").write_bytes(b"theirs"), real(self, image, **kw))[1])
     res = _run(tmp_path / "b.png", "-t", "denoise", "-w", ckpt[3], "-q")
     assert res.exit_code == 1 and "already exists" in _errors(res)[0]
     assert (tmp_path / "b_magn.png").read_bytes() == b"theirs"
@@ -382,3 +382,82 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is_not(tmp_path, ckpt, con
     (line,) = res.stderr.splitlines()
     assert line.startswith(f"error: {bad}: {words}"), line
     assert "pop from empty list" not in line and "weights_only" not in line
+
+
+# --------------------------------------------------------------------------- issue 18
+# Progress on long work: tiles, MP/s and ETAs on a terminal; plain lines elsewhere.
+def _terminal(monkeypatch):
+    """Make `magn restore` draw its progress as on a terminal, into a buffer."""
+    import io
+    from rich.console import Console
+    from magncli.cli import restore as restore_cli
+    buffer = io.StringIO()
+    monkeypatch.setattr(restore_cli, "console", Console(file=buffer, force_terminal=True, width=120))
+    return buffer
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_terminal_shows_tiles_rates_and_etas(tmp_path, ckpt, monkeypatch, jobs):
+    buffer = _terminal(monkeypatch)
+    for name in ("a.png", "b.png"):
+        _img(tmp_path / name, (100, 150, 3))           # 2 x 3 tiles of 64 with overlap 16
+    res = _run(tmp_path / "a.png", tmp_path / "b.png", "-t", "denoise", "-w", ckpt[3], "--jobs", jobs)
+    assert res.exit_code == 0, res.output
+    drawn = buffer.getvalue()
+    assert "\x1b[" in drawn                              # a live display was drawn
+    assert "/6 tiles" in drawn and "MP/s" in drawn and "ETA" in drawn and "/2 images" in drawn
+    assert "2 of 2 image(s) restored" in drawn
+
+
+def test_a_terminal_with_json_keeps_the_plain_bar(tmp_path, ckpt, monkeypatch):
+    buffer = _terminal(monkeypatch)
+    _img(tmp_path / "a.png", (100, 150, 3))
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[3], "--json")
+    assert res.exit_code == 0 and len(res.stdout.splitlines()) == 1
+    assert "tiles" not in buffer.getvalue() and "MP/s" not in buffer.getvalue()
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--jobs", "2"]])
+def test_a_stderr_that_is_not_a_terminal_gets_plain_lines(tmp_path, ckpt, extra):
+    for name in ("a.png", "b.png"):
+        _img(tmp_path / name, (100, 150, 3))
+    res = subprocess.run([sys.executable, "-m", "magncli", "restore", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                          "-t", "denoise", "-w", str(ckpt[3]), *extra], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "\x1b" not in res.stderr + res.stdout and "\r" not in res.stderr + res.stdout
+    lines = res.stderr.splitlines()
+    assert [line.split(" -> ")[0] for line in lines[:2]] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert len(lines) == 3 and lines[2].startswith("2 of 2 image(s) restored")
+
+
+def test_progress_figures():
+    from magncli.cli.restore import _clock, image_figures, run_figures
+    assert image_figures(12, 48, 2.0, 6.0) == "12/48 tiles  0.08 MP/s  ETA 0:00:18"
+    assert image_figures(0, 48, 2.0, 6.0) == "0/48 tiles  ? MP/s  ETA -:--:--"
+    assert run_figures(3.0, 12.0, 1.0, 10.0) == "3.0/12.0 MP  0.20 MP/s  ETA 0:00:45"
+    assert run_figures(0.0, 0.5, 0.0, 3.0) == "0.00/0.50 MP  ? MP/s  ETA -:--:--"
+    assert _clock(3725) == "1:02:05" and _clock(None) == "-:--:--"
+
+
+def test_the_run_counts_megapixels_and_drops_those_of_a_failed_image(tmp_path, monkeypatch):
+    from magncli.cli.restore import _Display
+    from magncli.restore import Job, Outcome
+    _terminal(monkeypatch)
+    _img(tmp_path / "a.png", (1000, 500, 3))          # 0.5 MP
+    _img(tmp_path / "b.png", (500, 500, 3))           # 0.25 MP
+    jobs = [Job(tmp_path / "a.png", tmp_path / "a_magn.png"), Job(tmp_path / "b.png", tmp_path / "b_magn.png"),
+            Job(tmp_path / "c.png", None, "c.png: no such file")]
+    display = _Display(jobs, quiet=False, detailed=True)
+    run = display.progress.tasks[0]
+    assert run.total == pytest.approx(0.75)
+    display.tiles(0, 0, 10)
+    display.tiles(0, 4, 10)
+    display.tiles(1, 5, 10)
+    assert run.completed == pytest.approx(0.5 * 0.4 + 0.25 * 0.5)
+    assert len(display.progress.tasks) == 3            # the run and two images in work
+    display.finished(Outcome(1, jobs[1], error=MagnError("broken")))
+    display.finished(Outcome(2, jobs[2], error=MagnError("no such file")))
+    assert run.total == pytest.approx(0.5) and run.completed == pytest.approx(0.2)
+    display.finished(Outcome(0, jobs[0], record={}))
+    assert run.completed == pytest.approx(run.total) and len(display.progress.tasks) == 1
+    assert run.description == "3/3 images"

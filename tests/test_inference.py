@@ -181,3 +181,39 @@ def test_tile_batches_give_the_same_result():
     many = restore_tensor(model, x, InferenceOptions(device="cpu", tile=32, overlap=16, tile_batch=5))
     torch.testing.assert_close(many, one, atol=1e-6, rtol=0)
     assert max(s[0] for s in model.seen) > 1
+
+
+# --------------------------------------------------------------------------- issue 18
+@pytest.mark.parametrize("ensemble, tile_batch", [(False, 1), (False, 4), (True, 1), (True, 3)])
+def test_progress_counts_tile_passes_up_to_the_total(ensemble, tile_batch):
+    model = SmallRF()
+    x = torch.rand(1, 3, 100, 77)
+    opts = InferenceOptions(device="cpu", tile=32, overlap=16, ensemble=ensemble, tile_batch=tile_batch)
+    calls = []
+    out = restore_tensor(model, x, opts, progress=lambda done, total: calls.append((done, total)))
+    tiles = len(tile_spans(100, 32, 16)) * len(tile_spans(77, 32, 16))
+    total = tiles * (8 if ensemble else 1)        # one pass per tile, eight with the ensemble
+    assert tiles > 4 and {t for _, t in calls} == {total}
+    done = [d for d, _ in calls]
+    assert done[0] == 0 and done[-1] == total and all(a < b for a, b in zip(done, done[1:]))
+    assert len(calls) == 1 + len(model.seen)        # after every forward pass, and once before
+    torch.testing.assert_close(out, restore_tensor(model, x, opts), atol=0, rtol=0)
+
+
+def test_progress_reaches_restore_array_callers_and_a_single_tile():
+    calls = []
+    restore_array(SmallRF(), np.random.rand(20, 24, 3).astype(np.float32), InferenceOptions(device="cpu"),
+                  progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 1), (1, 1)]
+
+
+def test_a_prepared_model_is_not_moved_again(monkeypatch):
+    # Threads restoring images with one model at once (restore --jobs) must never see
+    # its weights replaced while they run it: once in place, .to() is not called again.
+    model = SmallRF()
+    restore_array(model, np.random.rand(20, 24, 3).astype(np.float32), InferenceOptions(device="cpu"))
+    weight = model.net[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(SmallRF, "to", lambda self, *a, **k: pytest.fail("moved again"))
+    restore_array(model, np.random.rand(20, 24, 3).astype(np.float32), InferenceOptions(device="cpu"))
+    assert model.net[0].weight is weight

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import deque
+from contextlib import closing
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Deque, Dict, List, Optional, Tuple
 
 import typer
 from rich.markup import escape
+from rich.progress import ProgressColumn
+from rich.text import Text
 
 from magncli.cli.app import app, cli_message
 from magncli.cli.common import (CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt, TileOpt, TilingOpt, console,
@@ -38,6 +43,9 @@ def restore(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
     overwrite: bool = typer.Option(False, help="Replace existing output files."),
     jpeg_quality: int = typer.Option(95, min=1, max=100, help="Quality of JPEG outputs."),
+    n_jobs: int = typer.Option(1, "--jobs", "-j", metavar="N",
+                               help="Restore N images at once in this process (CPU), torch's threads "
+                                    "split between them. Lines and --json records stay in input order."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     tile: Optional[int] = TileOpt,
@@ -56,45 +64,66 @@ def restore(
     Every image is attempted: one that fails (unreadable, too large, several frames,
     output exists or cannot be written, out of memory) gets one line, and the exit code
     is 1 if any failed.
-    """
-    from magncli.restore import Restorer, plan_jobs
 
+    On a terminal, progress shows the tiles of each image in work, megapixels per
+    second and the time left for the image and for all of them; with --json, or when
+    stderr is not a terminal, only one line per image.
+    """
+    from magncli.restore import Restorer, plan_jobs, restore_files
+
+    if n_jobs < 1:
+        raise MagnError(f"--jobs must be >= 1 (got {n_jobs})")
     level = sigma if task == Task.denoise else quality if task == Task.dejpeg else None
     jobs = plan_jobs(inputs, out_dir=str(output) if output else None, suffix=suffix, ext=ext,
                      recursive=recursive)
     restorer = Restorer(task=task.value, weights=weights, arch=arch, level=level, pattern=pattern,
                         options=inference_options(device, precision, tile, overlap, ensemble, tiling, compile),
                         offline=offline or None, model_dir=model_dir, quiet=quiet)
+    device_type = restorer.options.check()[0].type
+    if n_jobs > 1 and device_type != "cpu":
+        raise MagnError(f"--jobs {n_jobs} restores images side by side on the CPU's cores; "
+                        f"on {device_type} use --jobs 1")
     for stale in remove_stale_temporaries(job.target for job in jobs if job.target):
         console.print(f"removed {escape(str(stale))}, a temporary file left by an interrupted "
                       "magn run", highlight=False, soft_wrap=True)
     failures = 0
     start = time.perf_counter()
-    with _progress(len(jobs), quiet) as progress:
-        bar = progress.add_task("restoring", total=len(jobs))
-        for job in jobs:
-            progress.update(bar, description=escape(job.source.name))
-            try:
-                if job.error:
-                    raise MagnError(job.error)
-                record = restorer.restore_file(job.source, job.target, overwrite=overwrite,
-                                               jpeg_quality=jpeg_quality)
-                line = escape(f"{job.source} -> {job.target} ({_describe(record)})")
-            except Exception as e:  # noqa: BLE001 - one image's failure never stops the rest
-                failures += 1
-                record = {"input": str(job.source), "error": cli_message(image_error(job.source, e))}
-                line = f"[red]error:[/red] {escape(record['error'])}"
-            if as_json:
-                typer.echo(json.dumps(record))
-            if not quiet or "error" in record:
-                progress.console.print(line, highlight=False, markup=True, soft_wrap=True)
-            progress.advance(bar)
+    detailed = console.is_terminal and not (as_json or quiet)
+    with _Display(jobs, quiet=quiet, detailed=detailed, ensemble=ensemble) as display:
+        outcomes = restore_files(restorer, jobs, workers=n_jobs, overwrite=overwrite, jpeg_quality=jpeg_quality,
+                                 progress=None if quiet else display.tiles)
+        held: dict = {}                # finished outcomes waiting for their turn to be printed
+        next_index = 0
+        with closing(outcomes):
+            for outcome in outcomes:
+                display.finished(outcome)
+                held[outcome.index] = outcome
+                # Lines and records in input order, whatever order the images finish in.
+                while next_index in held:
+                    failures += _report(held.pop(next_index), display.progress.console, as_json, quiet)
+                    next_index += 1
     if not quiet:
         ok = len(jobs) - failures
         console.print(f"{ok} of {len(jobs)} image(s) restored in {time.perf_counter() - start:.1f} s"
                       + (f", {failures} failed" if failures else ""), highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)
+
+
+def _report(outcome, out, as_json: bool, quiet: bool) -> int:
+    """Print one image's line (and --json record); 1 if it failed, else 0."""
+    job = outcome.job
+    if outcome.error is None:
+        record = outcome.record
+        line = escape(f"{job.source} -> {job.target} ({_describe(record)})")
+    else:
+        record = {"input": str(job.source), "error": cli_message(image_error(job.source, outcome.error))}
+        line = f"[red]error:[/red] {escape(record['error'])}"
+    if as_json:
+        typer.echo(json.dumps(record))
+    if not quiet or "error" in record:
+        out.print(line, highlight=False, markup=True, soft_wrap=True)
+    return int("error" in record)
 
 
 def image_error(source: Path, e: Exception) -> str:
@@ -120,8 +149,146 @@ def _describe(record: dict) -> str:
     return ", ".join(parts)
 
 
-def _progress(total: int, quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, disable=quiet or total < 1,
-                    transient=True)
+# --------------------------------------------------------------------------- progress
+RATE_WINDOW_S = 30.0      # megapixels per second over about the last this many seconds
+
+
+class _Display:
+    """Progress on stderr while restoring.
+
+    detailed (a terminal, not --json/--quiet): a row for the whole run (images done,
+    megapixels done of the total the headers declare, MP/s over the last RATE_WINDOW_S,
+    ETA = megapixels left / that rate) and a row per image in work (tile passes done,
+    its MP/s, its ETA). Otherwise the plain image-count bar, which rich does not draw
+    when stderr is not a terminal: then only the per-image lines appear.
+
+    tiles() is called from the threads restoring images; every rich call is made
+    outside self._lock, which rendering takes (so the two locks never wait on each other).
+    """
+
+    def __init__(self, jobs, *, quiet: bool, detailed: bool, ensemble: bool = False):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from magncli.images import declared_pixels
+        self.jobs = jobs
+        self.detailed = detailed and len(jobs) > 0
+        self.unit = "tile passes (x8)" if ensemble else "tiles"
+        self._lock = threading.Lock()
+        self._mp: List[float] = [((declared_pixels(j.source) or 0) / 1e6 if not j.error else 0.0)
+                                 for j in jobs] if self.detailed else [0.0] * len(jobs)
+        self._total_mp = sum(self._mp)
+        self._finished_mp = 0.0
+        self._running: Dict[int, Tuple[int, float, float]] = {}   # index -> (row, fraction, start)
+        self._samples: Deque[Tuple[float, float]] = deque()        # (time, megapixels done)
+        self._done = 0
+        if self.detailed:
+            columns = (TextColumn("{task.description}"), BarColumn(), _Figures(self))
+        else:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        # Off when stderr is not a terminal: rich would draw nothing there but a blank line.
+        self.progress = Progress(*columns, console=console, transient=True,
+                                 disable=quiet or not jobs or not console.is_terminal)
+        self._bar = self.progress.add_task(self._run_description(), total=self._total_mp if self.detailed
+                                           else len(jobs), kind="run")
+        self._samples.append((time.monotonic(), 0.0))
+
+    def __enter__(self) -> "_Display":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def _run_description(self) -> str:
+        return f"{self._done}/{len(self.jobs)} images" if self.detailed else "restoring"
+
+    def _mp_done(self) -> float:
+        return self._finished_mp + sum(self._mp[i] * f for i, (_, f, _) in self._running.items())
+
+    def tiles(self, index: int, done: int, total: int) -> None:
+        """Image `index` has `done` of `total` tile passes behind it (any thread)."""
+        if not self.detailed:
+            if done == 0:
+                self.progress.update(self._bar, description=escape(self.jobs[index].source.name))
+            return
+        now = time.monotonic()
+        with self._lock:
+            row = self._running.get(index, (None, 0.0, now))[0]
+        if row is None:
+            row = self.progress.add_task(escape(f"  {self.jobs[index].source.name}"), total=total, kind="image",
+                                         index=index)
+        with self._lock:
+            start = self._running.get(index, (row, 0.0, now))[2]
+            self._running[index] = (row, done / total if total else 0.0, start)
+            mp_done = self._mp_done()
+            self._samples.append((now, mp_done))
+            while len(self._samples) > 2 and self._samples[1][0] < now - RATE_WINDOW_S:
+                self._samples.popleft()
+        self.progress.update(row, completed=done, total=total)
+        self.progress.update(self._bar, completed=mp_done)
+
+    def finished(self, outcome) -> None:
+        """An image is done, restored or failed (the main thread)."""
+        with self._lock:
+            row = self._running.pop(outcome.index, (None,))[0]
+            self._done += 1
+            if outcome.error is None:
+                self._finished_mp += self._mp[outcome.index]
+            else:      # nothing more to do for it: its megapixels leave the total
+                self._total_mp -= self._mp[outcome.index]
+            mp_done = self._mp_done()
+            self._samples.append((time.monotonic(), mp_done))
+        if row is not None:
+            self.progress.remove_task(row)
+        if self.detailed:
+            self.progress.update(self._bar, completed=mp_done, total=self._total_mp,
+                                 description=self._run_description())
+        else:
+            self.progress.advance(self._bar)
+
+    def figures(self, task) -> str:
+        """The text after a row's bar (called while rich draws)."""
+        with self._lock:
+            if task.fields.get("kind") == "image":
+                index = task.fields["index"]
+                start = self._running.get(index, (None, 0.0, time.monotonic()))[2]
+                return image_figures(int(task.completed), int(task.total or 0), self._mp[index],
+                                     time.monotonic() - start, self.unit)
+            (t0, mp0), now = self._samples[0], time.monotonic()
+            return run_figures(self._mp_done(), self._total_mp, mp0, now - t0)
+
+
+def _clock(seconds: Optional[float]) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "-:--:--"
+    seconds = int(round(max(0.0, seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def image_figures(done: int, total: int, megapixels: float, elapsed: float, unit: str = "tiles") -> str:
+    """'12/48 tiles  0.41 MP/s  ETA 0:00:09' for an image in work: MP/s counts the
+    image's pixels in proportion to its tile passes done ('?' before the first)."""
+    rate = megapixels * done / total / elapsed if done and total and elapsed > 0 and megapixels else None
+    eta = elapsed * (total - done) / done if done else None
+    return (f"{done}/{total} {unit}  {f'{rate:.2f}' if rate is not None else '?'} MP/s  "
+            f"ETA {_clock(eta)}")
+
+
+def run_figures(mp_done: float, mp_total: float, mp_before: float, seconds: float) -> str:
+    """'12.3/45.6 MP  1.23 MP/s  ETA 0:00:27' for the run: the rate over the recent
+    window (mp_done - mp_before in `seconds`), the ETA = megapixels left / that rate."""
+    rate = max(0.0, mp_done - mp_before) / seconds if seconds > 0 and mp_done > 0 else None
+    eta = (mp_total - mp_done) / rate if rate else None
+    digits = 2 if mp_total < 10 else 1
+    return (f"{mp_done:.{digits}f}/{mp_total:.{digits}f} MP  {f'{rate:.2f}' if rate is not None else '?'} MP/s  "
+            f"ETA {_clock(eta)}")
+
+
+class _Figures(ProgressColumn):
+    """The text of _Display.figures after each row's bar."""
+
+    def __init__(self, display: _Display):
+        super().__init__()
+        self.display = display
+
+    def render(self, task) -> Text:
+        return Text(self.display.figures(task))
