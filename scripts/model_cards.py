@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from magncli.models.registry import build_model, resolve_config  # noqa: E402
+from magncli.models.registry import build_model, get_arch, resolve_config  # noqa: E402
 from magncli.weights import load_manifest  # noqa: E402
 
 README = REPO / "weights" / "README.md"
@@ -26,48 +26,27 @@ HEADING = "## Model cards"
 
 # INTRO states facts about every listed checkpoint; _check_intro refuses to write it
 # when the manifest no longer fits them (then rewrite INTRO).
-INTRO_VARIANT = "magn-tiny-local"
 INTRO = """\
 {count} checkpoints are published, one per task and channel count; each is the default that
-`magn restore` picks. **None of them is the paper's MAGN.** No GPU was available to the
-project when they were made, so all {count_lower} are the `magn-tiny-local` variant trained on the
-development machine's 2-core CPU:
+`magn restore` picks. **None of them is the paper's MAGN.** No GPU has been available to
+the project, so each is a CPU variant (docs/architecture.md, "Variants") trained on the
+development machine's 2-core CPU (AMD EPYC); its card names the variant and its size,
+the CPU-hours, every session of its run, and the curve of validation PSNR against
+CPU-hours.
 
-- Architecture: `magn-tiny-local` (magncli/models/magn.py): 32 features, 2 + 2 ResBlocks
-  around one GraphBlock, and only the patch (local) graph. The pixel (global) graph is
-  off, which is the paper's Table V "no global graph" ablation. On 2 CPU cores its masked
-  attention over every pixel of a tile costs 70-290 s per megapixel at inference, and it
-  trains about 40 times slower than the rest of the network. Parameters: {params_gray:,}
-  (gray) and {params_color:,} (color); the default MAGN has 5,077,192.
-- Training: the task's recipe plus `train/cpu-tiny.toml`. That is 3000 Adam steps of
-  batch 16 at patch 48 (the demosaicer: 21000, see its card), lr 1e-3 with a cosine decay to 1e-5 after 100 warm-up steps,
-  MSE, EMA 0.999 (the EMA weights are exported), and seed 0. The paper trains about 300k
-  steps of batch 32 at patch 64 on DIV2K. DIV2K is not available here: Train400 (gray)
-  and CBSD432 (color) stand in, and no test set is trained on.
-- Hardware: one AMD EPYC 2-core machine, one torch thread per run. Two or three runs,
-  and sometimes evaluations, shared the two cores, so wall times are longer than a run
-  alone would take. The demosaicer ran alone on both cores for most of its steps.
-- Storage: fp16 safetensors (the export of `magn train`), about 0.5 MB each. Scored
-  beside the fp32 EMA weights they were rounded from (`model_latest.safetensors` of the
-  same run), the fp16 files lose nothing measurable. fp32 vs fp16: Set12 sigma 25,
-  29.4296 vs 29.4295; McMaster sigma 25 (color), 30.3921 vs 30.3922; Classic5 q10,
-  28.6884 vs 28.6887; the first 4 LIVE1 images at q10 (color), 25.2423 vs 25.2423. The
-  demosaic check is in its card.
+- Data: Train400 (gray) and CBSD432 (color) stand in for the paper's DIV2K, recorded by
+  name, image count and content hash. Runs from `train/cpu-s.toml` on validate on images
+  held out of the training set; the first `magn-tiny-local` runs validated on test sets
+  (their recipes of the time), and none of them trained on a test set.
+- Storage: fp16 safetensors, the export of `magn train` (EMA weights). Scored beside the
+  fp32 weights they were rounded from, the fp16 files lose nothing measurable (about
+  1e-4 dB; the demosaicer's card has its check).
 - Scores: `magn eval` on every standard set of the task, beside the `input` row and the
   no-weights baselines. Settings: CPU, fp32, tile 64, overlap 16, no ensemble, seed 0;
   PSNR in dB / SSIM, and for color JPEG also Y. "s/img" is the mean seconds per image on
-  the shared CPU.
-- Reproduce one: `bash train/publish-cpu.sh RECIPE` (train, add, evaluate, record).
-
-Reading the tables: the denoisers beat OpenCV NLM everywhere, by 0.9-4.6 dB, and the
-JPEG models beat the JPEG input at every quality, by 0.6-1.1 dB. They stay well below the
-paper's MAGN: gray sigma 25 scores 29.43 / 28.62 / 28.16 dB on Set12 / BSD68 / Urban100
-against the paper's 30.95 / 29.52 / 31.40. Urban100's gap is the largest, and its
-repeated structures are what the missing pixel graph is for. Gray JPEG at q10 scores
-28.69 / 28.61 dB on Classic5 / LIVE1 against the paper's 30.10 / 29.86. The demosaicer
-beats OpenCV VNG by 6.9, 1.2 and 5.7 dB on Kodak24, McMaster and the Urban100 subset;
-McMaster, with its saturated colours, is where it is closest to VNG and furthest from the
-paper (36.06 dB against 40.03).
+  the CPU, which other work often shared.
+- How each was made: `train/README.md` (recipes, the variant study, long runs and
+  publishing).
 """
 
 NOTES = {  # what a card must say beyond its table
@@ -112,6 +91,38 @@ def _data(data) -> str:
     return str(data)
 
 
+def _variant(entry) -> str:
+    """The registered name whose config this entry's architecture has, with its size."""
+    spec = get_arch(entry.arch)
+    config = resolve_config(entry.arch, **entry.config)[1]
+    names = [entry.arch] + sorted(spec.variants)
+    name = next((n for n in names if resolve_config(n, in_channels=entry.channels)[1] == config), entry.arch)
+    params = sum(p.numel() for p in build_model(entry.arch, **entry.config).parameters())
+    return f"`{name}` ({params:,} parameters)"
+
+
+def _sessions(prov: dict) -> str:
+    parts = []
+    for s in prov.get("sessions") or []:
+        what = "warm start from " + s["warm_start"]["weights"] if s.get("warm_start") else s["event"]
+        parts.append(f"{what} at step {s['step']} ({s.get('precision')}, {s.get('threads')} thread(s))")
+    return "; ".join(parts)
+
+
+def _curve_lines(entry) -> list:
+    """The validation curve (a PNG and a few points) where publish_run.py wrote one."""
+    path = REPO / "weights" / "results" / f"{entry.name}-validation.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    points = data["points"]
+    shown = points if len(points) <= 6 else [points[int(i * (len(points) - 1) / 5)] for i in range(6)]
+    lines = [f"- Validation ({data.get('validation')}, mean PSNR of the levels) against training "
+             f"CPU-hours: " + ", ".join(f"{p['cpu_hours']:.2f} h {p['val_psnr']:.2f}" for p in shown)
+             + f" ([curve](results/{entry.name}-validation.png))."]
+    return lines
+
+
 def card(entry) -> str:
     prov = entry.provenance
     results = REPO / "weights" / "results" / f"{entry.name}.json"
@@ -130,9 +141,17 @@ def card(entry) -> str:
         f"- Trained by: `{prov.get('command')}`",
         f"- Data: {_data(prov.get('training_data'))}; {prov.get('steps')} steps of batch "
         f"{prov.get('batch_size')} at patch {prov.get('patch_size')}; {prov.get('notes')}.",
-        f"- Hardware: {prov.get('hardware')}; wall time {prov.get('wall_time')}; "
-        f"commit {prov.get('commit')}.",
+        f"- Architecture: {_variant(entry)}.",
+        f"- Hardware: {prov.get('hardware')}; wall time {prov.get('wall_time')}"
+        + (f"; {prov['cpu_hours']:.2f} CPU-hours of training" if prov.get("cpu_hours") is not None else "")
+        + f"; commit {prov.get('commit')}.",
     ]
+    if prov.get("sessions"):
+        lines.append(f"- Sessions: {_sessions(prov)}.")
+    if prov.get("planned_steps") and prov["planned_steps"] != prov.get("steps"):
+        lines.append(f"- Exported at step {prov['steps']} of a run planned for {prov['planned_steps']}, "
+                     "which goes on; a later export replaces this file.")
+    lines += _curve_lines(entry)
     if (entry.task, entry.channels) in PAPER:
         lines.append(f"- The paper's MAGN, for reference (not measured here): {PAPER[(entry.task, entry.channels)]}.")
     if entry.name in NOTES:
@@ -147,16 +166,13 @@ _COUNT_WORDS = ["No", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Ei
 
 
 def _check_intro(manifest) -> None:
-    """INTRO says: one checkpoint per task and channel count, each the default, all of the
-    INTRO_VARIANT architecture. Refuse to publish that text when it is no longer true."""
+    """INTRO says: one checkpoint per task and channel count, each the default. Refuse to
+    publish that text when it is no longer true."""
     problems = []
     kinds = [(e.task, e.channels) for e in manifest.entries]
     if len(set(kinds)) != len(kinds):
         problems.append("two checkpoints serve one task and channel count")
     problems += [f"{e.name} is not the default" for e in manifest.entries if not e.default]
-    problems += [f"{e.name} is not {INTRO_VARIANT}" for e in manifest.entries
-                 if resolve_config(e.arch, **e.config)[1]
-                 != resolve_config(INTRO_VARIANT, in_channels=e.channels)[1]]
     if problems:
         raise SystemExit(f"{README}: INTRO in {__file__} no longer describes the manifest "
                          f"({'; '.join(problems)}); rewrite it")
@@ -166,12 +182,9 @@ def render(text: str, manifest) -> str:
     """The README `text` with its model cards section regenerated from `manifest`."""
     _check_intro(manifest)
     head = text[:text.index(HEADING)] if HEADING in text else text.rstrip() + "\n\n"
-    params = {c: sum(p.numel() for p in build_model(INTRO_VARIANT, in_channels=c).parameters())
-              for c in (1, 3)}
     n = len(manifest.entries)
     count = _COUNT_WORDS[n] if n < len(_COUNT_WORDS) else str(n)
-    intro = INTRO.format(count=count, count_lower=count.lower(),
-                         params_gray=params[1], params_color=params[3])
+    intro = INTRO.format(count=count)
     body = "\n".join(card(e) for e in manifest.entries)
     return f"{head}{HEADING}\n\n{intro}\n{body}"
 
