@@ -460,9 +460,10 @@ def test_held_out_images_are_never_trained_on_and_the_data_is_recorded_without_p
 
 def test_a_cpu_hour_budget_stops_with_a_checkpoint_and_resume_continues(gray_data, tmp_path, one_thread):
     run = tmp_path / "run"
-    first = Trainer(tiny_config(gray_data, steps=400, ckpt_every=1000), run)
+    first = Trainer(tiny_config(gray_data, steps=400, ckpt_every=1000, val_holdout=2, val_crop=32), run)
     summary = first.run(cpu_hours=1e-9)                             # the first step spends it
     assert summary["step"] == 1 and _weights(run / STATE_FILE)["step"] == 1
+    assert [r["step"] for r in read_log(run / LOG_FILE) if "val_psnr" in r] == [1]   # a point at the budget
     assert _weights(run / STATE_FILE)["cpu_s"] > 0 and not (run / EXPORT_FILE).exists()
     # Publishing mid-run: an export of the last checkpoint, no training, no log record.
     log_before = (run / LOG_FILE).read_text()

@@ -477,9 +477,12 @@ class Trainer:
                                "samples_per_s": round(samples_per_s, 3),
                                "elapsed_s": round(self.elapsed_s, 2), "cpu_s": round(self.cpu_s, 1)})
                     losses, step_seconds = [], 0.0
-                if self.validator and (self.step % config.val_every == 0 or self.step == config.steps):
-                    val_psnr = self.validate()["mean"]
                 out_of_time = cpu_hours is not None and self.cpu_s - cpu_before >= cpu_hours * 3600
+                # A CPU-time budget ends with a validation: curves compared at equal CPU time
+                # then have a point at the budget itself.
+                if self.validator and (self.step % config.val_every == 0 or self.step == config.steps
+                                       or out_of_time):
+                    val_psnr = self.validate()["mean"]
                 if self.step % config.ckpt_every == 0 or self.step == stop or out_of_time:
                     self.save_checkpoint()
                 self.reporter({"step": self.step, "steps": config.steps, "loss": loss,
