@@ -21,8 +21,7 @@ set_default_wait_policy()
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
 
-__version__ = "0.1.0"
-
+from magncli.version import __version__  # noqa: E402
 from magncli.checkpoints import save_checkpoint  # noqa: E402
 from magncli.errors import MagnError  # noqa: E402
 from magncli.images import Image, read_image, write_image  # noqa: E402

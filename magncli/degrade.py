@@ -312,7 +312,7 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
     written. manifest.json lists exactly the files written ("files"), and is written
     whenever at least one was."""
     # Imported here: datasets itself uses this module (studio Y).
-    from magncli import __version__
+    from magncli.version import __version__
     from magncli.datasets import (IMAGE_FORMATS, check_writable, encode_image, list_images,
                                   load_image, write_file_atomic)
     from magncli.fileio import remove_stale_temporaries

@@ -23,7 +23,6 @@ import csv
 import importlib.util
 import io
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from magncli.degrade import (DEFAULT_PATTERN, TASKS, Degradation, align_mosaic, 
                              make_degradation, mosaic_to_cfa, to_uint8)
 from magncli.errors import MagnError
 from magncli.metrics import psnr, psnr_ssim
+from magncli.version import git_commit
 
 DEFAULT_LEVELS = {"denoise": (15, 25, 50), "dejpeg": (10, 20, 30, 40)}
 SHEET_CELL = 192  # pixels of each crop on a comparison sheet
@@ -172,20 +172,7 @@ def make_method(spec: str, task: str, options=None) -> Method:
     return baseline
 
 
-# --------------------------------------------------------------------------- run metadata
-
-def git_commit() -> Optional[str]:
-    """The checkout's commit (with -dirty when it has changes), or None outside git."""
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
-
+# --------------------------------------------------------------------------- memory
 
 def _uses_cuda(method: Method) -> bool:
     if method.device is None:  # a baseline: CPU only

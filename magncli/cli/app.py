@@ -32,7 +32,7 @@ def cli_message(error) -> str:
 
 def _version(value: bool) -> None:
     if value:
-        from magncli import __version__
+        from magncli.version import __version__
         typer.echo(f"magn {__version__}")
         raise typer.Exit()
 

@@ -49,18 +49,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from magncli import __version__
 from magncli.checkpoints import load_state_dict_strict, save_checkpoint
 from magncli.datasets import write_file_atomic
 from magncli.errors import MagnError
 from magncli.fileio import atomic_path
-from magncli.evaluate import git_commit
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
 from magncli.models.registry import build_model
 from magncli.training.config import (RESUMABLE, TrainConfig, config_from_dict, config_to_toml,
                                      merge, read_recipe)
 from magncli.training.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
+from magncli.version import __version__, git_commit
 
 log = logging.getLogger("magn")
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import magncli
 from magncli.errors import MagnError
 from magncli.fileio import atomic_write_text
 
@@ -120,7 +119,7 @@ def default_manifest_path() -> Path:
     env = os.environ.get(ENV_MANIFEST)
     if env:
         return Path(env).expanduser()
-    package = Path(magncli.__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]                     # magncli/
     checkout = package.parent / "weights" / "manifest.json"
     return checkout if checkout.is_file() else package / "_weights" / "manifest.json"
 
