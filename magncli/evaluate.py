@@ -153,7 +153,7 @@ def model_method(model, options=None, name: str = "model") -> Method:
         if degradation.task == "demosaic":
             # Models take GRBG mosaics: shift other patterns into phase, as restore does.
             aligned, (dy, dx) = align_mosaic(degraded, degradation.pattern)
-            return restore_array(model, aligned, options)[dy:, dx:]
+            return restore_array(model, aligned, options, align=2)[dy:, dx:]
         return restore_array(model, degraded, options)
 
     return Method(name, restore, device=getattr(options, "device", None) or "auto")

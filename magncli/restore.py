@@ -32,6 +32,7 @@ from magncli.errors import MagnError
 from magncli.fileio import claim_output
 from magncli.images import IMAGE_EXTENSIONS, Image, check_output_format, read_image, write_image
 from magncli.inference import InferenceOptions, ProgressCallback, restore_array
+from magncli.models.registry import facts
 
 TASKS = ("denoise", "dejpeg", "demosaic")
 
@@ -172,10 +173,11 @@ class Restorer:
             x, shift = self._as_grbg_mosaic(x)
             info["pattern"] = self.pattern
         model, name = self.model_for(x.shape[2], level)
-        need = getattr(model, "in_channels", x.shape[2])
+        need = facts(model).in_channels or x.shape[2]
         info["model"] = name
+        align = 2 if self.task == "demosaic" else 1   # every tile on the same Bayer phase
         if need == x.shape[2]:
-            y = restore_array(model, x, self.options, progress)
+            y = restore_array(model, x, self.options, progress, align)
         elif need == 3 and x.shape[2] == 1:
             # Only a color model was given: run it on the gray replicated, keep the mean.
             y = restore_array(model, np.repeat(x, 3, axis=2), self.options, progress).mean(axis=2, keepdims=True)

@@ -14,7 +14,8 @@ from magncli.errors import MagnError
 from magncli.models import build_model, detect_arch
 from magncli.models import dagl as dagl_mod
 from magncli.models import panet as panet_mod
-from magncli.models.dagl import chunk_rows, dynamic_knn_attention, dynamic_knn_attention_reference
+from magncli.attention import rows_per_chunk
+from magncli.models.dagl import dynamic_knn_attention, dynamic_knn_attention_reference
 from magncli.models.panet import pyramid_attention_core, pyramid_attention_reference
 from magncli.inference import self_ensemble as self_ensemble_x8
 from magncli.official_protocols import PROTOCOLS, forward_chop
@@ -191,7 +192,7 @@ def test_chunked_dynamic_knn_never_materialises_the_score_matrix():
     k = torch.rand(n_k, 16, generator=g)
     v = torch.rand(n_k, 16, generator=g)
     thr, beta = torch.rand(n_q, generator=g), torch.zeros(n_q)
-    rows = chunk_rows(n_k, budget, 9)
+    rows = rows_per_chunk(1, n_k, budget, bytes_per_score=9)
     assert rows * n_k * 9 <= budget and rows < n_q               # sizing: really chunked
     out = {}
     with torch.no_grad():

@@ -13,6 +13,7 @@ from magncli.degrade import (BAYER_PATTERNS, align_mosaic, bayer_masks, bayer_mo
                              mosaic_to_cfa)
 from magncli.images import Image, read_image, write_image
 from magncli.metrics import psnr
+from magncli.models.registry import ModelFacts
 from magncli.restore import Restorer
 
 
@@ -38,7 +39,7 @@ def test_custom_tables_give_the_nearest_quality():
 
 
 class Identity(nn.Module):
-    in_channels = 3
+    facts = ModelFacts(in_channels=3)
 
     def forward(self, x):
         return x
@@ -57,7 +58,7 @@ def test_dejpeg_restore_reports_the_quality_it_assumed(tmp_path):
 
 class BilinearGRBG(nn.Module):
     """A demosaicer that only understands GRBG: normalised convolution with GRBG masks."""
-    in_channels = 3
+    facts = ModelFacts(in_channels=3)
 
     def forward(self, x):                                              # (B, 3, H, W) mosaic
         h, w = x.shape[-2:]

@@ -54,7 +54,7 @@ from magncli.datasets import write_file_atomic
 from magncli.errors import MagnError
 from magncli.fileio import atomic_path
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
-from magncli.models.registry import build_model
+from magncli.models.registry import build_model, facts
 from magncli.training.config import (RESUMABLE, TrainConfig, config_from_dict, config_to_toml,
                                      merge, read_recipe)
 from magncli.training.curves import write_curves
@@ -252,7 +252,8 @@ class Trainer:
         if config.init_from and not resume:
             self.warm_start = self._load_init_weights(config.init_from)
         self.model = self.model.to(self.device, memory_format=self.memory_format)
-        self.model.set_attention_backend(config.backend)
+        if facts(self.model).graph_attention:
+            self.model.set_attention_backend(config.backend)
         self.model.train()
         self.ema = EMA(self.model, config.ema_decay)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=tuple(config.betas))
