@@ -22,8 +22,11 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from magncli.datasets import list_images, load_image
 from magncli.errors import MagnError
-from magncli.images import from_float
+from magncli.fileio import check_writable, remove_stale_temporaries, write_file_atomic
+from magncli.images import encode_float_image, to_uint8
+from magncli.version import __version__
 
 TASKS = ("denoise", "dejpeg", "demosaic")
 DEFAULT_SEED = 0
@@ -33,16 +36,6 @@ DEFAULT_PATTERN = "grbg"
 # (0,0), (0,1), (1,0), (1,1). "grbg" = G R / B G.
 BAYER_PATTERNS = ("grbg", "rggb", "gbrg", "bggr")
 _CHANNEL_INDEX = {"r": 0, "g": 1, "b": 2}
-
-
-# --------------------------------------------------------------------------- 8-bit values
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """float [0, 1] -> uint8, clipped and *rounded* (half up, as MATLAB's round for
-    non-negative values). Never truncates: truncation costs ~0.3 dB at 42 dB."""
-    if img.dtype == np.uint8:
-        return img
-    return from_float(img, np.uint8)
 
 
 # --------------------------------------------------------------------------- Gaussian noise
@@ -114,62 +107,6 @@ def jpeg_encode(img: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise MagnError("OpenCV could not encode the image as JPEG")
     return encoded.tobytes()
-
-
-# --------------------------------------------------------------------------- BT.601 studio Y
-
-# IJG / JPEG Annex K base tables, natural (row-major) order.
-_LUMA_BASE = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
-_CHROMA_BASE = np.full(64, 99.0)
-_CHROMA_BASE[[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 24, 25]] = [17, 18, 24, 47, 18, 21, 26, 66,
-                                                                24, 26, 56, 47, 66]
-
-
-def ijg_tables(quality: int):
-    """The (luma, chroma) quantization tables libjpeg writes at `quality` (baseline)."""
-    scale = 5000 // quality if quality < 50 else 200 - 2 * quality     # integer, as libjpeg
-    return tuple(np.clip(np.floor((base * scale + 50) / 100), 1, 255) for base in (_LUMA_BASE, _CHROMA_BASE))
-
-
-def estimate_jpeg_quality(quantization) -> tuple:
-    """(quality, exact) from a JPEG's quantization tables ({0: luma, 1: chroma, ...},
-    natural order, as Pillow's `Image.quantization` gives them).
-
-    exact is True when the tables are libjpeg's own tables at that quality (files made
-    by libjpeg, Pillow, OpenCV, most software); otherwise the IJG quality whose tables
-    are closest (mean absolute log ratio), e.g. for camera JPEGs with custom tables."""
-    tables = [np.asarray(quantization[k], np.float64) for k in sorted(quantization)][:2]
-    if not tables or any(t.size != 64 for t in tables):
-        raise MagnError("JPEG quantization tables are not 8x8; cannot estimate the quality")
-    best, best_err = 50, np.inf
-    for q in range(1, 101):
-        err = sum(np.abs(np.log(t) - np.log(ref)).mean() for t, ref in zip(tables, ijg_tables(q)))
-        if err < best_err:
-            best, best_err = q, err
-    return best, bool(best_err == 0)
-
-
-def rgb_to_y_studio(rgb: np.ndarray, data_range: float = 1.0) -> np.ndarray:
-    """BT.601 "studio" luma as MATLAB rgb2ycbcr: Y = 16 + (65.481 R + 128.553 G + 24.966 B)/255
-    on 0-255 values. rgb: HxWx3 on [0, data_range]; returns float64 HxW on the same scale
-    (16/255..235/255 of data_range). Not OpenCV's gray, which differs by ~0.7 dB on JPEG."""
-    rgb = np.asarray(rgb, dtype=np.float64)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise MagnError(f"Y conversion needs an RGB image, got shape {rgb.shape}")
-    weighted = 65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]
-    return (16.0 * data_range + weighted) / 255.0
-
-
-def rgb_to_y_studio_uint8(rgb: np.ndarray) -> np.ndarray:
-    """Rounded 8-bit studio Y (HxW uint8) of uint8 RGB (HxWx3), computed from the exact
-    integers: how FBCNN's and DAGL's gray LIVE1 were made."""
-    if rgb.dtype != np.uint8:
-        raise MagnError(f"8-bit Y conversion needs a uint8 image, got {rgb.dtype}")
-    return np.floor(rgb_to_y_studio(rgb, data_range=255.0) + 0.5).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- Bayer mosaic
@@ -297,6 +234,15 @@ def degrade(img: np.ndarray, task: str, level=None, seed: int = DEFAULT_SEED,
 
 # --------------------------------------------------------------------------- files
 
+# Formats of degrade_files: (extension, what is stored), the note going into manifests.
+IMAGE_FORMATS = {
+    "png": (".png", "8-bit PNG: values clipped to [0, 1] and rounded (noise loses its tails)"),
+    "png16": (".png", "16-bit PNG: values clipped to [0, 1], stored as round(value * 65535)"),
+    "tiff": (".tiff", "float32 TIFF: values stored exactly, unclipped"),
+    "jpg": (".jpg", "dejpeg only: the JPEG file itself, which decodes to the protocol's input"),
+}
+
+
 def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
                   overwrite: bool = False) -> dict:
     """Degrade image files (folders are expanded to their images) into out_dir as
@@ -311,12 +257,6 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
     written) is listed under "failed" with its one-line error, and the others are
     written. manifest.json lists exactly the files written ("files"), and is written
     whenever at least one was."""
-    # Imported here: datasets itself uses this module (studio Y).
-    from magncli.version import __version__
-    from magncli.datasets import (IMAGE_FORMATS, check_writable, encode_image, list_images,
-                                  load_image, write_file_atomic)
-    from magncli.fileio import remove_stale_temporaries
-
     if fmt not in IMAGE_FORMATS:
         raise MagnError(f"unknown output format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
     if fmt == "jpg" and degradation.task != "dejpeg":
@@ -347,7 +287,7 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
             if fmt == "jpg":  # the JPEG file itself: restore reads its quality from the tables
                 data = jpeg_encode(clean, degradation.quality)
             else:
-                data = encode_image(degradation.apply(clean), fmt)
+                data = encode_float_image(degradation.apply(clean), fmt)
             write_file_atomic(target, data, overwrite)
         except (MagnError, OSError, MemoryError) as e:
             message = str(e) if isinstance(e, MagnError) else (

@@ -35,8 +35,10 @@ import numpy as np
 
 from magncli import datasets
 from magncli.degrade import (DEFAULT_PATTERN, TASKS, Degradation, align_mosaic, cfa_to_mosaic,
-                             make_degradation, mosaic_to_cfa, to_uint8)
+                             make_degradation, mosaic_to_cfa)
 from magncli.errors import MagnError
+from magncli.fileio import check_writable, write_file_atomic
+from magncli.images import encode_float_image, to_uint8
 from magncli.metrics import psnr, psnr_ssim
 from magncli.version import git_commit
 
@@ -275,7 +277,7 @@ def _save_image(save_dir: Path, method: Method, set_name: str, label: str, stem:
     safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in method.name)
     level_folder = label.replace("σ", "sigma")  # ASCII folder names
     path = save_dir / safe_model / set_name / level_folder / f"{stem}.png"
-    datasets.write_file_atomic(path, datasets.encode_image(image, "png"), overwrite)
+    write_file_atomic(path, encode_float_image(image, "png"), overwrite)
 
 
 def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequence[str] = ("input",),
@@ -301,7 +303,7 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     if inputs is not None and (len(sets) != 1 or len(degradations) != 1):
         raise MagnError("given inputs (--inputs) are for one set at one level")
     if sheet is not None:
-        datasets.check_writable(sheet, overwrite)
+        check_writable(sheet, overwrite)
     methods = [make_method(spec, task, options) for spec in models]
     report = progress or (lambda message: None)
     commit = git_commit()
@@ -464,14 +466,14 @@ def check_results_path(path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.suffix.lower() not in RESULT_FORMATS:
         raise MagnError(f"results file {path} must end in {', '.join(RESULT_FORMATS)}")
-    return datasets.check_writable(path, overwrite)
+    return check_writable(path, overwrite)
 
 
 def write_results(rows: List[dict], path, overwrite: bool = False) -> Path:
     """Write rows as .json (everything, per-image scores included), .csv (one line per row)
     or .md (the tables), chosen by the extension."""
     path = check_results_path(path, overwrite)
-    return datasets.write_file_atomic(path, RESULT_FORMATS[path.suffix.lower()](rows), overwrite)
+    return write_file_atomic(path, RESULT_FORMATS[path.suffix.lower()](rows), overwrite)
 
 
 def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -509,5 +511,5 @@ def write_sheet(path, sheet_rows, overwrite: bool = False) -> Path:
     width = max(s.shape[1] for s in strips)
     sheet = np.vstack([np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255)
                        for s in strips])  # BGR uint8
-    rgb = sheet[..., ::-1].astype(np.float32) / 255.0  # encode_image takes RGB floats
-    return datasets.write_file_atomic(path, datasets.encode_image(rgb), overwrite)
+    rgb = sheet[..., ::-1].astype(np.float32) / 255.0  # encode_float_image takes RGB floats
+    return write_file_atomic(path, encode_float_image(rgb), overwrite)

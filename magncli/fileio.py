@@ -171,6 +171,23 @@ def atomic_write_text(path: PathLike, text: str, *, exclusive: bool = False) -> 
     atomic_write_bytes(path, text.encode("utf-8"), exclusive=exclusive)
 
 
+def check_writable(path: Union[str, Path], overwrite: bool = False) -> Path:
+    """MagnError if `path` exists and overwriting was not asked for (check before long work)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise MagnError(f"{path} already exists (use --overwrite to replace it)")
+    return path
+
+
+def write_file_atomic(path: Union[str, Path], data: Union[bytes, str],
+                      overwrite: bool = False) -> Path:
+    """Write through a temporary file and os.replace, so that a reader never sees half a
+    file; refuses to replace an existing file unless `overwrite`."""
+    path = check_writable(path, overwrite)
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, exclusive=not overwrite)
+    return path
+
+
 # --------------------------------------------------------------------------- claims
 def lock_path(path: PathLike) -> Path:
     path = Path(path)

@@ -80,6 +80,14 @@ class Image:
         return replace(self, pixels=from_float(restored, self.pixels.dtype))
 
 
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8, clipped and *rounded* (half up, as MATLAB's round for
+    non-negative values). Never truncates: truncation costs ~0.3 dB at 42 dB."""
+    if img.dtype == np.uint8:
+        return img
+    return from_float(img, np.uint8)
+
+
 def to_float(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels.astype(np.float32) / 255.0
@@ -316,6 +324,19 @@ def check_output_format(path) -> str:
         raise MagnError(f"{path}: cannot write {ext or 'files without an extension'} "
                         f"(use one of {', '.join(sorted(set(WRITE_FORMATS)))})")
     return ext
+
+
+# Float images that `magn degrade` and `magn eval` save: the extension and sample type
+# of each named format (png and png16 clip and round; tiff keeps the values exactly).
+FLOAT_FORMATS = {"png": (".png", np.uint8), "png16": (".png", np.uint16), "tiff": (".tiff", np.float32)}
+
+
+def encode_float_image(img: np.ndarray, fmt: str = "png") -> bytes:
+    """float32 HxWxC (C = 1 or 3, RGB) on [0, 1] -> the bytes of a file in `fmt`."""
+    if fmt not in FLOAT_FORMATS:
+        raise MagnError(f"unknown image format {fmt!r}; formats: {', '.join(FLOAT_FORMATS)}")
+    ext, dtype = FLOAT_FORMATS[fmt]
+    return encode_image(Image(from_float(img, dtype)), ext)
 
 
 def encode_image(image: Image, ext: str, jpeg_quality: int = 95) -> bytes:

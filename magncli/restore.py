@@ -164,7 +164,7 @@ class Restorer:
         level = self.level if level is None else level
         if self.task == "dejpeg" and level is None and image.jpeg_quantization:
             # The file says how it was compressed: no need to ask the user.
-            from magncli.degrade import estimate_jpeg_quality
+            from magncli.jpeg_quality import estimate_jpeg_quality
             level, exact = estimate_jpeg_quality(image.jpeg_quantization)
             info["quality"] = level
             info["quality_source"] = "JPEG tables" if exact else "JPEG tables (nearest IJG quality)"

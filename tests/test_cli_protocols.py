@@ -179,7 +179,8 @@ def test_the_real_command_prints_one_line_and_exits_1(tmp_path):
 def test_degrade_writes_the_jpeg_file_itself(tmp_path):
     """--format jpg: the file decodes to exactly the protocol's dejpeg input, and restore
     reads its quality back from the tables."""
-    from magncli.degrade import estimate_jpeg_quality, make_degradation
+    from magncli.degrade import make_degradation
+    from magncli.jpeg_quality import estimate_jpeg_quality
     from magncli.images import read_image
 
     folder = tmp_path / "set"

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 from torch import nn
 
-from magncli.degrade import (BAYER_PATTERNS, align_mosaic, bayer_masks, bayer_mosaic, estimate_jpeg_quality,
-                             mosaic_to_cfa)
+from magncli.degrade import BAYER_PATTERNS, align_mosaic, bayer_masks, bayer_mosaic, mosaic_to_cfa
+from magncli.jpeg_quality import estimate_jpeg_quality
 from magncli.images import Image, read_image, write_image
 from magncli.metrics import psnr
 from magncli.models.registry import ModelFacts

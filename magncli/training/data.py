@@ -29,9 +29,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from magncli.datasets import list_images, resolve_data_root
-from magncli.degrade import BAYER_PATTERNS, make_degradation, rgb_to_y_studio
+from magncli.degrade import BAYER_PATTERNS, make_degradation
 from magncli.errors import MagnError
 from magncli.images import read_image, to_float
+from magncli.metrics import rgb_to_y_studio
 from magncli.training.config import TrainConfig
 
 # --------------------------------------------------------------------------- files

@@ -50,9 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from magncli.checkpoints import load_state_dict_strict, save_checkpoint
-from magncli.datasets import write_file_atomic
 from magncli.errors import MagnError
-from magncli.fileio import atomic_path
+from magncli.fileio import atomic_path, write_file_atomic
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
 from magncli.models.registry import build_model, facts
 from magncli.training.config import (RESUMABLE, TrainConfig, config_from_dict, config_to_toml,
