@@ -1,4 +1,5 @@
-"""Degradations: how `magn degrade`, `magn eval` and training make their inputs.
+"""The degradations themselves, as array functions: how `magn degrade`, `magn eval` and
+training make their inputs (magncli.tasks says which task uses which, with what level).
 
 Everything here follows docs/protocols.md, so that eval tables can
 stand beside published ones:
@@ -14,21 +15,12 @@ a function says otherwise. Everything is deterministic and bad parameters raise 
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Optional
-
 import cv2
 import numpy as np
 
-from magncli.datasets import list_images, load_image
 from magncli.errors import MagnError
-from magncli.fileio import check_writable, remove_stale_temporaries, write_file_atomic
-from magncli.images import encode_float_image, to_uint8
-from magncli.version import __version__
+from magncli.images import to_uint8
 
-TASKS = ("denoise", "dejpeg", "demosaic")
 DEFAULT_SEED = 0
 DEFAULT_PATTERN = "grbg"
 
@@ -173,136 +165,3 @@ def align_mosaic(mosaic: np.ndarray, pattern: str, target: str = DEFAULT_PATTERN
 def mosaic_to_cfa(mosaic: np.ndarray) -> np.ndarray:
     """Zero-filled HxWx3 mosaic -> HxW one-channel CFA (each site holds one non-zero channel)."""
     return mosaic.sum(axis=2, dtype=mosaic.dtype)
-
-
-# --------------------------------------------------------------------------- task level
-
-@dataclass(frozen=True)
-class Degradation:
-    """One task's degradation with its parameters; `as_dict()` is what results and
-    manifests record. Only the field of the task is set (sigma, quality or pattern)."""
-
-    task: str
-    sigma: Optional[float] = None  # denoise, 0-255 scale
-    quality: Optional[int] = None  # dejpeg, 1-100
-    pattern: Optional[str] = None  # demosaic
-    seed: Optional[int] = None  # denoise only: the RandomState seed of every image
-
-    @property
-    def label(self) -> str:
-        """The task's one parameter as a short table label: "σ25", "q10" or "grbg"."""
-        if self.task == "denoise":
-            return f"σ{self.sigma:g}"
-        return f"q{self.quality}" if self.task == "dejpeg" else self.pattern
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    def apply(self, img: np.ndarray) -> np.ndarray:
-        """img float32 HxWxC in [0, 1] -> degraded float32 HxWxC."""
-        if self.task == "denoise":
-            return add_gaussian_noise(img, self.sigma, self.seed)
-        if self.task == "dejpeg":
-            return jpeg_compress(img, self.quality).astype(np.float32) / 255.0
-        return bayer_mosaic(img, self.pattern)
-
-
-def make_degradation(task: str, level=None, seed: int = DEFAULT_SEED,
-                     pattern: str = DEFAULT_PATTERN) -> Degradation:
-    """Validate and build a Degradation. level = sigma (denoise) or quality (dejpeg);
-    demosaic takes `pattern` and no level."""
-    if task not in TASKS:
-        raise MagnError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-    if task == "demosaic":
-        return Degradation(task, pattern=check_pattern(pattern))
-    if level is None:
-        what = "--sigma" if task == "denoise" else "--quality"
-        raise MagnError(f"task {task} needs a level ({what})")
-    if task == "denoise":
-        check_sigma(float(level))
-        sigma = float(level)
-        return Degradation(task, sigma=int(sigma) if sigma.is_integer() else sigma, seed=int(seed))
-    check_quality(float(level))
-    return Degradation(task, quality=int(level))
-
-
-def degrade(img: np.ndarray, task: str, level=None, seed: int = DEFAULT_SEED,
-            pattern: str = DEFAULT_PATTERN) -> np.ndarray:
-    """One call for one image: float32 HxWxC [0, 1] -> degraded float32 HxWxC."""
-    return make_degradation(task, level, seed, pattern).apply(img)
-
-
-# --------------------------------------------------------------------------- files
-
-# Formats of degrade_files: (extension, what is stored), the note going into manifests.
-IMAGE_FORMATS = {
-    "png": (".png", "8-bit PNG: values clipped to [0, 1] and rounded (noise loses its tails)"),
-    "png16": (".png", "16-bit PNG: values clipped to [0, 1], stored as round(value * 65535)"),
-    "tiff": (".tiff", "float32 TIFF: values stored exactly, unclipped"),
-    "jpg": (".jpg", "dejpeg only: the JPEG file itself, which decodes to the protocol's input"),
-}
-
-
-def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
-                  overwrite: bool = False) -> dict:
-    """Degrade image files (folders are expanded to their images) into out_dir as
-    <stem>.png/.tiff, plus manifest.json recording every parameter; returns the manifest.
-
-    As the protocol says, every image gets a fresh generator seeded with the same seed, so
-    a file's noise does not depend on which other files were given.
-
-    Settings and outputs are checked before any work: nothing is written if an input
-    is missing or any output exists already (unless overwrite). Then every image is
-    attempted: one that fails (unreadable, too large, several frames, cannot be
-    written) is listed under "failed" with its one-line error, and the others are
-    written. manifest.json lists exactly the files written ("files"), and is written
-    whenever at least one was."""
-    if fmt not in IMAGE_FORMATS:
-        raise MagnError(f"unknown output format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
-    if fmt == "jpg" and degradation.task != "dejpeg":
-        raise MagnError("--format jpg writes JPEG files, for --task dejpeg only")
-    sources = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            sources += list_images(item)
-        elif item.is_file():
-            sources.append(item)
-        else:
-            raise MagnError(f"{item} does not exist")
-    out_dir = Path(out_dir)
-    targets = [out_dir / (src.stem + IMAGE_FORMATS[fmt][0]) for src in sources]
-    if len(set(targets)) != len(targets):
-        clash = next(t for t in targets if targets.count(t) > 1)
-        raise MagnError(f"two inputs would both be written to {clash}")
-    manifest_path = out_dir / "manifest.json"
-    for target in targets + [manifest_path]:
-        check_writable(target, overwrite)
-    remove_stale_temporaries(targets + [manifest_path])
-
-    records, failed = [], []
-    for src, target in zip(sources, targets):
-        try:
-            clean = load_image(src)  # float32 HxWxC
-            if fmt == "jpg":  # the JPEG file itself: restore reads its quality from the tables
-                data = jpeg_encode(clean, degradation.quality)
-            else:
-                data = encode_float_image(degradation.apply(clean), fmt)
-            write_file_atomic(target, data, overwrite)
-        except (MagnError, OSError, MemoryError) as e:
-            message = str(e) if isinstance(e, MagnError) else (
-                "out of memory" if isinstance(e, MemoryError) else (e.strerror or str(e)))
-            if not message.startswith(str(src)) and not message.startswith(str(target)):
-                message = f"{src}: {message}"
-            failed.append({"input": str(src), "error": message})
-            continue
-        records.append({"input": str(src), "output": target.name, "seed": degradation.seed,
-                        "height": clean.shape[0], "width": clean.shape[1],
-                        "channels": clean.shape[2]})
-    manifest = {"magn_version": __version__, "degradation": degradation.as_dict(),
-                "format": fmt, "format_note": IMAGE_FORMATS[fmt][1], "files": records}
-    if failed:
-        manifest["failed"] = failed
-    if records:
-        write_file_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n", overwrite)
-    return manifest

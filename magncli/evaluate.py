@@ -34,15 +34,14 @@ import cv2
 import numpy as np
 
 from magncli import datasets
-from magncli.degrade import (DEFAULT_PATTERN, TASKS, Degradation, align_mosaic, cfa_to_mosaic,
-                             make_degradation, mosaic_to_cfa)
+from magncli.degrade import DEFAULT_PATTERN, cfa_to_mosaic, mosaic_to_cfa
 from magncli.errors import MagnError
 from magncli.fileio import check_writable, write_file_atomic
 from magncli.images import encode_float_image, to_uint8
 from magncli.metrics import psnr, psnr_ssim
+from magncli.tasks import TASKS, Degradation, get_task, restore_for_task
 from magncli.version import git_commit
 
-DEFAULT_LEVELS = {"denoise": (15, 25, 50), "dejpeg": (10, 20, 30, 40)}
 SHEET_CELL = 192  # pixels of each crop on a comparison sheet
 
 
@@ -57,7 +56,7 @@ class Method:
 
     name: str
     restore: Callable[[np.ndarray, Degradation], np.ndarray]
-    tasks: Tuple[str, ...] = TASKS
+    tasks: Tuple[str, ...] = tuple(TASKS)
     # The protocol's input rows score the degraded input as it is: Gaussian noise is
     # unclipped (clamping would add ~0.2 dB at sigma 25). Every real output is clamped.
     clamp_output: bool = True
@@ -81,12 +80,12 @@ def _opencv_nlm(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
     # OpenCV's NLM takes 8-bit images: the (unclipped) noisy input is rounded first.
     pixels = to_uint8(degraded)  # HxWxC uint8
     if pixels.shape[2] == 3:
-        h = nlm_strength(degradation.sigma, color=True)
+        h = nlm_strength(degradation.level, color=True)
         bgr = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(pixels[..., ::-1]),
                                               None, h, h, 7, 21)
         out = bgr[..., ::-1]
     else:
-        h = nlm_strength(degradation.sigma, color=False)
+        h = nlm_strength(degradation.level, color=False)
         out = cv2.fastNlMeansDenoising(np.ascontiguousarray(pixels[..., 0]), None, h, 7, 21)
         out = out[..., None]
     return out.astype(np.float32) / 255.0
@@ -111,7 +110,7 @@ def _opencv_demosaic(method: str) -> Callable[[np.ndarray, Degradation], np.ndar
 def _bm3d(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
     import bm3d  # optional: `pip install bm3d`, checked by make_method
 
-    sigma = degradation.sigma / 255.0
+    sigma = degradation.level / 255.0
     if degraded.shape[2] == 3:
         return bm3d.bm3d_rgb(degraded, sigma).astype(np.float32)
     return bm3d.bm3d(degraded[..., 0], sigma).astype(np.float32)[..., None]
@@ -148,15 +147,12 @@ def _load_model_method(spec: str, options) -> Method:
 
 def model_method(model, options=None, name: str = "model") -> Method:
     """A Method for a model already in memory (e.g. training's validation of its EMA
-    weights), run through the same inference engine as checkpoint models."""
-    from magncli import restore_array  # the package's name: what tests stand in for
+    weights), run as `magn restore` runs it: restore_for_task, the task's view of the
+    input (a mosaic in GRBG phase) through the inference engine."""
 
     def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
-        if degradation.task == "demosaic":
-            # Models take GRBG mosaics: shift other patterns into phase, as restore does.
-            aligned, (dy, dx) = align_mosaic(degraded, degradation.pattern)
-            return restore_array(model, aligned, options, align=2)[dy:, dx:]
-        return restore_array(model, degraded, options)
+        return restore_for_task(model, degraded, degradation.task, pattern=degradation.pattern,
+                                options=options)
 
     return Method(name, restore, device=getattr(options, "device", None) or "auto")
 
@@ -237,15 +233,6 @@ def _set_note(test_set, mode: str) -> str:
     return "; ".join(notes)
 
 
-def _degradations(task: str, levels: Sequence, seed: int, pattern: str) -> List[Degradation]:
-    if task == "demosaic":
-        if levels:
-            raise MagnError("demosaic has no levels (choose the Bayer pattern instead)")
-        return [make_degradation(task, pattern=pattern)]
-    levels = list(levels) if levels else list(DEFAULT_LEVELS.get(task, ()))
-    return [make_degradation(task, level, seed) for level in levels]
-
-
 def _read_given_inputs(inputs: Path, stems: List[str], degradation: Degradation
                        ) -> List[np.ndarray]:
     """Already-degraded images (e.g. `magn degrade` output or a paper's shipped inputs),
@@ -256,7 +243,7 @@ def _read_given_inputs(inputs: Path, stems: List[str], degradation: Degradation
         raise MagnError(f"{inputs} has no input for {missing[0]} "
                         f"({len(missing)} of {len(stems)} ground-truth images unmatched)")
     images = [datasets.load_image(by_stem[s]) for s in stems]
-    if degradation.task == "demosaic":
+    if get_task(degradation.task).mosaic:
         images = [cfa_to_mosaic(x, degradation.pattern) if x.shape[2] == 1 else x
                   for x in images]
     return images
@@ -287,19 +274,18 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
              progress: Optional[Callable[[str], None]] = None) -> List[dict]:
     """Evaluate `models` on `sets` at each level, following docs/benchmark-protocols.md.
 
-    task: denoise | dejpeg | demosaic. sets: set names or folders. levels: sigmas or JPEG
+    task: a name of tasks.TASKS. sets: set names or folders. levels: sigmas or JPEG
     qualities (defaults per task); demosaic takes `pattern` instead. options: the
     InferenceOptions for models (tile, overlap, ensemble, device, precision). inputs: a
     folder of already-degraded images to use instead of degrading (one set, one level).
     save_images: a folder for every restored image (8-bit PNG). sheet: a PNG of crops.
     Returns one dict per model x set x level (see the module docstring)."""
-    if task not in TASKS:
-        raise MagnError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    task = get_task(task).name
     if not sets:
         raise MagnError("no test sets given")
     if not models:
         raise MagnError("no models given")
-    degradations = _degradations(task, levels, seed, pattern)
+    degradations = get_task(task).degradations(list(levels or ()), seed, pattern)
     if inputs is not None and (len(sets) != 1 or len(degradations) != 1):
         raise MagnError("given inputs (--inputs) are for one set at one level")
     if sheet is not None:
@@ -355,8 +341,8 @@ def evaluate_method(method: Method, stems, degraded, truths, degradation: Degrad
                     ) -> Tuple[dict, np.ndarray]:
     """One row: restore and score every image of a set at one level; `save(stem, output)`
     keeps each output. Returns the row and the first image's output (for the sheet)."""
-    # Color JPEG is scored on RGB and on Y (the protocol's "RGB, and Y").
-    score_y = degradation.task == "dejpeg" and truths[0].shape[2] == 3
+    # Color results of some tasks (JPEG) are scored on RGB and on Y (the protocol's "RGB, and Y").
+    score_y = get_task(degradation.task).scored_on_y and truths[0].shape[2] == 3
     _reset_peak_memory(method)
     per_image, seconds, first_output = [], 0.0, None
     for stem, image, truth in zip(stems, degraded, truths):

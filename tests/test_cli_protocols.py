@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from magncli.cli.app import _register, app
+from magncli.cli.app import _register, app, cli_message
 from magncli.datasets import load_image
 from magncli.degrade import add_gaussian_noise, bayer_mosaic
 from magncli.errors import MagnError
@@ -35,10 +35,11 @@ def _make_images(folder, n=2, color=True, size=(48, 64)):
 
 
 def _user_error(result, *words):
-    """A MagnError (one line, no traceback in the output) with a non-zero exit code."""
+    """A MagnError (one line, no traceback in the output) with a non-zero exit code;
+    the words are looked for in the line the command line prints."""
     assert result.exit_code != 0
     assert isinstance(result.exception, MagnError), result.output
-    message = str(result.exception)
+    message = cli_message(result.exception)
     assert "\n" not in message and "Traceback" not in result.output
     for word in words:
         assert word in message
@@ -179,7 +180,7 @@ def test_the_real_command_prints_one_line_and_exits_1(tmp_path):
 def test_degrade_writes_the_jpeg_file_itself(tmp_path):
     """--format jpg: the file decodes to exactly the protocol's dejpeg input, and restore
     reads its quality back from the tables."""
-    from magncli.degrade import make_degradation
+    from magncli.tasks import make_degradation
     from magncli.jpeg_quality import estimate_jpeg_quality
     from magncli.images import read_image
 
@@ -194,7 +195,7 @@ def test_degrade_writes_the_jpeg_file_itself(tmp_path):
     assert estimate_jpeg_quality(jpeg.jpeg_quantization) == (30, True)
     wrong = runner.invoke(app, ["degrade", str(folder), "--task", "denoise", "--sigma", "25",
                                 "--format", "jpg", "-o", str(tmp_path / "noisy")])
-    _user_error(wrong, "--task dejpeg only")
+    _user_error(wrong, "--format jpg", "dejpeg only")
 
 
 def test_results_record_the_command_that_made_them(tmp_path):
@@ -224,9 +225,11 @@ def test_eval_cli_reproduces_a_published_input_row(data_root, tmp_path):
 
 def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_path, monkeypatch):
     """eval hands each checkpoint spec (with its arch prefix) to load_model and the
-    engine options to restore_array; the two are replaced by recorders here."""
+    engine options to restore_array (through tasks.restore_for_task); the two are
+    replaced by recorders here."""
     import magncli
     import magncli.models.registry as registry
+    import magncli.tasks as tasks
     from magncli.inference import InferenceOptions
 
     calls = []
@@ -235,12 +238,12 @@ def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_pa
         calls.append(("load", weights, arch))
         return "the-model"
 
-    def restore_array(model, image, options):
+    def restore_array(model, image, options, progress=None, align=1):
         calls.append(("restore", model, image.shape, options))
         return cv2.GaussianBlur(image, (0, 0), 1.0).reshape(image.shape)  # a crude denoiser
 
     monkeypatch.setattr(magncli, "load_model", load_model, raising=False)
-    monkeypatch.setattr(magncli, "restore_array", restore_array, raising=False)
+    monkeypatch.setattr(tasks, "restore_array", restore_array)
     monkeypatch.setattr(registry, "list_archs", lambda: {"dagl": object()})
     _make_images(tmp_path / "set", n=2, color=False)
 

@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 
 from magncli.datasets import load_image, read_raw
-from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, bayer_masks, bayer_mosaic,
-                             cfa_to_mosaic, degrade, gaussian_noise_torch, jpeg_compress,
-                             make_degradation, mosaic_to_cfa)
+from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, align_mosaic, bayer_masks, bayer_mosaic,
+                             cfa_to_mosaic, gaussian_noise_torch, jpeg_compress, mosaic_to_cfa)
 from magncli.errors import MagnError
 from magncli.evaluate import BASELINES, opencv_bayer_code
 from magncli.metrics import psnr
+from magncli.tasks import make_degradation
 
 
 def _smooth_rgb(h=64, w=96):
@@ -34,7 +34,6 @@ def test_noise_is_deterministic_per_seed():
     img = _smooth_rgb()
     assert np.array_equal(add_gaussian_noise(img, 25, 7), add_gaussian_noise(img, 25, 7))
     assert not np.array_equal(add_gaussian_noise(img, 25, 7), add_gaussian_noise(img, 25, 8))
-    assert np.array_equal(degrade(img, "denoise", 25, seed=7), add_gaussian_noise(img, 25, 7))
 
 
 def test_noise_is_unclipped_unrounded_with_the_right_sigma():
@@ -84,8 +83,7 @@ def test_bad_parameters_are_user_errors():
     for bad in (lambda: add_gaussian_noise(img, -1, 0),
                 lambda: jpeg_compress(img, 0), lambda: jpeg_compress(img, 101),
                 lambda: jpeg_compress(img, 50.5),
-                lambda: bayer_masks(4, 4, "rgbg"), lambda: bayer_mosaic(img[..., :1]),
-                lambda: make_degradation("deblur", 1), lambda: make_degradation("dejpeg")):
+                lambda: bayer_masks(4, 4, "rgbg"), lambda: bayer_mosaic(img[..., :1])):
         with pytest.raises(MagnError):
             bad()
 
@@ -143,9 +141,8 @@ def test_opencv_demosaic_baselines_beat_the_mosaic_on_kodak(data_root):
             assert psnr(restored, truth) > floor + 15, (name, baseline)
 
 
-def test_degradation_records_only_its_parameters():
-    assert make_degradation("denoise", 25, seed=3).as_dict() == {"task": "denoise", "sigma": 25,
-                                                                 "seed": 3}
-    assert make_degradation("dejpeg", 10).as_dict() == {"task": "dejpeg", "quality": 10}
-    assert make_degradation("demosaic", pattern="RGGB").as_dict() == {"task": "demosaic",
-                                                                      "pattern": "rggb"}
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+def test_align_mosaic_puts_samples_on_grbg_sites(pattern):
+    aligned, (dy, dx) = align_mosaic(bayer_mosaic(np.random.default_rng(1).random((7, 9, 3)) + 0.1, pattern), pattern)
+    assert aligned.shape == (7 + dy, 9 + dx, 3)
+    assert np.array_equal(aligned != 0, bayer_masks(7 + dy, 9 + dx, "grbg"))

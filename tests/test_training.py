@@ -538,9 +538,9 @@ def test_bf16_and_fp32_short_runs_reach_the_same_validation_psnr(gray_data, tmp_
 def test_quality_focus_oversamples_its_range_inside_the_whole_range(monkeypatch):
     import magncli.training.data as data_mod
     drawn = []
-    real = data_mod.make_degradation
-    monkeypatch.setattr(data_mod, "make_degradation",
-                        lambda task, level=None, **kw: drawn.append(level) or real(task, level, **kw))
+    real = data_mod.PatchDegradation._level
+    monkeypatch.setattr(data_mod.PatchDegradation, "_level",
+                        lambda self, rng: drawn.append(real(self, rng)) or drawn[-1])
     patch = np.full((16, 16, 1), 0.5, np.float32)
     for focus, share in ((None, 31 / 96), ([10, 40, 0.5], 0.5 + 0.5 * 31 / 96)):
         drawn.clear()

@@ -18,16 +18,27 @@ app = typer.Typer(
 )
 
 
-# The library names what would fix an error as a Python parameter ("pass weights=PATH");
-# on the command line the same thing is an option ("pass --weights PATH").
+# The library names what would fix an error as a Python parameter ("pass weights=PATH",
+# "tile=6 is not ...", "overwrite=True"); on the command line the same thing is an option
+# ("pass --weights PATH", "--tile 6 is not ...", "--overwrite").
 _PARAMETER_OPTIONS = {"weights": "--weights", "levels": "--levels", "task": "--task",
-                      "channels": "--channels"}
-_PARAMETER_RE = re.compile(r"(?<![\w./\\-])(%s)=" % "|".join(_PARAMETER_OPTIONS))
+                      "channels": "--channels", "fmt": "--format"}
+_FLAGS = {"overwrite", "resume", "recursive", "ensemble", "offline"}   # `name=True` is the bare flag
+_FLAG_RE = re.compile(r"(?<![\w./\\-])(%s)=True\b" % "|".join(_FLAGS))
+_PARAMETER_RE = re.compile(r"(?<![\w./\\-])(%s)=(?=(\S?))" % "|".join(_PARAMETER_OPTIONS))
+
+
+def _option(match: re.Match) -> str:
+    """weights=PATH -> --weights PATH; a parameter named without a value: (sigma=) -> (--sigma)."""
+    option = _PARAMETER_OPTIONS[match.group(1)]
+    return option + " " if match.group(2) and match.group(2) not in ",;)" else option
 
 
 def cli_message(error) -> str:
-    """A library error's message as the command line says it: weights=PATH -> --weights PATH."""
-    return _PARAMETER_RE.sub(lambda m: _PARAMETER_OPTIONS[m.group(1)] + " ", str(error))
+    """A library error's message as the command line says it: weights=PATH -> --weights PATH,
+    overwrite=True -> --overwrite."""
+    text = _FLAG_RE.sub(lambda m: "--" + m.group(1), str(error))
+    return _PARAMETER_RE.sub(_option, text)
 
 
 def _version(value: bool) -> None:

@@ -7,7 +7,9 @@ from typing import List, Optional
 import typer
 
 from magncli.cli.app import app
-from magncli.degrade import DEFAULT_PATTERN, DEFAULT_SEED, degrade_files, make_degradation
+from magncli.degrade import DEFAULT_PATTERN, DEFAULT_SEED
+from magncli.degrade_files import degrade_files
+from magncli.tasks import make_degradation
 from magncli.errors import MagnError
 
 

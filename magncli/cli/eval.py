@@ -12,8 +12,9 @@ from magncli.cli.common import command_line
 from magncli.datasets import sets_for
 from magncli.degrade import DEFAULT_PATTERN
 from magncli.errors import MagnError
-from magncli.evaluate import (BASELINES, DEFAULT_LEVELS, check_results_path, results_tables,
+from magncli.evaluate import (BASELINES, check_results_path, results_tables,
                               run_eval, write_results)
+from magncli.tasks import TASKS
 
 
 def _split(text: Optional[str], option: str) -> List[str]:
@@ -53,8 +54,8 @@ def eval_command(
         None, "--sets", help="Comma-separated set names or folders (default: every set of the task)."),
     levels: Optional[str] = typer.Option(
         None, "--levels", help="Comma-separated sigmas (denoise) or JPEG qualities (dejpeg); "
-                               "default " + "; ".join(f"{','.join(map(str, v))} ({k})"
-                                                      for k, v in DEFAULT_LEVELS.items()) + "."),
+                               "default " + "; ".join(f"{','.join(map(str, t.default_levels))} ({t.name})"
+                                                      for t in TASKS.values() if t.default_levels) + "."),
     models: List[str] = typer.Option(
         ["input"], "--model", "-m",
         help=f"Repeatable. Baselines: {', '.join(BASELINES)}; or a checkpoint name/path, or ARCH:PATH."),
