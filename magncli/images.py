@@ -88,6 +88,15 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return from_float(img, np.uint8)
 
 
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The centre size x size of (H, W, ...), or less where the image is smaller; 0: all of it."""
+    if not size:
+        return img
+    top = max(0, (img.shape[0] - size) // 2)
+    left = max(0, (img.shape[1] - size) // 2)
+    return img[top:top + size, left:left + size]
+
+
 def to_float(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels.astype(np.float32) / 255.0

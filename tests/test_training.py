@@ -25,8 +25,9 @@ from magncli.degrade import BAYER_PATTERNS, bayer_masks
 from magncli.errors import MagnError
 from magncli.training.config import config_to_toml, load_config, read_recipe
 from magncli.training.data import PatchDataset, StepBatches, make_loader, scale_saturation, scan_images
-from magncli.training.loop import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FILE, LATEST_FILE,
-                                   LOG_FILE, STATE_FILE, Trainer, load_run_config, read_log)
+from magncli.training.loop import Trainer
+from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FILE, LATEST_FILE, LOG_FILE,
+                                       STATE_FILE, load_run_config, read_log)
 
 REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)

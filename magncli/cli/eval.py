@@ -12,8 +12,8 @@ from magncli.cli.common import command_line
 from magncli.datasets import sets_for
 from magncli.degrade import DEFAULT_PATTERN
 from magncli.errors import MagnError
-from magncli.evaluate import (BASELINES, check_results_path, results_tables,
-                              run_eval, write_results)
+from magncli.evaluate import BASELINES, run_eval
+from magncli.results import check_results_path, results_tables, write_results
 from magncli.tasks import TASKS
 
 

@@ -70,7 +70,8 @@ def train_command(
 ) -> None:
     """Train a restoration model; writes checkpoints, log.jsonl, curves.png and export.safetensors."""
     from magncli.training.config import load_config
-    from magncli.training.loop import EXPORT_FILE, Trainer, load_run_config
+    from magncli.training.loop import Trainer
+    from magncli.training.runstate import EXPORT_FILE, load_run_config
 
     overrides = dict(task=task, data=data, val=val, arch=arch, channels=channels, batch=batch,
                      patch=patch, steps=steps, lr=lr, sigma=sigma,

@@ -17,17 +17,10 @@ from torch import nn
 from magncli import datasets
 from magncli.degrade import DEFAULT_PATTERN
 from magncli.evaluate import BASELINES, evaluate_method, model_method
+from magncli.images import center_crop
 from magncli.inference import InferenceOptions
 from magncli.tasks import get_task
 from magncli.training.config import TrainConfig
-
-
-def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    if not size:
-        return img
-    top = max(0, (img.shape[0] - size) // 2)
-    left = max(0, (img.shape[1] - size) // 2)
-    return img[top:top + size, left:left + size]
 
 
 class Validator:
@@ -47,7 +40,7 @@ class Validator:
         files = list(files)[:config.val_images or None]
         mode = "gray" if config.channels == 1 else "color"
         self.stems = [p.stem for p in files]
-        self.truths = [_center_crop(datasets.load_ground_truth(p, mode), config.val_crop)
+        self.truths = [center_crop(datasets.load_ground_truth(p, mode), config.val_crop)
                        for p in files]                                         # float32 (H, W, C)
         # A model trained on random Bayer patterns is scored on GRBG.
         pattern = config.pattern if config.pattern != "random" else DEFAULT_PATTERN
