@@ -1,7 +1,7 @@
 """Benchmark test sets: where the sets live, which task and channels each serves, and how
 their images are listed and loaded (a gray track of an RGB set as its studio Y).
 
-The data root is, first found: the `--data-root` argument, $MAGN_DATA, or
+The data root is, first found: the `data_root` argument (`--data-root`), $MAGN_DATA, or
 ../shared/datasets next to the repository checkout. Set names are the folder names of
 shared/datasets (see SOURCES.md there); any other folder of images can be evaluated too.
 """
@@ -56,15 +56,15 @@ TEST_SETS: Dict[str, TestSet] = {s.name: s for s in (
 # --------------------------------------------------------------------------- data root
 
 def resolve_data_root(data_root: Union[str, Path, None] = None) -> Path:
-    """--data-root > $MAGN_DATA > ../shared/datasets beside the checkout, else MagnError."""
+    """data_root > $MAGN_DATA > ../shared/datasets beside the checkout, else MagnError."""
     if data_root is not None:
-        root, origin = Path(data_root), "--data-root"
+        root, origin = Path(data_root), "data_root="
     elif os.environ.get("MAGN_DATA"):
         root, origin = Path(os.environ["MAGN_DATA"]), "$MAGN_DATA"
     else:
         root = _REPO_ROOT.parent / "shared" / "datasets"
         if not root.is_dir():
-            raise MagnError("no benchmark data root: pass --data-root DIR or set MAGN_DATA")
+            raise MagnError("no benchmark data root: pass data_root=DIR or set MAGN_DATA")
         return root
     if not root.is_dir():
         raise MagnError(f"data root {root} (from {origin}) is not a folder")

@@ -284,7 +284,7 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
         raise MagnError("no models given")
     degradations = get_task(task).degradations(list(levels or ()), seed, pattern)
     if inputs is not None and (len(sets) != 1 or len(degradations) != 1):
-        raise MagnError("given inputs (--inputs) are for one set at one level")
+        raise MagnError("given inputs (inputs=) are for one set at one level")
     if sheet is not None:
         check_writable(sheet, overwrite)
     methods = [make_method(spec, task, options) for spec in models]

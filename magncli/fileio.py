@@ -121,13 +121,13 @@ def _publish(tmp: Path, path: Path, exclusive: bool) -> None:
     try:
         os.link(tmp, path)         # atomic, and fails if `path` exists
     except FileExistsError:
-        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)") from None
+        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)") from None
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         # A file system without hard links: the claim keeps other magn runs away.
         if path.exists():
-            raise MagnError(f"{path}: already exists (pass --overwrite to replace it)") from None
+            raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)") from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
@@ -175,7 +175,7 @@ def check_writable(path: Union[str, Path], overwrite: bool = False) -> Path:
     """MagnError if `path` exists and overwriting was not asked for (check before long work)."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise MagnError(f"{path} already exists (use --overwrite to replace it)")
+        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
     return path
 
 
@@ -234,7 +234,7 @@ def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     the block, or with the process however it ends."""
     path = Path(path)
     if not overwrite and path.exists():
-        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
+        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
     try:
         made = _make_parents(path.parent)
     except OSError as e:
@@ -272,7 +272,7 @@ def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.write(fd, _owner().encode())
         if not overwrite and path.exists():   # finished by another process meanwhile
-            raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
+            raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
         yield path
     except BaseException:
         _release(lock, fd)

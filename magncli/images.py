@@ -319,7 +319,7 @@ def write_image(path, image: Image, *, overwrite: bool = False, jpeg_quality: in
     path = Path(path)
     ext = check_output_format(path)
     if path.exists() and not overwrite:
-        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
+        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
     data = encode_image(image, ext, jpeg_quality)
     atomic_write_bytes(path, data, exclusive=not overwrite)
     return path

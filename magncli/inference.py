@@ -71,13 +71,13 @@ class InferenceOptions:
         device = resolve_device(self.device)
         dtype = resolve_precision(self.precision, device)
         if self.overlap < 0:
-            raise MagnError(f"--overlap must be >= 0 (got {self.overlap})")
+            raise MagnError(f"overlap={self.overlap} must be >= 0")
         if self.tile is not None and (self.tile < 4 or self.tile % 4):
-            raise MagnError(f"--tile must be a positive multiple of 4 (got {self.tile})")
+            raise MagnError(f"tile={self.tile} must be a positive multiple of 4")
         if self.tile is not None and self.tiling == "blend" and self.overlap > self.tile // 2:
             # Refused rather than silently clamped: the tiles would not overlap as asked.
-            raise MagnError(f"overlap {self.overlap} is more than half of tile {self.tile} "
-                            f"(at most {self.tile // 2}; set a smaller overlap or a larger tile)")
+            raise MagnError(f"overlap={self.overlap} is more than half of tile={self.tile} "
+                            f"(at most {self.tile // 2}: set a smaller overlap= or a larger tile=)")
         if self.tiling not in ("blend", "chop"):
             raise MagnError(f"unknown tiling {self.tiling!r} (use blend or chop)")
         return device, dtype
@@ -109,12 +109,12 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise MagnError(f"unknown device {spec!r} (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise MagnError("--device cuda was asked for, but no CUDA GPU is available")
+            raise MagnError(f"device={spec} was asked for, but no CUDA GPU is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise MagnError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise MagnError(f"device={spec}: only {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise MagnError("--device mps was asked for, but MPS is not available")
+            raise MagnError("device=mps was asked for, but MPS is not available")
     elif device.type != "cpu":
         raise MagnError(f"unsupported device {spec!r}")
     return device

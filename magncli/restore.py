@@ -79,7 +79,7 @@ def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str 
             continue
         from_folder = Path(arg).is_dir() or glob.has_magic(str(arg))
         if not files:
-            hint = " (use --recursive for subfolders)" if Path(arg).is_dir() and not recursive else ""
+            hint = " (pass recursive=True for subfolders)" if Path(arg).is_dir() and not recursive else ""
             jobs.append(Job(Path(arg), None, f"{arg}: no images found{hint}"))
             continue
         for src in files:
@@ -89,7 +89,7 @@ def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str 
             name = src.stem + suffix + out_ext
             target = (Path(out_dir) / src.parent.relative_to(base) / name) if out_dir else src.parent / name
             if target.resolve() == src.resolve():
-                raise MagnError(f"{src}: the output would overwrite the input (set --suffix, --ext or -o)")
+                raise MagnError(f"{src}: the output would overwrite the input (set suffix=, ext= or out_dir=)")
             if target.resolve() in seen:
                 raise MagnError(f"{src} and {seen[target.resolve()]} would both be written to {target}")
             seen[target.resolve()] = src

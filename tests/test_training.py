@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from magncli.checkpoints import read_checkpoint
-from magncli.cli.app import _register, app
+from magncli.cli.app import _register, app, cli_message
 from magncli.degrade import BAYER_PATTERNS, bayer_masks
 from magncli.errors import MagnError
 from magncli.training.config import config_to_toml, load_config, read_recipe
@@ -394,7 +394,7 @@ def test_cli_trains_writes_the_run_folder_and_restore_accepts_the_export(gray_da
 
     # Starting a new run into a used run folder is refused.
     again = runner.invoke(app, ["train", "--config", str(recipe), "--out", str(run), "--quiet"])
-    assert isinstance(again.exception, MagnError) and "--resume" in str(again.exception)
+    assert isinstance(again.exception, MagnError) and "pass --resume" in cli_message(again.exception)
 
     # A resume that goes further is part of how the weights were made: both commands.
     more = ["train", "--resume", "--out", str(run), "--steps", "8", "--quiet"]

@@ -21,8 +21,13 @@ app = typer.Typer(
 # The library names what would fix an error as a Python parameter ("pass weights=PATH",
 # "tile=6 is not ...", "overwrite=True"); on the command line the same thing is an option
 # ("pass --weights PATH", "--tile 6 is not ...", "--overwrite").
-_PARAMETER_OPTIONS = {"weights": "--weights", "levels": "--levels", "task": "--task",
-                      "channels": "--channels", "fmt": "--format"}
+_PARAMETER_OPTIONS = {
+    "weights": "--weights", "arch": "--arch", "levels": "--levels", "task": "--task",
+    "channels": "--channels", "sigma": "--sigma", "quality": "--quality", "pattern": "--pattern",
+    "fmt": "--format", "tile": "--tile", "overlap": "--overlap", "device": "--device",
+    "precision": "--precision", "suffix": "--suffix", "ext": "--ext", "out_dir": "--output",
+    "inputs": "--inputs", "data_root": "--data-root", "data": "--data", "run_dir": "--out",
+    "lr": "--lr"}
 _FLAGS = {"overwrite", "resume", "recursive", "ensemble", "offline"}   # `name=True` is the bare flag
 _FLAG_RE = re.compile(r"(?<![\w./\\-])(%s)=True\b" % "|".join(_FLAGS))
 _PARAMETER_RE = re.compile(r"(?<![\w./\\-])(%s)=(?=(\S?))" % "|".join(_PARAMETER_OPTIONS))

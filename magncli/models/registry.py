@@ -127,4 +127,4 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, dict]:
         if config is not None:
             return spec.name, config
     raise ValueError("could not recognise the architecture from the checkpoint's keys "
-                     f"(first keys: {', '.join(list(state_dict)[:4])}); pass --arch")
+                     f"(first keys: {', '.join(list(state_dict)[:4])}); pass arch=NAME")

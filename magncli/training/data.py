@@ -41,7 +41,7 @@ from magncli.training.config import TrainConfig
 def resolve_data_folder(name: str) -> Path:
     """A folder path, else a folder of that name under the data root ($MAGN_DATA, ...)."""
     if not name:
-        raise MagnError("no training data: pass --data DIR (or set data in the recipe)")
+        raise MagnError("no training data: pass data=DIR (or set data in the recipe)")
     path = Path(name).expanduser()
     if path.is_dir():
         return path

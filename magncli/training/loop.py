@@ -183,8 +183,8 @@ class Trainer:
         if resume and not state.is_file():
             raise MagnError(f"cannot resume: {state} does not exist")
         if not resume and state.exists():
-            raise MagnError(f"{self.run_dir} already holds a run; pass --resume to continue it "
-                            "or choose another --out")
+            raise MagnError(f"{self.run_dir} already holds a run; pass resume=True to continue it, "
+                            "or another run_dir=FOLDER")
 
     def _start_run_dir(self, resume: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -320,7 +320,7 @@ class Trainer:
         loss = F.mse_loss(restored.float(), clean)
         if not torch.isfinite(loss):
             raise MagnError(f"the loss became {loss.item()} at step {self.step + 1}; "
-                            "lower --lr or use fp32")
+                            "lower lr= or use precision=fp32")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
