@@ -72,7 +72,6 @@ class Task:
     """One restoration task: what differs from the others, in one place."""
 
     name: str
-    summary: str                                        # what it undoes, for help texts
     degrade: Callable[[np.ndarray, Degradation], np.ndarray]   # float32 (H, W, C) -> degraded
     level_key: Optional[str] = None                     # the name of its level ("sigma"); None: none
     level_label: str = ""                               # the level's prefix in table labels ("σ")
@@ -209,13 +208,13 @@ def _quality_from_tables(image: Image) -> Optional[Tuple[int, str]]:
 
 
 register_task(Task(
-    "denoise", "Gaussian noise",
+    "denoise",                       # Gaussian noise
     degrade=lambda img, d: add_gaussian_noise(img, d.level, d.seed),
     level_key="sigma", level_label="σ", default_levels=(15, 25, 50), parse_level=_sigma,
     seeded=True))
 
 register_task(Task(
-    "dejpeg", "JPEG compression artifacts",
+    "dejpeg",                        # JPEG compression artifacts
     degrade=lambda img, d: jpeg_compress(img, d.level).astype(np.float32) / 255.0,
     level_key="quality", level_label="q", default_levels=(10, 20, 30, 40), parse_level=_quality,
     level_from_image=_quality_from_tables,
@@ -225,6 +224,6 @@ register_task(Task(
     scored_on_y=True, gray_is_studio_y=True))
 
 register_task(Task(
-    "demosaic", "the Bayer mosaic",
+    "demosaic",                      # the Bayer mosaic
     degrade=lambda img, d: bayer_mosaic(img, d.pattern),
     mosaic=True))

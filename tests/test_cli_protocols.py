@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from magncli.cli.app import _register, app, cli_message
+from magncli.cli.app import app
+from magncli.cli.common import cli_message
 from magncli.datasets import load_image
 from magncli.degrade import add_gaussian_noise, bayer_mosaic
 from magncli.errors import MagnError
 
 import hostile_kit
 
-_register()
 runner = CliRunner()
 
 

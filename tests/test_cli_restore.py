@@ -9,14 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from magncli.checkpoints import save_checkpoint
-from magncli.cli.app import _register, app, cli_message
+from magncli.cli.app import app
+from magncli.cli.common import cli_message
 from magncli.errors import MagnError
 from magncli.images import Image, read_image, write_image
 from magn_testkit import TINY, random_magn
 import hostile_kit
 
 
-_register()
 runner = CliRunner()
 
 
@@ -390,9 +390,9 @@ def _terminal(monkeypatch):
     """Make `magn restore` draw its progress as on a terminal, into a buffer."""
     import io
     from rich.console import Console
-    from magncli.cli import restore as restore_cli
+    from magncli.cli import common
     buffer = io.StringIO()
-    monkeypatch.setattr(restore_cli, "console", Console(file=buffer, force_terminal=True, width=120))
+    monkeypatch.setattr(common, "console", Console(file=buffer, force_terminal=True, width=120))
     return buffer
 
 
@@ -462,16 +462,3 @@ def test_the_run_counts_megapixels_and_drops_those_of_a_failed_image(tmp_path, m
     assert run.completed == pytest.approx(run.total) and len(display.progress.tasks) == 1
     assert run.description == "3/3 images"
 
-
-@pytest.mark.parametrize("library, cli", [
-    ("pass weights=PATH", "pass --weights PATH"),
-    ("a.png: already exists (pass overwrite=True to replace it)", "a.png: already exists (pass --overwrite to replace it)"),
-    ("tile=6 must be a positive multiple of 4", "--tile 6 must be a positive multiple of 4"),
-    ("task denoise needs a level (sigma=)", "task denoise needs a level (--sigma)"),
-    ("a.png: the output would overwrite the input (set suffix=, ext= or out_dir=)",
-     "a.png: the output would overwrite the input (set --suffix, --ext or --output)"),
-    ("pass weights= with a color model", "pass --weights with a color model"),
-    ("x/data=1/y.png and metadata=3 stay", "x/data=1/y.png and metadata=3 stay"),
-])
-def test_library_messages_name_parameters_and_the_cli_says_options(library, cli):
-    assert cli_message(MagnError(library)) == cli

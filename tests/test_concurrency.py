@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from magncli.checkpoints import save_checkpoint
-from magncli.cli.app import _register, app
+from magncli.cli.app import app
 from magncli.errors import MagnError
 from magncli.images import Image, read_image, write_image
 from magncli.inference import InferenceOptions
@@ -22,7 +22,6 @@ from magn_testkit import TINY, random_magn
 import hostile_kit
 
 REPO = Path(__file__).resolve().parents[1]
-_register()
 runner = CliRunner()
 
 

@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from magncli.checkpoints import load_model, read_checkpoint
-from magncli.cli.app import _register, app
+from magncli.cli.app import app
 from magncli.datasets import load_ground_truth
 from magncli.degrade import bayer_mosaic, mosaic_to_cfa
 from magncli.evaluate import BASELINES
@@ -35,7 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights"
 SERVED = {("denoise", 1), ("denoise", 3), ("dejpeg", 1), ("dejpeg", 3), ("demosaic", 3)}
 
-_register()
 runner = CliRunner()
 
 

@@ -20,7 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from magncli.checkpoints import read_checkpoint
-from magncli.cli.app import _register, app, cli_message
+from magncli.cli.app import app
+from magncli.cli.common import cli_message
 from magncli.degrade import BAYER_PATTERNS, bayer_masks
 from magncli.errors import MagnError
 from magncli.training.config import config_to_toml, load_config, read_recipe
@@ -36,7 +37,6 @@ OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s")   # shared
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
-_register()
 runner = CliRunner()
 
 
