@@ -126,14 +126,14 @@ class Task:
     def prepare_input(self, image: np.ndarray, pattern: Optional[str] = None
                       ) -> Tuple[np.ndarray, Tuple[int, int]]:
         """What this task's models take, and the (dy, dx) to crop off their output: a
-        Bayer mosaic of `pattern` (3 channels zero-filled, or a 1-channel CFA) becomes
+        Bayer mosaic of `pattern` (3 channels zero-filled, or a one-channel CFA) becomes
         the GRBG mosaic the models were trained on, padded by dy rows on top and dx
         columns on the left; anything else is taken as it is."""
         if not self.mosaic:
             return image, (0, 0)
         pattern = pattern or DEFAULT_PATTERN
-        if image.shape[2] == 1:
-            image = cfa_to_mosaic(image[..., 0], pattern)                     # (H, W, 3)
+        if image.ndim == 2 or image.shape[2] == 1:                            # a CFA, (H, W[, 1])
+            image = cfa_to_mosaic(image, pattern)                               # (H, W, 3)
         return align_mosaic(image, pattern)                                    # (H + dy, W + dx, 3)
 
     @staticmethod
