@@ -6,13 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from magncli.datasets import load_image, read_raw
+from magncli.datasets import read_raw
 from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, align_mosaic, bayer_masks, bayer_mosaic,
                              cfa_to_mosaic, gaussian_noise_torch, jpeg_compress, mosaic_to_cfa)
 from magncli.errors import MagnError
-from magncli.evaluate import BASELINES, opencv_bayer_code
-from magncli.metrics import psnr
-from magncli.tasks import make_degradation
 
 
 def _smooth_rgb(h=64, w=96):
@@ -113,32 +110,6 @@ def test_cfa_to_mosaic_roundtrip(pattern):
     assert cfa.shape == mosaic.shape[:2]
     assert np.array_equal(cfa_to_mosaic(cfa, pattern), mosaic)
     assert np.array_equal(cfa_to_mosaic(cfa[..., None], pattern), mosaic)
-
-
-@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
-def test_opencv_bayer_code_reconstructs_a_smooth_image(pattern):
-    import cv2
-
-    rgb = _smooth_rgb()
-    cfa = np.round(mosaic_to_cfa(bayer_mosaic(rgb, pattern)) * 255).astype(np.uint8)
-    right = cv2.demosaicing(cfa, opencv_bayer_code(pattern)).astype(np.float32) / 255
-    assert psnr(right, rgb) > 35
-    for other in BAYER_PATTERNS:
-        if other != pattern:  # a wrong code gives a visibly wrong image
-            wrong = cv2.demosaicing(cfa, opencv_bayer_code(other)).astype(np.float32) / 255
-            assert psnr(wrong, rgb) < psnr(right, rgb) - 10
-
-
-@pytest.mark.datasets
-def test_opencv_demosaic_baselines_beat_the_mosaic_on_kodak(data_root):
-    degradation = make_degradation("demosaic")
-    for name in ("kodim01.png", "kodim19.png"):
-        truth = load_image(data_root / "Kodak24" / name)
-        mosaic = degradation.apply(truth)
-        floor = psnr(mosaic, truth)  # about 8-9 dB
-        for baseline in ("opencv-bilinear", "opencv-ea", "opencv-vng"):
-            restored = BASELINES[baseline].restore(mosaic, degradation)
-            assert psnr(restored, truth) > floor + 15, (name, baseline)
 
 
 @pytest.mark.parametrize("pattern", BAYER_PATTERNS)

@@ -1,4 +1,4 @@
-"""`magn degrade` and `magn eval` through the Typer app, on images the tests make."""
+"""`magn eval` through the Typer app, on images the tests make."""
 import csv
 import json
 import shlex
@@ -8,87 +8,17 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from magncli.cli.app import app
-from magncli.cli.common import cli_message
 from magncli.datasets import load_image
-from magncli.degrade import add_gaussian_noise, bayer_mosaic
-from magncli.errors import MagnError
+from magncli.degrade import bayer_mosaic
 
-import hostile_kit
-
-runner = CliRunner()
-
-
-def _make_images(folder, n=2, color=True, size=(48, 64)):
-    """Smooth textured test images written as 8-bit PNG; returns their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.RandomState(0)
-    paths = []
-    for i in range(n):
-        img = cv2.GaussianBlur(rng.rand(*size, 3 if color else 1) * 255, (0, 0), 2)
-        path = folder / f"img{i}.png"
-        cv2.imwrite(str(path), np.clip(img, 0, 255).astype(np.uint8))
-        paths.append(path)
-    return paths
-
-
-def _user_error(result, *words):
-    """A MagnError (one line, no traceback in the output) with a non-zero exit code;
-    the words are looked for in the line the command line prints."""
-    assert result.exit_code != 0
-    assert isinstance(result.exception, MagnError), result.output
-    message = cli_message(result.exception)
-    assert "\n" not in message and "Traceback" not in result.output
-    for word in words:
-        assert word in message
-    return message
-
-
-def test_degrade_writes_exact_unclipped_noise_and_a_manifest(tmp_path):
-    sources = _make_images(tmp_path / "clean", color=False)
-    out = tmp_path / "noisy"
-    args = ["degrade", str(tmp_path / "clean"), "--task", "denoise", "--sigma", "30",
-            "--seed", "5", "-o", str(out), "--format", "tiff"]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    for source in sources:  # fresh RandomState(5) per image, stored unclipped
-        expected = add_gaussian_noise(load_image(source), 30, 5)
-        assert np.array_equal(load_image(out / f"{source.stem}.tiff"), expected)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["degradation"] == {"task": "denoise", "sigma": 30, "seed": 5}
-    assert [f["seed"] for f in manifest["files"]] == [5, 5]
-    assert manifest["files"][0]["output"] == "img0.tiff" and manifest["format"] == "tiff"
-
-    again = runner.invoke(app, args)  # never overwrites silently
-    _user_error(again, "already exists", "--overwrite")
-    assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
-
-
-def test_degrade_jpeg_gray_stays_one_channel_and_mosaic_needs_color(tmp_path):
-    _make_images(tmp_path / "clean", color=False)
-    result = runner.invoke(app, ["degrade", str(tmp_path / "clean" / "img0.png"), "--task",
-                                 "dejpeg", "--quality", "10", "-o", str(tmp_path / "jpeg")])
-    assert result.exit_code == 0, result.output
-    assert cv2.imread(str(tmp_path / "jpeg" / "img0.png"), cv2.IMREAD_UNCHANGED).ndim == 2
-
-    mosaic = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "demosaic",
-                                 "-o", str(tmp_path / "mosaic")])
-    # Per file: each gray image gets its one line; nothing was written, so no manifest.
-    assert mosaic.exit_code == 1 and "Traceback" not in mosaic.output
-    assert [line for line in mosaic.stderr.splitlines() if "RGB" in line] == [
-        f"error: {tmp_path / 'clean' / name}: demosaicing needs an RGB image, got shape (48, 64, 1)"
-        for name in ("img0.png", "img1.png")]
-    assert not (tmp_path / "mosaic").exists()
-    bad = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "dejpeg",
-                              "--quality", "0", "-o", str(tmp_path / "q0")])
-    _user_error(bad, "quality")
+from cli_testkit import make_images, runner, user_error
 
 
 def test_eval_writes_json_csv_md_and_a_sheet(tmp_path):
     folder = tmp_path / "set"
-    _make_images(folder, n=3)
+    make_images(folder, n=3)
     base = ["eval", "--task", "denoise", "--sets", str(folder), "--levels", "15,50",
             "-m", "input", "-m", "opencv-nlm"]
     result = runner.invoke(app, base + ["-o", str(tmp_path / "r.json"), "-o", str(tmp_path / "r.md"),
@@ -120,7 +50,7 @@ def test_eval_writes_json_csv_md_and_a_sheet(tmp_path):
 
 
 def test_eval_scores_color_jpeg_on_rgb_and_y(tmp_path):
-    _make_images(tmp_path / "set")
+    make_images(tmp_path / "set")
     result = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", str(tmp_path / "set"),
                                  "--levels", "20", "-o", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
@@ -129,7 +59,7 @@ def test_eval_scores_color_jpeg_on_rgb_and_y(tmp_path):
 
 
 def test_eval_accepts_degraded_inputs_and_one_channel_cfa(tmp_path):
-    sources = _make_images(tmp_path / "set", n=2)
+    sources = make_images(tmp_path / "set", n=2)
     cfa_dir = tmp_path / "cfa"
     cfa_dir.mkdir()
     for source in sources:  # a raw sensor file: one channel, GRBG
@@ -149,23 +79,23 @@ def test_eval_accepts_degraded_inputs_and_one_channel_cfa(tmp_path):
 
 def test_eval_user_errors_are_one_line(tmp_path):
     folder = tmp_path / "set"
-    _make_images(folder)
+    make_images(folder)
     empty = tmp_path / "empty"
     empty.mkdir()
     small = tmp_path / "small"
-    _make_images(small, size=(40, 64))  # same names, wrong size
+    make_images(small, size=(40, 64))  # same names, wrong size
 
     def run(*args):
         return runner.invoke(app, ["eval", "--task", "denoise", "--levels", "25", *args])
 
-    message = _user_error(run("--sets", "NoSuchSet"), "unknown test set", "NoSuchSet")
+    message = user_error(run("--sets", "NoSuchSet"), "unknown test set", "NoSuchSet")
     assert "Set12" in message and "Classic5" in message  # lists the known sets
-    _user_error(run("--sets", str(empty)), "no image files")
-    _user_error(run("--sets", str(folder), "--inputs", str(small)), "size mismatch", "img0")
-    _user_error(run("--sets", str(folder), "-m", "opencv-vng"), "does not do denoise")
+    user_error(run("--sets", str(empty)), "no image files")
+    user_error(run("--sets", str(folder), "--inputs", str(small)), "size mismatch", "img0")
+    user_error(run("--sets", str(folder), "-m", "opencv-vng"), "does not do denoise")
     (tmp_path / "r.json").write_text("{}")
-    _user_error(run("--sets", str(folder), "-o", str(tmp_path / "r.json")), "already exists")
-    _user_error(run("--sets", str(folder), "-o", str(tmp_path / "r.txt")), ".json")
+    user_error(run("--sets", str(folder), "-o", str(tmp_path / "r.json")), "already exists")
+    user_error(run("--sets", str(folder), "-o", str(tmp_path / "r.txt")), ".json")
 
 
 def test_the_real_command_prints_one_line_and_exits_1(tmp_path):
@@ -177,30 +107,9 @@ def test_the_real_command_prints_one_line_and_exits_1(tmp_path):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
-def test_degrade_writes_the_jpeg_file_itself(tmp_path):
-    """--format jpg: the file decodes to exactly the protocol's dejpeg input, and restore
-    reads its quality back from the tables."""
-    from magncli.tasks import make_degradation
-    from magncli.jpeg_quality import estimate_jpeg_quality
-    from magncli.images import read_image
-
-    folder = tmp_path / "set"
-    _make_images(folder, n=1)
-    clean = load_image(next(folder.iterdir()))
-    result = runner.invoke(app, ["degrade", str(folder), "--task", "dejpeg", "--quality", "30",
-                                 "--format", "jpg", "-o", str(tmp_path / "jpeg")])
-    assert result.exit_code == 0, result.output
-    jpeg = read_image(next((tmp_path / "jpeg").glob("*.jpg")))
-    assert np.array_equal(jpeg.to_float(), make_degradation("dejpeg", 30).apply(clean))
-    assert estimate_jpeg_quality(jpeg.jpeg_quantization) == (30, True)
-    wrong = runner.invoke(app, ["degrade", str(folder), "--task", "denoise", "--sigma", "25",
-                                "--format", "jpg", "-o", str(tmp_path / "noisy")])
-    _user_error(wrong, "--format jpg", "dejpeg only")
-
-
 def test_results_record_the_command_that_made_them(tmp_path):
     folder = tmp_path / "set"
-    _make_images(folder, n=1)
+    make_images(folder, n=1)
     args = ["eval", "--task", "denoise", "--sets", str(folder), "--levels", "25", "-m", "input",
             "-o", str(tmp_path / "r.json")]
     result = subprocess.run([sys.executable, "-m", "magncli", *args], capture_output=True, text=True,
@@ -220,7 +129,7 @@ def test_eval_cli_reproduces_a_published_input_row(data_root, tmp_path):
     assert "27.82" in result.output  # the printed table
     wrong_task = runner.invoke(app, ["eval", "--task", "denoise", "--sets", "Classic5",
                                      "--data-root", str(data_root)])
-    _user_error(wrong_task, "not a test set for denoise", "Set12")
+    user_error(wrong_task, "not a test set for denoise", "Set12")
 
 
 def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_path, monkeypatch):
@@ -245,7 +154,7 @@ def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_pa
     monkeypatch.setattr(magncli, "load_model", load_model, raising=False)
     monkeypatch.setattr(tasks, "restore_array", restore_array)
     monkeypatch.setattr(registry, "list_archs", lambda: {"dagl": object()})
-    _make_images(tmp_path / "set", n=2, color=False)
+    make_images(tmp_path / "set", n=2, color=False)
 
     result = runner.invoke(app, ["eval", "--task", "denoise", "--sets", str(tmp_path / "set"),
                                  "--levels", "50", "-m", "input", "-m", "dagl:w.pt", "-m", "x.pt",
@@ -263,48 +172,6 @@ def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_pa
     assert rows[1]["psnr"] > rows[0]["psnr"] + 3
 
 
-def test_degrade_png16_stores_the_clipped_signal_in_16_bits(tmp_path):
-    (source,) = _make_images(tmp_path / "clean", n=1)
-    result = runner.invoke(app, ["degrade", str(source), "--task", "denoise", "--sigma", "50",
-                                 "-o", str(tmp_path / "out"), "--format", "png16"])
-    assert result.exit_code == 0, result.output
-    stored = cv2.imread(str(tmp_path / "out" / "img0.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]
-    noisy = add_gaussian_noise(load_image(source), 50, 0)
-    assert stored.dtype == np.uint16
-    # Oracle in float64: exact for every 16-bit level (float32 rounds some ties).
-    assert np.array_equal(stored, np.floor(np.clip(noisy.astype(np.float64), 0, 1) * 65535 + 0.5))
-
-
-# --------------------------------------------------------------------------- issue 19
-def test_degrade_attempts_every_file_and_its_manifest_lists_what_was_written(tmp_path):
-    # A bad file used to stop the run at it, leaving outputs and no manifest.
-    clean = tmp_path / "clean"
-    _make_images(clean, n=3)
-    (clean / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    hostile_kit.bomb(clean / "img1b.png")
-    out = tmp_path / "noisy"
-    result = runner.invoke(app, ["degrade", str(clean), "--task", "denoise", "--sigma", "25", "-o", str(out)])
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    errors = result.stderr.splitlines()
-    assert [line.split(":")[1].strip() for line in errors] == [str(clean / "img1.png"), str(clean / "img1b.png")]
-    assert all(line.startswith("error: ") for line in errors)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert [f["output"] for f in manifest["files"]] == ["img0.png", "img2.png"]
-    assert [f["input"] for f in manifest["failed"]] == [str(clean / "img1.png"), str(clean / "img1b.png")]
-    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img2.png", "manifest.json"]
-    assert "wrote 2 png files" in result.stdout and "2 failed" in result.stdout
-
-
-def test_degrade_of_a_bomb_is_one_line_and_writes_nothing(tmp_path):
-    bomb = hostile_kit.bomb(tmp_path / "bomb.png")
-    result = subprocess.run([sys.executable, "-m", "magncli", "degrade", str(bomb), "--task", "dejpeg",
-                             "--quality", "10", "-o", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {bomb}: too large")
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.parametrize("option, value", [("--levels", ","), ("--levels", ""), ("--levels", "15,,25"),
                                            ("--levels", "15,x"), ("--levels", "nan"), ("--sets", ","),
                                            ("--sets", "Set12,")])
@@ -313,4 +180,4 @@ def test_eval_refuses_an_empty_or_malformed_list(tmp_path, option, value, monkey
     monkeypatch.setattr(eval_cli, "run_eval", lambda *a, **k: pytest.fail("ran with defaults"))
     args = ["eval", "--task", "denoise", "--sets", "Set12", "--levels", "25"]
     args[args.index(option) + 1] = value
-    _user_error(runner.invoke(app, args), option, repr(value))
+    user_error(runner.invoke(app, args), option, repr(value))
