@@ -54,9 +54,10 @@ class Degradation:
         return f"{task.level_label}{self.level:g}" if task.level_key else self.pattern
 
     def as_dict(self) -> dict:
-        record = {"task": self.task, get_task(self.task).level_key: self.level,
+        key = get_task(self.task).level_key                  # "sigma", "quality" or None
+        record = {"task": self.task, **({key: self.level} if key else {}),
                   "pattern": self.pattern, "seed": self.seed}
-        return {k: v for k, v in record.items() if k is not None and v is not None}
+        return {k: v for k, v in record.items() if v is not None}
 
     def apply(self, img: np.ndarray) -> np.ndarray:
         """img float32 (H, W, C) in [0, 1] -> degraded float32 (H, W, C)."""

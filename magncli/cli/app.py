@@ -4,6 +4,7 @@ becomes a one-line message, in the command line's terms, and exit code 1."""
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -30,8 +31,8 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     """MAGN image restoration: denoising, JPEG artifact removal and demosaicing."""
 
 
