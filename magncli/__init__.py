@@ -5,6 +5,7 @@ The Python API, usable without the command line:
     import magncli
     model = magncli.load_model("magn-dejpeg-color")        # a published name, a path or a URL
     restored = magncli.restore_array(model, image)          # (H, W, C) float32 in [0, 1]
+    rgb = magncli.restore_for_task(model, cfa, "demosaic", pattern="rggb")  # as `magn restore` does
     magncli.restore_file("photo.jpg", "photo_magn.png", task="dejpeg")
 
     net = magncli.build_model("magn", in_channels=1)        # an untrained architecture
@@ -21,13 +22,13 @@ set_default_wait_policy()
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
 
-__version__ = "0.1.0"
-
+from magncli.version import __version__  # noqa: E402
 from magncli.checkpoints import save_checkpoint  # noqa: E402
 from magncli.errors import MagnError  # noqa: E402
 from magncli.images import Image, read_image, write_image  # noqa: E402
 from magncli.inference import InferenceOptions, restore_array, restore_tensor  # noqa: E402
 from magncli.models.registry import build_model, list_archs  # noqa: E402
+from magncli.tasks import restore_for_task  # noqa: E402
 
 
 def load_model(weights: str, arch: str = "auto", *, offline: Optional[bool] = None,
@@ -51,5 +52,5 @@ def restore_file(source, target, task: str, weights: Optional[str] = None,
 
 
 __all__ = ["Image", "InferenceOptions", "MagnError", "build_model", "list_archs", "load_model",
-           "read_image", "restore_array", "restore_file", "restore_tensor", "save_checkpoint",
-           "write_image", "__version__"]
+           "read_image", "restore_array", "restore_file", "restore_for_task", "restore_tensor",
+           "save_checkpoint", "write_image", "__version__"]

@@ -1,7 +1,7 @@
-"""Benchmark test sets and image files: where the sets live, which task and channels each
-serves, and how images are listed, loaded and (atomically) written.
+"""Benchmark test sets: where the sets live, which task and channels each serves, and how
+their images are listed and loaded (a gray track of an RGB set as its studio Y).
 
-The data root is, first found: the `--data-root` argument, $MAGN_DATA, or
+The data root is, first found: the `data_root` argument (`--data-root`), $MAGN_DATA, or
 ../shared/datasets next to the repository checkout. Set names are the folder names of
 shared/datasets (see SOURCES.md there); any other folder of images can be evaluated too.
 """
@@ -14,11 +14,10 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from magncli import images
-from magncli.degrade import rgb_to_y_studio_uint8
 from magncli.errors import MagnError
-from magncli.fileio import atomic_write_bytes
-from magncli.images import IMAGE_EXTENSIONS, from_float, read_image, to_float
+from magncli.images import IMAGE_EXTENSIONS, read_image, to_float
+from magncli.metrics import rgb_to_y_studio_uint8
+
 CHANNELS = ("gray", "color")
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,15 +56,15 @@ TEST_SETS: Dict[str, TestSet] = {s.name: s for s in (
 # --------------------------------------------------------------------------- data root
 
 def resolve_data_root(data_root: Union[str, Path, None] = None) -> Path:
-    """--data-root > $MAGN_DATA > ../shared/datasets beside the checkout, else MagnError."""
+    """data_root > $MAGN_DATA > ../shared/datasets beside the checkout, else MagnError."""
     if data_root is not None:
-        root, origin = Path(data_root), "--data-root"
+        root, origin = Path(data_root), "data_root="
     elif os.environ.get("MAGN_DATA"):
         root, origin = Path(os.environ["MAGN_DATA"]), "$MAGN_DATA"
     else:
         root = _REPO_ROOT.parent / "shared" / "datasets"
         if not root.is_dir():
-            raise MagnError("no benchmark data root: pass --data-root DIR or set MAGN_DATA")
+            raise MagnError("no benchmark data root: pass data_root=DIR or set MAGN_DATA")
         return root
     if not root.is_dir():
         raise MagnError(f"data root {root} (from {origin}) is not a folder")
@@ -138,39 +137,3 @@ def load_ground_truth(path: Union[str, Path], channels: str) -> np.ndarray:
     elif channels == "color" and pixels.shape[2] == 1:
         raise MagnError(f"{path} is a gray image but the color channels were asked for")
     return to_float(pixels)
-
-
-# --------------------------------------------------------------------------- writing
-
-# Output formats: (extension, what is stored), the note going into manifests.
-IMAGE_FORMATS = {
-    "png": (".png", "8-bit PNG: values clipped to [0, 1] and rounded (noise loses its tails)"),
-    "png16": (".png", "16-bit PNG: values clipped to [0, 1], stored as round(value * 65535)"),
-    "tiff": (".tiff", "float32 TIFF: values stored exactly, unclipped"),
-    "jpg": (".jpg", "dejpeg only: the JPEG file itself, which decodes to the protocol's input"),
-}
-
-
-def encode_image(img: np.ndarray, fmt: str = "png") -> bytes:
-    """float32 HxWxC (C = 1 or 3, RGB) on [0, 1] -> the bytes of a file in `fmt`."""
-    dtypes = {"png": np.uint8, "png16": np.uint16, "tiff": np.float32}
-    if fmt not in dtypes:
-        raise MagnError(f"unknown image format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
-    return images.encode_image(images.Image(from_float(img, dtypes[fmt])), IMAGE_FORMATS[fmt][0])
-
-
-def check_writable(path: Union[str, Path], overwrite: bool = False) -> Path:
-    """MagnError if `path` exists and overwriting was not asked for (check before long work)."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise MagnError(f"{path} already exists (use --overwrite to replace it)")
-    return path
-
-
-def write_file_atomic(path: Union[str, Path], data: Union[bytes, str],
-                      overwrite: bool = False) -> Path:
-    """Write through a temporary file and os.replace, so that a reader never sees half a
-    file; refuses to replace an existing file unless `overwrite`."""
-    path = check_writable(path, overwrite)
-    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, exclusive=not overwrite)
-    return path

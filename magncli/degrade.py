@@ -1,4 +1,5 @@
-"""Degradations: how `magn degrade`, `magn eval` and training make their inputs.
+"""The degradations themselves, as array functions: how `magn degrade`, `magn eval` and
+training make their inputs (magncli.tasks says which task uses which, with what level).
 
 Everything here follows docs/protocols.md, so that eval tables can
 stand beside published ones:
@@ -14,18 +15,12 @@ a function says otherwise. Everything is deterministic and bad parameters raise 
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Optional
-
 import cv2
 import numpy as np
 
 from magncli.errors import MagnError
-from magncli.images import from_float
+from magncli.images import to_uint8
 
-TASKS = ("denoise", "dejpeg", "demosaic")
 DEFAULT_SEED = 0
 DEFAULT_PATTERN = "grbg"
 
@@ -33,16 +28,6 @@ DEFAULT_PATTERN = "grbg"
 # (0,0), (0,1), (1,0), (1,1). "grbg" = G R / B G.
 BAYER_PATTERNS = ("grbg", "rggb", "gbrg", "bggr")
 _CHANNEL_INDEX = {"r": 0, "g": 1, "b": 2}
-
-
-# --------------------------------------------------------------------------- 8-bit values
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """float [0, 1] -> uint8, clipped and *rounded* (half up, as MATLAB's round for
-    non-negative values). Never truncates: truncation costs ~0.3 dB at 42 dB."""
-    if img.dtype == np.uint8:
-        return img
-    return from_float(img, np.uint8)
 
 
 # --------------------------------------------------------------------------- Gaussian noise
@@ -116,62 +101,6 @@ def jpeg_encode(img: np.ndarray, quality: int) -> bytes:
     return encoded.tobytes()
 
 
-# --------------------------------------------------------------------------- BT.601 studio Y
-
-# IJG / JPEG Annex K base tables, natural (row-major) order.
-_LUMA_BASE = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
-_CHROMA_BASE = np.full(64, 99.0)
-_CHROMA_BASE[[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 24, 25]] = [17, 18, 24, 47, 18, 21, 26, 66,
-                                                                24, 26, 56, 47, 66]
-
-
-def ijg_tables(quality: int):
-    """The (luma, chroma) quantization tables libjpeg writes at `quality` (baseline)."""
-    scale = 5000 // quality if quality < 50 else 200 - 2 * quality     # integer, as libjpeg
-    return tuple(np.clip(np.floor((base * scale + 50) / 100), 1, 255) for base in (_LUMA_BASE, _CHROMA_BASE))
-
-
-def estimate_jpeg_quality(quantization) -> tuple:
-    """(quality, exact) from a JPEG's quantization tables ({0: luma, 1: chroma, ...},
-    natural order, as Pillow's `Image.quantization` gives them).
-
-    exact is True when the tables are libjpeg's own tables at that quality (files made
-    by libjpeg, Pillow, OpenCV, most software); otherwise the IJG quality whose tables
-    are closest (mean absolute log ratio), e.g. for camera JPEGs with custom tables."""
-    tables = [np.asarray(quantization[k], np.float64) for k in sorted(quantization)][:2]
-    if not tables or any(t.size != 64 for t in tables):
-        raise MagnError("JPEG quantization tables are not 8x8; cannot estimate the quality")
-    best, best_err = 50, np.inf
-    for q in range(1, 101):
-        err = sum(np.abs(np.log(t) - np.log(ref)).mean() for t, ref in zip(tables, ijg_tables(q)))
-        if err < best_err:
-            best, best_err = q, err
-    return best, bool(best_err == 0)
-
-
-def rgb_to_y_studio(rgb: np.ndarray, data_range: float = 1.0) -> np.ndarray:
-    """BT.601 "studio" luma as MATLAB rgb2ycbcr: Y = 16 + (65.481 R + 128.553 G + 24.966 B)/255
-    on 0-255 values. rgb: HxWx3 on [0, data_range]; returns float64 HxW on the same scale
-    (16/255..235/255 of data_range). Not OpenCV's gray, which differs by ~0.7 dB on JPEG."""
-    rgb = np.asarray(rgb, dtype=np.float64)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise MagnError(f"Y conversion needs an RGB image, got shape {rgb.shape}")
-    weighted = 65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]
-    return (16.0 * data_range + weighted) / 255.0
-
-
-def rgb_to_y_studio_uint8(rgb: np.ndarray) -> np.ndarray:
-    """Rounded 8-bit studio Y (HxW uint8) of uint8 RGB (HxWx3), computed from the exact
-    integers: how FBCNN's and DAGL's gray LIVE1 were made."""
-    if rgb.dtype != np.uint8:
-        raise MagnError(f"8-bit Y conversion needs a uint8 image, got {rgb.dtype}")
-    return np.floor(rgb_to_y_studio(rgb, data_range=255.0) + 0.5).astype(np.uint8)
-
-
 # --------------------------------------------------------------------------- Bayer mosaic
 
 def check_pattern(pattern: str) -> str:
@@ -236,133 +165,3 @@ def align_mosaic(mosaic: np.ndarray, pattern: str, target: str = DEFAULT_PATTERN
 def mosaic_to_cfa(mosaic: np.ndarray) -> np.ndarray:
     """Zero-filled HxWx3 mosaic -> HxW one-channel CFA (each site holds one non-zero channel)."""
     return mosaic.sum(axis=2, dtype=mosaic.dtype)
-
-
-# --------------------------------------------------------------------------- task level
-
-@dataclass(frozen=True)
-class Degradation:
-    """One task's degradation with its parameters; `as_dict()` is what results and
-    manifests record. Only the field of the task is set (sigma, quality or pattern)."""
-
-    task: str
-    sigma: Optional[float] = None  # denoise, 0-255 scale
-    quality: Optional[int] = None  # dejpeg, 1-100
-    pattern: Optional[str] = None  # demosaic
-    seed: Optional[int] = None  # denoise only: the RandomState seed of every image
-
-    @property
-    def label(self) -> str:
-        """The task's one parameter as a short table label: "σ25", "q10" or "grbg"."""
-        if self.task == "denoise":
-            return f"σ{self.sigma:g}"
-        return f"q{self.quality}" if self.task == "dejpeg" else self.pattern
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    def apply(self, img: np.ndarray) -> np.ndarray:
-        """img float32 HxWxC in [0, 1] -> degraded float32 HxWxC."""
-        if self.task == "denoise":
-            return add_gaussian_noise(img, self.sigma, self.seed)
-        if self.task == "dejpeg":
-            return jpeg_compress(img, self.quality).astype(np.float32) / 255.0
-        return bayer_mosaic(img, self.pattern)
-
-
-def make_degradation(task: str, level=None, seed: int = DEFAULT_SEED,
-                     pattern: str = DEFAULT_PATTERN) -> Degradation:
-    """Validate and build a Degradation. level = sigma (denoise) or quality (dejpeg);
-    demosaic takes `pattern` and no level."""
-    if task not in TASKS:
-        raise MagnError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-    if task == "demosaic":
-        return Degradation(task, pattern=check_pattern(pattern))
-    if level is None:
-        what = "--sigma" if task == "denoise" else "--quality"
-        raise MagnError(f"task {task} needs a level ({what})")
-    if task == "denoise":
-        check_sigma(float(level))
-        sigma = float(level)
-        return Degradation(task, sigma=int(sigma) if sigma.is_integer() else sigma, seed=int(seed))
-    check_quality(float(level))
-    return Degradation(task, quality=int(level))
-
-
-def degrade(img: np.ndarray, task: str, level=None, seed: int = DEFAULT_SEED,
-            pattern: str = DEFAULT_PATTERN) -> np.ndarray:
-    """One call for one image: float32 HxWxC [0, 1] -> degraded float32 HxWxC."""
-    return make_degradation(task, level, seed, pattern).apply(img)
-
-
-# --------------------------------------------------------------------------- files
-
-def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
-                  overwrite: bool = False) -> dict:
-    """Degrade image files (folders are expanded to their images) into out_dir as
-    <stem>.png/.tiff, plus manifest.json recording every parameter; returns the manifest.
-
-    As the protocol says, every image gets a fresh generator seeded with the same seed, so
-    a file's noise does not depend on which other files were given.
-
-    Settings and outputs are checked before any work: nothing is written if an input
-    is missing or any output exists already (unless overwrite). Then every image is
-    attempted: one that fails (unreadable, too large, several frames, cannot be
-    written) is listed under "failed" with its one-line error, and the others are
-    written. manifest.json lists exactly the files written ("files"), and is written
-    whenever at least one was."""
-    # Imported here: datasets itself uses this module (studio Y).
-    from magncli import __version__
-    from magncli.datasets import (IMAGE_FORMATS, check_writable, encode_image, list_images,
-                                  load_image, write_file_atomic)
-    from magncli.fileio import remove_stale_temporaries
-
-    if fmt not in IMAGE_FORMATS:
-        raise MagnError(f"unknown output format {fmt!r}; formats: {', '.join(IMAGE_FORMATS)}")
-    if fmt == "jpg" and degradation.task != "dejpeg":
-        raise MagnError("--format jpg writes JPEG files, for --task dejpeg only")
-    sources = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            sources += list_images(item)
-        elif item.is_file():
-            sources.append(item)
-        else:
-            raise MagnError(f"{item} does not exist")
-    out_dir = Path(out_dir)
-    targets = [out_dir / (src.stem + IMAGE_FORMATS[fmt][0]) for src in sources]
-    if len(set(targets)) != len(targets):
-        clash = next(t for t in targets if targets.count(t) > 1)
-        raise MagnError(f"two inputs would both be written to {clash}")
-    manifest_path = out_dir / "manifest.json"
-    for target in targets + [manifest_path]:
-        check_writable(target, overwrite)
-    remove_stale_temporaries(targets + [manifest_path])
-
-    records, failed = [], []
-    for src, target in zip(sources, targets):
-        try:
-            clean = load_image(src)  # float32 HxWxC
-            if fmt == "jpg":  # the JPEG file itself: restore reads its quality from the tables
-                data = jpeg_encode(clean, degradation.quality)
-            else:
-                data = encode_image(degradation.apply(clean), fmt)
-            write_file_atomic(target, data, overwrite)
-        except (MagnError, OSError, MemoryError) as e:
-            message = str(e) if isinstance(e, MagnError) else (
-                "out of memory" if isinstance(e, MemoryError) else (e.strerror or str(e)))
-            if not message.startswith(str(src)) and not message.startswith(str(target)):
-                message = f"{src}: {message}"
-            failed.append({"input": str(src), "error": message})
-            continue
-        records.append({"input": str(src), "output": target.name, "seed": degradation.seed,
-                        "height": clean.shape[0], "width": clean.shape[1],
-                        "channels": clean.shape[2]})
-    manifest = {"magn_version": __version__, "degradation": degradation.as_dict(),
-                "format": fmt, "format_note": IMAGE_FORMATS[fmt][1], "files": records}
-    if failed:
-        manifest["failed"] = failed
-    if records:
-        write_file_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n", overwrite)
-    return manifest

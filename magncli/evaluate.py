@@ -15,15 +15,11 @@ Any other name is a model: a checkpoint name or path, or ARCH:PATH (e.g. dagl:mo
 loaded with magncli.load_model and run with magncli.restore_array.
 
 run_eval returns one row (a dict) per model x set x level, each with its per-image scores
-under "images"; write_results and results_tables present them.
+under "images"; magncli.results presents them (tables, files, the sheet).
 """
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
-import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -35,13 +31,15 @@ import cv2
 import numpy as np
 
 from magncli import datasets
-from magncli.degrade import (DEFAULT_PATTERN, TASKS, Degradation, align_mosaic, cfa_to_mosaic,
-                             make_degradation, mosaic_to_cfa, to_uint8)
+from magncli.degrade import DEFAULT_PATTERN, cfa_to_mosaic, mosaic_to_cfa
 from magncli.errors import MagnError
+from magncli.fileio import check_writable, write_file_atomic
+from magncli.images import encode_float_image, to_uint8
 from magncli.metrics import psnr, psnr_ssim
+from magncli.results import write_sheet
+from magncli.tasks import TASKS, Degradation, get_task, restore_for_task
+from magncli.version import git_commit
 
-DEFAULT_LEVELS = {"denoise": (15, 25, 50), "dejpeg": (10, 20, 30, 40)}
-SHEET_CELL = 192  # pixels of each crop on a comparison sheet
 
 
 # --------------------------------------------------------------------------- methods
@@ -55,7 +53,7 @@ class Method:
 
     name: str
     restore: Callable[[np.ndarray, Degradation], np.ndarray]
-    tasks: Tuple[str, ...] = TASKS
+    tasks: Tuple[str, ...] = tuple(TASKS)
     # The protocol's input rows score the degraded input as it is: Gaussian noise is
     # unclipped (clamping would add ~0.2 dB at sigma 25). Every real output is clamped.
     clamp_output: bool = True
@@ -79,12 +77,12 @@ def _opencv_nlm(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
     # OpenCV's NLM takes 8-bit images: the (unclipped) noisy input is rounded first.
     pixels = to_uint8(degraded)  # HxWxC uint8
     if pixels.shape[2] == 3:
-        h = nlm_strength(degradation.sigma, color=True)
+        h = nlm_strength(degradation.level, color=True)
         bgr = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(pixels[..., ::-1]),
                                               None, h, h, 7, 21)
         out = bgr[..., ::-1]
     else:
-        h = nlm_strength(degradation.sigma, color=False)
+        h = nlm_strength(degradation.level, color=False)
         out = cv2.fastNlMeansDenoising(np.ascontiguousarray(pixels[..., 0]), None, h, 7, 21)
         out = out[..., None]
     return out.astype(np.float32) / 255.0
@@ -109,7 +107,7 @@ def _opencv_demosaic(method: str) -> Callable[[np.ndarray, Degradation], np.ndar
 def _bm3d(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
     import bm3d  # optional: `pip install bm3d`, checked by make_method
 
-    sigma = degradation.sigma / 255.0
+    sigma = degradation.level / 255.0
     if degraded.shape[2] == 3:
         return bm3d.bm3d_rgb(degraded, sigma).astype(np.float32)
     return bm3d.bm3d(degraded[..., 0], sigma).astype(np.float32)[..., None]
@@ -146,15 +144,12 @@ def _load_model_method(spec: str, options) -> Method:
 
 def model_method(model, options=None, name: str = "model") -> Method:
     """A Method for a model already in memory (e.g. training's validation of its EMA
-    weights), run through the same inference engine as checkpoint models."""
-    from magncli import restore_array  # the package's name: what tests stand in for
+    weights), run as `magn restore` runs it: restore_for_task, the task's view of the
+    input (a mosaic in GRBG phase) through the inference engine."""
 
     def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
-        if degradation.task == "demosaic":
-            # Models take GRBG mosaics: shift other patterns into phase, as restore does.
-            aligned, (dy, dx) = align_mosaic(degraded, degradation.pattern)
-            return restore_array(model, aligned, options)[dy:, dx:]
-        return restore_array(model, degraded, options)
+        return restore_for_task(model, degraded, degradation.task, pattern=degradation.pattern,
+                                options=options)
 
     return Method(name, restore, device=getattr(options, "device", None) or "auto")
 
@@ -172,20 +167,7 @@ def make_method(spec: str, task: str, options=None) -> Method:
     return baseline
 
 
-# --------------------------------------------------------------------------- run metadata
-
-def git_commit() -> Optional[str]:
-    """The checkout's commit (with -dirty when it has changes), or None outside git."""
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
-
+# --------------------------------------------------------------------------- memory
 
 def _uses_cuda(method: Method) -> bool:
     if method.device is None:  # a baseline: CPU only
@@ -248,15 +230,6 @@ def _set_note(test_set, mode: str) -> str:
     return "; ".join(notes)
 
 
-def _degradations(task: str, levels: Sequence, seed: int, pattern: str) -> List[Degradation]:
-    if task == "demosaic":
-        if levels:
-            raise MagnError("demosaic has no levels (choose the Bayer pattern instead)")
-        return [make_degradation(task, pattern=pattern)]
-    levels = list(levels) if levels else list(DEFAULT_LEVELS.get(task, ()))
-    return [make_degradation(task, level, seed) for level in levels]
-
-
 def _read_given_inputs(inputs: Path, stems: List[str], degradation: Degradation
                        ) -> List[np.ndarray]:
     """Already-degraded images (e.g. `magn degrade` output or a paper's shipped inputs),
@@ -267,7 +240,7 @@ def _read_given_inputs(inputs: Path, stems: List[str], degradation: Degradation
         raise MagnError(f"{inputs} has no input for {missing[0]} "
                         f"({len(missing)} of {len(stems)} ground-truth images unmatched)")
     images = [datasets.load_image(by_stem[s]) for s in stems]
-    if degradation.task == "demosaic":
+    if get_task(degradation.task).mosaic:
         images = [cfa_to_mosaic(x, degradation.pattern) if x.shape[2] == 1 else x
                   for x in images]
     return images
@@ -288,7 +261,7 @@ def _save_image(save_dir: Path, method: Method, set_name: str, label: str, stem:
     safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in method.name)
     level_folder = label.replace("σ", "sigma")  # ASCII folder names
     path = save_dir / safe_model / set_name / level_folder / f"{stem}.png"
-    datasets.write_file_atomic(path, datasets.encode_image(image, "png"), overwrite)
+    write_file_atomic(path, encode_float_image(image, "png"), overwrite)
 
 
 def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequence[str] = ("input",),
@@ -298,23 +271,22 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
              progress: Optional[Callable[[str], None]] = None) -> List[dict]:
     """Evaluate `models` on `sets` at each level, following docs/benchmark-protocols.md.
 
-    task: denoise | dejpeg | demosaic. sets: set names or folders. levels: sigmas or JPEG
+    task: a name of tasks.TASKS. sets: set names or folders. levels: sigmas or JPEG
     qualities (defaults per task); demosaic takes `pattern` instead. options: the
     InferenceOptions for models (tile, overlap, ensemble, device, precision). inputs: a
     folder of already-degraded images to use instead of degrading (one set, one level).
     save_images: a folder for every restored image (8-bit PNG). sheet: a PNG of crops.
     Returns one dict per model x set x level (see the module docstring)."""
-    if task not in TASKS:
-        raise MagnError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    task = get_task(task).name
     if not sets:
         raise MagnError("no test sets given")
     if not models:
         raise MagnError("no models given")
-    degradations = _degradations(task, levels, seed, pattern)
+    degradations = get_task(task).degradations(list(levels or ()), seed, pattern)
     if inputs is not None and (len(sets) != 1 or len(degradations) != 1):
-        raise MagnError("given inputs (--inputs) are for one set at one level")
+        raise MagnError("given inputs (inputs=) are for one set at one level")
     if sheet is not None:
-        datasets.check_writable(sheet, overwrite)
+        check_writable(sheet, overwrite)
     methods = [make_method(spec, task, options) for spec in models]
     report = progress or (lambda message: None)
     commit = git_commit()
@@ -366,8 +338,8 @@ def evaluate_method(method: Method, stems, degraded, truths, degradation: Degrad
                     ) -> Tuple[dict, np.ndarray]:
     """One row: restore and score every image of a set at one level; `save(stem, output)`
     keeps each output. Returns the row and the first image's output (for the sheet)."""
-    # Color JPEG is scored on RGB and on Y (the protocol's "RGB, and Y").
-    score_y = degradation.task == "dejpeg" and truths[0].shape[2] == 3
+    # Color results of some tasks (JPEG) are scored on RGB and on Y (the protocol's "RGB, and Y").
+    score_y = get_task(degradation.task).scored_on_y and truths[0].shape[2] == 3
     _reset_peak_memory(method)
     per_image, seconds, first_output = [], 0.0, None
     for stem, image, truth in zip(stems, degraded, truths):
@@ -394,133 +366,3 @@ def evaluate_method(method: Method, stems, degraded, truths, degradation: Degrad
                peak_mem_mb=_peak_memory_mb(method), degradation=degradation.as_dict(),
                seed=degradation.seed, quantize=quantize, images=per_image)
     return row, first_output
-
-
-# --------------------------------------------------------------------------- presenting
-
-CSV_COLUMNS = ("task", "channels", "model", "set", "level", "psnr", "ssim", "psnr_y", "ssim_y",
-               "n_images", "seconds_per_image", "peak_mem_mb", "sigma", "quality", "pattern",
-               "seed", "tile", "overlap", "tiling", "ensemble", "precision", "quantize", "inputs",
-               "commit")
-
-
-def _cell(row: dict) -> str:
-    text = f"{row['psnr']:.2f} / {row['ssim']:.4f}"
-    if "psnr_y" in row:
-        text += f"\nY {row['psnr_y']:.2f} / {row['ssim_y']:.4f}"
-    return text
-
-
-def results_grid(rows: List[dict]) -> List[Tuple[str, List[str], List[List[str]]]]:
-    """Rows -> one table per task and channel mode: (title, header, body). Each table row is
-    a model; columns are set x level "PSNR / SSIM", then mean s/img and peak memory."""
-    tables = []
-    for task, mode in dict.fromkeys((r["task"], r["channels"]) for r in rows):
-        subset = [r for r in rows if r["task"] == task and r["channels"] == mode]
-        columns = list(dict.fromkeys((r["set"], r["level"]) for r in subset))
-        header = ["model"] + [f"{s} {lv}" for s, lv in columns] + ["s/img", "peak MB"]
-        body = []
-        for model in dict.fromkeys(r["model"] for r in subset):
-            mine = [r for r in subset if r["model"] == model]
-            by_column = {(r["set"], r["level"]): r for r in mine}
-            cells = [_cell(by_column[c]) if c in by_column else "" for c in columns]
-            seconds = np.mean([r["seconds_per_image"] for r in mine])
-            peaks = [r["peak_mem_mb"] for r in mine if r["peak_mem_mb"] is not None]
-            body.append([model] + cells + [f"{seconds:.3f}", f"{max(peaks):.0f}" if peaks else "-"])
-        notes = "; ".join(dict.fromkeys(f"{r['set']}: {r['note']}" for r in subset if r["note"]))
-        title = f"{task} ({mode}), PSNR dB / SSIM" + (f" [{notes}]" if notes else "")
-        tables.append((title, header, body))
-    return tables
-
-
-def results_tables(rows: List[dict]):
-    """Rich tables for the terminal, one per task and channel mode."""
-    from rich.markup import escape  # names and notes are text, not markup
-    from rich.table import Table
-
-    tables = []
-    for title, header, body in results_grid(rows):
-        table = Table(title=escape(title))
-        for i, name in enumerate(header):
-            table.add_column(escape(name), justify="left" if i == 0 else "right")
-        for line in body:
-            table.add_row(*map(escape, line))
-        tables.append(table)
-    return tables
-
-
-def _markdown(rows: List[dict]) -> str:
-    parts = []
-    for title, header, body in results_grid(rows):
-        lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
-                 "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("\n", "<br>") for c in line) + " |" for line in body]
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
-
-
-def _csv(rows: List[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**row, **row["degradation"]})
-    return out.getvalue()
-
-
-RESULT_FORMATS = {".json": lambda rows: json.dumps(rows, indent=2) + "\n",
-                  ".csv": _csv, ".md": _markdown}
-
-
-def check_results_path(path, overwrite: bool = False) -> Path:
-    """MagnError for an unknown extension or an existing file: checked before the run."""
-    path = Path(path)
-    if path.suffix.lower() not in RESULT_FORMATS:
-        raise MagnError(f"results file {path} must end in {', '.join(RESULT_FORMATS)}")
-    return datasets.check_writable(path, overwrite)
-
-
-def write_results(rows: List[dict], path, overwrite: bool = False) -> Path:
-    """Write rows as .json (everything, per-image scores included), .csv (one line per row)
-    or .md (the tables), chosen by the extension."""
-    path = check_results_path(path, overwrite)
-    return datasets.write_file_atomic(path, RESULT_FORMATS[path.suffix.lower()](rows), overwrite)
-
-
-def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    top = max(0, (img.shape[0] - size) // 2)
-    left = max(0, (img.shape[1] - size) // 2)
-    return img[top:top + size, left:left + size]
-
-
-def _sheet_cell(img: np.ndarray, lines: Sequence[str]) -> np.ndarray:
-    """A labelled SHEET_CELL-wide BGR uint8 tile: the centre crop, then text lines below."""
-    crop = to_uint8(_center_crop(img, SHEET_CELL))  # hxwxC, C = 1 or 3
-    crop = np.repeat(crop, 3, axis=2) if crop.shape[2] == 1 else crop[..., ::-1]
-    line_height = 18
-    cell = np.full((SHEET_CELL + line_height * len(lines) + 6, SHEET_CELL, 3), 255, np.uint8)
-    cell[:crop.shape[0], :crop.shape[1]] = crop
-    for i, text in enumerate(lines):
-        cv2.putText(cell, text, (4, SHEET_CELL + line_height * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return cell
-
-
-def write_sheet(path, sheet_rows, overwrite: bool = False) -> Path:
-    """A PNG of centre crops, one strip per set x level, each crop labelled with its PSNR.
-    sheet_rows: (title, [(label, float32 HxWxC image, PSNR or None)])."""
-    strips = []
-    for title, cells in sheet_rows:
-        tiles = [_sheet_cell(image, [label[:24], "" if score is None else f"{score:.2f} dB"])
-                 for label, image, score in cells]
-        gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
-        strip = np.hstack([part for tile in tiles for part in (tile, gap)])
-        banner = np.full((24, strip.shape[1], 3), 255, np.uint8)
-        cv2.putText(banner, title, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-        strips.append(np.vstack([banner, strip]))
-    width = max(s.shape[1] for s in strips)
-    sheet = np.vstack([np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255)
-                       for s in strips])  # BGR uint8
-    rgb = sheet[..., ::-1].astype(np.float32) / 255.0  # encode_image takes RGB floats
-    return datasets.write_file_atomic(path, datasets.encode_image(rgb), overwrite)

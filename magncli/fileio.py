@@ -121,13 +121,13 @@ def _publish(tmp: Path, path: Path, exclusive: bool) -> None:
     try:
         os.link(tmp, path)         # atomic, and fails if `path` exists
     except FileExistsError:
-        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)") from None
+        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)") from None
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         # A file system without hard links: the claim keeps other magn runs away.
         if path.exists():
-            raise MagnError(f"{path}: already exists (pass --overwrite to replace it)") from None
+            raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)") from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
@@ -169,6 +169,23 @@ def atomic_write_bytes(path: PathLike, data: bytes, *, exclusive: bool = False) 
 
 def atomic_write_text(path: PathLike, text: str, *, exclusive: bool = False) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), exclusive=exclusive)
+
+
+def check_writable(path: Union[str, Path], overwrite: bool = False) -> Path:
+    """MagnError if `path` exists and overwriting was not asked for (check before long work)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
+    return path
+
+
+def write_file_atomic(path: Union[str, Path], data: Union[bytes, str],
+                      overwrite: bool = False) -> Path:
+    """Write through a temporary file and os.replace, so that a reader never sees half a
+    file; refuses to replace an existing file unless `overwrite`."""
+    path = check_writable(path, overwrite)
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, exclusive=not overwrite)
+    return path
 
 
 # --------------------------------------------------------------------------- claims
@@ -217,7 +234,7 @@ def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     the block, or with the process however it ends."""
     path = Path(path)
     if not overwrite and path.exists():
-        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
+        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
     try:
         made = _make_parents(path.parent)
     except OSError as e:
@@ -255,7 +272,7 @@ def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.write(fd, _owner().encode())
         if not overwrite and path.exists():   # finished by another process meanwhile
-            raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
+            raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
         yield path
     except BaseException:
         _release(lock, fd)

@@ -80,6 +80,23 @@ class Image:
         return replace(self, pixels=from_float(restored, self.pixels.dtype))
 
 
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8, clipped and *rounded* (half up, as MATLAB's round for
+    non-negative values). Never truncates: truncation costs ~0.3 dB at 42 dB."""
+    if img.dtype == np.uint8:
+        return img
+    return from_float(img, np.uint8)
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The centre size x size of (H, W, ...), or less where the image is smaller; 0: all of it."""
+    if not size:
+        return img
+    top = max(0, (img.shape[0] - size) // 2)
+    left = max(0, (img.shape[1] - size) // 2)
+    return img[top:top + size, left:left + size]
+
+
 def to_float(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels.astype(np.float32) / 255.0
@@ -302,7 +319,7 @@ def write_image(path, image: Image, *, overwrite: bool = False, jpeg_quality: in
     path = Path(path)
     ext = check_output_format(path)
     if path.exists() and not overwrite:
-        raise MagnError(f"{path}: already exists (pass --overwrite to replace it)")
+        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
     data = encode_image(image, ext, jpeg_quality)
     atomic_write_bytes(path, data, exclusive=not overwrite)
     return path
@@ -316,6 +333,19 @@ def check_output_format(path) -> str:
         raise MagnError(f"{path}: cannot write {ext or 'files without an extension'} "
                         f"(use one of {', '.join(sorted(set(WRITE_FORMATS)))})")
     return ext
+
+
+# Float images that `magn degrade` and `magn eval` save: the extension and sample type
+# of each named format (png and png16 clip and round; tiff keeps the values exactly).
+FLOAT_FORMATS = {"png": (".png", np.uint8), "png16": (".png", np.uint16), "tiff": (".tiff", np.float32)}
+
+
+def encode_float_image(img: np.ndarray, fmt: str = "png") -> bytes:
+    """float32 HxWxC (C = 1 or 3, RGB) on [0, 1] -> the bytes of a file in `fmt`."""
+    if fmt not in FLOAT_FORMATS:
+        raise MagnError(f"unknown image format {fmt!r}; formats: {', '.join(FLOAT_FORMATS)}")
+    ext, dtype = FLOAT_FORMATS[fmt]
+    return encode_image(Image(from_float(img, dtype)), ext)
 
 
 def encode_image(image: Image, ext: str, jpeg_quality: int = 95) -> bytes:

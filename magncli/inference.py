@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from magncli.attention import compiled_chunks, default_backend
 from magncli.errors import MagnError
+from magncli.models.registry import facts
 
 log = logging.getLogger("magn")
 
@@ -70,13 +71,13 @@ class InferenceOptions:
         device = resolve_device(self.device)
         dtype = resolve_precision(self.precision, device)
         if self.overlap < 0:
-            raise MagnError(f"--overlap must be >= 0 (got {self.overlap})")
+            raise MagnError(f"overlap={self.overlap} must be >= 0")
         if self.tile is not None and (self.tile < 4 or self.tile % 4):
-            raise MagnError(f"--tile must be a positive multiple of 4 (got {self.tile})")
+            raise MagnError(f"tile={self.tile} must be a positive multiple of 4")
         if self.tile is not None and self.tiling == "blend" and self.overlap > self.tile // 2:
             # Refused rather than silently clamped: the tiles would not overlap as asked.
-            raise MagnError(f"overlap {self.overlap} is more than half of tile {self.tile} "
-                            f"(at most {self.tile // 2}; set a smaller overlap or a larger tile)")
+            raise MagnError(f"overlap={self.overlap} is more than half of tile={self.tile} "
+                            f"(at most {self.tile // 2}: set a smaller overlap= or a larger tile=)")
         if self.tiling not in ("blend", "chop"):
             raise MagnError(f"unknown tiling {self.tiling!r} (use blend or chop)")
         return device, dtype
@@ -108,12 +109,12 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise MagnError(f"unknown device {spec!r} (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise MagnError("--device cuda was asked for, but no CUDA GPU is available")
+            raise MagnError(f"device={spec} was asked for, but no CUDA GPU is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise MagnError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise MagnError(f"device={spec}: only {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise MagnError("--device mps was asked for, but MPS is not available")
+            raise MagnError("device=mps was asked for, but MPS is not available")
     elif device.type != "cpu":
         raise MagnError(f"unsupported device {spec!r}")
     return device
@@ -156,18 +157,15 @@ def auto_tile(model: nn.Module, device: torch.device, channels: int) -> int:
 
 
 # --------------------------------------------------------------------------- tiling
-# Tile origins sit on multiples of 4 (and of the model's own size multiple), so every
-# tile sees the same Bayer phase (period 2) and the same patch grid as the whole image.
-TILE_ALIGN = 4
+def tile_alignment(model, align: int = 1) -> int:
+    """The step tile origins snap to, so that every tile sees what the whole image shows
+    there: the model's own grid (its facts' size_multiple, e.g. 4 for MAGN's stride-4
+    patch graph, 8 for a half-resolution trunk) and the input's period `align` (2 for a
+    Bayer mosaic: every tile then starts on the same colour phase)."""
+    return math.lcm(facts(model).size_multiple, int(align))
 
 
-def tile_alignment(model) -> int:
-    """The step tile origins snap to: TILE_ALIGN and the model's `multiple` (the size its
-    forward pads to, e.g. 8 for a half-resolution trunk with a stride-4 patch grid)."""
-    return math.lcm(TILE_ALIGN, int(getattr(model, "multiple", 1)))
-
-
-def tile_spans(length: int, tile: int, overlap: int, align: int = TILE_ALIGN) -> List[Tuple[int, int]]:
+def tile_spans(length: int, tile: int, overlap: int, align: int = 1) -> List[Tuple[int, int]]:
     """(start, stop) of tiles covering [0, length): aligned starts, stride about
     tile - overlap, the last tile ending at the edge and 0 to align-1 px shorter than the
     others (its start is rounded up to the alignment), so no pixel outside the image is used."""
@@ -271,11 +269,11 @@ def _pass_counter(progress: Optional[ProgressCallback], total: int) -> Optional[
 
 
 def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: int, overlap: int,
-                   dtype: torch.dtype, ensemble: bool, tile_batch: int,
+                   align: int, dtype: torch.dtype, ensemble: bool, tile_batch: int,
                    progress: Optional[ProgressCallback] = None) -> Tensor:
-    """image (1, C, H, W) fp32 on the CPU -> restored (1, C, H, W) fp32 on the CPU."""
+    """image (1, C, H, W) fp32 on the CPU -> restored (1, C, H, W) fp32 on the CPU; tile
+    origins on multiples of `align`."""
     _, c, h, w = image.shape
-    align = tile_alignment(model)
     # A batch holds tiles of one shape: edge tiles may be a few pixels shorter.
     by_shape: Dict[Tuple[int, int], list] = {}
     for ys in tile_spans(h, tile, overlap, align):
@@ -309,23 +307,28 @@ def _restore_chopped(model: nn.Module, image: Tensor, device: torch.device, dtyp
 
 
 def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceOptions] = None,
-                   progress: Optional[ProgressCallback] = None) -> Tensor:
+                   progress: Optional[ProgressCallback] = None, align: int = 1) -> Tensor:
     """Restore (1, C, H, W) fp32 CPU tensor with `model`; returns the same shape, unclipped.
 
     On CUDA out-of-memory the tile is halved and retried; below MIN_TILE the work falls
     back to the CPU with a warning. `progress(done, total)`: see the module docstring.
+    align: the input's period, which tile origins keep (2 for a Bayer mosaic; see
+    tile_alignment).
     """
     opts = options or InferenceOptions()
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError("restore_tensor expects one image of shape (1, C, H, W)")
     device, dtype = opts.check()
+    if dtype != torch.float32 and not facts(model).half_precision:
+        raise MagnError(f"{getattr(model, 'arch', type(model).__name__)} runs in fp32 only "
+                        f"(precision={opts.precision} asked for)")
     _prepare(model, device, opts.backend)
     if opts.tiling == "chop":
         return _restore_chopped(model, image, device, dtype, opts.ensemble, progress)
     tile = opts.tile or auto_tile(model, device, image.shape[1])
     overlap = min(opts.overlap, tile // 2)
     h, w = image.shape[-2:]
-    align = tile_alignment(model)
+    align = tile_alignment(model, align)
     passes = (len(tile_spans(h, tile, overlap, align)) * len(tile_spans(w, tile, overlap, align))
               * (8 if opts.ensemble else 1))
     # Only the "chunked" backend compiles; the CPU default ("sdpa") is fused already.
@@ -333,7 +336,7 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
     use_compile = opts.compile if opts.compile is not None else (
         device.type == "cpu" and uses_chunks and passes >= COMPILE_MIN_PASSES)
     with compiled_chunks(use_compile):
-        return _restore_with_retries(model, image, device, dtype, tile, overlap, opts, progress)
+        return _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress)
 
 
 _PREPARE_LOCK = threading.Lock()
@@ -345,7 +348,7 @@ def _prepare(model: nn.Module, device: torch.device, backend: Optional[str]) -> 
     already, so that threads running the model at once never see it change."""
     fmt = torch.channels_last if device.type == "cpu" else torch.preserve_format
     with _PREPARE_LOCK:
-        if hasattr(model, "set_attention_backend"):
+        if facts(model).graph_attention:
             model.set_attention_backend(backend)
         if any(m.training for m in model.modules()) or not _in_place(model, device, fmt):
             model.eval().to(device, memory_format=fmt)
@@ -360,12 +363,12 @@ def _in_place(model: nn.Module, device: torch.device, fmt: torch.memory_format) 
     return True
 
 
-def _restore_with_retries(model, image, device, dtype, tile, overlap, opts, progress=None) -> Tensor:
+def _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress=None) -> Tensor:
     """The tiled pass; on CUDA OOM halve the tile, then fall back to the CPU."""
     while True:
         try:
-            return _restore_tiled(model, image, device, tile, overlap, dtype, opts.ensemble, opts.tile_batch,
-                                  progress)
+            return _restore_tiled(model, image, device, tile, overlap, align, dtype, opts.ensemble,
+                                  opts.tile_batch, progress)
         except _DeviceOOM:
             torch.cuda.empty_cache()
             if tile // 2 >= MIN_TILE:
@@ -375,23 +378,24 @@ def _restore_with_retries(model, image, device, dtype, tile, overlap, opts, prog
                 continue
             log.warning("CUDA out of memory even at tile %d; falling back to the CPU", tile)
             _prepare(model, torch.device("cpu"), opts.backend if opts.backend != "flex" else None)
-            return _restore_tiled(model, image, torch.device("cpu"), tile, overlap, torch.float32,
+            return _restore_tiled(model, image, torch.device("cpu"), tile, overlap, align, torch.float32,
                                   opts.ensemble, opts.tile_batch, progress)
 
 
 def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
-                  progress: Optional[ProgressCallback] = None) -> np.ndarray:
+                  progress: Optional[ProgressCallback] = None, align: int = 1) -> np.ndarray:
     """Restore an (H, W, C) or (H, W) float image in about [0, 1]; returns float32, same
-    shape, unclipped. `progress(done, total)` after each batch of tile passes."""
+    shape, unclipped. `progress(done, total)` after each batch of tile passes; `align`:
+    the input's period (see restore_tensor)."""
     arr = np.asarray(image, dtype=np.float32)
     squeeze = arr.ndim == 2
     if squeeze:
         arr = arr[..., None]
     if arr.ndim != 3:
         raise MagnError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
-    expected = getattr(model, "in_channels", arr.shape[-1])
-    if arr.shape[-1] != expected:
+    expected = facts(model).in_channels
+    if expected is not None and arr.shape[-1] != expected:
         raise MagnError(f"the model expects {expected}-channel images, got {arr.shape[-1]} channels")
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]   # (1, C, H, W)
-    y = restore_tensor(model, x, options, progress)[0].numpy().transpose(1, 2, 0)   # (H, W, C)
+    y = restore_tensor(model, x, options, progress, align)[0].numpy().transpose(1, 2, 0)   # (H, W, C)
     return y[..., 0] if squeeze else np.ascontiguousarray(y)

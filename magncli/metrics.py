@@ -19,8 +19,8 @@ from typing import Tuple
 import cv2
 import numpy as np
 
-from magncli.degrade import rgb_to_y_studio, to_uint8
 from magncli.errors import MagnError
+from magncli.images import to_uint8
 
 # Wang et al. (2004) / MATLAB ssim_index constants.
 SSIM_WINDOW = 11
@@ -28,6 +28,29 @@ SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
+
+# --------------------------------------------------------------------------- BT.601 studio Y
+
+def rgb_to_y_studio(rgb: np.ndarray, data_range: float = 1.0) -> np.ndarray:
+    """BT.601 "studio" luma as MATLAB rgb2ycbcr: Y = 16 + (65.481 R + 128.553 G + 24.966 B)/255
+    on 0-255 values. rgb: HxWx3 on [0, data_range]; returns float64 HxW on the same scale
+    (16/255..235/255 of data_range). Not OpenCV's gray, which differs by ~0.7 dB on JPEG."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise MagnError(f"Y conversion needs an RGB image, got shape {rgb.shape}")
+    weighted = 65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]
+    return (16.0 * data_range + weighted) / 255.0
+
+
+def rgb_to_y_studio_uint8(rgb: np.ndarray) -> np.ndarray:
+    """Rounded 8-bit studio Y (HxW uint8) of uint8 RGB (HxWx3), computed from the exact
+    integers: how FBCNN's and DAGL's gray LIVE1 were made."""
+    if rgb.dtype != np.uint8:
+        raise MagnError(f"8-bit Y conversion needs a uint8 image, got {rgb.dtype}")
+    return np.floor(rgb_to_y_studio(rgb, data_range=255.0) + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- PSNR and SSIM
 
 def _as_unit_float(img: np.ndarray, data_range: float) -> np.ndarray:
     """Any supported image -> float64 HxWxC on [0, 1] (integers by their dtype's range)."""

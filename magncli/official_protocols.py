@@ -43,6 +43,8 @@ from typing import Callable
 
 import torch
 
+from magncli.models.registry import facts
+
 # Settings of the official test scripts, by model family.
 PROTOCOLS = {
     "dagl-gray": {"shave": 24, "min_size": 10000, "multiple": 4},      # DN_Gray, CAR
@@ -87,15 +89,7 @@ def forward_chop(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 
 
 def chop_settings(model) -> dict:
-    """The official forward_chop settings for a model (by architecture and channels).
-
-    MAGN has no official protocol; it gets DAGL's gray settings, whose multiple-of-4
-    tiles suit its stride-4 patch graph."""
-    arch = getattr(model, "arch", "magn")
-    color = getattr(model, "in_channels", 1) == 3
-    if arch == "panet":
-        return PROTOCOLS["panet-rgb" if color else "panet-car"]
-    if arch == "dagl" and color:
-        return PROTOCOLS["dagl-demosaic"]
-    return PROTOCOLS["dagl-gray"]
+    """The official forward_chop settings of a model, as its facts name them (a model
+    that states none gets DAGL's gray settings)."""
+    return PROTOCOLS[facts(model).chop_protocol]
 

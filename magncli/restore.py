@@ -4,9 +4,9 @@
     restorer = Restorer(task="dejpeg", weights=None, options=InferenceOptions())
     record = restorer.restore_file(job.source, job.target)
 
-The pipeline of one image: read -> float (H, W, C) -> task preparation (a 1-channel CFA
-becomes a 3-channel mosaic) -> tiles -> model -> blend -> same bit depth -> atomic write,
-all under a claim of the output name taken before the file is read.
+The pipeline of one image: read -> float (H, W, C) -> restore_for_task (the task's view
+of the input: a CFA or mosaic in GRBG phase; tiles -> model -> blend) -> same bit depth
+-> atomic write, all under a claim of the output name taken before the file is read.
 
 Many images, several at a time (`restore --jobs N`), each failure kept with its image:
 
@@ -21,19 +21,20 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from torch import nn
 
-from magncli.degrade import check_pattern, check_quality, check_sigma
+from magncli.degrade import DEFAULT_PATTERN, check_pattern
 from magncli.errors import MagnError
 from magncli.fileio import claim_output
 from magncli.images import IMAGE_EXTENSIONS, Image, check_output_format, read_image, write_image
-from magncli.inference import InferenceOptions, ProgressCallback, restore_array
-
-TASKS = ("denoise", "dejpeg", "demosaic")
+from magncli.inference import InferenceOptions, ProgressCallback
+from magncli.models.registry import facts
+from magncli.tasks import get_task, restore_for_task
 
 
 # --------------------------------------------------------------------------- inputs
@@ -78,7 +79,7 @@ def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str 
             continue
         from_folder = Path(arg).is_dir() or glob.has_magic(str(arg))
         if not files:
-            hint = " (use --recursive for subfolders)" if Path(arg).is_dir() and not recursive else ""
+            hint = " (pass recursive=True for subfolders)" if Path(arg).is_dir() and not recursive else ""
             jobs.append(Job(Path(arg), None, f"{arg}: no images found{hint}"))
             continue
         for src in files:
@@ -88,7 +89,7 @@ def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str 
             name = src.stem + suffix + out_ext
             target = (Path(out_dir) / src.parent.relative_to(base) / name) if out_dir else src.parent / name
             if target.resolve() == src.resolve():
-                raise MagnError(f"{src}: the output would overwrite the input (set --suffix, --ext or -o)")
+                raise MagnError(f"{src}: the output would overwrite the input (set suffix=, ext= or out_dir=)")
             if target.resolve() in seen:
                 raise MagnError(f"{src} and {seen[target.resolve()]} would both be written to {target}")
             seen[target.resolve()] = src
@@ -109,8 +110,8 @@ class Restorer:
     weights: Optional[str] = None
     model: Optional[nn.Module] = None
     arch: str = "auto"
-    level: Optional[float] = None          # sigma (denoise) or quality (dejpeg)
-    pattern: str = "grbg"                  # Bayer pattern of demosaic inputs
+    level: Optional[float] = None          # the task's level: sigma (denoise), quality (dejpeg)
+    pattern: str = DEFAULT_PATTERN         # Bayer pattern of mosaic inputs (demosaic)
     options: InferenceOptions = field(default_factory=InferenceOptions)
     offline: Optional[bool] = None
     model_dir: Optional[str] = None
@@ -122,13 +123,11 @@ class Restorer:
 
     def __post_init__(self):
         # Settings that cannot work are refused here, once, rather than once per image.
-        if self.task not in TASKS:
-            raise MagnError(f"unknown task {self.task!r} (choose from {', '.join(TASKS)})")
-        if self.level is not None and self.task == "denoise":
-            check_sigma(self.level)
-        if self.level is not None and self.task == "dejpeg":
-            check_quality(self.level)
-        if self.task == "demosaic":
+        task = get_task(self.task)
+        self.task = task.name
+        if self.level is not None:
+            task.check_level(self.level)
+        if task.mosaic:
             self.pattern = check_pattern(self.pattern)
         self.options.check()
 
@@ -158,44 +157,34 @@ class Restorer:
                 progress: Optional[ProgressCallback] = None) -> Tuple[Image, dict]:
         """Restore one decoded image; returns the restored Image and a record of what ran.
         progress(done, total): tile passes, after each batch (see magncli.inference)."""
+        task = get_task(self.task)
         x = image.to_float()                                                  # (H, W, C)
-        info = {"task": self.task}
+        info = {"task": task.name}
         level = self.level if level is None else level
-        if self.task == "dejpeg" and level is None and image.jpeg_quantization:
-            # The file says how it was compressed: no need to ask the user.
-            from magncli.degrade import estimate_jpeg_quality
-            level, exact = estimate_jpeg_quality(image.jpeg_quantization)
-            info["quality"] = level
-            info["quality_source"] = "JPEG tables" if exact else "JPEG tables (nearest IJG quality)"
-        shift = (0, 0)
-        if self.task == "demosaic":
-            x, shift = self._as_grbg_mosaic(x)
+        if level is None and task.level_from_image is not None:
+            # The file may say how it was degraded (a JPEG's tables): no need to ask the user.
+            stated = task.level_from_image(image)
+            if stated is not None:
+                level, source = stated
+                info[task.level_key], info[f"{task.level_key}_source"] = level, source
+        if task.mosaic:
             info["pattern"] = self.pattern
-        model, name = self.model_for(x.shape[2], level)
-        need = getattr(model, "in_channels", x.shape[2])
+        channels = task.model_channels(image.channels)          # a CFA needs a 3-channel model
+        model, name = self.model_for(channels, level)
+        need = facts(model).in_channels or channels
         info["model"] = name
-        if need == x.shape[2]:
-            y = restore_array(model, x, self.options, progress)
-        elif need == 3 and x.shape[2] == 1:
+        run = partial(restore_for_task, model, task=task, pattern=self.pattern, options=self.options,
+                      progress=progress)
+        if need == channels:
+            y = run(x)
+        elif need == 3 and channels == 1:
             # Only a color model was given: run it on the gray replicated, keep the mean.
-            y = restore_array(model, np.repeat(x, 3, axis=2), self.options, progress).mean(axis=2, keepdims=True)
+            y = run(np.repeat(x, 3, axis=2)).mean(axis=2, keepdims=True)
             info["note"] = "gray image restored with a color model"
         else:
-            raise MagnError(f"{name} is a gray ({need}-channel) model; the image has {x.shape[2]} "
-                            "channels (pass --weights with a color model)")
-        y = y[shift[0]:, shift[1]:]
-        if self.task == "demosaic" and image.channels == 1:
-            image = Image(image.pixels.repeat(3, axis=2), image.alpha, image.icc_profile,
-                          image.exif, image.source_format)
+            raise MagnError(f"{name} is a gray ({need}-channel) model; the image has {channels} "
+                            "channels (pass weights= with a color model)")
         return image.with_pixels(y), info
-
-    def _as_grbg_mosaic(self, x: np.ndarray):
-        """A 1-channel CFA or 3-channel zero-filled mosaic of self.pattern -> the GRBG
-        mosaic the models take, and the (dy, dx) to crop off the result."""
-        from magncli.degrade import align_mosaic, cfa_to_mosaic
-        if x.shape[2] == 1:
-            x = cfa_to_mosaic(x[..., 0], self.pattern)
-        return align_mosaic(x, self.pattern)
 
     def restore_file(self, source, target, *, overwrite: bool = False, jpeg_quality: int = 95,
                      progress: Optional[ProgressCallback] = None) -> dict:

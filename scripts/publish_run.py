@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from magncli.training.curves import draw_validation_series, validation_points, write_png  # noqa: E402
-from magncli.training.loop import LOG_FILE, Trainer, load_run_config, read_log  # noqa: E402
+from magncli.training.loop import Trainer  # noqa: E402
+from magncli.training.runstate import LOG_FILE, load_run_config, read_log  # noqa: E402
 from magncli.weights import add_checkpoint  # noqa: E402
 
 EVAL = {  # task, channels -> the sets and baselines of its published tables

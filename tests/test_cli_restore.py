@@ -9,14 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from magncli.checkpoints import save_checkpoint
-from magncli.cli.app import _register, app
+from magncli.cli.app import app
+from magncli.cli.common import cli_message
 from magncli.errors import MagnError
 from magncli.images import Image, read_image, write_image
 from magn_testkit import TINY, random_magn
 import hostile_kit
 
 
-_register()
 runner = CliRunner()
 
 
@@ -130,12 +130,12 @@ def test_bad_options_are_one_line_errors(tmp_path, ckpt):
 def _said(res) -> str:
     """What the user sees: the output, and the one-line error that `magn` prints for a
     MagnError raised by the command (the runner hands it back instead of printing it)."""
-    return res.output + (str(res.exception) if isinstance(res.exception, MagnError) else "")
+    return res.output + (cli_message(res.exception) if isinstance(res.exception, MagnError) else "")
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["-t", "denoise", "--tile", "-8"], "--tile must be a positive multiple of 4"),
-    (["-t", "denoise", "--overlap", "-1"], "--overlap must be >= 0"),
+    (["-t", "denoise", "--tile", "-8"], "--tile -8 must be a positive multiple of 4"),
+    (["-t", "denoise", "--overlap", "-1"], "--overlap -1 must be >= 0"),
     (["-t", "denoise", "--device", "tpu"], "unknown device 'tpu'"),
     (["-t", "denoise", "--precision", "fp8"], "unknown precision 'fp8'"),
     (["-t", "denoise", "--sigma", "-5"], "sigma must be a number >= 0"),
@@ -328,7 +328,7 @@ def test_overlap_more_than_half_the_tile_is_refused(tmp_path, ckpt):
     _img(tmp_path / "a.png", (16, 16, 3))
     res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[3], "--tile", "32", "--overlap", "64")
     assert res.exit_code == 1 and "Traceback" not in res.output
-    assert "overlap 64 is more than half of tile 32 (at most 16" in _said(res)
+    assert "--overlap 64 is more than half of --tile 32 (at most 16" in _said(res)
     assert os.listdir(tmp_path) == ["a.png"]
     assert _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[3], "--tile", "32", "--overlap", "16",
                 "-q").exit_code == 0
@@ -390,9 +390,9 @@ def _terminal(monkeypatch):
     """Make `magn restore` draw its progress as on a terminal, into a buffer."""
     import io
     from rich.console import Console
-    from magncli.cli import restore as restore_cli
+    from magncli.cli import common
     buffer = io.StringIO()
-    monkeypatch.setattr(restore_cli, "console", Console(file=buffer, force_terminal=True, width=120))
+    monkeypatch.setattr(common, "console", Console(file=buffer, force_terminal=True, width=120))
     return buffer
 
 
@@ -461,3 +461,4 @@ def test_the_run_counts_megapixels_and_drops_those_of_a_failed_image(tmp_path, m
     display.finished(Outcome(0, jobs[0], record={}))
     assert run.completed == pytest.approx(run.total) and len(display.progress.tasks) == 1
     assert run.description == "3/3 images"
+

@@ -6,13 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from magncli.datasets import load_image, read_raw
-from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, bayer_masks, bayer_mosaic,
-                             cfa_to_mosaic, degrade, gaussian_noise_torch, jpeg_compress,
-                             make_degradation, mosaic_to_cfa)
+from magncli.datasets import read_raw
+from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, align_mosaic, bayer_masks, bayer_mosaic,
+                             cfa_to_mosaic, gaussian_noise_torch, jpeg_compress, mosaic_to_cfa)
 from magncli.errors import MagnError
-from magncli.evaluate import BASELINES, opencv_bayer_code
-from magncli.metrics import psnr
 
 
 def _smooth_rgb(h=64, w=96):
@@ -34,7 +31,6 @@ def test_noise_is_deterministic_per_seed():
     img = _smooth_rgb()
     assert np.array_equal(add_gaussian_noise(img, 25, 7), add_gaussian_noise(img, 25, 7))
     assert not np.array_equal(add_gaussian_noise(img, 25, 7), add_gaussian_noise(img, 25, 8))
-    assert np.array_equal(degrade(img, "denoise", 25, seed=7), add_gaussian_noise(img, 25, 7))
 
 
 def test_noise_is_unclipped_unrounded_with_the_right_sigma():
@@ -84,8 +80,7 @@ def test_bad_parameters_are_user_errors():
     for bad in (lambda: add_gaussian_noise(img, -1, 0),
                 lambda: jpeg_compress(img, 0), lambda: jpeg_compress(img, 101),
                 lambda: jpeg_compress(img, 50.5),
-                lambda: bayer_masks(4, 4, "rgbg"), lambda: bayer_mosaic(img[..., :1]),
-                lambda: make_degradation("deblur", 1), lambda: make_degradation("dejpeg")):
+                lambda: bayer_masks(4, 4, "rgbg"), lambda: bayer_mosaic(img[..., :1])):
         with pytest.raises(MagnError):
             bad()
 
@@ -118,34 +113,7 @@ def test_cfa_to_mosaic_roundtrip(pattern):
 
 
 @pytest.mark.parametrize("pattern", BAYER_PATTERNS)
-def test_opencv_bayer_code_reconstructs_a_smooth_image(pattern):
-    import cv2
-
-    rgb = _smooth_rgb()
-    cfa = np.round(mosaic_to_cfa(bayer_mosaic(rgb, pattern)) * 255).astype(np.uint8)
-    right = cv2.demosaicing(cfa, opencv_bayer_code(pattern)).astype(np.float32) / 255
-    assert psnr(right, rgb) > 35
-    for other in BAYER_PATTERNS:
-        if other != pattern:  # a wrong code gives a visibly wrong image
-            wrong = cv2.demosaicing(cfa, opencv_bayer_code(other)).astype(np.float32) / 255
-            assert psnr(wrong, rgb) < psnr(right, rgb) - 10
-
-
-@pytest.mark.datasets
-def test_opencv_demosaic_baselines_beat_the_mosaic_on_kodak(data_root):
-    degradation = make_degradation("demosaic")
-    for name in ("kodim01.png", "kodim19.png"):
-        truth = load_image(data_root / "Kodak24" / name)
-        mosaic = degradation.apply(truth)
-        floor = psnr(mosaic, truth)  # about 8-9 dB
-        for baseline in ("opencv-bilinear", "opencv-ea", "opencv-vng"):
-            restored = BASELINES[baseline].restore(mosaic, degradation)
-            assert psnr(restored, truth) > floor + 15, (name, baseline)
-
-
-def test_degradation_records_only_its_parameters():
-    assert make_degradation("denoise", 25, seed=3).as_dict() == {"task": "denoise", "sigma": 25,
-                                                                 "seed": 3}
-    assert make_degradation("dejpeg", 10).as_dict() == {"task": "dejpeg", "quality": 10}
-    assert make_degradation("demosaic", pattern="RGGB").as_dict() == {"task": "demosaic",
-                                                                      "pattern": "rggb"}
+def test_align_mosaic_puts_samples_on_grbg_sites(pattern):
+    aligned, (dy, dx) = align_mosaic(bayer_mosaic(np.random.default_rng(1).random((7, 9, 3)) + 0.1, pattern), pattern)
+    assert aligned.shape == (7 + dy, 9 + dx, 3)
+    assert np.array_equal(aligned != 0, bayer_masks(7 + dy, 9 + dx, "grbg"))

@@ -163,3 +163,23 @@ def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
         with pytest.raises(MagnError) as e:
             call()
         assert str(e.value) == f"{tmp_path / 'o.png'}: cannot write (Read-only file system)"
+
+
+def test_a_claim_survives_its_folder_being_removed_by_a_failed_claim(tmp_path, monkeypatch):
+    # Thread A made out/sub for its output and failed (its image was bad), removing the
+    # folder, between thread B's mkdir and B's lock: B makes the folder again.
+    from magncli import fileio
+    real, calls = fileio._try_lock, []
+
+    def folder_gone_once(lock):
+        calls.append(lock)
+        if len(calls) == 1:
+            os.rmdir(lock.parent)
+        return real(lock)
+
+    monkeypatch.setattr(fileio, "_try_lock", folder_gone_once)
+    target = tmp_path / "out" / "sub" / "a.png"
+    with fileio.claim_output(target):
+        fileio.atomic_write_bytes(target, b"data", exclusive=True)
+    assert target.read_bytes() == b"data" and len(calls) == 2
+    assert os.listdir(target.parent) == ["a.png"]

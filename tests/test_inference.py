@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from magncli.errors import MagnError
-from magncli.inference import (TILE_ALIGN, InferenceOptions, blend_weights, resolve_device, restore_array,
+from magncli.models.registry import ModelFacts
+from magncli.inference import (InferenceOptions, blend_weights, resolve_device, restore_array,
                                restore_tensor, self_ensemble, tile_spans)
 
 
@@ -15,7 +16,7 @@ class SmallRF(nn.Module):
     def __init__(self, channels=3):
         super().__init__()
         torch.manual_seed(0)
-        self.in_channels = channels
+        self.facts = ModelFacts(in_channels=channels)
         self.net = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.Tanh(),
                                  nn.Conv2d(8, 8, 3, padding=1), nn.Tanh(),
                                  nn.Conv2d(8, channels, 3, padding=1))
@@ -26,14 +27,15 @@ class SmallRF(nn.Module):
         return x + self.net(x)
 
 
+@pytest.mark.parametrize("align", [1, 2, 4, 8])
 @pytest.mark.parametrize("length,tile,overlap", [(100, 32, 16), (64, 64, 16), (65, 64, 16), (7, 64, 16),
                                                  (1001, 48, 12), (33, 32, 0)])
-def test_tile_spans_cover_aligned_and_snap_to_the_edge(length, tile, overlap):
-    spans = tile_spans(length, tile, overlap)
+def test_tile_spans_cover_aligned_and_snap_to_the_edge(length, tile, overlap, align):
+    spans = tile_spans(length, tile, overlap, align)
     t = min(tile, length)
     assert spans[0][0] == 0 and spans[-1][1] == length
-    assert all(a % TILE_ALIGN == 0 for a, _ in spans)      # same Bayer phase / patch grid in every tile
-    assert all(b - a == t for a, b in spans[:-1]) and t - TILE_ALIGN < spans[-1][1] - spans[-1][0] <= t
+    assert all(a % align == 0 for a, _ in spans)      # same Bayer phase / patch grid in every tile
+    assert all(b - a == t for a, b in spans[:-1]) and t - align < spans[-1][1] - spans[-1][0] <= t
     covered = np.zeros(length, bool)
     for a, b in spans:
         covered[a:b] = True

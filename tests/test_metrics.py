@@ -6,9 +6,9 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from magncli.datasets import load_image
-from magncli.degrade import add_gaussian_noise, jpeg_compress, rgb_to_y_studio
+from magncli.degrade import add_gaussian_noise, jpeg_compress
 from magncli.errors import MagnError
-from magncli.metrics import psnr, psnr_ssim, ssim
+from magncli.metrics import psnr, psnr_ssim, rgb_to_y_studio, ssim
 
 
 def _skimage_ssim(a, b, channel_axis=None):

@@ -18,9 +18,9 @@ import torch
 from typer.testing import CliRunner
 
 from magncli.checkpoints import load_model, read_checkpoint
-from magncli.cli.app import _register, app
+from magncli.cli.app import app
 from magncli.datasets import load_ground_truth
-from magncli.degrade import bayer_mosaic, make_degradation, mosaic_to_cfa
+from magncli.degrade import bayer_mosaic, mosaic_to_cfa
 from magncli.evaluate import BASELINES
 from magncli.images import Image, read_image, write_image
 from magncli.metrics import psnr
@@ -29,12 +29,12 @@ from magncli.models.registry import resolve_config
 from magncli.restore import Restorer
 from magncli.training.config import load_config
 from magncli.weights import file_sha256, load_manifest, select_default
+from magncli.tasks import make_degradation
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights"
 SERVED = {("denoise", 1), ("denoise", 3), ("dejpeg", 1), ("dejpeg", 3), ("demosaic", 3)}
 
-_register()
 runner = CliRunner()
 
 

@@ -20,13 +20,15 @@ import torch
 from typer.testing import CliRunner
 
 from magncli.checkpoints import read_checkpoint
-from magncli.cli.app import _register, app
+from magncli.cli.app import app
+from magncli.cli.common import cli_message
 from magncli.degrade import BAYER_PATTERNS, bayer_masks
 from magncli.errors import MagnError
 from magncli.training.config import config_to_toml, load_config, read_recipe
 from magncli.training.data import PatchDataset, StepBatches, make_loader, scale_saturation, scan_images
-from magncli.training.loop import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FILE, LATEST_FILE,
-                                   LOG_FILE, STATE_FILE, Trainer, load_run_config, read_log)
+from magncli.training.loop import Trainer
+from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FILE, LATEST_FILE, LOG_FILE,
+                                       STATE_FILE, load_run_config, read_log)
 
 REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
@@ -35,7 +37,6 @@ OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s")   # shared
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
-_register()
 runner = CliRunner()
 
 
@@ -393,7 +394,7 @@ def test_cli_trains_writes_the_run_folder_and_restore_accepts_the_export(gray_da
 
     # Starting a new run into a used run folder is refused.
     again = runner.invoke(app, ["train", "--config", str(recipe), "--out", str(run), "--quiet"])
-    assert isinstance(again.exception, MagnError) and "--resume" in str(again.exception)
+    assert isinstance(again.exception, MagnError) and "pass --resume" in cli_message(again.exception)
 
     # A resume that goes further is part of how the weights were made: both commands.
     more = ["train", "--resume", "--out", str(run), "--steps", "8", "--quiet"]
@@ -539,9 +540,9 @@ def test_bf16_and_fp32_short_runs_reach_the_same_validation_psnr(gray_data, tmp_
 def test_quality_focus_oversamples_its_range_inside_the_whole_range(monkeypatch):
     import magncli.training.data as data_mod
     drawn = []
-    real = data_mod.make_degradation
-    monkeypatch.setattr(data_mod, "make_degradation",
-                        lambda task, level=None, **kw: drawn.append(level) or real(task, level, **kw))
+    real = data_mod.PatchDegradation._level
+    monkeypatch.setattr(data_mod.PatchDegradation, "_level",
+                        lambda self, rng: drawn.append(real(self, rng)) or drawn[-1])
     patch = np.full((16, 16, 1), 0.5, np.float32)
     for focus, share in ((None, 31 / 96), ([10, 40, 0.5], 0.5 + 0.5 * 31 / 96)):
         drawn.clear()

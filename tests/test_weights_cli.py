@@ -8,14 +8,14 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from magncli.cli.app import _register, app, cli_message, main
+from magncli.cli.app import app, main
+from magncli.cli.common import cli_message
 from magncli.errors import MagnError
 from magncli.weights import load_manifest
 
 from weights_testkit import (TINY_ARCH, make_entry, server, sha256_of, tiny_bytes,  # noqa: F401
                              tiny_checkpoint, wenv)
 
-_register()
 runner = CliRunner()
 NAME = "tiny-s25"
 FILE = f"{NAME}.safetensors"

@@ -20,7 +20,7 @@ from torch import nn
 
 from magncli.weights import download
 from magncli.checkpoints import save_checkpoint
-from magncli.models.registry import build_model, list_archs, register_arch
+from magncli.models.registry import ModelFacts, build_model, list_archs, register_arch
 
 TINY_ARCH = "tinyweights"
 
@@ -35,6 +35,10 @@ if TINY_ARCH not in list_archs():
             super().__init__()
             self.head = nn.Conv2d(in_channels, n_feats, 3, padding=1)
             self.tail = nn.Conv2d(n_feats, in_channels, 3, padding=1)
+
+        @property
+        def facts(self) -> ModelFacts:
+            return ModelFacts(in_channels=self.head.in_channels)
 
         def forward(self, x):
             return x + self.tail(torch.relu(self.head(x)))

@@ -1,12 +1,15 @@
-"""The `magn` Typer app. Each command lives in its own module and only parses options
-and calls the library; MagnError becomes a one-line message and exit code 1."""
+"""The `magn` Typer app: the parent of one Typer app per command module, which only
+parses options and calls the library (the modules never import this one). A MagnError
+becomes a one-line message, in the command line's terms, and exit code 1."""
 from __future__ import annotations
 
-import re
 import sys
+from typing import Annotated
 
 import typer
 
+from magncli.cli import degrade, eval, restore, train, weights
+from magncli.cli.common import cli_message, error, setup_logging  # noqa: F401 - cli_message: tests, scripts
 from magncli.errors import MagnError
 
 app = typer.Typer(
@@ -16,46 +19,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-# The library names what would fix an error as a Python parameter ("pass weights=PATH");
-# on the command line the same thing is an option ("pass --weights PATH").
-_PARAMETER_OPTIONS = {"weights": "--weights", "levels": "--levels", "task": "--task",
-                      "channels": "--channels"}
-_PARAMETER_RE = re.compile(r"(?<![\w./\\-])(%s)=" % "|".join(_PARAMETER_OPTIONS))
-
-
-def cli_message(error) -> str:
-    """A library error's message as the command line says it: weights=PATH -> --weights PATH."""
-    return _PARAMETER_RE.sub(lambda m: _PARAMETER_OPTIONS[m.group(1)] + " ", str(error))
+for command in (restore, eval, degrade, train, weights):
+    app.add_typer(command.app)
 
 
 def _version(value: bool) -> None:
     if value:
-        from magncli import __version__
+        from magncli.version import __version__
         typer.echo(f"magn {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     """MAGN image restoration: denoising, JPEG artifact removal and demosaicing."""
 
 
-def _register() -> None:
-    # Imported here so that `magn --help` lists every command; each module adds itself.
-    from magncli.cli import degrade, eval, restore, train, weights  # noqa: F401
-
-
 def main() -> None:
-    from magncli.cli.common import setup_logging
     setup_logging()
-    _register()
     try:
         app()
     except MagnError as e:
-        print(f"magn: error: {cli_message(e)}", file=sys.stderr)
+        error(str(e))
         sys.exit(1)
     except KeyboardInterrupt:
         print("magn: interrupted", file=sys.stderr)

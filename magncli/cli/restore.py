@@ -6,57 +6,56 @@ import threading
 import time
 from collections import deque
 from contextlib import closing
-from enum import Enum
 from pathlib import Path
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Annotated, Deque, Dict, List, Optional, Tuple
 
 import typer
 from rich.markup import escape
 from rich.progress import ProgressColumn
 from rich.text import Text
 
-from magncli.cli.app import app, cli_message
-from magncli.cli.common import (CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt, TileOpt, TilingOpt, console,
-                                inference_options)
+from magncli.cli import common
+from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PatternOpt, PrecisionOpt,
+                                QualityOpt, SigmaOpt, TaskOpt, TileOpt, TilingOpt, cli_message, failure,
+                                inference_options, note, out, task_level)
+from magncli.degrade import DEFAULT_PATTERN
 from magncli.errors import MagnError
 from magncli.fileio import remove_stale_temporaries
 
-
-class Task(str, Enum):
-    denoise = "denoise"
-    dejpeg = "dejpeg"
-    demosaic = "demosaic"
+app = typer.Typer()
 
 
 @app.command("restore")
 def restore(
-    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Image files, folders or glob patterns."),
-    task: Task = typer.Option(..., "--task", "-t", help="What to undo."),
-    sigma: Optional[float] = typer.Option(None, help="Noise level (0-255 scale) for per-sigma denoising models."),
-    quality: Optional[int] = typer.Option(None, help="JPEG quality to assume (dejpeg)."),
-    pattern: str = typer.Option("grbg", help="Bayer pattern of demosaic inputs: grbg, rggb, gbrg, bggr."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint: path, URL or published name."),
-    arch: str = typer.Option("auto", help="Architecture of --weights: auto, magn, dagl, panet."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: next to each input)."),
-    suffix: str = typer.Option("_magn", help="Appended to each output file name."),
-    ext: str = typer.Option("png", help="Output format: png, tif, jpg, webp, bmp."),
-    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
-    overwrite: bool = typer.Option(False, help="Replace existing output files."),
-    jpeg_quality: int = typer.Option(95, min=1, max=100, help="Quality of JPEG outputs."),
-    n_jobs: int = typer.Option(1, "--jobs", "-j", metavar="N",
-                               help="Restore N images at once in this process (CPU), torch's threads "
-                                    "split between them. Lines and --json records stay in input order."),
-    device: str = DeviceOpt,
-    precision: str = PrecisionOpt,
-    tile: Optional[int] = TileOpt,
-    overlap: int = OverlapOpt,
-    ensemble: bool = EnsembleOpt,
-    tiling: str = TilingOpt,
-    compile: Optional[bool] = CompileOpt,
-    offline: bool = typer.Option(False, help="Never download weights (also MAGN_OFFLINE=1)."),
-    model_dir: Optional[str] = typer.Option(None, help="Weights cache folder (also MAGN_HOME)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON record per image on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    inputs: Annotated[List[str], typer.Argument(metavar="INPUT...", help="Image files, folders or glob patterns.")],
+    task: TaskOpt,
+    sigma: SigmaOpt = None,
+    quality: QualityOpt = None,
+    pattern: PatternOpt = DEFAULT_PATTERN,
+    weights: Annotated[Optional[str], typer.Option(
+        "--weights", "-w", help="Checkpoint: path, URL or published name.")] = None,
+    arch: Annotated[str, typer.Option(help="Architecture of --weights: auto, magn, dagl, panet.")] = "auto",
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Output folder (default: next to each input).")] = None,
+    suffix: Annotated[str, typer.Option(help="Appended to each output file name.")] = "_magn",
+    ext: Annotated[str, typer.Option(help="Output format: png, tif, jpg, webp, bmp.")] = "png",
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="Quality of JPEG outputs.")] = 95,
+    n_jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", metavar="N", help="Restore N images at once in this process (CPU), torch's threads "
+                                          "split between them. Lines and --json records stay in input order.")] = 1,
+    device: DeviceOpt = ENGINE.device,
+    precision: PrecisionOpt = ENGINE.precision,
+    tile: TileOpt = ENGINE.tile,
+    overlap: OverlapOpt = ENGINE.overlap,
+    ensemble: EnsembleOpt = ENGINE.ensemble,
+    tiling: TilingOpt = ENGINE.tiling,
+    compile: CompileOpt = ENGINE.compile,
+    offline: Annotated[bool, typer.Option(help="Never download weights (also MAGN_OFFLINE=1).")] = False,
+    model_dir: Annotated[Optional[str], typer.Option(help="Weights cache folder (also MAGN_HOME).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON record per image on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Restore images (denoise, remove JPEG artifacts or demosaic).
 
@@ -73,10 +72,10 @@ def restore(
 
     if n_jobs < 1:
         raise MagnError(f"--jobs must be >= 1 (got {n_jobs})")
-    level = sigma if task == Task.denoise else quality if task == Task.dejpeg else None
+    level = task_level(task, sigma=sigma, quality=quality)
     jobs = plan_jobs(inputs, out_dir=str(output) if output else None, suffix=suffix, ext=ext,
                      recursive=recursive)
-    restorer = Restorer(task=task.value, weights=weights, arch=arch, level=level, pattern=pattern,
+    restorer = Restorer(task=task, weights=weights, arch=arch, level=level, pattern=pattern,
                         options=inference_options(device, precision, tile, overlap, ensemble, tiling, compile),
                         offline=offline or None, model_dir=model_dir, quiet=quiet)
     device_type = restorer.options.check()[0].type
@@ -84,11 +83,10 @@ def restore(
         raise MagnError(f"--jobs {n_jobs} restores images side by side on the CPU's cores; "
                         f"on {device_type} use --jobs 1")
     for stale in remove_stale_temporaries(job.target for job in jobs if job.target):
-        console.print(f"removed {escape(str(stale))}, a temporary file left by an interrupted "
-                      "magn run", highlight=False, soft_wrap=True)
+        note(f"removed {stale}, a temporary file left by an interrupted magn run")
     failures = 0
     start = time.perf_counter()
-    detailed = console.is_terminal and not (as_json or quiet)
+    detailed = common.console.is_terminal and not (as_json or quiet)
     with _Display(jobs, quiet=quiet, detailed=detailed, ensemble=ensemble) as display:
         outcomes = restore_files(restorer, jobs, workers=n_jobs, overwrite=overwrite, jpeg_quality=jpeg_quality,
                                  progress=None if quiet else display.tiles)
@@ -100,29 +98,29 @@ def restore(
                 held[outcome.index] = outcome
                 # Lines and records in input order, whatever order the images finish in.
                 while next_index in held:
-                    failures += _report(held.pop(next_index), display.progress.console, as_json, quiet)
+                    failures += _report(held.pop(next_index), as_json, quiet)
                     next_index += 1
     if not quiet:
         ok = len(jobs) - failures
-        console.print(f"{ok} of {len(jobs)} image(s) restored in {time.perf_counter() - start:.1f} s"
-                      + (f", {failures} failed" if failures else ""), highlight=False, soft_wrap=True)
+        note(f"{ok} of {len(jobs)} image(s) restored in {time.perf_counter() - start:.1f} s"
+             + (f", {failures} failed" if failures else ""))
     if failures:
         raise typer.Exit(1)
 
 
-def _report(outcome, out, as_json: bool, quiet: bool) -> int:
+def _report(outcome, as_json: bool, quiet: bool) -> int:
     """Print one image's line (and --json record); 1 if it failed, else 0."""
     job = outcome.job
     if outcome.error is None:
         record = outcome.record
-        line = escape(f"{job.source} -> {job.target} ({_describe(record)})")
     else:
         record = {"input": str(job.source), "error": cli_message(image_error(job.source, outcome.error))}
-        line = f"[red]error:[/red] {escape(record['error'])}"
     if as_json:
-        typer.echo(json.dumps(record))
-    if not quiet or "error" in record:
-        out.print(line, highlight=False, markup=True, soft_wrap=True)
+        out(json.dumps(record))
+    if "error" in record:
+        failure(record["error"])
+    elif not quiet:
+        note(f"{job.source} -> {job.target} ({_describe(record)})")
     return int("error" in record)
 
 
@@ -185,8 +183,10 @@ class _Display:
         else:
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         # Off when stderr is not a terminal: rich would draw nothing there but a blank line.
-        self.progress = Progress(*columns, console=console, transient=True,
-                                 disable=quiet or not jobs or not console.is_terminal)
+        # The one stderr console (common.console): lines printed while the bars are live
+        # go through it too, above the bars.
+        self.progress = Progress(*columns, console=common.console, transient=True,
+                                 disable=quiet or not jobs or not common.console.is_terminal)
         self._bar = self.progress.add_task(self._run_description(), total=self._total_mp if self.detailed
                                            else len(jobs), kind="run")
         self._samples.append((time.monotonic(), 0.0))

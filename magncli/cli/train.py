@@ -9,74 +9,79 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-from magncli.cli.app import app
-from magncli.cli.common import command_line, console
+from magncli.cli.common import comma_numbers, command_line, console, note
 from magncli.errors import MagnError
+from magncli.tasks import TASKS
 
-
-def _numbers(text: Optional[str], option: str, kind=float) -> Optional[List]:
-    """"0,55" -> [0.0, 55.0]; None stays None."""
-    if text is None:
-        return None
-    try:
-        return [kind(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise MagnError(f"{option} takes comma-separated numbers, got {text!r}") from None
+app = typer.Typer()
 
 
 @app.command("train")
 def train_command(
-    task: Optional[str] = typer.Option(None, "--task", help="denoise | dejpeg | demosaic (or from --config)."),
-    data: Optional[str] = typer.Option(
-        None, "--data", help="Folder of clean training images (or a folder name under the data root)."),
-    val: Optional[str] = typer.Option(None, "--val", help="Validation folder or test-set name."),
-    configs: List[Path] = typer.Option(
-        [], "--config", help="Recipe TOML (repeatable: later files override earlier ones)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/RECIPE-TIME)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture: magn, a variant (magn-s, magn-s-local, magn-light, magn-tiny-local), dagl or panet."),
-    channels: Optional[int] = typer.Option(None, "--channels", help="1 (gray) or 3 (color)."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Global batch size (split over DDP ranks)."),
-    patch: Optional[int] = typer.Option(None, "--patch", help="Training patch size (multiple of 4)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="denoise: one noise level (0-255)."),
-    sigma_range: Optional[str] = typer.Option(None, "--sigma-range", help="denoise, blind: LO,HI (e.g. 0,55)."),
-    qualities: Optional[str] = typer.Option(None, "--qualities", help="dejpeg: a list of qualities, e.g. 10,20,30,40."),
-    quality_range: Optional[str] = typer.Option(None, "--quality-range", help="dejpeg: LO,HI (e.g. 10,40)."),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="demosaic: grbg | rggb | gbrg | bggr | random."),
-    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps."),
-    ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes per rank."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the weights and the data."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: one per core). "
-                                          "1 for a long run beside other work."),
-    init_from: Optional[str] = typer.Option(
-        None, "--init-from", help="Warm start: begin from these weights (a file or a published name) "
-                                  "with a fresh optimizer; recorded in the provenance."),
-    for_cpu_hours: Optional[float] = typer.Option(
-        None, "--for-cpu-hours", help="Stop (with a checkpoint) after this many CPU-hours of training; "
-                                      "--resume continues."),
-    export_only: bool = typer.Option(
-        False, "--export", help="With --resume: write RUNDIR/export.safetensors from the last checkpoint "
-                                "and exit, without training (publish while a long run goes on)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    task: Annotated[Optional[str], typer.Option(
+        "--task", "-t", help="The task (or from --config): " + " | ".join(TASKS) + ".")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="Folder of clean training images (or a folder name under the data root).")] = None,
+    val: Annotated[Optional[str], typer.Option("--val", help="Validation folder or test-set name.")] = None,
+    configs: Annotated[List[Path], typer.Option(
+        "--config", help="Recipe TOML (repeatable: later files override earlier ones).")] = [],  # noqa: B006
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Run folder (default: runs/RECIPE-TIME).")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    arch: Annotated[Optional[str], typer.Option(
+        "--arch", help="Architecture: magn, a variant (magn-s, magn-s-local, magn-light, "
+                       "magn-tiny-local), dagl or panet.")] = None,
+    channels: Annotated[Optional[int], typer.Option("--channels", help="1 (gray) or 3 (color).")] = None,
+    batch: Annotated[Optional[int], typer.Option(
+        "--batch", help="Global batch size (split over DDP ranks).")] = None,
+    patch: Annotated[Optional[int], typer.Option(
+        "--patch", help="Training patch size (multiple of 4).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Total optimizer steps.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate.")] = None,
+    sigma: Annotated[Optional[float], typer.Option("--sigma", help="denoise: one noise level (0-255).")] = None,
+    sigma_range: Annotated[Optional[str], typer.Option(
+        "--sigma-range", help="denoise, blind: LO,HI (e.g. 0,55).")] = None,
+    qualities: Annotated[Optional[str], typer.Option(
+        "--qualities", help="dejpeg: a list of qualities, e.g. 10,20,30,40.")] = None,
+    quality_range: Annotated[Optional[str], typer.Option(
+        "--quality-range", help="dejpeg: LO,HI (e.g. 10,40).")] = None,
+    pattern: Annotated[Optional[str], typer.Option(
+        "--pattern", help="demosaic: grbg | rggb | gbrg | bggr | random.")] = None,
+    val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every N steps.")] = None,
+    ckpt_every: Annotated[Optional[int], typer.Option("--ckpt-every", help="Checkpoint every N steps.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data loader processes per rank.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the weights and the data.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="torch threads (default: one per core). 1 for a long run beside other work.")] = None,
+    init_from: Annotated[Optional[str], typer.Option(
+        "--init-from", help="Warm start: begin from these weights (a file or a published name) with a "
+                            "fresh optimizer; recorded in the provenance.")] = None,
+    for_cpu_hours: Annotated[Optional[float], typer.Option(
+        "--for-cpu-hours", help="Stop (with a checkpoint) after this many CPU-hours of training; "
+                                "--resume continues.")] = None,
+    export_only: Annotated[bool, typer.Option(
+        "--export", help="With --resume: write RUNDIR/export.safetensors from the last checkpoint and "
+                         "exit, without training (publish while a long run goes on).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a restoration model; writes checkpoints, log.jsonl, curves.png and export.safetensors."""
     from magncli.training.config import load_config
-    from magncli.training.loop import EXPORT_FILE, Trainer, load_run_config
+    from magncli.training.loop import Trainer
+    from magncli.training.runstate import EXPORT_FILE, load_run_config
 
     overrides = dict(task=task, data=data, val=val, arch=arch, channels=channels, batch=batch,
                      patch=patch, steps=steps, lr=lr, sigma=sigma,
-                     sigma_range=_numbers(sigma_range, "--sigma-range"),
-                     qualities=_numbers(qualities, "--qualities", int),
-                     quality_range=_numbers(quality_range, "--quality-range", int),
+                     sigma_range=comma_numbers(sigma_range, "--sigma-range", float),
+                     qualities=comma_numbers(qualities, "--qualities", int),
+                     quality_range=comma_numbers(quality_range, "--quality-range", int),
                      pattern=pattern, val_every=val_every, ckpt_every=ckpt_every, workers=workers,
                      device=device, precision=precision, seed=seed, threads=threads,
                      init_from=init_from)
@@ -89,7 +94,7 @@ def train_command(
         if export_only:
             trainer = Trainer(config, out, resume=True, record_session=False)
             path = trainer.export()
-            console.print(f"exported step {trainer.step} of {config.steps} to {path}", highlight=False)
+            note(f"exported step {trainer.step} of {config.steps} to {path}")
             return
     else:
         if export_only:
@@ -118,9 +123,9 @@ def train_command(
         trainer.close()
     if is_main and not quiet:
         best = summary["best_val_psnr"]
-        console.print(f"trained {summary['step']} steps ({summary['elapsed_s'] / 60:.1f} min) into {out}"
-                      + (f"; best validation PSNR {best:.2f} dB" if math.isfinite(best) else "")
-                      + f"; export: {Path(out) / EXPORT_FILE}", highlight=False)
+        note(f"trained {summary['step']} steps ({summary['elapsed_s'] / 60:.1f} min) into {out}"
+             + (f"; best validation PSNR {best:.2f} dB" if math.isfinite(best) else "")
+             + f"; export: {Path(out) / EXPORT_FILE}")
 
 
 def _progress(quiet: bool):

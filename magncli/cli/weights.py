@@ -4,23 +4,20 @@ Thin wrappers over magncli.weights; --json prints machine-readable output on std
 """
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
 from magncli import weights as w
-from magncli.cli.app import app, cli_message
+from magncli.cli.common import cli_message, failure, note, out, print_json, stdout_console
 from magncli.errors import MagnError
 
-weights_app = typer.Typer(
+app = typer.Typer(
     name="weights",
     help="Pretrained checkpoints: list, download, verify, locate, add.",
     no_args_is_help=True,
 )
-app.add_typer(weights_app, name="weights")
 
 ManifestOpt = Annotated[Optional[Path], typer.Option(
     "--manifest", help="Manifest file [default: $MAGN_MANIFEST or the repository's weights/manifest.json].")]
@@ -31,19 +28,11 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar o
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, for scripts.")]
 
 
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
-
-def _error(message: str) -> None:
-    print(f"magn: error: {message}", file=sys.stderr)
-
-
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-@weights_app.command("list")
+@app.command("list")
 def list_cmd(manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, as_json: JsonOpt = False) -> None:
     """List the manifest's checkpoints and whether each is cached, shipped, remote or missing."""
     m = w.load_manifest(manifest)
@@ -55,12 +44,11 @@ def list_cmd(manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, as_jso
                      "status": status, "path": str(path) if path else None,
                      "default": e.default, "headline": e.headline_score()})
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
-        print(f"no pretrained checkpoints listed in {m.path} yet; pass --weights PATH", file=sys.stderr)
+        note(f"no pretrained checkpoints listed in {m.path} yet; pass --weights PATH")
         return
-    from rich.console import Console
     from rich.table import Table
     table = Table(title=f"checkpoints in {m.path}")
     for column in ("name", "task", "channels", "levels", "size", "status", "PSNR"):
@@ -69,11 +57,11 @@ def list_cmd(manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, as_jso
         table.add_row(r["name"] + (" *" if r["default"] else ""), r["task"],
                       "gray" if r["channels"] == 1 else "color", r["levels"] or "-",
                       _mb(r["size"]), r["status"], r["headline"] or "-")
-    Console().print(table)
-    print("* default for its task and channels", file=sys.stderr)
+    stdout_console.print(table)
+    note("* default for its task and channels")
 
 
-@weights_app.command("download")
+@app.command("download")
 def download_cmd(
     names: Annotated[Optional[List[str]], typer.Argument(help="Checkpoint names from the manifest.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Download every checkpoint of the manifest.")] = False,
@@ -96,17 +84,17 @@ def download_cmd(
             path = w.fetch_checkpoint(e, m, model_dir=model_dir, offline=True if offline else None, quiet=quiet)
             results.append({"name": e.name, "ok": True, "path": str(path), "error": None})
             if not as_json:
-                print(path)
+                out(str(path))
         except MagnError as err:
             results.append({"name": e.name, "ok": False, "path": None, "error": cli_message(err)})
-            _error(cli_message(err))
+            failure(str(err))
     if as_json:
-        _print_json(results)
+        print_json(results)
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
 
 
-@weights_app.command("verify")
+@app.command("verify")
 def verify_cmd(
     names: Annotated[Optional[List[str]], typer.Argument(help="Only these checkpoints [default: all].")] = None,
     manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, as_json: JsonOpt = False,
@@ -115,22 +103,22 @@ def verify_cmd(
     m = w.load_manifest(manifest)
     results = w.verify_local_files(m, model_dir, names)
     if as_json:
-        _print_json([{"name": r.name, "where": r.where, "path": str(r.path), "ok": r.ok,
+        print_json([{"name": r.name, "where": r.where, "path": str(r.path), "ok": r.ok,
                       "expected": r.expected, "actual": r.actual} for r in results])
     else:
         if not results:
-            print("no local checkpoint files to verify", file=sys.stderr)
+            note("no local checkpoint files to verify")
         for r in results:
-            print(f"{'ok' if r.ok else 'MISMATCH':8} {r.where:7} {r.path}")
+            out(f"{'ok' if r.ok else 'MISMATCH':8} {r.where:7} {r.path}")
     bad = [r for r in results if not r.ok]
     for r in bad:
-        _error(f"{r.path} ({r.name}) does not match its sha256: expected {r.expected}, got {r.actual}; "
+        failure(f"{r.path} ({r.name}) does not match its sha256: expected {r.expected}, got {r.actual}; "
                f"delete it and run `magn weights download {r.name}`")
     if bad:
         raise typer.Exit(1)
 
 
-@weights_app.command("path")
+@app.command("path")
 def path_cmd(
     name: Annotated[str, typer.Argument(help="Checkpoint name from the manifest.")],
     manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, as_json: JsonOpt = False,
@@ -141,7 +129,7 @@ def path_cmd(
     local = w.local_checkpoint(entry, m, model_dir=model_dir, quiet=as_json)
     target = local or (w.weights_cache_dir(model_dir) / entry.file)
     if as_json:
-        _print_json({"name": entry.name, "path": str(target), "exists": local is not None,
+        print_json({"name": entry.name, "path": str(target), "exists": local is not None,
                      "sha256": entry.sha256, "size": entry.size})
         if local is None:
             raise typer.Exit(1)
@@ -149,10 +137,10 @@ def path_cmd(
     if local is None:
         raise MagnError(f"checkpoint {name} is not downloaded yet (it would be at {target}); "
                         f"run `magn weights download {name}`")
-    print(local)
+    out(str(local))
 
 
-@weights_app.command("add")
+@app.command("add")
 def add_cmd(
     file: Annotated[Path, typer.Argument(help="The checkpoint file (.safetensors with magn metadata).")],
     name: Annotated[str, typer.Option("--name", help="Unique checkpoint name.")],
@@ -177,11 +165,11 @@ def add_cmd(
                              urls=urls or [], default=default, copy_file=copy_file,
                              manifest_path=manifest, replaces=replaces or [])
     m = w.load_manifest(manifest)
-    print(f"added {entry.name} ({entry.file}, {entry.size} bytes, sha256 {entry.sha256}) to {m.path}; "
-          f"record its scores with `magn weights scores {entry.name} RESULTS.json`", file=sys.stderr)
+    note(f"added {entry.name} ({entry.file}, {entry.size} bytes, sha256 {entry.sha256}) to {m.path}; "
+         f"record its scores with `magn weights scores {entry.name} RESULTS.json`")
 
 
-@weights_app.command("scores")
+@app.command("scores")
 def scores_cmd(
     name: Annotated[str, typer.Argument(help="Checkpoint name from the manifest.")],
     results: Annotated[List[Path], typer.Argument(help="`magn eval --model NAME --output X.json` results.")],
@@ -189,5 +177,4 @@ def scores_cmd(
 ) -> None:
     """Record a checkpoint's benchmark scores in the manifest from `magn eval` JSON results."""
     entry = w.record_scores(name, results, manifest_path=manifest)
-    print(f"recorded {len(entry.scores)} scores for {entry.name} in {w.load_manifest(manifest).path}",
-          file=sys.stderr)
+    note(f"recorded {len(entry.scores)} scores for {entry.name} in {w.load_manifest(manifest).path}")

@@ -11,12 +11,9 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from magncli.models.blocks import conv3x3  # = EDSR's default_conv at kernel 3 (fact A2)
+
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in EDSR
-
-
-def conv3x3(cin: int, cout: int) -> nn.Conv2d:
-    # EDSR's default_conv with kernel 3: zero padding 1, bias on (fact A2).
-    return nn.Conv2d(cin, cout, 3, padding=1, bias=True)
 
 
 class MeanShift(nn.Conv2d):

@@ -6,7 +6,9 @@ from torch import Tensor, nn
 
 
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, 3, padding=1)
+    """3x3 convolution, zero padding 1, bias on: MAGN's, and EDSR's default_conv at
+    kernel 3 (the DAGL/PANet ports' fact A2)."""
+    return nn.Conv2d(c_in, c_out, 3, padding=1, bias=True)
 
 
 class ResBlock(nn.Module):

@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magncli.models._edsr_blocks import MeanShift, ResBlock, conv3x3, detect_edsr_like, trunk_blocks
-from magncli.models.registry import register_arch
+from magncli.attention import rows_per_chunk
+from magncli.models._edsr_blocks import MeanShift, ResBlock, detect_edsr_like, trunk_blocks
+from magncli.models.blocks import conv3x3
+from magncli.models.registry import ModelFacts, register_arch
 
 DEFAULT_SCORE_BUDGET = 256 * 2**20  # bytes of per-chunk score temporaries
 
@@ -47,11 +49,6 @@ def same_padding(h: int, w: int, k: int, s: int) -> Tuple[int, int, int, int]:
     top, bottom = one(h)
     left, right = one(w)
     return left, right, top, bottom
-
-
-def chunk_rows(n_keys: int, budget_bytes: int, bytes_per_entry: int) -> int:
-    """Query rows per chunk so that the chunk's (rows x n_keys) temporaries fit the budget."""
-    return max(1, budget_bytes // max(1, n_keys * bytes_per_entry))
 
 
 def dynamic_knn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -78,7 +75,7 @@ def dynamic_knn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     thr, beta = thr.float().view(-1, 1), beta.float().view(-1, 1)
     n_q, n_k = q.shape[0], k.shape[0]
     # Temporaries per score entry: M (4 bytes), margin (4), pruned mask (1).
-    rows = min(n_q, rows or chunk_rows(n_k, budget_bytes, 9))
+    rows = min(n_q, rows or rows_per_chunk(1, n_k, budget_bytes, bytes_per_score=9))
     kt = k.t().contiguous()                         # (d, Lk): lets mm write straight into out=
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, thr, beta)):
         # Training: plain out-of-place ops so autograd works (it keeps every chunk's
@@ -228,6 +225,14 @@ class DAGL(nn.Module):
         self.body = nn.Sequential(*trunk[:half], CES(n_feats), *trunk[half:],
                                   conv3x3(n_feats, n_feats))
         self.tail = nn.Sequential(conv3x3(n_feats, in_channels))
+
+    @property
+    def facts(self) -> ModelFacts:
+        # Tiles at multiples of 4 keep the CE heads' stride-4 patch grid, as the official
+        # test-time tiles did; its own settings for those (gray/CAR, or demosaic).
+        color = self.head[0].in_channels == 3
+        return ModelFacts(in_channels=self.head[0].in_channels, size_multiple=4,
+                          chop_protocol="dagl-demosaic" if color else "dagl-gray")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.tail(self.body(self.head(x)))                      # B1

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from magncli.attention import graph_attention
 from magncli.models.blocks import ResBlock, conv3x3, pad_to_multiple
-from magncli.models.registry import register_arch
+from magncli.models.registry import ModelFacts, register_arch
 
 DEFAULT_CONFIG = dict(
     in_channels=3,
@@ -235,6 +235,13 @@ class MAGN(nn.Module):
         # steps). Zeroing the last conv is the usual fix for global-residual restorers.
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
+
+    @property
+    def facts(self) -> ModelFacts:
+        # No official test protocol: DAGL's gray forward_chop settings, whose multiple-of-4
+        # tiles suit the stride-4 patch graph.
+        return ModelFacts(in_channels=self.in_channels, size_multiple=self.multiple,
+                          graph_attention=True, chop_protocol="dagl-gray")
 
     def set_attention_backend(self, backend: Optional[str]) -> None:
         """Choose the graph-attention backend (None = automatic per device)."""

@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magncli.models._edsr_blocks import MeanShift, conv3x3, detect_edsr_like, trunk_blocks
-from magncli.models.registry import register_arch
+from magncli.attention import rows_per_chunk
+from magncli.models._edsr_blocks import MeanShift, detect_edsr_like, trunk_blocks
+from magncli.models.blocks import conv3x3
+from magncli.models.registry import ModelFacts, register_arch
 
 DEFAULT_SCORE_BUDGET = 256 * 2**20  # bytes of per-chunk score temporaries
 PYRAMID_RESIZE_MODES = ("floor_size", "scale_factor")
@@ -49,7 +51,7 @@ def pyramid_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out_dtype = v.dtype
     q, k, v = q.float(), k.float(), v.float()
     n_q, n_k = q.shape[0], k.shape[0]
-    rows = min(n_q, rows or max(1, budget_bytes // max(1, n_k * 4)))   # one float32 (r, L) buffer
+    rows = min(n_q, rows or rows_per_chunk(1, n_k, budget_bytes, bytes_per_score=4))  # one fp32 (r, L) buffer
     kt = k.t().contiguous()                                            # (288, L)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         # Training: out-of-place so autograd works (memory then grows with the graph).
@@ -160,6 +162,14 @@ class PANet(nn.Module):
                                   PyramidAttention(channel=n_feats, resize=pyramid_resize),
                                   *trunk[half:], conv3x3(n_feats, n_feats))
         self.tail = nn.Sequential(conv3x3(n_feats, in_channels))
+
+    @property
+    def facts(self) -> ModelFacts:
+        # 3x3 patches at stride 1 and a resized pyramid: no grid for tiles to keep. The
+        # official settings of EDSR's chop: DN_RGB for color models, CAR for gray ones.
+        color = self.head[0].in_channels == 3
+        return ModelFacts(in_channels=self.head[0].in_channels, size_multiple=1,
+                          chop_protocol="panet-rgb" if color else "panet-car")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.head(x)

@@ -1,13 +1,20 @@
 """The architecture registry: one name -> one constructor, its default config, and a
-detector that recognises the architecture from a state_dict.
+detector that recognises the architecture from a state_dict; and the facts a model states
+about itself for the inference engine.
 
     build_model("magn", in_channels=1)      -> nn.Module with a `.config` dict
     detect_arch(state_dict)                 -> ("dagl", {...config...})
+    facts(model)                            -> ModelFacts(in_channels=1, size_multiple=4, ...)
 
 Every registered model takes (B, C, H, W) float images (about [0, 1]) and returns the
 same shape; it pads internally to whatever multiple it needs. `model.config` is a plain
 JSON-serialisable dict that, given back to build_model, rebuilds the same architecture;
-checkpoints store it in their metadata.
+checkpoints store it in their metadata. Every registered model has a `facts` property
+(a ModelFacts computed from its config): the engine reads those and never guesses.
+
+Every architecture module is imported by magncli/models/__init__.py, which Python runs
+before this module can be imported, so every architecture is registered before the first
+lookup.
 """
 from __future__ import annotations
 
@@ -18,6 +25,32 @@ import torch
 from torch import nn
 
 Detector = Callable[[Mapping[str, torch.Tensor]], Optional[dict]]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the inference engine needs to know about a model, stated by its architecture
+    (as spandrel's descriptors state them) rather than guessed from its attributes."""
+
+    in_channels: Optional[int] = None   # channels of the images it takes and returns; None: any
+    size_multiple: int = 1              # tile origins snap to multiples of this, so that every
+                                        # tile sees the model's own grid (e.g. MAGN's stride-4
+                                        # patches) where the whole image has it
+    half_precision: bool = True         # may run under bf16/fp16 autocast
+    graph_attention: bool = False       # set_attention_backend(name) chooses its attention backend
+    chop_protocol: str = "dagl-gray"    # its official forward_chop settings (official_protocols.PROTOCOLS)
+
+
+# What a module that states nothing gets: any channel count, no grid, no backend to set.
+PLAIN_MODULE = ModelFacts()
+
+
+def facts(model) -> ModelFacts:
+    """The facts `model` states (every registered architecture does). Any other module
+    (a test's, one a Python user built) may state its own as a `facts` attribute; one
+    that states none is assumed to take any channel count and to have no grid."""
+    stated = getattr(model, "facts", None)
+    return stated if isinstance(stated, ModelFacts) else PLAIN_MODULE
 
 
 @dataclass
@@ -48,18 +81,11 @@ def register_arch(name: str, default_config: dict, detect: Optional[Detector] = 
     return wrap
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every architecture (one file per architecture).
-    import magncli.models  # noqa: F401
-
-
 def list_archs() -> Dict[str, ArchSpec]:
-    _ensure_loaded()
     return dict(_ARCHS)
 
 
 def get_arch(name: str) -> ArchSpec:
-    _ensure_loaded()
     base = name.split("-")[0] if name not in _ARCHS else name
     if base not in _ARCHS:
         known = ", ".join(sorted(_ARCHS))
@@ -94,7 +120,6 @@ def build_model(name: str, **overrides) -> nn.Module:
 
 def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, dict]:
     """Recognise the architecture and config from a state_dict's keys and shapes."""
-    _ensure_loaded()
     for spec in _ARCHS.values():
         if spec.detect is None:
             continue
@@ -102,4 +127,4 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, dict]:
         if config is not None:
             return spec.name, config
     raise ValueError("could not recognise the architecture from the checkpoint's keys "
-                     f"(first keys: {', '.join(list(state_dict)[:4])}); pass --arch")
+                     f"(first keys: {', '.join(list(state_dict)[:4])}); pass arch=NAME")

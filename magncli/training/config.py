@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from magncli.degrade import BAYER_PATTERNS, TASKS
+from magncli.degrade import BAYER_PATTERNS
 from magncli.errors import MagnError
 from magncli.models.registry import resolve_config
+from magncli.tasks import TASKS, get_task
 
 SCHEDULES = ("cosine", "multistep", "constant")
 # Keys that each replace another: giving one (in a later recipe or a flag) drops the other.
@@ -36,7 +37,7 @@ RESUMABLE = {"steps", "val_every", "ckpt_every", "log_every", "workers", "device
 class TrainConfig:
     """Every setting of a training run. Defaults are the paper's (MAGN Sec. IV-A)."""
 
-    task: str = "denoise"                 # denoise | dejpeg | demosaic
+    task: str = "denoise"                 # a name of tasks.TASKS: denoise | dejpeg | demosaic
     data: str = ""                        # folder of clean images, or a folder name under the data root
     val: str = ""                         # validation folder or test-set name ("" = no validation)
     val_holdout: int = 0                  # validate on N images held out of `data` instead (never trained on)
@@ -89,29 +90,35 @@ class TrainConfig:
     seed: int = 0
 
     # ------------------------------------------------------------------ derived
+    # The recipe's settings of a task's level are named after the level (sigma, qualities):
+    # each pair below is one setting of the level(s) trained for and one of a [lo, hi] range.
     def levels(self) -> Dict[str, Any]:
         """What the model is trained for, as checkpoint metadata records it."""
-        if self.task == "denoise":
+        key = get_task(self.task).level_key
+        if key == "sigma":
             return {"sigma": self.sigma} if self.sigma is not None else {"sigma_range": self.sigma_range}
-        if self.task == "dejpeg":
+        if key == "quality":
             return {"qualities": self.qualities} if self.qualities else {"quality_range": self.quality_range}
         return {"pattern": self.pattern}
 
     def validation_levels(self) -> List[float]:
-        """The levels validation scores (the mean is the run's validation PSNR)."""
-        if self.task == "demosaic":
+        """The levels validation scores (the mean is the run's validation PSNR): those
+        asked for, else those trained for, else the task's default levels inside the
+        trained range (its middle if none is)."""
+        task = get_task(self.task)
+        if task.level_key is None:
             return []
         if self.val_levels:
             return list(self.val_levels)
-        if self.task == "denoise":
-            if self.sigma is not None:
-                return [self.sigma]
-            lo, hi = self.sigma_range
-            return [s for s in (15, 25, 50) if lo <= s <= hi] or [(lo + hi) / 2]
-        if self.qualities:
-            return list(self.qualities)
-        lo, hi = self.quality_range
-        return [q for q in (10, 20, 30, 40) if lo <= q <= hi] or [(lo + hi) // 2]
+        if task.level_key == "sigma":
+            trained, span = ([self.sigma] if self.sigma is not None else None), self.sigma_range
+        else:
+            trained, span = self.qualities, self.quality_range
+        if trained:
+            return list(trained)
+        lo, hi = span
+        middle = (lo + hi) // 2 if task.level_key == "quality" else (lo + hi) / 2   # qualities are integers
+        return [v for v in task.default_levels if lo <= v <= hi] or [middle]
 
     def check(self) -> "TrainConfig":
         """Raise MagnError for any setting that cannot work; returns self."""
@@ -120,6 +127,7 @@ class TrainConfig:
                 raise MagnError(message)
 
         need(self.task in TASKS, f"unknown task {self.task!r}; tasks: {', '.join(TASKS)}")
+        task = get_task(self.task)
         need(self.channels in (1, 3), f"channels must be 1 or 3, not {self.channels}")
         try:  # the model is built only after the run folder exists: fail before that
             resolve_config(self.arch, in_channels=self.channels, **self.model)
@@ -129,7 +137,8 @@ class TrainConfig:
             lo_hi = self.saturation_range
             need(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],
                  f"saturation_range must be [lo, hi] with 0 <= lo <= hi, not {lo_hi}")
-        need(self.task != "demosaic" or self.channels == 3, "demosaic trains color models (channels 3)")
+        need(task.model_channels(self.channels) == self.channels,
+             f"{task.name} trains {task.model_channels(self.channels)}-channel models (channels 3)")
         need(self.batch >= 1 and self.patch >= 8 and self.steps >= 1,
              "batch and steps must be positive and patch at least 8")
         need(self.patch % 4 == 0, f"patch must be a multiple of 4 (the patch graph's stride), not {self.patch}")
@@ -144,17 +153,17 @@ class TrainConfig:
         need(not (self.val and self.val_holdout),
              "give either val (a folder or set) or val_holdout (images held out of data), not both")
         need(self.val_crop == 0 or self.val_crop >= 16, "val_crop must be 0 (whole images) or >= 16")
-        if self.task == "denoise":
+        if task.level_key == "sigma":
             need((self.sigma is None) != (self.sigma_range is None),
-                 "denoise needs exactly one of sigma (e.g. 25) and sigma_range (e.g. 0,55)")
+                 f"{task.name} needs exactly one of sigma (e.g. 25) and sigma_range (e.g. 0,55)")
             if self.sigma_range is not None:
                 need(len(self.sigma_range) == 2 and 0 <= self.sigma_range[0] <= self.sigma_range[1],
                      f"sigma_range must be lo,hi with 0 <= lo <= hi, not {self.sigma_range}")
             else:
                 need(math.isfinite(self.sigma) and self.sigma >= 0, f"sigma must be >= 0, not {self.sigma}")
-        if self.task == "dejpeg":
+        if task.level_key == "quality":
             need((self.qualities is None) != (self.quality_range is None),
-                 "dejpeg needs exactly one of qualities (e.g. [10, 20, 30, 40]) and quality_range (e.g. 10,40)")
+                 f"{task.name} needs exactly one of qualities (e.g. [10, 20, 30, 40]) and quality_range (e.g. 10,40)")
             chosen = self.qualities or self.quality_range
             need(len(chosen) >= 1 and all(1 <= int(q) <= 100 and int(q) == q for q in chosen),
                  f"JPEG qualities must be integers from 1 to 100, not {chosen}")
@@ -165,7 +174,7 @@ class TrainConfig:
                 need(self.quality_range is not None and len(f) == 3 and 1 <= f[0] <= f[1] <= 100
                      and 0 <= f[2] <= 1, f"quality_focus must be [lo, hi, probability] beside a "
                                          f"quality_range, not {f}")
-        if self.task == "demosaic":
+        if task.mosaic:
             need(self.pattern in BAYER_PATTERNS + ("random",),
                  f"unknown Bayer pattern {self.pattern!r}; use {', '.join(BAYER_PATTERNS)} or random")
         return self

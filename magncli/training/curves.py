@@ -9,7 +9,7 @@ from typing import List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from magncli.datasets import write_file_atomic
+from magncli.fileio import write_file_atomic
 
 PANEL_W, PANEL_H = 640, 300
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 70, 20, 30, 40

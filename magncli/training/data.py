@@ -29,9 +29,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from magncli.datasets import list_images, resolve_data_root
-from magncli.degrade import BAYER_PATTERNS, make_degradation, rgb_to_y_studio
+from magncli.degrade import BAYER_PATTERNS, DEFAULT_PATTERN, DEFAULT_SEED
 from magncli.errors import MagnError
 from magncli.images import read_image, to_float
+from magncli.metrics import rgb_to_y_studio
+from magncli.tasks import get_task
 from magncli.training.config import TrainConfig
 
 # --------------------------------------------------------------------------- files
@@ -39,7 +41,7 @@ from magncli.training.config import TrainConfig
 def resolve_data_folder(name: str) -> Path:
     """A folder path, else a folder of that name under the data root ($MAGN_DATA, ...)."""
     if not name:
-        raise MagnError("no training data: pass --data DIR (or set data in the recipe)")
+        raise MagnError("no training data: pass data=DIR (or set data in the recipe)")
     path = Path(name).expanduser()
     if path.is_dir():
         return path
@@ -135,7 +137,7 @@ def convert_channels(x: np.ndarray, channels: int, task: str) -> np.ndarray:
         return x
     if channels == 3:
         return np.repeat(x, 3, axis=2)
-    if task == "dejpeg":
+    if get_task(task).gray_is_studio_y:
         return rgb_to_y_studio(x).astype(np.float32)[..., None]
     return cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY)[..., None]
 
@@ -147,37 +149,41 @@ def scale_saturation(x: np.ndarray, factor: float) -> np.ndarray:
 
 
 class PatchDegradation:
-    """The task's random degradation of one clean float32 (H, W, C) patch."""
+    """The task's random degradation of one clean float32 (H, W, C) patch. What is drawn,
+    in this order, from the sample's generator: the level as the recipe sets it, the noise
+    seed of a random task, the pattern of a Bayer task (so the data stream of a run
+    depends on its recipe alone)."""
 
     def __init__(self, config: TrainConfig):
-        self.task = config.task
+        self.task = get_task(config.task)
         self.sigma, self.sigma_range = config.sigma, config.sigma_range
         self.qualities, self.quality_range = config.qualities, config.quality_range
         self.quality_focus = config.quality_focus
         self.patterns = BAYER_PATTERNS if config.pattern == "random" else (config.pattern,)
 
-    def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Draw this sample's level, then apply the eval protocol's own Degradation."""
-        if self.task == "denoise":
-            sigma = self.sigma if self.sigma is not None else rng.uniform(*self.sigma_range)
-            # The eval noise stream, seeded from this sample's generator.
-            degradation = make_degradation("denoise", float(sigma), seed=int(rng.integers(2 ** 32)))
-        elif self.task == "dejpeg":
+    def _level(self, rng: np.random.Generator):
+        """This sample's level from the recipe's settings of it (see TrainConfig.levels)."""
+        if self.task.level_key == "sigma":
+            return self.sigma if self.sigma is not None else rng.uniform(*self.sigma_range)
+        if self.task.level_key == "quality":
             if self.qualities:
-                quality = self.qualities[int(rng.integers(len(self.qualities)))]
-            else:
-                lo, hi = self.quality_range
-                # Drawn only when set, so runs without it keep their exact data stream.
-                if self.quality_focus is not None and rng.random() < self.quality_focus[2]:
-                    lo, hi = self.quality_focus[:2]
-                quality = int(rng.integers(int(lo), int(hi) + 1))
-            degradation = make_degradation("dejpeg", int(quality))
-        else:
-            # Every pattern is GRBG seen from an origin shifted by one pixel (down, right or
-            # both), so random patterns teach one model all four phases.
-            pattern = self.patterns[int(rng.integers(len(self.patterns)))]
-            degradation = make_degradation("demosaic", pattern=pattern)
-        return degradation.apply(clean)
+                return self.qualities[int(rng.integers(len(self.qualities)))]
+            lo, hi = self.quality_range
+            # Drawn only when set, so runs without it keep their exact data stream.
+            if self.quality_focus is not None and rng.random() < self.quality_focus[2]:
+                lo, hi = self.quality_focus[:2]
+            return int(rng.integers(int(lo), int(hi) + 1))
+        return None
+
+    def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Draw this sample's degradation, then apply it as the eval protocol does."""
+        level = self._level(rng)
+        # The eval noise stream, seeded from this sample's generator.
+        seed = int(rng.integers(2 ** 32)) if self.task.seeded else DEFAULT_SEED
+        # Every pattern is GRBG seen from an origin shifted by one pixel (down, right or
+        # both), so random patterns teach one model all four phases.
+        pattern = self.patterns[int(rng.integers(len(self.patterns)))] if self.task.mosaic else DEFAULT_PATTERN
+        return self.task.degradation(level, seed, pattern).apply(clean)
 
 
 class PatchDataset(Dataset):

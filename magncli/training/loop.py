@@ -3,12 +3,14 @@
     trainer = Trainer(load_config(["train/denoise-gray-s25.toml"]), "runs/s25")
     summary = trainer.run()                 # trains to config.steps, writes the run folder
     Trainer(load_run_config("runs/s25"), "runs/s25", resume=True).run()   # continues it
+                                            # (load_run_config: training/runstate.py)
 
 One step: a batch of degraded/clean patches -> model (autocast bf16/fp16 on CUDA) -> MSE
 -> backward (GradScaler for fp16) -> gradient clipping -> Adam -> LR schedule -> EMA.
 
 The run folder (only rank 0 writes; every file is written to a temporary name and
-os.replace'd, so a kill at any moment leaves the previous version intact):
+os.replace'd, so a kill at any moment leaves the previous version intact; the names,
+the EMA and the RNG states are in training/runstate.py):
 
     config.toml                the settings actually used
     log.jsonl                  one JSON record per log interval, validation and event
@@ -31,13 +33,10 @@ before each forward); the weights are the same on every rank.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import os
-import platform
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -49,31 +48,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from magncli import __version__
 from magncli.checkpoints import load_state_dict_strict, save_checkpoint
-from magncli.datasets import write_file_atomic
 from magncli.errors import MagnError
-from magncli.fileio import atomic_path
-from magncli.evaluate import git_commit
+from magncli.fileio import write_file_atomic
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
-from magncli.models.registry import build_model
-from magncli.training.config import (RESUMABLE, TrainConfig, config_from_dict, config_to_toml,
-                                     merge, read_recipe)
+from magncli.models.registry import build_model, facts
+from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
 from magncli.training.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
+from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EMA, EXPORT_FILE, LATEST_FILE,
+                                       LOG_FILE, STATE_FILE, atomic_torch_save, cpu_state, hardware_string,
+                                       read_log, rng_states, set_rng_states)
+from magncli.version import __version__, git_commit
 
 log = logging.getLogger("magn")
 
-CONFIG_FILE = "config.toml"
-LOG_FILE = "log.jsonl"
-CURVES_FILE = "curves.png"
-STATE_FILE = "state_latest.pt"
-LATEST_FILE = "model_latest.safetensors"
-BEST_FILE = "model_best.safetensors"
-EXPORT_FILE = "export.safetensors"
-
-
-# --------------------------------------------------------------------------- pieces
+# --------------------------------------------------------------------------- schedule
 
 def lr_factor(config: TrainConfig, step: int) -> float:
     """Learning rate / config.lr at `step` (a pure function, so resuming needs no state):
@@ -88,100 +78,6 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     if config.schedule == "multistep":
         return config.gamma ** sum(step >= m for m in config.milestones)
     return 1.0
-
-
-class EMA:
-    """Exponential moving average of the weights: the model that is validated and exported.
-
-    ema = d * ema + (1 - d) * weights, with d = min(decay, (1 + n) / (10 + n)) after n
-    updates: early on the average follows the weights instead of remembering the random
-    initialisation (which would make short runs look untrained). Buffers (BatchNorm
-    running statistics) are copied, not averaged."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1.0 - d)
-        for ema_b, b in zip(self.model.buffers(), model.buffers()):
-            ema_b.copy_(b)
-        self.updates += 1
-
-
-def rng_states() -> dict:
-    """torch, CUDA, numpy and Python RNG states as tensors, lists and numbers only, so that
-    torch.load(weights_only=True) reads them back (numpy's own state holds an ndarray)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    n = states["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = states["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def read_log(path: Path) -> List[dict]:
-    """log.jsonl records; a torn last line (the process was killed mid-write) is dropped."""
-    records = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return records
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
-
-
-def hardware_string(device: torch.device, world: int) -> str:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-    return f"{world}x {name}" if world > 1 else name
-
-
-def _cpu_state(module: nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def load_run_config(run_dir, overrides: Optional[dict] = None) -> TrainConfig:
-    """The config a run folder was started with (for --resume), with `overrides` applied."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise MagnError(f"cannot resume: {path} does not exist (is {run_dir} a run folder?)")
-    settings = merge(read_recipe(path), {k: v for k, v in (overrides or {}).items() if v is not None})
-    return config_from_dict(settings)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -253,7 +149,8 @@ class Trainer:
         if config.init_from and not resume:
             self.warm_start = self._load_init_weights(config.init_from)
         self.model = self.model.to(self.device, memory_format=self.memory_format)
-        self.model.set_attention_backend(config.backend)
+        if facts(self.model).graph_attention:
+            self.model.set_attention_backend(config.backend)
         self.model.train()
         self.ema = EMA(self.model, config.ema_decay)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=tuple(config.betas))
@@ -286,8 +183,8 @@ class Trainer:
         if resume and not state.is_file():
             raise MagnError(f"cannot resume: {state} does not exist")
         if not resume and state.exists():
-            raise MagnError(f"{self.run_dir} already holds a run; pass --resume to continue it "
-                            "or choose another --out")
+            raise MagnError(f"{self.run_dir} already holds a run; pass resume=True to continue it, "
+                            "or another run_dir=FOLDER")
 
     def _start_run_dir(self, resume: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -339,7 +236,7 @@ class Trainer:
         """The resume point: tensors, numbers, strings and containers only (weights_only)."""
         return {"step": self.step, "best_psnr": self.best_psnr, "elapsed_s": self.elapsed_s,
                 "cpu_s": self.cpu_s,
-                "model": _cpu_state(self.model), "ema": _cpu_state(self.ema.model),
+                "model": cpu_state(self.model), "ema": cpu_state(self.ema.model),
                 "ema_updates": self.ema.updates,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng_states(),
@@ -423,7 +320,7 @@ class Trainer:
         loss = F.mse_loss(restored.float(), clean)
         if not torch.isfinite(loss):
             raise MagnError(f"the loss became {loss.item()} at step {self.step + 1}; "
-                            "lower --lr or use fp32")
+                            "lower lr= or use precision=fp32")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:

@@ -2,8 +2,8 @@
 
 The validation images are loaded and degraded once, exactly as `magn eval` does
 (datasets.load_ground_truth, Degradation.apply with a fixed seed); each validation then
-runs the model through evaluate.evaluate_method, i.e. inference.restore_array (the
-same tiles and blending) and metrics.psnr. So a validation PSNR is a `magn eval` number
+runs the model through evaluate.evaluate_method, i.e. tasks.restore_for_task (the
+same task view, tiles and blending as `magn restore`) and metrics.psnr. So a validation PSNR is a `magn eval` number
 on those (optionally cropped) images.
 """
 from __future__ import annotations
@@ -15,18 +15,12 @@ import numpy as np
 from torch import nn
 
 from magncli import datasets
-from magncli.degrade import DEFAULT_PATTERN, make_degradation
+from magncli.degrade import DEFAULT_PATTERN
 from magncli.evaluate import BASELINES, evaluate_method, model_method
+from magncli.images import center_crop
 from magncli.inference import InferenceOptions
+from magncli.tasks import get_task
 from magncli.training.config import TrainConfig
-
-
-def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    if not size:
-        return img
-    top = max(0, (img.shape[0] - size) // 2)
-    left = max(0, (img.shape[1] - size) // 2)
-    return img[top:top + size, left:left + size]
 
 
 class Validator:
@@ -46,14 +40,12 @@ class Validator:
         files = list(files)[:config.val_images or None]
         mode = "gray" if config.channels == 1 else "color"
         self.stems = [p.stem for p in files]
-        self.truths = [_center_crop(datasets.load_ground_truth(p, mode), config.val_crop)
+        self.truths = [center_crop(datasets.load_ground_truth(p, mode), config.val_crop)
                        for p in files]                                         # float32 (H, W, C)
-        if config.task == "demosaic":  # a model trained on random patterns is scored on GRBG
-            pattern = config.pattern if config.pattern != "random" else DEFAULT_PATTERN
-            self.degradations = [make_degradation("demosaic", pattern=pattern)]
-        else:
-            self.degradations = [make_degradation(config.task, level, seed=config.val_seed)
-                                 for level in config.validation_levels()]
+        # A model trained on random Bayer patterns is scored on GRBG.
+        pattern = config.pattern if config.pattern != "random" else DEFAULT_PATTERN
+        self.degradations = get_task(config.task).degradations(config.validation_levels(),
+                                                               config.val_seed, pattern)
         self.inputs = [[d.apply(t) for t in self.truths] for d in self.degradations]
         self.options = options
         self.input_psnr = self._score(BASELINES["input"])

@@ -27,7 +27,7 @@ from magncli.weights.authoring import (add_checkpoint, levels_from_metadata, par
 from magncli.weights.cache import (ENV_HOME, ENV_OFFLINE, VerifyResult, file_sha256, is_offline,
                                    is_verified, verify_local_files, weights_cache_dir)
 from magncli.weights.download import download_file
-from magncli.weights.manifest import (CHECKPOINT_SUFFIXES, ENV_MANIFEST, LEVEL_KEY, Manifest,
+from magncli.weights.manifest import (CHECKPOINT_SUFFIXES, ENV_MANIFEST, Manifest,
                                       WeightsEntry, default_manifest_path, load_manifest,
                                       parse_manifest, save_manifest, unsafe_file_name)
 from magncli.weights.resolve import (ENV_MIRROR, candidate_urls, entry_status, fetch_checkpoint,
@@ -36,7 +36,7 @@ from magncli.weights.selection import select_default
 
 __all__ = [
     # manifest
-    "ENV_MANIFEST", "LEVEL_KEY", "CHECKPOINT_SUFFIXES", "WeightsEntry", "Manifest",
+    "ENV_MANIFEST", "CHECKPOINT_SUFFIXES", "WeightsEntry", "Manifest",
     "default_manifest_path", "load_manifest", "parse_manifest", "save_manifest", "unsafe_file_name",
     # selection
     "select_default",

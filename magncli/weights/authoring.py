@@ -17,13 +17,14 @@ from typing import List, Optional, Sequence
 from magncli.errors import MagnError
 from magncli.fileio import atomic_path
 from magncli.weights.cache import file_sha256
-from magncli.weights.manifest import (LEVEL_KEY, PROVENANCE_KEYS, WeightsEntry, load_manifest,
+from magncli.tasks import TASKS, get_task
+from magncli.weights.manifest import (PROVENANCE_KEYS, WeightsEntry, load_manifest,
                                       parse_manifest, save_manifest)
 
 
 def parse_levels(task: str, text: Optional[str]) -> dict:
     """'25' or '15,25,50' -> {"sigma": [...]}; '0-55' -> {"sigma_range": [0, 55]} (blind)."""
-    key = LEVEL_KEY.get(task)
+    key = get_task(task).level_key
     if key is None:
         if text:
             raise MagnError(f"{task} has no levels; drop levels={text!r}")
@@ -51,7 +52,7 @@ def parse_levels(task: str, text: Optional[str]) -> dict:
 def levels_from_metadata(task: str, meta: dict) -> dict:
     """The manifest's level fields from a checkpoint's metadata as `magn train` writes it
     ({"sigma_range": [0, 55]}, {"qualities": [10, 20]}, ...); {} if it records none."""
-    key = LEVEL_KEY.get(task)
+    key = get_task(task).level_key
     if key is None:
         return {}
     plural = {"sigma": "sigma", "quality": "qualities"}[key]
@@ -88,10 +89,8 @@ def add_checkpoint(file, *, name: str, task: Optional[str] = None, channels: Opt
         task = meta.get("task")
         if task is None:
             raise MagnError(f"{file}: its metadata does not say the task; pass task=NAME "
-                            f"({', '.join(LEVEL_KEY)})")
-    if task not in LEVEL_KEY:
-        raise MagnError(f"unknown task {task!r} (known: {', '.join(LEVEL_KEY)})")
-    if levels or LEVEL_KEY[task] is None:
+                            f"({', '.join(TASKS)})")
+    if levels or get_task(task).level_key is None:
         serves_levels = parse_levels(task, levels)
     else:  # what `magn train` recorded; parse_levels then asks for levels
         serves_levels = levels_from_metadata(task, meta) or parse_levels(task, levels)

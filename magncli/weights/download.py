@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-import magncli
 from magncli.errors import MagnError
+from magncli.version import __version__
 from magncli.weights import cache
 
 # Download policy, read at call time: tests (and, if ever needed, callers) shorten it by
@@ -116,7 +116,7 @@ def _fetch_to_part(url: str, part: Path, *, sha256: Optional[str], size: Optiona
     # trust_env stays True: requests then honours HTTP(S)_PROXY, NO_PROXY and .netrc.
     session = requests.Session()
     # identity: byte offsets for Range must refer to the file, not to a gzip stream.
-    base_headers = {"User-Agent": f"magn/{magncli.__version__}", "Accept-Encoding": "identity"}
+    base_headers = {"User-Agent": f"magn/{__version__}", "Accept-Encoding": "identity"}
     failures = 0
     restarted = False  # one free restart from zero when the partial file proves stale
     try:

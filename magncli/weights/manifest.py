@@ -13,16 +13,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-import magncli
 from magncli.errors import MagnError
 from magncli.fileio import atomic_write_text
+from magncli.tasks import TASKS
 
 ENV_MANIFEST = "MAGN_MANIFEST"
 
-# Which option carries the degradation level for each task; None: the task has no level.
-LEVEL_KEY: Dict[str, Optional[str]] = {"denoise": "sigma", "dejpeg": "quality", "demosaic": None}
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -42,7 +40,7 @@ _SCORE_OPTIONAL = {"level", "ssim", "psnr_y", "ssim_y", "channels", "n_images", 
 class WeightsEntry:
     """One checkpoint of the manifest (see weights/README.md for the fields)."""
     name: str
-    task: str                       # "denoise" | "dejpeg" | "demosaic"
+    task: str                       # a name of tasks.TASKS
     channels: int                   # 1 (gray) or 3 (color)
     levels: Tuple[float, ...]       # the levels it was trained for (per-level model)
     level_range: Optional[Tuple[float, float]]  # (lo, hi) for a blind model, else None
@@ -62,7 +60,7 @@ class WeightsEntry:
 
     @property
     def level_key(self) -> Optional[str]:
-        return LEVEL_KEY[self.task]
+        return TASKS[self.task].level_key
 
     def serves(self, level) -> bool:
         """Whether this checkpoint is meant for images degraded at `level`."""
@@ -120,7 +118,7 @@ def default_manifest_path() -> Path:
     env = os.environ.get(ENV_MANIFEST)
     if env:
         return Path(env).expanduser()
-    package = Path(magncli.__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]                     # magncli/
     checkout = package.parent / "weights" / "manifest.json"
     return checkout if checkout.is_file() else package / "_weights" / "manifest.json"
 
@@ -236,9 +234,9 @@ def _parse_serves(serves, label):
     if not isinstance(serves, dict):
         raise MagnError(f"{where}: must be a JSON object like {{\"task\": \"denoise\", \"channels\": 1, \"sigma\": [25]}}")
     task = serves.get("task")
-    if task not in LEVEL_KEY:
-        raise MagnError(f"{where}: task must be one of {', '.join(LEVEL_KEY)}, not {task!r}")
-    key = LEVEL_KEY[task]
+    if task not in TASKS:
+        raise MagnError(f"{where}: task must be one of {', '.join(TASKS)}, not {task!r}")
+    key = TASKS[task].level_key
     allowed = {"task", "channels"} | ({key, f"{key}_range"} if key else set())
     _check_keys(serves, {"task", "channels"}, allowed, where)
     channels = serves["channels"]

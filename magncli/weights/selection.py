@@ -10,7 +10,8 @@ import logging
 from typing import List, Optional
 
 from magncli.errors import MagnError
-from magncli.weights.manifest import (LEVEL_KEY, Manifest, WeightsEntry, describe_channels, format_number,
+from magncli.tasks import get_task
+from magncli.weights.manifest import (Manifest, WeightsEntry, describe_channels, format_number,
                                       load_manifest)
 
 log = logging.getLogger("magn")
@@ -31,10 +32,8 @@ def select_default(task: str, channels: int, level=None, *, manifest: Optional[M
     a level: the entry flagged default, else a blind one, else the only one. A MagnError
     says what is missing and how to pass weights= instead.
     """
-    if task not in LEVEL_KEY:
-        raise MagnError(f"unknown task {task!r} (known: {', '.join(LEVEL_KEY)})")
+    key = get_task(task).level_key
     manifest = manifest or load_manifest()
-    key = LEVEL_KEY[task]
     candidates = [e for e in manifest.entries if e.task == task and e.channels == channels]
     if not candidates:
         raise MagnError(f"no pretrained {task} model for {describe_channels(channels)} images yet; "

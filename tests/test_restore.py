@@ -1,10 +1,9 @@
-"""Several restores at once (issue 18): the OpenMP wait policy that lets several magn
-processes share cores, and `restore --jobs N` (threads in one process)."""
+"""magncli/restore.py: restore_files, several images at once in one process (`restore
+--jobs N`, issue 18): the same bytes, input order, one model load, clean stops."""
 import json
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from magncli.checkpoints import save_checkpoint
-from magncli.cli.app import _register, app
+from magncli.cli.app import app
 from magncli.errors import MagnError
 from magncli.images import Image, read_image, write_image
 from magncli.inference import InferenceOptions
@@ -22,57 +21,7 @@ from magn_testkit import TINY, random_magn
 import hostile_kit
 
 REPO = Path(__file__).resolve().parents[1]
-_register()
 runner = CliRunner()
-
-
-# --------------------------------------------------------------------------- wait policy
-def _child(code: str, **env) -> subprocess.CompletedProcess:
-    """`code` in a fresh interpreter importing this checkout's magncli, with
-    OMP_WAIT_POLICY taken out of the environment unless given in `env`, and libgomp
-    asked to print its settings (OMP_DISPLAY_ENV=verbose) on stderr."""
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    base.update(OMP_DISPLAY_ENV="verbose", OMP_NUM_THREADS="1", **env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=base, capture_output=True,
-                          text=True, timeout=120)
-
-
-def _spin_count(stderr: str):
-    """libgomp's GOMP_SPINCOUNT as it printed it: 0 means passive waiting."""
-    for line in stderr.splitlines():
-        if line.strip().startswith("GOMP_SPINCOUNT"):
-            return line.split("=")[1].strip().strip("'")
-    return None       # not GNU OpenMP: nothing to check beyond the variable
-
-
-def test_a_fresh_process_waits_passively():
-    res = _child("import os, magncli, torch; torch.ones(2).sum(); print(os.environ.get('OMP_WAIT_POLICY'))")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "PASSIVE"
-    assert _spin_count(res.stderr) in ("0", None)      # in effect in the OpenMP runtime
-
-
-def test_a_users_wait_policy_is_kept():
-    res = _child("import os, magncli, torch; print(os.environ['OMP_WAIT_POLICY'])", OMP_WAIT_POLICY="ACTIVE")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "ACTIVE"
-    assert _spin_count(res.stderr) in ("30000000000", None)
-
-
-def test_no_policy_is_claimed_once_torch_was_loaded_first():
-    # The runtime read its settings when torch loaded: setting the variable then would
-    # say something that is not in effect.
-    res = _child("import os, torch, magncli; print(os.environ.get('OMP_WAIT_POLICY'))")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "None"
-
-
-def test_the_policy_is_set_before_torch_in_the_package():
-    text = (REPO / "magncli" / "__init__.py").read_text()
-    assert text.index("set_default_wait_policy()") < min(
-        text.index(m) for m in ("from magncli.checkpoints", "from magncli.inference", "import torch")
-        if m in text)
 
 
 # --------------------------------------------------------------------------- --jobs
@@ -237,23 +186,3 @@ def test_stopping_early_leaves_no_claims_or_temporaries(tmp_path, ckpt, threads)
     for p in out.iterdir():                                                  # what was written is whole
         assert read_image(p).pixels.shape[2] == 3
     assert not [t for t in threading.enumerate() if t.name.startswith("magn-restore")]
-
-
-def test_a_claim_survives_its_folder_being_removed_by_a_failed_claim(tmp_path, monkeypatch):
-    # Thread A made out/sub for its output and failed (its image was bad), removing the
-    # folder, between thread B's mkdir and B's lock: B makes the folder again.
-    from magncli import fileio
-    real, calls = fileio._try_lock, []
-
-    def folder_gone_once(lock):
-        calls.append(lock)
-        if len(calls) == 1:
-            os.rmdir(lock.parent)
-        return real(lock)
-
-    monkeypatch.setattr(fileio, "_try_lock", folder_gone_once)
-    target = tmp_path / "out" / "sub" / "a.png"
-    with fileio.claim_output(target):
-        fileio.atomic_write_bytes(target, b"data", exclusive=True)
-    assert target.read_bytes() == b"data" and len(calls) == 2
-    assert os.listdir(target.parent) == ["a.png"]

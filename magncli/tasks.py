@@ -1,0 +1,230 @@
+"""The restoration tasks: one Task per task, registered by name as architectures are.
+
+    task = get_task("dejpeg")
+    degradation = task.degradation(20)            # Degradation(task="dejpeg", level=20)
+    degraded = degradation.apply(clean)           # float32 (H, W, C) -> degraded (H, W, C)
+    restored = restore_for_task(model, degraded, "dejpeg", options=options)
+
+A Task holds everything that differs between tasks: the name of its one level (sigma,
+quality, or none) and its default levels, how a level is checked, how an image is
+degraded, how a model sees the degraded image (a Bayer mosaic is shifted into the GRBG
+phase the models take, its tiles keep the Bayer period, and the output is cropped
+back), whether an image file states its level, and how results are scored.
+`restore_for_task` is the one way `magn restore`, `magn eval` and training validation
+run a model on an image.
+
+Adding a task is one `register_task(Task(...))` below. What it is benchmarked on is
+data (datasets.TEST_SETS); a task that trains also needs its level settings in the
+training recipes (training/config.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from torch import nn
+
+from magncli.degrade import (DEFAULT_PATTERN, DEFAULT_SEED, add_gaussian_noise, align_mosaic, bayer_mosaic,
+                             cfa_to_mosaic, check_pattern, check_quality, check_sigma, jpeg_compress,
+                             jpeg_encode)
+from magncli.errors import MagnError
+from magncli.images import Image
+from magncli.inference import InferenceOptions, ProgressCallback, restore_array
+from magncli.jpeg_quality import estimate_jpeg_quality
+
+# The Bayer period: tiles of a mosaic start on even rows and columns, in the same phase.
+BAYER_PERIOD = 2
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """One task's degradation with its parameters; `as_dict()` is what results and
+    manifests record, e.g. {"task": "denoise", "sigma": 25, "seed": 0}."""
+
+    task: str
+    level: Optional[float] = None    # the task's level (sigma on the 0-255 scale, JPEG quality); None: no level
+    pattern: Optional[str] = None    # Bayer tasks: the pattern of the mosaic
+    seed: Optional[int] = None       # random tasks: the RandomState seed of every image
+
+    @property
+    def label(self) -> str:
+        """The task's parameter as a short table label: "σ25", "q10" or "grbg"."""
+        task = get_task(self.task)
+        return f"{task.level_label}{self.level:g}" if task.level_key else self.pattern
+
+    def as_dict(self) -> dict:
+        key = get_task(self.task).level_key                  # "sigma", "quality" or None
+        record = {"task": self.task, **({key: self.level} if key else {}),
+                  "pattern": self.pattern, "seed": self.seed}
+        return {k: v for k, v in record.items() if v is not None}
+
+    def apply(self, img: np.ndarray) -> np.ndarray:
+        """img float32 (H, W, C) in [0, 1] -> degraded float32 (H, W, C)."""
+        return get_task(self.task).degrade(img, self)
+
+
+def _no_level(level) -> float:
+    raise AssertionError("unreachable: Task.check_level refuses levels for a task without one")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One restoration task: what differs from the others, in one place."""
+
+    name: str
+    degrade: Callable[[np.ndarray, Degradation], np.ndarray]   # float32 (H, W, C) -> degraded
+    level_key: Optional[str] = None                     # the name of its level ("sigma"); None: none
+    level_label: str = ""                               # the level's prefix in table labels ("σ")
+    default_levels: Tuple[float, ...] = ()              # what eval and validation score when not told
+    parse_level: Callable[[float], float] = _no_level   # MagnError for a bad level, else it as recorded
+    seeded: bool = False                                # draws random numbers: records its seed
+    mosaic: bool = False                                # inputs are Bayer mosaics of a pattern
+    # The level an image file states, and where it was read ("JPEG tables"), or None.
+    level_from_image: Optional[Callable[[Image], Optional[Tuple[float, str]]]] = None
+    # The degraded image as the JPEG file itself, for a task whose degradation is one.
+    jpeg_file: Optional[Callable[[np.ndarray, Degradation], bytes]] = None
+    scored_on_y: bool = False                           # color results also scored on studio Y
+    gray_is_studio_y: bool = False                      # its gray images are studio Y, not luma
+
+    # ------------------------------------------------------------------ levels
+    def check_level(self, level) -> float:
+        """The level as results record it (25.0 -> 25); MagnError for a bad one or for a
+        task that has none."""
+        if self.level_key is None:
+            raise MagnError(f"{self.name} has no level" + (" (choose the Bayer pattern instead)"
+                                                           if self.mosaic else ""))
+        return self.parse_level(level)
+
+    def degradation(self, level=None, seed: int = DEFAULT_SEED, pattern: str = DEFAULT_PATTERN) -> Degradation:
+        """Validate and build one Degradation: `level` for a task with one (else None);
+        `seed` kept by random tasks, `pattern` by Bayer ones."""
+        if level is None and self.level_key is not None:
+            raise MagnError(f"task {self.name} needs a level ({self.level_key}=)")
+        return Degradation(self.name, None if level is None else self.check_level(level),
+                           pattern=check_pattern(pattern) if self.mosaic else None,
+                           seed=int(seed) if self.seeded else None)
+
+    def degradations(self, levels: Sequence = (), seed: int = DEFAULT_SEED,
+                     pattern: str = DEFAULT_PATTERN) -> List[Degradation]:
+        """One Degradation per level, the default levels when none are given; a task
+        without levels has one."""
+        if self.level_key is None:
+            return [self.degradation(levels[0] if levels else None, seed, pattern)]
+        return [self.degradation(level, seed, pattern) for level in (levels or self.default_levels)]
+
+    # ------------------------------------------------------------------ the model's view
+    def model_channels(self, image_channels: int) -> int:
+        """Channels of the model that restores an image of `image_channels` (a 1-channel
+        CFA is restored by a 3-channel demosaicing model)."""
+        return 3 if self.mosaic else image_channels
+
+    @property
+    def period(self) -> int:
+        """The input's period that tile origins keep (2 for a Bayer mosaic)."""
+        return BAYER_PERIOD if self.mosaic else 1
+
+    def prepare_input(self, image: np.ndarray, pattern: Optional[str] = None
+                      ) -> Tuple[np.ndarray, Tuple[int, int]]:
+        """What this task's models take, and the (dy, dx) to crop off their output: a
+        Bayer mosaic of `pattern` (3 channels zero-filled, or a one-channel CFA) becomes
+        the GRBG mosaic the models were trained on, padded by dy rows on top and dx
+        columns on the left; anything else is taken as it is."""
+        if not self.mosaic:
+            return image, (0, 0)
+        pattern = pattern or DEFAULT_PATTERN
+        if image.ndim == 2 or image.shape[2] == 1:                            # a CFA, (H, W[, 1])
+            image = cfa_to_mosaic(image, pattern)                               # (H, W, 3)
+        return align_mosaic(image, pattern)                                    # (H + dy, W + dx, 3)
+
+    @staticmethod
+    def finish_output(restored: np.ndarray, shift: Tuple[int, int]) -> np.ndarray:
+        """The model's output cropped back to the image: (H + dy, W + dx, C) -> (H, W, C)."""
+        dy, dx = shift
+        return restored[dy:, dx:]
+
+
+TASKS: Dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} registered twice")
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(task) -> Task:
+    """The Task of a name (a Task is returned as it is); MagnError naming the known tasks."""
+    if isinstance(task, Task):
+        return task
+    if task not in TASKS:
+        raise MagnError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    return TASKS[task]
+
+
+def make_degradation(task, level=None, seed: int = DEFAULT_SEED, pattern: str = DEFAULT_PATTERN) -> Degradation:
+    """Validate and build a Degradation of `task` (see Task.degradation)."""
+    return get_task(task).degradation(level, seed, pattern)
+
+
+def degrade(img: np.ndarray, task, level=None, seed: int = DEFAULT_SEED,
+            pattern: str = DEFAULT_PATTERN) -> np.ndarray:
+    """One call for one image: float32 (H, W, C) [0, 1] -> degraded float32 (H, W, C)."""
+    return make_degradation(task, level, seed, pattern).apply(img)
+
+
+def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Optional[str] = None,
+                     options: Optional[InferenceOptions] = None,
+                     progress: Optional[ProgressCallback] = None) -> np.ndarray:
+    """Restore one degraded float32 (H, W, C) image of `task` with `model`: the one way
+    restore, eval and training validation run a model. The task adapts the input to what
+    its models take and the output back (a Bayer mosaic of `pattern` is restored in GRBG
+    phase, every tile on the same phase). Returns float32 (H, W, C'), unclipped."""
+    task = get_task(task)
+    x, shift = task.prepare_input(image, pattern)                              # (H', W', C')
+    restored = restore_array(model, x, options, progress, align=task.period)    # (H', W', C')
+    return task.finish_output(restored, shift)                                 # (H, W, C')
+
+
+# --------------------------------------------------------------------------- the tasks
+
+def _sigma(level) -> float:
+    sigma = float(level)
+    check_sigma(sigma)
+    return int(sigma) if sigma.is_integer() else sigma
+
+
+def _quality(level) -> int:
+    check_quality(float(level))
+    return int(level)
+
+
+def _quality_from_tables(image: Image) -> Optional[Tuple[int, str]]:
+    """A JPEG file says how it was compressed: the quality its tables were scaled to."""
+    if not image.jpeg_quantization:
+        return None
+    quality, exact = estimate_jpeg_quality(image.jpeg_quantization)
+    return quality, "JPEG tables" if exact else "JPEG tables (nearest IJG quality)"
+
+
+register_task(Task(
+    "denoise",                       # Gaussian noise
+    degrade=lambda img, d: add_gaussian_noise(img, d.level, d.seed),
+    level_key="sigma", level_label="σ", default_levels=(15, 25, 50), parse_level=_sigma,
+    seeded=True))
+
+register_task(Task(
+    "dejpeg",                        # JPEG compression artifacts
+    degrade=lambda img, d: jpeg_compress(img, d.level).astype(np.float32) / 255.0,
+    level_key="quality", level_label="q", default_levels=(10, 20, 30, 40), parse_level=_quality,
+    level_from_image=_quality_from_tables,
+    jpeg_file=lambda img, d: jpeg_encode(img, d.level),
+    # The protocol scores color JPEG on RGB and on Y; its gray sets (LIVE1's gray track,
+    # Classic5) are studio Y.
+    scored_on_y=True, gray_is_studio_y=True))
+
+register_task(Task(
+    "demosaic",                      # the Bayer mosaic
+    degrade=lambda img, d: bayer_mosaic(img, d.pattern),
+    mosaic=True))

@@ -1,0 +1,183 @@
+"""`magn eval` through the Typer app, on images the tests make."""
+import csv
+import json
+import shlex
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from magncli.cli.app import app
+from magncli.datasets import load_image
+from magncli.degrade import bayer_mosaic
+
+from cli_testkit import make_images, runner, user_error
+
+
+def test_eval_writes_json_csv_md_and_a_sheet(tmp_path):
+    folder = tmp_path / "set"
+    make_images(folder, n=3)
+    base = ["eval", "--task", "denoise", "--sets", str(folder), "--levels", "15,50",
+            "-m", "input", "-m", "opencv-nlm"]
+    result = runner.invoke(app, base + ["-o", str(tmp_path / "r.json"), "-o", str(tmp_path / "r.md"),
+                                        "--sheet", str(tmp_path / "sheet.png"),
+                                        "--save-images", str(tmp_path / "restored")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["model"], r["level"]) for r in rows] == [
+        ("input", "σ15"), ("opencv-nlm", "σ15"), ("input", "σ50"), ("opencv-nlm", "σ50")]
+    assert rows[0]["channels"] == "color" and rows[0]["n_images"] == 3
+    assert rows[2]["degradation"] == {"task": "denoise", "sigma": 50, "seed": 0}
+    assert len(rows[0]["images"]) == 3
+    assert all(r["psnr"] > i["psnr"] for r, i in zip(rows[1::2], rows[::2]))
+    saved = tmp_path / "restored" / "opencv-nlm" / "set" / "sigma50" / "img2.png"
+    assert cv2.imread(str(saved)).shape == (48, 64, 3)
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))
+    assert sheet is not None and sheet.shape[0] > 2 * 48  # one strip per level
+
+    result = runner.invoke(app, base + ["-o", str(tmp_path / "r.csv"), "--quantize"])
+    assert result.exit_code == 0, result.output
+    lines = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [(r["model"], r["sigma"]) for r in lines] == [
+        ("input", "15"), ("opencv-nlm", "15"), ("input", "50"), ("opencv-nlm", "50")]
+    assert lines[0]["quantize"] == "True"
+    # Scoring the 8-bit rounded noisy input moves its PSNR, but only a little.
+    assert 0 < abs(float(lines[0]["psnr"]) - rows[0]["psnr"]) < 0.1
+    markdown = (tmp_path / "r.md").read_text()
+    assert "| opencv-nlm |" in markdown and f"{rows[1]['psnr']:.2f}" in markdown
+
+
+def test_eval_scores_color_jpeg_on_rgb_and_y(tmp_path):
+    make_images(tmp_path / "set")
+    result = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", str(tmp_path / "set"),
+                                 "--levels", "20", "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "r.json").read_text())
+    assert row["channels"] == "color" and {"psnr_y", "ssim_y"} <= set(row["images"][0])
+
+
+def test_eval_accepts_degraded_inputs_and_one_channel_cfa(tmp_path):
+    sources = make_images(tmp_path / "set", n=2)
+    cfa_dir = tmp_path / "cfa"
+    cfa_dir.mkdir()
+    for source in sources:  # a raw sensor file: one channel, GRBG
+        cfa = bayer_mosaic(load_image(source)).sum(axis=2)
+        cv2.imwrite(str(cfa_dir / source.name), np.round(cfa * 255).astype(np.uint8))
+    result = runner.invoke(app, ["eval", "--task", "demosaic", "--sets", str(tmp_path / "set"),
+                                 "--inputs", str(cfa_dir), "-m", "input", "-m", "opencv-vng",
+                                 "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    internal = runner.invoke(app, ["eval", "--task", "demosaic", "--sets", str(tmp_path / "set"),
+                                   "-m", "input", "-o", str(tmp_path / "internal.json")])
+    assert internal.exit_code == 0, internal.output
+    assert rows[0]["psnr"] == json.loads((tmp_path / "internal.json").read_text())[0]["psnr"]
+    assert rows[1]["psnr"] > rows[0]["psnr"] + 10
+
+
+def test_eval_user_errors_are_one_line(tmp_path):
+    folder = tmp_path / "set"
+    make_images(folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    small = tmp_path / "small"
+    make_images(small, size=(40, 64))  # same names, wrong size
+
+    def run(*args):
+        return runner.invoke(app, ["eval", "--task", "denoise", "--levels", "25", *args])
+
+    message = user_error(run("--sets", "NoSuchSet"), "unknown test set", "NoSuchSet")
+    assert "Set12" in message and "Classic5" in message  # lists the known sets
+    user_error(run("--sets", str(empty)), "no image files")
+    user_error(run("--sets", str(folder), "--inputs", str(small)), "size mismatch", "img0")
+    user_error(run("--sets", str(folder), "-m", "opencv-vng"), "does not do denoise")
+    (tmp_path / "r.json").write_text("{}")
+    user_error(run("--sets", str(folder), "-o", str(tmp_path / "r.json")), "already exists")
+    user_error(run("--sets", str(folder), "-o", str(tmp_path / "r.txt")), ".json")
+
+
+def test_the_real_command_prints_one_line_and_exits_1(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "magncli", "eval", "--task", "denoise",
+                             "--sets", "NoSuchSet", "--data-root", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("magn: error: unknown test set 'NoSuchSet'")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_results_record_the_command_that_made_them(tmp_path):
+    folder = tmp_path / "set"
+    make_images(folder, n=1)
+    args = ["eval", "--task", "denoise", "--sets", str(folder), "--levels", "25", "-m", "input",
+            "-o", str(tmp_path / "r.json")]
+    result = subprocess.run([sys.executable, "-m", "magncli", *args], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert rows[0]["command"] == shlex.join(["magn", *args])
+
+
+@pytest.mark.datasets
+def test_eval_cli_reproduces_a_published_input_row(data_root, tmp_path):
+    result = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", "Classic5", "--levels",
+                                 "10", "--data-root", str(data_root), "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "r.json").read_text())
+    assert round(row["psnr"], 2) == 27.82 and row["set"] == "Classic5"
+    assert "27.82" in result.output  # the printed table
+    wrong_task = runner.invoke(app, ["eval", "--task", "denoise", "--sets", "Classic5",
+                                     "--data-root", str(data_root)])
+    user_error(wrong_task, "not a test set for denoise", "Set12")
+
+
+def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_path, monkeypatch):
+    """eval hands each checkpoint spec (with its arch prefix) to load_model and the
+    engine options to restore_array (through tasks.restore_for_task); the two are
+    replaced by recorders here."""
+    import magncli
+    import magncli.models.registry as registry
+    import magncli.tasks as tasks
+    from magncli.inference import InferenceOptions
+
+    calls = []
+
+    def load_model(weights, arch="auto"):
+        calls.append(("load", weights, arch))
+        return "the-model"
+
+    def restore_array(model, image, options, progress=None, align=1):
+        calls.append(("restore", model, image.shape, options))
+        return cv2.GaussianBlur(image, (0, 0), 1.0).reshape(image.shape)  # a crude denoiser
+
+    monkeypatch.setattr(magncli, "load_model", load_model, raising=False)
+    monkeypatch.setattr(tasks, "restore_array", restore_array)
+    monkeypatch.setattr(registry, "list_archs", lambda: {"dagl": object()})
+    make_images(tmp_path / "set", n=2, color=False)
+
+    result = runner.invoke(app, ["eval", "--task", "denoise", "--sets", str(tmp_path / "set"),
+                                 "--levels", "50", "-m", "input", "-m", "dagl:w.pt", "-m", "x.pt",
+                                 "--tile", "32", "--ensemble", "--device", "cpu",
+                                 "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert ("load", "w.pt", "dagl") in calls and ("load", "x.pt", "auto") in calls
+    restores = [c for c in calls if c[0] == "restore"]
+    assert len(restores) == 4 and restores[0][2] == (48, 64, 1)  # HxWxC, gray kept
+    assert restores[0][3] == InferenceOptions(device="cpu", tile=32, ensemble=True)
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [r["model"] for r in rows] == ["input", "dagl:w.pt", "x.pt"]
+    assert rows[1]["tile"] == 32 and rows[1]["ensemble"] is True
+    assert rows[1]["overlap"] == InferenceOptions().overlap and rows[1]["tiling"] == "blend"
+    assert rows[1]["psnr"] > rows[0]["psnr"] + 3
+
+
+@pytest.mark.parametrize("option, value", [("--levels", ","), ("--levels", ""), ("--levels", "15,,25"),
+                                           ("--levels", "15,x"), ("--levels", "nan"), ("--sets", ","),
+                                           ("--sets", "Set12,")])
+def test_eval_refuses_an_empty_or_malformed_list(tmp_path, option, value, monkeypatch):
+    import magncli.cli.eval as eval_cli
+    monkeypatch.setattr(eval_cli, "run_eval", lambda *a, **k: pytest.fail("ran with defaults"))
+    args = ["eval", "--task", "denoise", "--sets", "Set12", "--levels", "25"]
+    args[args.index(option) + 1] = value
+    user_error(runner.invoke(app, args), option, repr(value))

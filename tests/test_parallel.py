@@ -1,0 +1,57 @@
+"""magncli/parallel.py: the OpenMP wait policy that lets several magn processes share
+cores (issue 18), set before torch loads and never over the user's."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _child(code: str, **env) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter importing this checkout's magncli, with
+    OMP_WAIT_POLICY taken out of the environment unless given in `env`, and libgomp
+    asked to print its settings (OMP_DISPLAY_ENV=verbose) on stderr."""
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    base.update(OMP_DISPLAY_ENV="verbose", OMP_NUM_THREADS="1", **env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=base, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _spin_count(stderr: str):
+    """libgomp's GOMP_SPINCOUNT as it printed it: 0 means passive waiting."""
+    for line in stderr.splitlines():
+        if line.strip().startswith("GOMP_SPINCOUNT"):
+            return line.split("=")[1].strip().strip("'")
+    return None       # not GNU OpenMP: nothing to check beyond the variable
+
+
+def test_a_fresh_process_waits_passively():
+    res = _child("import os, magncli, torch; torch.ones(2).sum(); print(os.environ.get('OMP_WAIT_POLICY'))")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "PASSIVE"
+    assert _spin_count(res.stderr) in ("0", None)      # in effect in the OpenMP runtime
+
+
+def test_a_users_wait_policy_is_kept():
+    res = _child("import os, magncli, torch; print(os.environ['OMP_WAIT_POLICY'])", OMP_WAIT_POLICY="ACTIVE")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ACTIVE"
+    assert _spin_count(res.stderr) in ("30000000000", None)
+
+
+def test_no_policy_is_claimed_once_torch_was_loaded_first():
+    # The runtime read its settings when torch loaded: setting the variable then would
+    # say something that is not in effect.
+    res = _child("import os, torch, magncli; print(os.environ.get('OMP_WAIT_POLICY'))")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "None"
+
+
+def test_the_policy_is_set_before_torch_in_the_package():
+    text = (REPO / "magncli" / "__init__.py").read_text()
+    assert text.index("set_default_wait_policy()") < min(
+        text.index(m) for m in ("from magncli.checkpoints", "from magncli.inference", "import torch")
+        if m in text)

@@ -1,0 +1,150 @@
+"""The tasks (magncli.tasks): their registry and degradations, and restore_for_task, the one
+way restore, eval and validation run a model: the level read from a JPEG file, every
+Bayer pattern through one GRBG model, and outputs equal to the direct engine call."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image as PILImage
+from torch import nn
+
+from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, align_mosaic, bayer_masks, bayer_mosaic,
+                             mosaic_to_cfa)
+from magncli.errors import MagnError
+from magncli.evaluate import model_method
+from magncli.images import Image, read_image, write_image
+from magncli.inference import InferenceOptions, restore_array
+from magncli.metrics import psnr
+from magncli.models.registry import ModelFacts
+from magncli.restore import Restorer
+from magncli.tasks import TASKS, degrade, get_task, make_degradation, restore_for_task
+from magn_testkit import TINY, random_magn
+
+
+# --------------------------------------------------------------------------- the registry
+def test_every_task_is_registered_once_with_its_level_and_defaults():
+    assert list(TASKS) == ["denoise", "dejpeg", "demosaic"]
+    for task in TASKS.values():
+        assert (task.level_key is None) == (not task.default_levels)
+        for degradation in task.degradations():          # its default levels, or its pattern
+            assert degradation.as_dict()["task"] == task.name and degradation.label
+    assert [d.label for d in get_task("denoise").degradations()] == ["σ15", "σ25", "σ50"]
+    with pytest.raises(MagnError, match="known: denoise, dejpeg, demosaic"):
+        get_task("deblur")
+
+
+def test_levels_are_checked_and_recorded_as_the_task_says():
+    assert get_task("denoise").check_level(25.0) == 25 and get_task("denoise").check_level(12.5) == 12.5
+    assert make_degradation("dejpeg", 10.0).level == 10
+    for bad in (lambda: get_task("dejpeg").check_level(10.5), lambda: make_degradation("denoise", -1),
+                lambda: make_degradation("dejpeg"), lambda: make_degradation("demosaic", 5)):
+        with pytest.raises(MagnError):
+            bad()
+    with pytest.raises(MagnError, match=r"\(sigma=\)"):
+        make_degradation("denoise")        # the CLI says (--sigma)
+
+
+def test_degrade_is_one_call_of_the_protocol():
+    img = np.random.default_rng(0).random((8, 9, 3), dtype=np.float32)
+    assert np.array_equal(degrade(img, "denoise", 25, seed=7), add_gaussian_noise(img, 25, 7))
+
+
+def test_degradation_records_only_its_parameters():
+    assert make_degradation("denoise", 25, seed=3).as_dict() == {"task": "denoise", "sigma": 25,
+                                                                 "seed": 3}
+    assert make_degradation("dejpeg", 10).as_dict() == {"task": "dejpeg", "quality": 10}
+    assert make_degradation("demosaic", pattern="RGGB").as_dict() == {"task": "demosaic",
+                                                                      "pattern": "rggb"}
+
+
+# --------------------------------------------------------------------------- restore_for_task
+@pytest.mark.parametrize("task,level,pattern", [("denoise", 25, None), ("dejpeg", 20, None),
+                                                ("demosaic", None, "grbg"), ("demosaic", None, "rggb"),
+                                                ("demosaic", None, "gbrg")])
+def test_the_task_path_equals_the_direct_engine_call_exactly(task, level, pattern):
+    """restore, eval and validation go through restore_for_task; on a fixed-seed model its
+    output is bit for bit the engine's on the task's view of the input."""
+    channels = 1 if task == "denoise" else 3
+    model = random_magn(in_channels=channels, **TINY).eval()
+    options = InferenceOptions(device="cpu", tile=32, overlap=8)
+    clean = np.random.default_rng(3).random((41, 50, channels), dtype=np.float32)
+    degradation = make_degradation(task, level, pattern=pattern or "grbg")
+    degraded = degradation.apply(clean)
+    got = restore_for_task(model, degraded, task, pattern=pattern, options=options)
+
+    view, (dy, dx) = align_mosaic(degraded, pattern) if pattern else (degraded, (0, 0))
+    assert np.array_equal(got, restore_array(model, view, options)[dy:, dx:])
+    assert np.array_equal(model_method(model, options).restore(degraded, degradation), got)
+    restorer = Restorer(task=task, model=model, pattern=pattern or "grbg", options=options)
+    assert np.array_equal(restorer.restore(Image(degraded))[0].pixels, got)
+    if pattern:      # the same mosaic stored as a one-channel CFA
+        assert np.array_equal(restorer.restore(Image(mosaic_to_cfa(degraded)[..., None]))[0].pixels, got)
+
+
+class Identity(nn.Module):
+    facts = ModelFacts(in_channels=3)
+
+    def forward(self, x):
+        return x
+
+
+def test_dejpeg_restore_reports_the_quality_it_assumed(tmp_path):
+    px = (np.random.default_rng(0).random((24, 24, 3)) * 255).astype(np.uint8)
+    PILImage.fromarray(px).save(tmp_path / "a.jpg", quality=37)
+    write_image(tmp_path / "b.png", Image(px))
+    restorer = Restorer(task="dejpeg", model=Identity())
+    _, info = restorer.restore(read_image(tmp_path / "a.jpg"))
+    assert info["quality"] == 37 and info["quality_source"] == "JPEG tables"
+    _, info = restorer.restore(read_image(tmp_path / "b.png"))
+    assert "quality" not in info
+
+
+class BilinearGRBG(nn.Module):
+    """A demosaicer that only understands GRBG: normalised convolution with GRBG masks."""
+    facts = ModelFacts(in_channels=3)
+
+    def forward(self, x):                                              # (B, 3, H, W) mosaic
+        h, w = x.shape[-2:]
+        masks = torch.from_numpy(bayer_masks(h, w, "grbg").transpose(2, 0, 1)).float()[None]
+        k = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]).reshape(1, 1, 3, 3).repeat(3, 1, 1, 1)
+        num = F.conv2d(x * masks, k, padding=1, groups=3)
+        den = F.conv2d(masks.expand_as(x), k, padding=1, groups=3)
+        return num / den
+
+
+def _smooth_rgb(h=48, w=64):
+    yy, xx = np.mgrid[0:h, 0:w] / 16.0
+    return np.stack([0.5 + 0.4 * np.sin(xx), 0.5 + 0.4 * np.cos(yy), 0.5 + 0.3 * np.sin(xx + yy)], -1)
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+@pytest.mark.parametrize("one_channel", [False, True])
+def test_every_pattern_through_one_grbg_model(tmp_path, pattern, one_channel):
+    rgb = _smooth_rgb()
+    mosaic = bayer_mosaic(rgb, pattern)
+    stored = mosaic_to_cfa(mosaic) if one_channel else mosaic
+    stored = np.rint(stored * 65535).astype(np.uint16).reshape(*rgb.shape[:2], -1)
+    write_image(tmp_path / "m.png", Image(stored))
+    restorer = Restorer(task="demosaic", model=BilinearGRBG(), pattern=pattern)
+    out, info = restorer.restore(read_image(tmp_path / "m.png"))
+    assert out.pixels.shape == rgb.shape and info["pattern"] == pattern
+    good = psnr(out.to_float(), rgb)
+    assert good > 30
+    # Control: the same mosaic declared as the wrong pattern is far worse.
+    if pattern != "grbg":
+        wrong, _ = Restorer(task="demosaic", model=BilinearGRBG(), pattern="grbg").restore(
+            read_image(tmp_path / "m.png"))
+        assert psnr(wrong.to_float(), rgb) < good - 5
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+def test_eval_aligns_every_pattern_for_grbg_models(pattern):
+    # `magn eval --pattern P` runs models through the same alignment as restore.
+    from magncli.tasks import make_degradation
+    from magncli.evaluate import model_method
+    from magncli.inference import InferenceOptions
+    rgb = _smooth_rgb().astype(np.float32)
+    degradation = make_degradation("demosaic", pattern=pattern)
+    out = model_method(BilinearGRBG(), InferenceOptions(device="cpu")).restore(
+        degradation.apply(rgb), degradation)
+    assert out.shape == rgb.shape and psnr(out, rgb) > 30
