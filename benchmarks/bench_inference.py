@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_one(arch: str, size: int, backend: str, device: str, precision: str, tile, channels: int,
-            threads: int, tile_batch: int = 1) -> dict:
+            threads: int, tile_batch=None) -> dict:
     """Measure one configuration in this process (called in a subprocess)."""
     import resource
 
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=None)
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--tile-batch", type=int, default=1, help="tiles per forward pass")
+    ap.add_argument("--tile-batch", type=int, default=None, help="tiles per forward pass (default: the engine's)")
     ap.add_argument("--json", default="benchmarks/results/inference.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
