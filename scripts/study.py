@@ -63,7 +63,7 @@ def main() -> None:
 
     def train_px(arch: str, precision: str) -> str:
         rows = [r for r in train_rows if r.get("arch") == arch and r.get("precision") == precision
-                and (precision != "fp32" or r.get("layout") == "channels_last")]
+                and r.get("layout") == "channels_last" and not r.get("compiled")]
         return f"{rows[0]['pixels_per_s'] / 1e3:.0f}k" if rows else "-"
 
     def restore_spmp(arch: str, precision: str) -> str:
