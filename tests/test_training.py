@@ -556,3 +556,18 @@ def test_quality_focus_oversamples_its_range_inside_the_whole_range(monkeypatch)
         assert abs(inside - share) < 0.04, (focus, inside, share)
     with pytest.raises(MagnError, match="quality_focus"):
         load_config([], dict(task="dejpeg", data="x", qualities=[10], quality_focus=[10, 40, 0.5]))
+
+
+def test_a_compiled_training_step_trains_the_same_parameters(gray_data, tmp_path, one_thread):
+    """compile = true wraps the forward only: the model's own tensors are trained, saved
+    and exported, and a run compiled from a checkpoint of an eager run resumes it."""
+    run = tmp_path / "run"
+    eager = Trainer(tiny_config(gray_data, steps=6, ckpt_every=3), run)
+    eager.run(until=3)
+    compiled = Trainer(load_run_config(run, {"compile": True}), run, resume=True)
+    before = {k: v.clone() for k, v in compiled.model.state_dict().items()}
+    compiled.run()
+    after = compiled.model.state_dict()
+    assert compiled.step == 6 and any(not torch.equal(before[k], after[k]) for k in before)
+    _, meta = read_checkpoint(run / EXPORT_FILE)
+    assert meta["step"] == 6 and all(not k.startswith("_orig_mod") for k in read_checkpoint(run / EXPORT_FILE)[0])

@@ -20,7 +20,7 @@ if pgrep -f -- "--out $RUN( |$)" >/dev/null; then
     echo "long-run: $RUN is already training"; exit 0
 fi
 if [ -f "$RUN/state_latest.pt" ]; then
-    set -- train --resume --out "$RUN" -q
+    set -- train --resume --out "$RUN" --compile -q
 elif [ -n "$NAME" ] && magn weights path "$NAME" >/dev/null 2>&1; then
     set -- train --config "train/$RECIPE.toml" --config train/cpu-s.toml --arch "$ARCH" \
         --init-from "$NAME" --out "$RUN" -q

@@ -59,6 +59,9 @@ def train_command(
     precision: Annotated[Optional[str], typer.Option(
         "--precision", help="fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the weights and the data.")] = None,
+    compile_step: Annotated[Optional[bool], typer.Option(
+        "--compile/--no-compile", help="torch.compile the training forward (faster after a one-off "
+                                       "compile; may change on --resume).")] = None,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", help="torch threads (default: one per core). 1 for a long run beside other work.")] = None,
     init_from: Annotated[Optional[str], typer.Option(
@@ -83,7 +86,7 @@ def train_command(
                      qualities=comma_numbers(qualities, "--qualities", int),
                      quality_range=comma_numbers(quality_range, "--quality-range", int),
                      pattern=pattern, val_every=val_every, ckpt_every=ckpt_every, workers=workers,
-                     device=device, precision=precision, seed=seed, threads=threads,
+                     device=device, precision=precision, seed=seed, threads=threads, compile=compile_step,
                      init_from=init_from)
     if resume:
         if out is None:

@@ -162,7 +162,10 @@ class Trainer:
         self.cpu_s = float(self.warm_start["cpu_s"]) if self.warm_start else 0.0
         if resume:
             self._load_state()
-        self.net = self.model  # what the forward pass calls: the DDP wrapper when distributed
+        # What the forward pass calls: compiled, or the DDP wrapper when distributed (which
+        # then runs eager). Both share the model's parameters, so checkpoints and the EMA
+        # see the same tensors.
+        self.net = torch.compile(self.model) if config.compile else self.model
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
