@@ -200,3 +200,12 @@ def test_demosaic_out_of_the_box_beats_opencv_on_every_pattern(data_root, patter
     vng = BASELINES["opencv-vng"].restore(bayer_mosaic(truth, pattern), degradation)
     assert out.to_float().shape == truth.shape
     assert psnr(out.to_float(), truth) > psnr(vng, truth)
+
+
+@pytest.mark.parametrize("name", [e.name for e in load_manifest(WEIGHTS / "manifest.json").entries])
+def test_no_path_of_the_training_machine_is_published(name):
+    import re
+    entry = _manifest().get(name)
+    _, meta = read_checkpoint(WEIGHTS / entry.file)
+    for text in (json.dumps(meta), json.dumps(entry.provenance)):
+        assert not re.search(r"(^|[\s\"'=])/(root|home|work|Users|tmp)/", text), text[:200]

@@ -284,7 +284,9 @@ class Trainer:
         commands = [r.get("command") for r in records]
         if not records or records[-1].get("command") != self.command:
             commands.append(self.command)  # a run folder whose events predate the "command" field
-        return "; then ".join(c for c in commands if c) or None
+        # Published files name no path of this machine: the home folder reads as "~".
+        home = str(Path.home())
+        return "; then ".join(c.replace(home + "/", "~/") for c in commands if c) or None
 
     def _sessions(self) -> List[dict]:
         """Each start, resume and warm start of this run, as the log recorded them."""
