@@ -3,7 +3,7 @@ equal CPU time, with each variant's size and speed, as a markdown table and a PN
 
     python scripts/study.py ~/magn-runs/study-magn-s ~/magn-runs/study-magn-s-local \
         --minutes 15,30,45 --train-bench benchmarks/results/train.json \
-        --restore-bench benchmarks/results/inference.json --png train/study.png
+        --restore-bench benchmarks/results/inference.json --png docs/study.png
 
 Each run's log.jsonl gives (CPU seconds, validation PSNR) points; the PSNR at a given
 CPU time is interpolated linearly between the two validations around it (empty past the
