@@ -66,7 +66,8 @@ class ImageFiles:
     def split_holdout(self, count: int) -> Tuple["ImageFiles", List[Path]]:
         """(training images, `count` held-out validation images). The held-out set is the
         images whose names hash lowest (sha256 of the file name), so it depends on the
-        names alone: not on the seed, the order of files, or images added later."""
+        names alone, not on the seed or the order of files (an image added later joins it
+        only if its name hashes lower)."""
         if count <= 0:
             return self, []
         if count >= len(self.paths):
