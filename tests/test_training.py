@@ -505,6 +505,16 @@ def test_warm_start_from_published_style_weights_when_the_run_folder_is_gone(gra
     from magncli.weights import file_sha256
     assert start["warm_start"]["sha256"] == file_sha256(weights) and start["warm_start"]["step"] == 6
     assert meta2["provenance"]["cpu_hours"] >= meta["provenance"]["cpu_hours"]
+    # A file written before later config keys existed (its metadata lacks them) still fits.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(weights), framework="pt") as f:
+        raw = f.metadata()
+    older = json.loads(raw["magn"])
+    for key in ("unshuffle", "pixel_heads", "pixel_graph_layers"):
+        older["config"].pop(key)
+    save_file(exported, str(tmp_path / "older.safetensors"), metadata={"magn": json.dumps(older)})
+    Trainer(tiny_config(gray_data, steps=4, init_from=str(tmp_path / "older.safetensors")), tmp_path / "fourth")
     # Weights of another architecture are refused in one line, before any training.
     with pytest.raises(MagnError, match="architecture"):
         Trainer(tiny_config(gray_data, steps=4, init_from=str(weights), model=dict(TINY, n_feats=12)),

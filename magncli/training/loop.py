@@ -52,7 +52,7 @@ from magncli.checkpoints import load_state_dict_strict, save_checkpoint
 from magncli.errors import MagnError
 from magncli.fileio import write_file_atomic
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
-from magncli.models.registry import build_model, facts
+from magncli.models.registry import build_model, facts, resolve_config
 from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
 from magncli.training.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
@@ -62,6 +62,15 @@ from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EMA,
 from magncli.version import __version__, git_commit
 
 log = logging.getLogger("magn")
+
+def _filled_config(arch: str, config: dict) -> Optional[dict]:
+    """A checkpoint's recorded config with the defaults filled in, so that files written
+    before a config key existed compare equal; None if it does not fit `arch` at all."""
+    try:
+        return resolve_config(arch, **config)[1]
+    except KeyError:
+        return None
+
 
 # --------------------------------------------------------------------------- schedule
 
@@ -220,7 +229,7 @@ class Trainer:
         path = resolve_weights(source)
         state, meta = read_checkpoint(path)
         if meta.get("arch") not in (None, self.model.arch) or (
-                meta.get("config") and meta["config"] != self.model.config):
+                meta.get("config") and _filled_config(self.model.arch, meta["config"]) != self.model.config):
             raise MagnError(f"{source}: its architecture ({meta.get('arch')} {meta.get('config')}) "
                             f"is not this run's ({self.model.arch} {self.model.config})")
         load_state_dict_strict(self.model, state, source=str(path))
