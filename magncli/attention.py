@@ -15,7 +15,7 @@ Backends, all computing the same function:
 - "reference": materialises the (m x n) score matrix. Tests and tiny graphs only.
 - "chunked":   blocks of whole query rows, sized to a memory budget, with a custom
                backward that recomputes each block (flash-attention style), so memory
-               is O(block x n) in training too. The CPU default.
+               is O(block x n) in training too; compiled with --compile.
 - "sdpa":      in training, the mask is computed in fp32 for a block of query rows (one
                matmul and a compare, no gradient), then torch's fused
                scaled_dot_product_attention takes it as a boolean attn_mask: a blocked
@@ -216,11 +216,11 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, chunk_bytes: int = DEFAULT_C
     maximum (the threshold's eps), so no row is fully masked."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     threshold = mean_threshold(q, k, scale)                                    # (B, h, m, 1) fp32
-    # A bool mask is 1 byte a score; the fp32 scores that make it are 4.
-    rows = rows_per_chunk(q.shape[0] * q.shape[1], k.shape[-2], chunk_bytes, bytes_per_score=5)
     k32_t = k.detach().float().transpose(-1, -2)                               # (B, h, d, n)
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
         return _masked_softmax_blocks(q, k32_t, v, threshold, scale, chunk_bytes)
+    # A bool mask is 1 byte a score; the fp32 scores that make it are 4.
+    rows = rows_per_chunk(q.shape[0] * q.shape[1], k.shape[-2], chunk_bytes, bytes_per_score=5)
     outs = []
     for start in range(0, q.shape[-2], rows):
         q_blk = q[..., start:start + rows, :]                                  # (B, h, r, d)

@@ -222,7 +222,7 @@ class MAGN(nn.Module):
         graph_kwargs = dict(n_feats=n_feats, heads=heads, patch_size=patch_size,
                             patch_stride=patch_stride, patch_channels=patch_channels,
                             patch_embed=patch_embed, global_graph=global_graph,
-                            local_graph=local_graph, pixel_heads=pixel_heads or heads)
+                            local_graph=local_graph, pixel_heads=pixel_heads)
         self.head = conv3x3(in_channels * unshuffle * unshuffle, n_feats)
         self.body_pre = nn.Sequential(*[ResBlock(n_feats) for _ in range(n_resblocks)])
         self.graphs = nn.Sequential(*[GraphBlock(pixel_graph_layers if global_graph else 2, **graph_kwargs)
