@@ -149,7 +149,7 @@ def model_method(model, options=None, name: str = "model") -> Method:
 
     def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
         return restore_for_task(model, degraded, degradation.task, pattern=degradation.pattern,
-                                options=options)
+                                level=degradation.level, options=options)
 
     return Method(name, restore, device=getattr(options, "device", None) or "auto")
 

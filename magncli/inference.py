@@ -218,9 +218,9 @@ def _dihedral_inverse(x: Tensor, k: int) -> Tensor:
 
 def self_ensemble(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Mean of fn over the 8 dihedral transforms of x, each transformed back."""
-    out = torch.zeros_like(x, dtype=torch.float32)
+    out = 0  # fn may return fewer channels than x has (a level map goes in, not out)
     for k in range(8):
-        out += _dihedral_inverse(fn(_dihedral(x, k)).float(), k)
+        out = out + _dihedral_inverse(fn(_dihedral(x, k)).float(), k)
     return out / 8
 
 
@@ -274,8 +274,8 @@ def _pass_counter(progress: Optional[ProgressCallback], total: int) -> Optional[
 def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: int, overlap: int,
                    align: int, dtype: torch.dtype, ensemble: bool, tile_batch: int,
                    progress: Optional[ProgressCallback] = None) -> Tensor:
-    """image (1, C, H, W) fp32 on the CPU -> restored (1, C, H, W) fp32 on the CPU; tile
-    origins on multiples of `align`."""
+    """image (1, C, H, W) fp32 on the CPU -> restored (1, C', H, W) fp32 on the CPU (C' = C
+    less a level map); tile origins on multiples of `align`."""
     _, c, h, w = image.shape
     # A batch holds tiles of one shape: edge tiles may be a few pixels shorter.
     by_shape: Dict[Tuple[int, int], list] = {}
@@ -284,7 +284,8 @@ def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: 
             by_shape.setdefault((ys[1] - ys[0], xs[1] - xs[0]), []).append((ys, xs))
     batches = [group[i:i + tile_batch] for group in by_shape.values() for i in range(0, len(group), tile_batch)]
     on_pass = _pass_counter(progress, sum(map(len, batches)) * (8 if ensemble else 1))
-    acc = torch.zeros(1, c, h, w)
+    c_out = c - facts(model).level_input                   # a level map goes in, not out
+    acc = torch.zeros(1, c_out, h, w)
     weight_sum = torch.zeros(1, 1, h, w)
     for batch in batches:
         inputs = torch.cat([image[..., a:b, p:q] for (a, b), (p, q) in batch])     # (n, C, th, tw)
@@ -389,7 +390,7 @@ def _restore_with_retries(model, image, device, dtype, tile, overlap, align, opt
 def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
                   progress: Optional[ProgressCallback] = None, align: int = 1) -> np.ndarray:
     """Restore an (H, W, C) or (H, W) float image in about [0, 1]; returns float32, same
-    shape, unclipped. `progress(done, total)` after each batch of tile passes; `align`:
+    shape (the image's channels only, for a model with a level map), unclipped. `progress(done, total)` after each batch of tile passes; `align`:
     the input's period (see restore_tensor)."""
     arr = np.asarray(image, dtype=np.float32)
     squeeze = arr.ndim == 2
@@ -397,9 +398,11 @@ def restore_array(model: nn.Module, image: np.ndarray, options: Optional[Inferen
         arr = arr[..., None]
     if arr.ndim != 3:
         raise MagnError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
-    expected = facts(model).in_channels
-    if expected is not None and arr.shape[-1] != expected:
-        raise MagnError(f"the model expects {expected}-channel images, got {arr.shape[-1]} channels")
+    stated = facts(model)
+    if stated.in_channels is not None and arr.shape[-1] != stated.in_channels + stated.level_input:
+        level = " and a level map" if stated.level_input else ""
+        raise MagnError(f"the model expects {stated.in_channels}-channel images{level}, "
+                        f"got {arr.shape[-1]} channels")
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]   # (1, C, H, W)
     y = restore_tensor(model, x, options, progress, align)[0].numpy().transpose(1, 2, 0)   # (H, W, C)
     return y[..., 0] if squeeze else np.ascontiguousarray(y)

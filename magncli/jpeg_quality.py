@@ -25,9 +25,15 @@ _CHROMA_BASE[[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 24, 25]] = [17, 18, 24, 47, 
                                                                 24, 26, 56, 47, 66]
 
 
+def ijg_scale(quality: int) -> int:
+    """libjpeg's table scale in percent at `quality` (1-100): 5000/q below 50, 200 - 2q
+    above; the quantization steps, and so the artifacts, grow in proportion to it."""
+    return 5000 // quality if quality < 50 else 200 - 2 * quality     # integer, as libjpeg
+
+
 def ijg_tables(quality: int):
     """The (luma, chroma) quantization tables libjpeg writes at `quality` (baseline)."""
-    scale = 5000 // quality if quality < 50 else 200 - 2 * quality     # integer, as libjpeg
+    scale = ijg_scale(quality)
     return tuple(np.clip(np.floor((base * scale + 50) / 100), 1, 255) for base in (_LUMA_BASE, _CHROMA_BASE))
 
 

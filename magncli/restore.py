@@ -173,8 +173,8 @@ class Restorer:
         model, name = self.model_for(channels, level)
         need = facts(model).in_channels or channels
         info["model"] = name
-        run = partial(restore_for_task, model, task=task, pattern=self.pattern, options=self.options,
-                      progress=progress)
+        run = partial(restore_for_task, model, task=task, pattern=self.pattern, level=level,
+                      options=self.options, progress=progress)
         if need == channels:
             y = run(x)
         elif need == 3 and channels == 1:

@@ -31,7 +31,8 @@ from magncli.degrade import (DEFAULT_PATTERN, DEFAULT_SEED, add_gaussian_noise, 
 from magncli.errors import MagnError
 from magncli.images import Image
 from magncli.inference import InferenceOptions, ProgressCallback, restore_array
-from magncli.jpeg_quality import estimate_jpeg_quality
+from magncli.jpeg_quality import estimate_jpeg_quality, ijg_scale
+from magncli.models.registry import facts
 
 # The Bayer period: tiles of a mosaic start on even rows and columns, in the same phase.
 BAYER_PERIOD = 2
@@ -84,6 +85,9 @@ class Task:
     level_from_image: Optional[Callable[[Image], Optional[Tuple[float, str]]]] = None
     # The degraded image as the JPEG file itself, for a task whose degradation is one.
     jpeg_file: Optional[Callable[[np.ndarray, Degradation], bytes]] = None
+    # The level as a level-conditioned model sees it (one constant input plane), from the
+    # level or None for "not known"; None: this task has no level map.
+    level_plane: Optional[Callable[[Optional[float]], float]] = None
     scored_on_y: bool = False                           # color results also scored on studio Y
     gray_is_studio_y: bool = False                      # its gray images are studio Y, not luma
 
@@ -137,6 +141,14 @@ class Task:
             image = cfa_to_mosaic(image, pattern)                               # (H, W, 3)
         return align_mosaic(image, pattern)                                    # (H + dy, W + dx, 3)
 
+    def with_level_plane(self, image: np.ndarray, level: Optional[float]) -> np.ndarray:
+        """(H, W, C) -> (H, W, C + 1): the image and its level map, what a model with
+        `level_input` takes; level None (a file that does not state it) is "unknown"."""
+        if self.level_plane is None:
+            raise MagnError(f"{self.name} has no level map for a level-conditioned model")
+        plane = np.full(image.shape[:2] + (1,), self.level_plane(level), np.float32)
+        return np.concatenate([image, plane], axis=2)
+
     @staticmethod
     def finish_output(restored: np.ndarray, shift: Tuple[int, int]) -> np.ndarray:
         """The model's output cropped back to the image: (H + dy, W + dx, C) -> (H, W, C)."""
@@ -175,14 +187,17 @@ def degrade(img: np.ndarray, task, level=None, seed: int = DEFAULT_SEED,
 
 
 def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Optional[str] = None,
-                     options: Optional[InferenceOptions] = None,
+                     level: Optional[float] = None, options: Optional[InferenceOptions] = None,
                      progress: Optional[ProgressCallback] = None) -> np.ndarray:
     """Restore one degraded float32 (H, W, C) image of `task` with `model`: the one way
     restore, eval and training validation run a model. The task adapts the input to what
     its models take and the output back (a Bayer mosaic of `pattern` is restored in GRBG
-    phase, every tile on the same phase). Returns float32 (H, W, C'), unclipped."""
+    phase, every tile on the same phase; a model with `level_input` also gets the map of
+    `level`, None meaning not known). Returns float32 (H, W, C'), unclipped."""
     task = get_task(task)
     x, shift = task.prepare_input(image, pattern)                              # (H', W', C')
+    if facts(model).level_input:
+        x = task.with_level_plane(x, level)                                    # (H', W', C' + 1)
     restored = restore_array(model, x, options, progress, align=task.period)    # (H', W', C')
     return task.finish_output(restored, shift)                                 # (H, W, C')
 
@@ -198,6 +213,17 @@ def _sigma(level) -> float:
 def _quality(level) -> int:
     check_quality(float(level))
     return int(level)
+
+
+# The level map of a JPEG model: the table scale over 500, so q10 -> 1.0, q50 -> 0.2,
+# q90 -> 0.04, q100 -> 0 (the artifacts grow with the quantization steps, in proportion to
+# the scale); capped at 2.0 (q5 and below). A file that does not state its quality reads
+# UNKNOWN_LEVEL, which training shows the model on a share of its patches (level_unknown).
+UNKNOWN_LEVEL = -1.0
+
+
+def _quality_plane(quality: Optional[float]) -> float:
+    return UNKNOWN_LEVEL if quality is None else min(ijg_scale(int(quality)) / 500.0, 2.0)
 
 
 def _quality_from_tables(image: Image) -> Optional[Tuple[int, str]]:
@@ -218,7 +244,7 @@ register_task(Task(
     "dejpeg",                        # JPEG compression artifacts
     degrade=lambda img, d: jpeg_compress(img, d.level).astype(np.float32) / 255.0,
     level_key="quality", level_label="q", default_levels=(10, 20, 30, 40), parse_level=_quality,
-    level_from_image=_quality_from_tables,
+    level_from_image=_quality_from_tables, level_plane=_quality_plane,
     jpeg_file=lambda img, d: jpeg_encode(img, d.level),
     # The protocol scores color JPEG on RGB and on Y; its gray sets (LIVE1's gray track,
     # Classic5) are studio Y.

@@ -120,8 +120,27 @@ def test_gradients_flow_through_chunked_attention():
 @pytest.mark.parametrize("name,overrides", [("magn", {}), ("magn", {"in_channels": 1}), ("magn-light", {}),
                                             ("magn", dict(TINY, global_graph=False)),
                                             ("magn-s-local", {}), ("magn-s-local", {"in_channels": 1}),
-                                            ("magn-s", {"pixel_heads": None})])
+                                            ("magn-s", {"pixel_heads": None}),
+                                            ("magn-s-local", {"level_input": True}),
+                                            ("magn-s-local", {"in_channels": 1, "level_input": True})])
 def test_detect_arch_recovers_config(name, overrides):
     m = build_model(name, **overrides)
     arch, config = detect_arch(m.state_dict())
     assert arch == "magn" and config == m.config
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_level_input_takes_a_level_map_and_returns_the_image_channels(channels):
+    """The map goes into the head only: (B, c+1, H, W) -> (B, c, H, W); at init (tail
+    zeroed) the output is the image, and once trained the map changes the output."""
+    m = build_model("magn-s-local", in_channels=channels, level_input=True).eval()
+    assert m.head.in_channels == (channels + 1) * 4 and m.tail.out_channels == channels * 4
+    image = torch.rand(1, channels, 20, 28)
+    x = torch.cat([image, torch.full((1, 1, 20, 28), 0.5)], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), image)
+        for p in m.parameters():
+            p.normal_(0, 0.05)
+        a = m(x)
+        b = m(torch.cat([image, torch.full((1, 1, 20, 28), 0.04)], 1))
+    assert a.shape == image.shape and (a - b).abs().max() > 1e-3

@@ -99,6 +99,48 @@ def test_dejpeg_restore_reports_the_quality_it_assumed(tmp_path):
     assert "quality" not in info
 
 
+class LevelRecorder(nn.Module):
+    """A level-conditioned 3-channel model that records the level map of every input and
+    returns the image: the map must be one constant plane after the image's channels."""
+    facts = ModelFacts(in_channels=3, level_input=True)
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):                                              # (B, 3 + 1, H, W)
+        assert x.shape[1] == 4
+        plane = x[:, 3]
+        assert torch.equal(plane, plane.flatten()[0].expand_as(plane))
+        self.seen.append(float(plane.flatten()[0]))
+        return x[:, :3] * 0.5
+
+
+def test_a_level_conditioned_model_sees_the_quality_the_file_states(tmp_path):
+    """The map is libjpeg's table scale / 500 (5000/q below 50, 200 - 2q above), -1 when no
+    quality is known; restore, eval and the tiled x8 path all pass it, and the model's
+    image channels come back."""
+    px = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
+    PILImage.fromarray(px).save(tmp_path / "a.jpg", quality=37)
+    write_image(tmp_path / "b.png", Image(px))
+    model = LevelRecorder()
+    restored, info = Restorer(task="dejpeg", model=model).restore(read_image(tmp_path / "a.jpg"))
+    assert info["quality"] == 37 and model.seen == [pytest.approx((5000 // 37) / 500)]
+    assert restored.pixels.shape == (40, 56, 3)
+    model.seen.clear()
+    Restorer(task="dejpeg", model=model).restore(read_image(tmp_path / "b.png"))      # states nothing
+    Restorer(task="dejpeg", model=model, level=90).restore(read_image(tmp_path / "b.png"))
+    assert model.seen == [-1.0, pytest.approx(20 / 500)]
+    model.seen.clear()
+    clean = px.astype(np.float32) / 255
+    out = model_method(model, InferenceOptions(tile=32, overlap=8, ensemble=True)).restore(
+        clean, make_degradation("dejpeg", 10))
+    np.testing.assert_allclose(out, clean * 0.5, atol=1e-6)
+    assert len(model.seen) >= 8 and set(model.seen) == {1.0}                      # batches of tiles x 8
+    with pytest.raises(MagnError, match="level map"):
+        restore_for_task(model, clean, "denoise", level=25)
+
+
 class BilinearGRBG(nn.Module):
     """A demosaicer that only understands GRBG: normalised convolution with GRBG masks."""
     facts = ModelFacts(in_channels=3)

@@ -33,7 +33,7 @@ from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPO
 REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
-OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s")   # shared settings, not recipes of a checkpoint
+OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -96,6 +96,13 @@ def test_every_recipe_is_a_valid_config(recipe):
     assert small.arch == "magn-s" and small.precision == "bf16" and small.workers == 0
     # Validation never reads a test set: images held out of the training data.
     assert config.val == "" and config.val_holdout > 0 and small.val_holdout == config.val_holdout
+    # The level-map overlay fits the task with a level map only (JPEG's quality).
+    if config.task == "dejpeg":
+        mapped = load_config([recipe, REPO / "train" / "cpu-s.toml", REPO / "train" / "level-map.toml"])
+        assert mapped.level_input() and mapped.quality_range == [5, 100]
+    else:
+        with pytest.raises(MagnError, match="level map"):
+            load_config([recipe, REPO / "train" / "level-map.toml"])
 
 
 def test_overrides_replace_their_partner_and_typos_are_errors(tmp_path):
@@ -566,6 +573,57 @@ def test_quality_focus_oversamples_its_range_inside_the_whole_range(monkeypatch)
         assert abs(inside - share) < 0.04, (focus, inside, share)
     with pytest.raises(MagnError, match="quality_focus"):
         load_config([], dict(task="dejpeg", data="x", qualities=[10], quality_focus=[10, 40, 0.5]))
+
+
+def test_a_level_conditioned_run_sees_each_patch_quality_and_sometimes_unknown(gray_data):
+    """Each degraded patch carries the level map of its own quality (libjpeg's scale / 500,
+    see tasks.py), or -1 for level_unknown's share; the image channels are the JPEG of the
+    clean patch exactly as without the map."""
+    import magncli.training.data as data_mod
+    drawn = []
+    real = data_mod.PatchDegradation.draw
+    config = load_config([], dict(task="dejpeg", data=str(gray_data), channels=1, quality_range=[5, 100],
+                                  arch="magn-s-local", model={"level_input": True}, patch=32,
+                                  level_unknown=0.25))
+    plain = PatchDataset(scan_images(gray_data).paths, load_config([], dict(
+        task="dejpeg", data=str(gray_data), channels=1, quality_range=[5, 100], patch=32)))
+    dataset = PatchDataset(scan_images(gray_data).paths, config)
+    data_mod.PatchDegradation.draw = lambda self, rng: drawn.append(real(self, rng)) or drawn[-1]
+    try:
+        unknown = 0
+        for i in range(400):
+            degraded, clean = dataset[i]
+            quality = drawn[-1].level
+            assert degraded.shape == (2, 32, 32) and clean.shape == (1, 32, 32)
+            plane = degraded[1].unique()
+            assert len(plane) == 1
+            scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+            unknown += float(plane) == -1.0
+            assert float(plane) in (-1.0, pytest.approx(min(scale / 500, 2.0)))
+            if i < 20:
+                torch.testing.assert_close(degraded[:1], plain[i][0], rtol=0, atol=0)
+    finally:
+        data_mod.PatchDegradation.draw = real
+    assert abs(unknown / 400 - 0.25) < 0.07
+    with pytest.raises(MagnError, match="level map"):
+        load_config([], dict(task="denoise", data="x", sigma=25, arch="magn-s-local",
+                             model={"level_input": True}))
+
+
+def test_a_level_conditioned_model_trains_validates_and_restores(gray_data, tmp_path, one_thread):
+    config = tiny_config(gray_data, task="dejpeg", sigma=None, qualities=[10, 90], steps=6,
+                         model=dict(TINY, level_input=True), val_holdout=2, val_every=6, val_crop=32)
+    run = tmp_path / "run"
+    Trainer(config, run).run()
+    val = [r for r in read_log(run / LOG_FILE) if "val_psnr" in r]
+    assert set(val[-1]["val"]) == {"q10", "q90", "mean"}
+    state, meta = read_checkpoint(run / EXPORT_FILE)
+    assert meta["config"]["level_input"] is True and state["head.weight"].shape[1] == 2
+    source = sorted(gray_data.iterdir())[0]
+    result = runner.invoke(app, ["restore", str(source), "--task", "dejpeg", "--quality", "30",
+                                 "--weights", str(run / EXPORT_FILE), "-o", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [source.stem + "_magn.png"]
 
 
 def test_a_compiled_training_step_trains_the_same_parameters(gray_data, tmp_path, one_thread):

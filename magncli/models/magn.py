@@ -36,6 +36,7 @@ DEFAULT_CONFIG = dict(
     unshuffle=1,           # pixel-unshuffle factor of the front end (1 = the paper's full resolution)
     pixel_heads=None,      # heads of the pixel graph (None = heads)
     pixel_graph_layers=2,  # of each GraphBlock's g1, g2: 2 = both have the pixel graph, 1 = g1 only
+    level_input=False,     # one more input plane: the degradation level map (tasks.Task.level_plane)
 )
 
 # Named variants. Their departures from the paper and the measurements behind them are
@@ -179,15 +180,17 @@ def _detect_magn(state: Mapping[str, Tensor]) -> Optional[dict]:
     (pixel_heads changes no shape: files record it in their metadata.)"""
     if "head.weight" not in state or not any(".g1.norm." in k for k in state):
         return None
-    head = state["head.weight"]                                                # (F, c*r*r, 3, 3)
+    head = state["head.weight"]                                                # (F, (c+l)*r*r, 3, 3)
     n_feats, head_in = head.shape[0], head.shape[1]
-    unshuffle = next((r for r in (1, 2, 3, 4) if head_in % (r * r) == 0
-                      and head_in // (r * r) in (1, 3)), 1)
-    in_channels = head_in // (unshuffle * unshuffle)
+    tail_out = state["tail.weight"].shape[0]                                   # c*r*r
+    unshuffle = next((r for r in (1, 2, 3, 4) if tail_out % (r * r) == 0
+                      and tail_out // (r * r) in (1, 3)), 1)
+    in_channels = tail_out // (unshuffle * unshuffle)
+    level_planes = head_in // (unshuffle * unshuffle) - in_channels            # 1: a level map
     pre = {k.split(".")[1] for k in state if k.startswith("body_pre.")}
     graphs = {k.split(".")[1] for k in state if k.startswith("graphs.")}
     config = dict(DEFAULT_CONFIG, in_channels=int(in_channels), n_feats=int(n_feats),
-                  unshuffle=int(unshuffle),
+                  unshuffle=int(unshuffle), level_input=level_planes == 1,
                   n_resblocks=len(pre), n_graphblocks=len(graphs),
                   global_graph=any(".pixel_graph." in k for k in state),
                   pixel_graph_layers=1 if (any(".g1.pixel_graph." in k for k in state)
@@ -206,16 +209,22 @@ class MAGN(nn.Module):
 
     With unshuffle r > 1 the trunk runs at 1/r resolution on pixel-unshuffled input
     (c*r*r channels) and pixel-shuffles back before the global residual; r = 1 is the
-    paper's network, parameter for parameter."""
+    paper's network, parameter for parameter.
+
+    With level_input the network takes one more plane after the image's c channels, the
+    degradation level map (a JPEG's quality, tasks.Task.level_plane), and returns c: the
+    head sees it, the global residual adds to the image alone. A departure (FBCNN-style
+    quality conditioning), for one JPEG model over every quality."""
 
     def __init__(self, in_channels=3, n_feats=64, n_resblocks=16, n_graphblocks=3, heads=4,
                  patch_size=7, patch_stride=4, patch_channels=16, patch_embed=196,
                  global_graph=True, local_graph=True, unshuffle=1, pixel_heads=None,
-                 pixel_graph_layers=2):
+                 pixel_graph_layers=2, level_input=False):
         super().__init__()
         if unshuffle < 1:
             raise ValueError("unshuffle must be >= 1")
         self.in_channels = in_channels
+        self.level_input = bool(level_input)
         self.unshuffle = unshuffle
         # The trunk's patch grid needs its H, W divisible by the stride.
         self.multiple = patch_stride * unshuffle
@@ -223,7 +232,7 @@ class MAGN(nn.Module):
                             patch_stride=patch_stride, patch_channels=patch_channels,
                             patch_embed=patch_embed, global_graph=global_graph,
                             local_graph=local_graph, pixel_heads=pixel_heads)
-        self.head = conv3x3(in_channels * unshuffle * unshuffle, n_feats)
+        self.head = conv3x3((in_channels + self.level_input) * unshuffle * unshuffle, n_feats)
         self.body_pre = nn.Sequential(*[ResBlock(n_feats) for _ in range(n_resblocks)])
         self.graphs = nn.Sequential(*[GraphBlock(pixel_graph_layers if global_graph else 2, **graph_kwargs)
                                       for _ in range(n_graphblocks)])
@@ -241,7 +250,7 @@ class MAGN(nn.Module):
         # No official test protocol: DAGL's gray forward_chop settings, whose multiple-of-4
         # tiles suit the stride-4 patch graph.
         return ModelFacts(in_channels=self.in_channels, size_multiple=self.multiple,
-                          graph_attention=True, chop_protocol="dagl-gray")
+                          graph_attention=True, chop_protocol="dagl-gray", level_input=self.level_input)
 
     def set_attention_backend(self, backend: Optional[str]) -> None:
         """Choose the graph-attention backend (None = automatic per device)."""
@@ -250,12 +259,13 @@ class MAGN(nn.Module):
                 m.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]                                                    # (B, c, H, W)
-        xp = pad_to_multiple(x, self.multiple)                                 # (B, c, Hm, Wm)
+        h, w = x.shape[-2:]                                                    # (B, c[+1], H, W)
+        xp = pad_to_multiple(x, self.multiple)                                 # (B, c[+1], Hm, Wm)
         r = self.unshuffle
-        trunk_in = F.pixel_unshuffle(xp, r) if r > 1 else xp                   # (B, c*r*r, Hm/r, Wm/r)
+        trunk_in = F.pixel_unshuffle(xp, r) if r > 1 else xp                   # (B, c[+1]*r*r, Hm/r, Wm/r)
         f = self.head(trunk_in)                                                # (B, F, Hm/r, Wm/r)
         f = self.body_post(self.graphs(self.body_pre(f)))
         residual = self.tail(f)                                                # (B, c*r*r, Hm/r, Wm/r)
-        y = xp + (F.pixel_shuffle(residual, r) if r > 1 else residual)         # (B, c, Hm, Wm)
+        image = xp[:, :self.in_channels] if self.level_input else xp           # (B, c, Hm, Wm)
+        y = image + (F.pixel_shuffle(residual, r) if r > 1 else residual)      # (B, c, Hm, Wm)
         return y[..., :h, :w]

@@ -7,7 +7,7 @@ about itself for the inference engine.
     facts(model)                            -> ModelFacts(in_channels=1, size_multiple=4, ...)
 
 Every registered model takes (B, C, H, W) float images (about [0, 1]) and returns the
-same shape; it pads internally to whatever multiple it needs. `model.config` is a plain
+same shape (a model with `level_input` takes one more plane, the level map, and returns C); it pads internally to whatever multiple it needs. `model.config` is a plain
 JSON-serialisable dict that, given back to build_model, rebuilds the same architecture;
 checkpoints store it in their metadata. Every registered model has a `facts` property
 (a ModelFacts computed from its config): the engine reads those and never guesses.
@@ -39,6 +39,9 @@ class ModelFacts:
     half_precision: bool = True         # may run under bf16/fp16 autocast
     graph_attention: bool = False       # set_attention_backend(name) chooses its attention backend
     chop_protocol: str = "dagl-gray"    # its official forward_chop settings (official_protocols.PROTOCOLS)
+    level_input: bool = False           # takes one more input plane after the image's channels: the
+                                        # degradation level as Task.level_plane encodes it (a JPEG's
+                                        # quality); returns the image's channels only
 
 
 # What a module that states nothing gets: any channel count, no grid, no backend to set.

@@ -72,6 +72,9 @@ class TrainConfig:
     # Color patches: scale the chroma (RGB minus its luma) by a factor uniform in [lo, hi]
     # (clipped to [0, 1]); None = off. Saturated colours are rare in CBSD432.
     saturation_range: Optional[List[float]] = None
+    # A model with a level map ([model] level_input = true): the share of samples whose map
+    # says "unknown", so that it also restores files that do not state their level.
+    level_unknown: float = 0.1
 
     # Validation through the eval engine; PSNR on val_images images cropped to val_crop.
     val_every: int = 5000
@@ -102,6 +105,10 @@ class TrainConfig:
         if key == "quality":
             return {"qualities": self.qualities} if self.qualities else {"quality_range": self.quality_range}
         return {"pattern": self.pattern}
+
+    def level_input(self) -> bool:
+        """Whether the model takes the level map (its resolved config's level_input)."""
+        return bool(resolve_config(self.arch, in_channels=self.channels, **self.model)[1].get("level_input"))
 
     def validation_levels(self) -> List[float]:
         """The levels validation scores (the mean is the run's validation PSNR): those
@@ -135,6 +142,9 @@ class TrainConfig:
             resolve_config(self.arch, in_channels=self.channels, **self.model)
         except KeyError as e:
             raise MagnError(e.args[0]) from None
+        need(not self.level_input() or task.level_plane is not None,
+             f"level_input: {task.name} has no level map (only dejpeg has one)")
+        need(0.0 <= self.level_unknown <= 1.0, f"level_unknown must be in [0, 1], not {self.level_unknown}")
         if self.saturation_range is not None:
             lo_hi = self.saturation_range
             need(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],

@@ -33,7 +33,7 @@ from magncli.degrade import BAYER_PATTERNS, DEFAULT_PATTERN, DEFAULT_SEED
 from magncli.errors import MagnError
 from magncli.images import read_image, to_float
 from magncli.metrics import rgb_to_y_studio
-from magncli.tasks import get_task
+from magncli.tasks import Degradation, get_task
 from magncli.training.config import TrainConfig
 
 # --------------------------------------------------------------------------- files
@@ -178,17 +178,22 @@ class PatchDegradation:
 
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Draw this sample's degradation, then apply it as the eval protocol does."""
+        return self.draw(rng).apply(clean)
+
+    def draw(self, rng: np.random.Generator) -> Degradation:
+        """This sample's degradation."""
         level = self._level(rng)
         # The eval noise stream, seeded from this sample's generator.
         seed = int(rng.integers(2 ** 32)) if self.task.seeded else DEFAULT_SEED
         # Every pattern is GRBG seen from an origin shifted by one pixel (down, right or
         # both), so random patterns teach one model all four phases.
         pattern = self.patterns[int(rng.integers(len(self.patterns)))] if self.task.mosaic else DEFAULT_PATTERN
-        return self.task.degradation(level, seed, pattern).apply(clean)
+        return self.task.degradation(level, seed, pattern)
 
 
 class PatchDataset(Dataset):
-    """Sample index -> (degraded, clean), each a float32 tensor (C, patch, patch).
+    """Sample index -> (degraded, clean), each a float32 tensor (C, patch, patch) (the
+    degraded one (C + 1, patch, patch) with the level map of a level-conditioned model).
 
     The index is the sample's position in the whole run (step * batch + i), and the only
     source of randomness is np.random.default_rng((seed, index)). The images are decoded
@@ -202,6 +207,10 @@ class PatchDataset(Dataset):
         self.seed = config.seed
         self.saturation_range = config.saturation_range
         self.degrade = PatchDegradation(config)
+        # A level-conditioned model also gets the level map; a share of the samples read
+        # "unknown", as a file that does not state its quality does.
+        self.level_input = config.level_input()
+        self.level_unknown = config.level_unknown
 
     def __len__(self) -> int:  # nominal: samples are drawn with replacement, indices are open-ended
         return len(self.paths)
@@ -213,7 +222,11 @@ class PatchDataset(Dataset):
         clean = convert_channels(to_float(np.ascontiguousarray(crop)), self.channels, self.task)
         if self.saturation_range is not None and clean.shape[2] == 3:  # drawn only when on
             clean = scale_saturation(clean, float(rng.uniform(*self.saturation_range)))
-        degraded = self.degrade(clean, rng)                                    # (p, p, C) float32
+        degradation = self.degrade.draw(rng)
+        degraded = degradation.apply(clean)                                    # (p, p, C) float32
+        if self.level_input:  # drawn only then, so other runs keep their exact data stream
+            level = None if rng.random() < self.level_unknown else degradation.level
+            degraded = get_task(self.task).with_level_plane(degraded, level)   # (p, p, C + 1)
         as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))  # noqa: E731
         return as_tensor(degraded), as_tensor(clean)
 
