@@ -73,6 +73,20 @@ NOTES = {  # what a card must say beyond its table
         "36.0649 / 0.948527.\n"
         "- One GRBG model serves all four Bayer patterns (others are shifted into phase) and "
         "1-channel CFA files; `tests/test_published_weights.py` restores each pattern."),
+    "magn-tiny-local-denoise-color": (
+        "- **Known harm (being replaced).** On saturated colours it damages clean and nearly "
+        "clean images: a 128 x 128 crop of McMaster image 1 comes out at 29.8 dB at sigma 0 and "
+        "29.3 dB at sigma 5, where the noisy input scores 34.2 "
+        "(`tests/test_published_weights.py`, an expected failure until the replacement, trained "
+        "with chroma scaling, lands)."),
+    "magn-tiny-local-dejpeg-color": (
+        "- **Known harm (being replaced).** Trained on q10-40 only: it makes good JPEGs worse "
+        "(a q90 crop of kodim05 loses 1.2 dB; on four Kodak24 photos saved at q90 every one "
+        "lost 1.7-3.3 dB). A whole-range model with the quality as a level map replaces it."),
+    "magn-tiny-local-dejpeg-gray": (
+        "- **Known harm (being replaced).** Trained on q10-40 only: it makes good JPEGs worse "
+        "(a q75 crop of Classic5 barbara loses 0.9 dB). A whole-range model with the quality as "
+        "a level map replaces it."),
 }
 
 PAPER = {  # the paper's MAGN numbers (docs/architecture.md), for reference
