@@ -182,13 +182,17 @@ def _decode(data: bytes) -> Image:
     try:
         with warnings.catch_warnings():
             # Above MAX_PIXELS Pillow warns (we refuse below, naming the size); above
-            # twice that it raises DecompressionBombError.
-            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            # twice that it raises DecompressionBombError. Its other header warnings
+            # ("Corrupt EXIF data") are no message for a user: a file that cannot be
+            # read fails below with one line.
+            warnings.simplefilter("ignore")
             pil = PILImage.open(io.BytesIO(data))
             pil.size  # noqa: B018 - forces the header parse
     except PILImage.DecompressionBombError as e:
         raise _too_large(_bomb_pixels(e)) from None
     except UnidentifiedImageError:
+        if data[:4] in _TIFF_MAGIC:
+            return _decode_tiff_opencv(data)
         raise MagnError("not an image, or a format magn cannot read") from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         raise MagnError(f"cannot decode ({e})") from None
@@ -278,6 +282,43 @@ def _decode_pillow(pil: PILImage.Image):
     if mode in ("LA", "RGBA"):
         return np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1])
     return np.ascontiguousarray(arr), None
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+
+
+def _tiff_first_ifd(data: bytes):
+    """(width, height, orientation, more pages) from a TIFF's first IFD."""
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack_from(order + "I", data, 4)
+    (count,) = struct.unpack_from(order + "H", data, offset)
+    tags = {}
+    for i in range(count):
+        tag, kind, _, value = struct.unpack_from(order + "HHI4s", data, offset + 2 + 12 * i)
+        if tag in (256, 257, 274):      # width, height (SHORT or LONG), orientation
+            fmt = "H" if kind == 3 else "I"
+            tags[tag] = struct.unpack_from(order + fmt, value)[0]
+    (next_ifd,) = struct.unpack_from(order + "I", data, offset + 2 + 12 * count)
+    return tags.get(256, 0), tags.get(257, 0), tags.get(274, 1), next_ifd != 0
+
+
+def _decode_tiff_opencv(data: bytes) -> Image:
+    """A TIFF Pillow cannot open (RGB float32, as magn itself writes them): its header is
+    checked here as _decode checks others, and OpenCV decodes it."""
+    try:
+        w, h, orientation, more = _tiff_first_ifd(data)
+    except struct.error:
+        raise MagnError("cannot decode this TIFF (its header is truncated)") from None
+    if w * h > MAX_PIXELS:
+        raise _too_large(w * h, f"{w}x{h}")
+    if w == 0 or h == 0:
+        raise MagnError("image has no pixels")
+    if more:
+        raise MagnError("has several pages (a multi-page TIFF); magn reads single-frame images "
+                        "only: split it into one file per page")
+    pixels, alpha = _decode_opencv(data)
+    return Image(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
+                 None, None, "TIFF", None)
 
 
 def _decode_opencv(data: bytes):

@@ -9,7 +9,7 @@ from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps
 
 from magncli.errors import MagnError
-from magncli.images import Image, read_image, write_image
+from magncli.images import Image, decode_image, encode_float_image, read_image, write_image
 
 import hostile_kit
 
@@ -56,10 +56,25 @@ def test_16bit_stays_16bit(tmp_path, ext, channels, alpha):
         assert np.array_equal(back.alpha, img.alpha)
 
 
-def test_float_tiff_keeps_unclipped_values(tmp_path):
-    px = RNG.standard_normal((8, 6, 1)).astype(np.float32)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_float_tiff_keeps_unclipped_values(tmp_path, channels):
+    """Gray and RGB (Pillow cannot open RGB float TIFFs; magn reads them through OpenCV)."""
+    px = RNG.standard_normal((8, 6, channels)).astype(np.float32)
     back = read_image(write_image(tmp_path / "f.tif", Image(px)))
     assert back.pixels.dtype == np.float32 and np.array_equal(back.pixels, px)
+    # Independent oracle: OpenCV reads the same values, in BGR order.
+    raw = cv2.imread(str(tmp_path / "f.tif"), cv2.IMREAD_UNCHANGED).reshape(8, 6, channels)
+    assert np.array_equal(raw[..., ::-1], px)
+
+
+def test_an_rgb_float_tiff_is_checked_like_any_image(tmp_path, monkeypatch):
+    data = encode_float_image(RNG.random((8, 6, 3)).astype(np.float32), "tiff")
+    monkeypatch.setattr("magncli.images.MAX_PIXELS", 40)
+    with pytest.raises(MagnError, match="too large|pixels"):
+        decode_image(data)
+    monkeypatch.undo()
+    with pytest.raises(MagnError, match="truncated|cannot decode"):
+        decode_image(data[:30])
 
 
 def test_16bit_to_8bit_format_rounds(tmp_path):
