@@ -190,3 +190,17 @@ def test_eval_aligns_every_pattern_for_grbg_models(pattern):
     out = model_method(BilinearGRBG(), InferenceOptions(device="cpu")).restore(
         degradation.apply(rgb), degradation)
     assert out.shape == rgb.shape and psnr(out, rgb) > 30
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+def test_a_half_resolution_trunk_sees_packed_bayer_quads(pattern):
+    """docs/architecture.md: with unshuffle 2, every trunk position of a mosaic in the
+    models' GRBG phase holds one Bayer quad, its G, R, B, G samples in channels 4, 1, 10,
+    7 of 12 (channel c, offset (i, j) -> 4c + 2i + j), and nothing else."""
+    rgb = np.random.default_rng(1).random((10, 14, 3)).astype(np.float32) + 0.1
+    x, _ = get_task("demosaic").prepare_input(bayer_mosaic(rgb, pattern), pattern)
+    h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+    packed = F.pixel_unshuffle(torch.from_numpy(x[:h, :w].transpose(2, 0, 1))[None], 2)[0]
+    nonzero = {int(c) for c in torch.nonzero(packed.abs().sum((1, 2)))}
+    assert nonzero == {1, 4, 7, 10}
+    assert bool((packed[[1, 4, 7, 10]][:, 1:-1, 1:-1] > 0).all())     # every inner quad complete
