@@ -128,7 +128,9 @@ def test_the_recorded_training_command_rebuilds_the_checkpoint_config(name):
 
 # Where a published checkpoint does not yet meet the bar (weights/README.md says so). The
 # test pins this list exactly: a fix, or a new shortfall, must update it and the card.
-KNOWN_SHORTFALLS: set = set()   # {(checkpoint, set, level, baseline, "psnr" | "ssim")}
+KNOWN_SHORTFALLS = {   # {(checkpoint, set, level, baseline, "psnr" | "ssim")}
+    ("magn-s-local-denoise-gray", "Set12", "σ15", "bm3d", "psnr"),    # 32.35 against 32.40
+}
 
 
 @pytest.mark.parametrize("name", [e.name for e in load_manifest(WEIGHTS / "manifest.json").entries])
@@ -145,6 +147,28 @@ def test_recorded_scores_meet_the_bar_against_every_baseline_in_the_table(name):
     assert below == {k for k in KNOWN_SHORTFALLS if k[0] == name}
     recorded = {(s["dataset"], round(s["psnr"], 2)) for s in _manifest().get(name).scores}
     assert recorded == {(r["set"], round(r["psnr"], 2)) for r in mine.values()}
+
+
+# The issues' bars on the default checkpoints' recorded scores (protocol PSNR): the
+# published classical result + 0.1 dB, or a stated floor. Keyed by (task, channels):
+# {(set, level): bar}. BAR_SHORTFALLS pins the points not yet met (the model card and
+# the issue note say so); meeting one fails the test until it is removed here.
+ISSUE_BARS = {
+    ("denoise", 1): {  # #15: BM3D (published) + 0.1 on Set12 and BSD68; Set12 sigma 25 >= 30.07
+        ("Set12", "σ15"): 32.47, ("Set12", "σ25"): 30.07, ("Set12", "σ50"): 26.82,
+        ("BSD68", "σ15"): 31.17, ("BSD68", "σ25"): 28.67, ("BSD68", "σ50"): 25.72},
+}
+BAR_SHORTFALLS = {("denoise", 1, "Set12", "σ15")}     # 32.35 against 32.47
+
+
+@pytest.mark.parametrize("task,channels", sorted(ISSUE_BARS))
+def test_the_default_checkpoint_meets_its_issue_bars(task, channels):
+    entry = select_default(task, channels)
+    rows = json.loads((WEIGHTS / "results" / f"{entry.name}.json").read_text())
+    mine = {(r["set"], r["level"]): r["psnr"] for r in rows if r["model"] == entry.name}
+    short = {(task, channels, *point) for point, bar in ISSUE_BARS[(task, channels)].items()
+             if round(mine[point], 2) < bar}
+    assert short == {k for k in BAR_SHORTFALLS if k[:2] == (task, channels)}
 
 
 # --------------------------------------------------------------------------- out of the box
