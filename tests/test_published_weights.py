@@ -149,6 +149,16 @@ def test_recorded_scores_meet_the_bar_against_every_baseline_in_the_table(name):
     assert recorded == {(r["set"], round(r["psnr"], 2)) for r in mine.values()}
 
 
+# Published defaults that still harm some clean or high-quality crop below; each is
+# named in its model card. A fix must remove it here (strict xfail fails once it passes).
+HARMS = {("denoise", "color"), ("dejpeg", "gray"), ("dejpeg", "color")}
+
+
+def _known_harm(task, mode):
+    return pytest.mark.xfail((task, mode) in HARMS, strict=True,
+                             reason=f"the published {mode} {task} default still harms some crops")
+
+
 # The issues' bars on the default checkpoints' recorded scores (protocol PSNR): the
 # published classical result + 0.1 dB, or a stated floor. Keyed by (task, channels):
 # {(set, level): bar}. BAR_SHORTFALLS pins the points not yet met (the model card and
@@ -171,6 +181,25 @@ def test_the_default_checkpoint_meets_its_issue_bars(task, channels):
     assert short == {k for k in BAR_SHORTFALLS if k[:2] == (task, channels)}
 
 
+HIGH_QUALITIES = ("q50", "q60", "q70", "q80", "q90", "q95")
+
+
+@pytest.mark.parametrize("mode,set_name", [pytest.param("gray", "Classic5", marks=_known_harm("dejpeg", "gray")),
+                                           pytest.param("color", "Kodak24", marks=_known_harm("dejpeg", "color"))])
+def test_the_jpeg_default_improves_every_high_quality_level_and_harms_no_image(mode, set_name):
+    """#16's bar on the recorded results: at q50-95 the default is at least 0.05 dB above
+    the JPEG on the set, and no image of the set is worse than its JPEG by more than 0.05."""
+    entry = select_default("dejpeg", 1 if mode == "gray" else 3)
+    rows = json.loads((WEIGHTS / "results" / f"{entry.name}.json").read_text())
+    scored = {(r["model"], r["level"]): r for r in rows if r["set"] == set_name and r["channels"] == mode}
+    for level in HIGH_QUALITIES:
+        assert (entry.name, level) in scored, f"{entry.name} is not evaluated at {level}"
+        mine, jpeg = scored[(entry.name, level)], scored[("input", level)]
+        assert mine["psnr"] >= jpeg["psnr"] + 0.05, level
+        before = {i["name"]: i["psnr"] for i in jpeg["images"]}
+        assert all(i["psnr"] >= before[i["name"]] - 0.05 for i in mine["images"]), level
+
+
 # --------------------------------------------------------------------------- out of the box
 
 def _crop(image: np.ndarray, size: int = 96) -> np.ndarray:
@@ -186,16 +215,6 @@ def test_denoise_out_of_the_box_beats_nlm(data_root, set_name, stem, mode):
     nlm = BASELINES["opencv-nlm"].restore(noisy, degradation)
     assert info["model"] == select_default("denoise", 1 if mode == "gray" else 3, 25).file
     assert psnr(out.to_float(), truth) > psnr(nlm, truth) > psnr(noisy, truth, clamp=False)
-
-
-# Published defaults that still harm some clean or high-quality crop below; each is
-# named in its model card. A fix must remove it here (strict xfail fails once it passes).
-HARMS = {("denoise", "color"), ("dejpeg", "gray"), ("dejpeg", "color")}
-
-
-def _known_harm(task, mode):
-    return pytest.mark.xfail((task, mode) in HARMS, strict=True,
-                             reason=f"the published {mode} {task} default still harms some crops")
 
 
 NO_HARM_CROPS = {"gray": [("Set12", "05"), ("Set12", "08"), ("BSD68", "test004")],
