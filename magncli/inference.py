@@ -390,8 +390,9 @@ def _restore_with_retries(model, image, device, dtype, tile, overlap, align, opt
 def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
                   progress: Optional[ProgressCallback] = None, align: int = 1) -> np.ndarray:
     """Restore an (H, W, C) or (H, W) float image in about [0, 1]; returns float32, same
-    shape (the image's channels only, for a model with a level map), unclipped. `progress(done, total)` after each batch of tile passes; `align`:
-    the input's period (see restore_tensor)."""
+    shape (the image's channels only, for a model with a level map), unclipped.
+    `progress(done, total)` after each batch of tile passes; `align`: the input's period
+    (see restore_tensor)."""
     arr = np.asarray(image, dtype=np.float32)
     squeeze = arr.ndim == 2
     if squeeze:

@@ -7,7 +7,8 @@ about itself for the inference engine.
     facts(model)                            -> ModelFacts(in_channels=1, size_multiple=4, ...)
 
 Every registered model takes (B, C, H, W) float images (about [0, 1]) and returns the
-same shape (a model with `level_input` takes one more plane, the level map, and returns C); it pads internally to whatever multiple it needs. `model.config` is a plain
+same shape (a model with `level_input` takes one more plane, the level map, and returns
+C); it pads internally to whatever multiple it needs. `model.config` is a plain
 JSON-serialisable dict that, given back to build_model, rebuilds the same architecture;
 checkpoints store it in their metadata. Every registered model has a `facts` property
 (a ModelFacts computed from its config): the engine reads those and never guesses.
