@@ -626,6 +626,22 @@ def test_a_level_conditioned_model_trains_validates_and_restores(gray_data, tmp_
     assert [p.name for p in (tmp_path / "out").iterdir()] == [source.stem + "_magn.png"]
 
 
+def test_relative_mse_weighs_each_sample_by_its_input_error():
+    """Naive oracle: a loop over samples of sum((r - c)^2) / n over (sum((d - c)^2) / n +
+    1e-5); plain mse stays the paper's mean over everything."""
+    from magncli.training.loop import training_loss
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(3, 2, 8, 8, generator=g)
+    degraded = clean + torch.randn(3, 2, 8, 8, generator=g) * torch.tensor([0.2, 0.01, 0.0]).view(3, 1, 1, 1)
+    restored = clean + torch.randn(3, 2, 8, 8, generator=g) * 0.005
+    expected = np.mean([float(((restored[i] - clean[i]) ** 2).sum() / 128)
+                        / (float(((degraded[i] - clean[i]) ** 2).sum() / 128) + 1e-5) for i in range(3)])
+    assert float(training_loss(restored, clean, degraded, "relative-mse")) == pytest.approx(expected, rel=1e-5)
+    assert torch.equal(training_loss(restored, clean, degraded, "mse"), torch.nn.functional.mse_loss(restored, clean))
+    with pytest.raises(MagnError, match="unknown loss"):
+        load_config([], dict(task="denoise", data="x", sigma=25, loss="l1"))
+
+
 def test_a_compiled_training_step_trains_the_same_parameters(gray_data, tmp_path, one_thread):
     """compile = true wraps the forward only: the model's own tensors are trained, saved
     and exported, and a run compiled from a checkpoint of an eager run resumes it."""

@@ -23,6 +23,7 @@ from magncli.models.registry import resolve_config
 from magncli.tasks import TASKS, get_task
 
 SCHEDULES = ("cosine", "multistep", "constant")
+LOSSES = ("mse", "relative-mse")
 # Keys that each replace another: giving one (in a later recipe or a flag) drops the other.
 EXCLUSIVE = {"sigma": "sigma_range", "sigma_range": "sigma", "val": "val_holdout", "val_holdout": "val",
              "qualities": "quality_range", "quality_range": "qualities"}
@@ -59,6 +60,8 @@ class TrainConfig:
     gamma: float = 0.5
     grad_clip: float = 0.0                # max global gradient norm; 0 = off
     ema_decay: float = 0.999
+    loss: str = "mse"                     # mse (the paper's) | relative-mse (each sample's error over
+                                          # its input's: every level alike in dB; training/loop.py)
 
     # Degradation (one of each exclusive pair; see EXCLUSIVE).
     sigma: Optional[float] = None         # denoise: one noise level (0-255 scale) ...
@@ -155,6 +158,7 @@ class TrainConfig:
              "batch and steps must be positive and patch at least 8")
         need(self.patch % 4 == 0, f"patch must be a multiple of 4 (the patch graph's stride), not {self.patch}")
         need(self.lr > 0 and len(self.betas) == 2, "lr must be > 0 and betas two numbers")
+        need(self.loss in LOSSES, f"unknown loss {self.loss!r}; losses: {', '.join(LOSSES)}")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; schedules: {', '.join(SCHEDULES)}")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)")
         need(min(self.val_every, self.ckpt_every, self.log_every) >= 1,
