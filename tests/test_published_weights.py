@@ -130,6 +130,9 @@ def test_the_recorded_training_command_rebuilds_the_checkpoint_config(name):
 # test pins this list exactly: a fix, or a new shortfall, must update it and the card.
 KNOWN_SHORTFALLS = {   # {(checkpoint, set, level, baseline, "psnr" | "ssim")}
     ("magn-s-local-denoise-gray", "Set12", "σ15", "bm3d", "psnr"),    # 32.35 against 32.40
+    # The first color denoiser (being replaced) is below CBM3D wherever CBM3D was run.
+    *(("magn-tiny-local-denoise-color", s, f"σ{v}", "bm3d", m)
+      for s in ("Kodak24", "McMaster") for v in (15, 25, 50) for m in ("psnr", "ssim")),
 }
 
 
