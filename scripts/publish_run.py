@@ -3,8 +3,9 @@
     python scripts/publish_run.py ~/magn-runs/denoise-gray --name magn-s-denoise-gray \
         --replaces magn-tiny-local-denoise-gray
 
-1. exports the run's last checkpoint (fp16 EMA weights, provenance with every command,
-   resume and warm start, CPU-hours, data by name and content hash);
+1. exports the run's last checkpoint, or with --best its best held-out validation so
+   far (fp16 EMA weights, provenance with every command, resume and warm start,
+   CPU-hours, data by name and content hash);
 2. adds it to weights/manifest.json as the default for its task and channels, replacing
    the named entries (and deleting their files), or a previous export of its own name;
 3. writes the validation curve beside the model card: weights/results/NAME-validation.json
@@ -47,11 +48,13 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--name", required=True)
     ap.add_argument("--replaces", action="append", default=[])
+    ap.add_argument("--best", action="store_true",
+                    help="publish the best held-out validation so far (model_best), not the last checkpoint")
     args = ap.parse_args()
 
     config = load_run_config(args.run)
     trainer = Trainer(config, args.run, resume=True, record_session=False)
-    export = trainer.export()
+    export = trainer.export(best=args.best)
     named = args.run / f"{args.name}.safetensors"
     shutil.copyfile(export, named)
     replaces = list(args.replaces)
@@ -71,8 +74,8 @@ def main() -> None:
     write_png(results / f"{args.name}-validation.png",
               draw_validation_series([(args.name, validation_points(records))],
                                      f"{args.name}: validation PSNR (dB, held-out images) against CPU-hours"))
-    print(f"published {entry.name}: step {trainer.step} of {config.steps}, "
-          f"{trainer.cpu_s / 3600:.2f} CPU-hours, sha256 {entry.sha256[:12]}...")
+    print(f"published {entry.name}: step {entry.provenance['steps']} of {config.steps}, "
+          f"{entry.provenance['cpu_hours']:.2f} CPU-hours, sha256 {entry.sha256[:12]}...")
     print("score it with:\n  magn eval " + EVAL[(entry.task, entry.channels)].replace("-m input", f"-m input -m {entry.name}", 1)
           + f" -o weights/results/{entry.name}.json -o weights/results/{entry.name}.md --overwrite"
           + f"\n  magn weights scores {entry.name} weights/results/{entry.name}.json\n  python scripts/model_cards.py")

@@ -626,6 +626,24 @@ def test_a_level_conditioned_model_trains_validates_and_restores(gray_data, tmp_
     assert [p.name for p in (tmp_path / "out").iterdir()] == [source.stem + "_magn.png"]
 
 
+def test_export_best_publishes_the_best_validation_with_its_step(gray_data, tmp_path, one_thread):
+    """export(best=True) writes model_best's weights (not the last EMA), with the step and
+    CPU time of the validation that chose them."""
+    config = tiny_config(gray_data, steps=6, val_holdout=2, val_every=2, val_crop=32, ckpt_every=2)
+    run = tmp_path / "run"
+    trainer = Trainer(config, run)
+    trainer.run()
+    best_state, best_meta = read_checkpoint(run / BEST_FILE)
+    state, meta = read_checkpoint(trainer.export(best=True))
+    assert meta["step"] == best_meta["step"] == meta["provenance"]["steps"]
+    for key, value in best_state.items():
+        torch.testing.assert_close(state[key].float(), value.half().float())
+    vals = {r["step"]: r["cpu_s"] for r in read_log(run / LOG_FILE) if "val_psnr" in r}
+    assert meta["provenance"]["cpu_hours"] == round(vals[best_meta["step"]] / 3600, 3)
+    _, last = read_checkpoint(trainer.export())
+    assert last["step"] == 6
+
+
 def test_relative_mse_weighs_each_sample_by_its_input_error():
     """Naive oracle: a loop over samples of sum((r - c)^2) / n over (sum((d - c)^2) / n +
     1e-5); plain mse stays the paper's mean over everything."""

@@ -33,6 +33,7 @@ before each forward); the weights are the same on every rank.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -48,7 +49,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from magncli.checkpoints import load_state_dict_strict, save_checkpoint
+from magncli.checkpoints import load_state_dict_strict, read_checkpoint, save_checkpoint
 from magncli.errors import MagnError
 from magncli.fileio import write_file_atomic
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
@@ -324,25 +325,37 @@ class Trainer:
         return [{k: r.get(k) for k in keys if r.get(k) is not None}
                 for r in read_log(self.run_dir / LOG_FILE) if r.get("event") in ("start", "resume")]
 
-    def export(self) -> Path:
+    def export(self, best: bool = False) -> Path:
         """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry. Called
         at the end of a run, or at any checkpoint to publish while a long run goes on
-        (then steps < planned_steps)."""
+        (then steps < planned_steps). best: the EMA weights of the best validation so far
+        (model_best), with the step and CPU-hours at which they were validated."""
         config = self.config
+        model, step, cpu_s = self.ema.model, self.step, self.cpu_s
+        if best:
+            state, meta = read_checkpoint(self.run_dir / BEST_FILE)
+            model = copy.deepcopy(self.ema.model)
+            load_state_dict_strict(model, state)
+            step = int(meta["step"])
+            cpu_s = next(r.get("cpu_s", r.get("elapsed_s", 0)) for r in read_log(self.run_dir / LOG_FILE)
+                         if "val_psnr" in r and r["step"] == step)
         provenance = {
             "training_data": self.images.describe(),
-            "steps": self.step, "planned_steps": config.steps,
+            "steps": step, "planned_steps": config.steps,
             "batch_size": config.batch, "patch_size": config.patch,
             "hardware": hardware_string(self.device, self.dist.world),
             "wall_time": f"{self.elapsed_s / 3600:.2f} h",
-            "cpu_hours": round(self.cpu_s / 3600, 3),
+            "cpu_hours": round(cpu_s / 3600, 3),
             "sessions": self._sessions(), "commit": git_commit(),
             "command": self._commands(),
             "validation": self.validator.name if self.validator else None,
-            "notes": f"seed {config.seed}, lr {config.lr} {config.schedule}, EMA {config.ema_decay}"}
-        best = self.best_psnr if math.isfinite(self.best_psnr) else None
-        return save_checkpoint(self.run_dir / EXPORT_FILE, self.ema.model,
-                               self._meta(provenance=provenance, best_val_psnr=best), half=True)
+            "notes": f"seed {config.seed}, lr {config.lr} {config.schedule}, EMA {config.ema_decay}"
+                     + (f"; the best held-out validation, at step {step} of a run then at step "
+                        f"{self.step}" if best else "")}
+        best_psnr = self.best_psnr if math.isfinite(self.best_psnr) else None
+        return save_checkpoint(self.run_dir / EXPORT_FILE, model,
+                               dict(self._meta(provenance=provenance, best_val_psnr=best_psnr), step=step),
+                               half=True)
 
     # ------------------------------------------------------------------ training
     def _train_step(self, degraded: torch.Tensor, clean: torch.Tensor) -> float:
