@@ -24,5 +24,5 @@ magn restore examples/rocket.jpg --task dejpeg -o "$OUT/restored" --overwrite
 magn eval --task denoise --sets "$OUT/clean-gray" --levels 25 \
     -m input -m opencv-nlm -m magn-s-local-denoise-gray -o "$OUT/denoise.md" --overwrite
 magn eval --task dejpeg --sets "$OUT/clean-color" --levels 20 \
-    -m input -m magn-tiny-local-dejpeg-color -o "$OUT/dejpeg.md" --overwrite
+    -m input -m magn-s-local-dejpeg-color -o "$OUT/dejpeg.md" --overwrite
 echo "demo: restored images in $OUT/restored/, scores in $OUT/denoise.md and $OUT/dejpeg.md"
