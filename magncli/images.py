@@ -148,6 +148,14 @@ def declared_pixels(path) -> Optional[int]:
         return None
 
 
+def _check_size(w: int, h: int) -> None:
+    """The one size rule, from a header's width and height, before any pixel is decoded."""
+    if w * h > MAX_PIXELS:
+        raise _too_large(w * h, f"{w}x{h}")
+    if w == 0 or h == 0:
+        raise MagnError("image has no pixels")
+
+
 def _too_large(pixels: int, size: str = "") -> MagnError:
     return MagnError(f"too large: {size + ' = ' if size else ''}{pixels:,} pixels, over the "
                      f"limit of {MAX_PIXELS:,} (width x height; set MAGN_MAX_PIXELS to raise it)")
@@ -197,10 +205,7 @@ def _decode(data: bytes) -> Image:
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         raise MagnError(f"cannot decode ({e})") from None
     w, h = pil.size
-    if w * h > MAX_PIXELS:
-        raise _too_large(w * h, f"{w}x{h}")
-    if w == 0 or h == 0:
-        raise MagnError("image has no pixels")
+    _check_size(w, h)
     if pil.format == "PNG" and len(data) > 25 and \
             _png_declared_bytes(data, w, h) > _PNG_MAX_RATIO * len(data):
         raise MagnError(f"the file ({len(data):,} bytes) is too small to hold the {w}x{h} "
@@ -309,10 +314,7 @@ def _decode_tiff_opencv(data: bytes) -> Image:
         w, h, orientation, more = _tiff_first_ifd(data)
     except struct.error:
         raise MagnError("cannot decode this TIFF (its header is truncated)") from None
-    if w * h > MAX_PIXELS:
-        raise _too_large(w * h, f"{w}x{h}")
-    if w == 0 or h == 0:
-        raise MagnError("image has no pixels")
+    _check_size(w, h)
     if more:
         raise MagnError("has several pages (a multi-page TIFF); magn reads single-frame images "
                         "only: split it into one file per page")
