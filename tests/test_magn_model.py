@@ -144,3 +144,32 @@ def test_level_input_takes_a_level_map_and_returns_the_image_channels(channels):
         a = m(x)
         b = m(torch.cat([image, torch.full((1, 1, 20, 28), 0.04)], 1))
     assert a.shape == image.shape and (a - b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("unshuffle, level_input", [(1, False), (2, True)])
+def test_channel_conversion_is_the_same_network_on_gray_content(unshuffle, level_input):
+    """convert_channels (the warm start of a gray run from a color model, or back) is
+    exact on gray images. Oracle: the source model itself, run on the gray image
+    replicated to RGB (and, for color -> gray, its output mixed by BT.601 luma)."""
+    from magncli.models.registry import convert_channels
+    config = dict(TINY, unshuffle=unshuffle, level_input=level_input)
+    # float64 throughout, so that only a wrong conversion can show.
+    color = random_magn("magn", seed=3, in_channels=3, **config).double().eval()
+    torch.nn.init.normal_(color.tail.bias, std=0.05)     # distinct per channel
+    gray = build_model("magn", in_channels=1, **config).double().eval()
+    gray.load_state_dict(convert_channels("magn", color.state_dict(), color.config, 1))
+    torch.manual_seed(0)
+    y = torch.rand(2, 1, 21, 18, dtype=torch.float64)                          # (B, 1, H, W)
+    level = torch.full_like(y, 0.3)
+    with_level = (lambda t: torch.cat([t, level], 1)) if level_input else (lambda t: t)
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(1, 3, 1, 1)
+    with torch.no_grad():
+        rgb_out = color(with_level(y.expand(-1, 3, -1, -1)))                   # (B, 3, H, W)
+        assert (rgb_out[:, 0] - rgb_out[:, 2]).abs().max() > 1e-3              # the channels differ
+        torch.testing.assert_close(gray(with_level(y)), (rgb_out * luma).sum(1, keepdim=True))
+        back = build_model("magn", in_channels=3, **config).double().eval()    # 1 -> 3
+        back.load_state_dict(convert_channels("magn", gray.state_dict(), gray.config, 3))
+        torch.testing.assert_close(back(with_level(y.expand(-1, 3, -1, -1))),
+                                   gray(with_level(y)).expand(-1, 3, -1, -1))
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        convert_channels("magn", color.state_dict(), color.config, 4)

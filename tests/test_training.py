@@ -33,7 +33,7 @@ from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPO
 REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
-OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map")   # shared settings, not recipes of a checkpoint
+OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -526,6 +526,48 @@ def test_warm_start_from_published_style_weights_when_the_run_folder_is_gone(gra
     with pytest.raises(MagnError, match="architecture"):
         Trainer(tiny_config(gray_data, steps=4, init_from=str(weights), model=dict(TINY, n_feats=12)),
                 tmp_path / "third")
+
+
+def test_adaptive_clip_bounds_a_step_at_a_multiple_of_the_recent_median_norm(gray_data, tmp_path, one_thread):
+    """grad_clip_median: a gradient far above the recent ones is scaled down to
+    grad_clip_median x their median (direction kept); the log counts clipped steps, and
+    the history survives a resume."""
+    trainer = Trainer(tiny_config(gray_data, steps=3, grad_clip_median=2.0, log_every=1), tmp_path / "run")
+    degraded, clean = next(iter(make_loader(trainer.dataset, trainer.config, 0, 1)))
+    trainer.recent_grad_norms.extend([1e-6] * 60)          # a history of tiny gradients
+    _, norm, was_clipped = trainer._train_step(degraded, clean)
+    grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+    assert was_clipped and norm > 1e-4 and grads.norm().item() == pytest.approx(2e-6, rel=1e-3)
+    # Below its history's minimum length the adaptive clip waits (a fresh run's first steps).
+    fresh = Trainer(tiny_config(gray_data, steps=3, grad_clip_median=2.0, log_every=1), tmp_path / "fresh")
+    fresh.run()
+    records = [r for r in read_log(tmp_path / "fresh" / LOG_FILE) if "loss" in r]
+    assert [r["clipped_steps"] for r in records] == [0, 0, 0]
+    assert all(r["grad_norm_max"] >= r["grad_norm"] > 0 for r in records)
+    resumed = Trainer(tiny_config(gray_data, steps=4, grad_clip_median=2.0, log_every=1), tmp_path / "fresh",
+                      resume=True)
+    assert list(resumed.recent_grad_norms) == pytest.approx(list(fresh.recent_grad_norms))
+
+
+def test_warm_start_across_channel_counts_converts_head_and_tail(gray_data, tmp_path, one_thread):
+    """A gray run may start from a color model of the same architecture (the gray JPEG
+    run from the color one): its weights are the architecture's conversion (exact on gray
+    content: tests/test_magn_model.py), and the run's provenance says so."""
+    from magncli.checkpoints import save_checkpoint
+    from magncli.models.registry import convert_channels
+    from magn_testkit import random_magn
+    color = random_magn("magn", seed=1, in_channels=3, **TINY)
+    save_checkpoint(tmp_path / "color.safetensors", color, {"step": 9, "provenance": {"cpu_hours": 0.5}})
+    warm = Trainer(tiny_config(gray_data, steps=2, init_from=str(tmp_path / "color.safetensors")),
+                   tmp_path / "gray")
+    expected = convert_channels("magn", color.state_dict(), color.config, 1)
+    for key, value in warm.model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert warm.warm_start["converted"] == "3 -> 1 channels" and warm.cpu_s == pytest.approx(1800)
+    # A color model of another width is still refused, in one line.
+    save_checkpoint(tmp_path / "wide.safetensors", random_magn("magn", in_channels=3, **dict(TINY, n_feats=12)))
+    with pytest.raises(MagnError, match="architecture"):
+        Trainer(tiny_config(gray_data, steps=2, init_from=str(tmp_path / "wide.safetensors")), tmp_path / "x")
 
 
 @pytest.mark.skipif(not __import__("magncli.inference", fromlist=["x"]).cpu_has_native_bf16(),

@@ -203,7 +203,48 @@ def _detect_magn(state: Mapping[str, Tensor]) -> Optional[dict]:
     return config
 
 
-@register_arch("magn", DEFAULT_CONFIG, detect=_detect_magn, variants=VARIANTS)
+# BT.601 luma weights: how the gray tasks make gray from color (sum to 1).
+LUMA = (0.299, 0.587, 0.114)
+
+
+def _convert_channels(state: Mapping[str, Tensor], config: dict, in_channels: int) -> dict:
+    """MAGN weights for 1 <-> 3 image channels, the same network on gray content: only the
+    head's image inputs and the tail change (the level plane, the trunk and the graphs
+    are shared).
+    - 3 -> 1: on a gray image y the new model returns the BT.601 luma of the old model's
+      output on (y, y, y) (the head sums the three channels' kernels, the tail mixes the
+      three residuals by LUMA).
+    - 1 -> 3: on (y, y, y) the new model returns, in each channel, the old model's output
+      on y (each channel gets a third of the kernel; every channel the same residual)."""
+    old = int(config["in_channels"])
+    if {old, in_channels} != {1, 3}:
+        raise ValueError(f"MAGN weights convert between 1 and 3 channels, not {old} -> {in_channels}")
+    q = int(config.get("unshuffle", 1)) ** 2         # pixel_unshuffle: channel c -> inputs [c*q, c*q+q)
+    def wide(t: Tensor) -> Tensor:                   # fp16 files: mix in fp32 at least
+        return t.to(torch.promote_types(t.dtype, torch.float32))
+    head = wide(state["head.weight"])                                          # (F, (old+l)*q, 3, 3)
+    n_feats = head.shape[0]
+    image_in = head[:, :old * q].reshape(n_feats, old, q, 3, 3)
+    level_in = head[:, old * q:]                                               # (F, l*q, 3, 3)
+    tail_w = wide(state["tail.weight"]).reshape(old, q, n_feats, 3, 3)
+    tail_b = wide(state["tail.bias"]).reshape(old, q)
+    if old == 3:
+        luma = torch.tensor(LUMA, dtype=tail_w.dtype)
+        image_in = image_in.sum(1, keepdim=True)                              # (F, 1, q, 3, 3)
+        tail_w = (luma.view(3, 1, 1, 1, 1) * tail_w).sum(0, keepdim=True)      # (1, q, F, 3, 3)
+        tail_b = (luma.view(3, 1) * tail_b).sum(0, keepdim=True)              # (1, q)
+    else:
+        image_in = (image_in / 3).expand(n_feats, 3, q, 3, 3)
+        tail_w, tail_b = tail_w.expand(3, q, n_feats, 3, 3), tail_b.expand(3, q)
+    converted = dict(state)
+    converted["head.weight"] = torch.cat([image_in.reshape(n_feats, in_channels * q, 3, 3), level_in], 1)
+    converted["tail.weight"] = tail_w.reshape(in_channels * q, n_feats, 3, 3).contiguous()
+    converted["tail.bias"] = tail_b.reshape(in_channels * q).contiguous()
+    return converted
+
+
+@register_arch("magn", DEFAULT_CONFIG, detect=_detect_magn, variants=VARIANTS,
+               convert_channels=_convert_channels)
 class MAGN(nn.Module):
     """MAGN: residual CNN with multi-level (pixel + patch) graph attention blocks.
 

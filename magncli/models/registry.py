@@ -4,6 +4,7 @@ about itself for the inference engine.
 
     build_model("magn", in_channels=1)      -> nn.Module with a `.config` dict
     detect_arch(state_dict)                 -> ("dagl", {...config...})
+    convert_channels("magn", sd, config, 1) -> the state_dict of a 1-channel twin (warm starts)
     facts(model)                            -> ModelFacts(in_channels=1, size_multiple=4, ...)
 
 Every registered model takes (B, C, H, W) float images (about [0, 1]) and returns the
@@ -26,6 +27,9 @@ import torch
 from torch import nn
 
 Detector = Callable[[Mapping[str, torch.Tensor]], Optional[dict]]
+# (state_dict, its config, the new in_channels) -> the state_dict of the same network
+# for that many channels.
+ChannelConverter = Callable[[Mapping[str, torch.Tensor], dict, int], Dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,15 @@ class ArchSpec:
     detect: Optional[Detector] = None
     doc: str = ""
     variants: Dict[str, dict] = field(default_factory=dict)
+    convert_channels: Optional[ChannelConverter] = None
 
 
 _ARCHS: Dict[str, ArchSpec] = {}
 
 
 def register_arch(name: str, default_config: dict, detect: Optional[Detector] = None,
-                  variants: Optional[Dict[str, dict]] = None):
+                  variants: Optional[Dict[str, dict]] = None,
+                  convert_channels: Optional[ChannelConverter] = None):
     """Decorator: register a model class (or builder function) under `name`."""
 
     def wrap(builder):
@@ -79,7 +85,7 @@ def register_arch(name: str, default_config: dict, detect: Optional[Detector] = 
             raise ValueError(f"architecture {name!r} registered twice")
         _ARCHS[name] = ArchSpec(name, builder, dict(default_config), detect,
                                 (builder.__doc__ or "").strip().split("\n")[0],
-                                dict(variants or {}))
+                                dict(variants or {}), convert_channels)
         return builder
 
     return wrap
@@ -132,3 +138,15 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, dict]:
             return spec.name, config
     raise ValueError("could not recognise the architecture from the checkpoint's keys "
                      f"(first keys: {', '.join(list(state_dict)[:4])}); pass arch=NAME")
+
+
+def convert_channels(name: str, state_dict: Mapping[str, torch.Tensor], config: dict,
+                     in_channels: int) -> Dict[str, torch.Tensor]:
+    """The weights of architecture `name` (config `config`) for `in_channels` instead of
+    config["in_channels"]: a warm start across channel counts (e.g. a gray JPEG model
+    from the color one), where the architecture says how (ValueError where it does not)."""
+    spec = get_arch(name)
+    if spec.convert_channels is None:
+        raise ValueError(f"{spec.name} weights cannot change channel count "
+                         f"({config.get('in_channels')} -> {in_channels})")
+    return spec.convert_channels(state_dict, config, in_channels)

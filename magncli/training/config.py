@@ -30,7 +30,7 @@ EXCLUSIVE = {"sigma": "sigma_range", "sigma_range": "sigma", "val": "val_holdout
 # What --resume may change: nothing that alters the data or the optimisation.
 # threads and precision change the speed, not the data or the optimisation (bf16 changes
 # rounding; each resume's precision is recorded in the log and the export's provenance).
-RESUMABLE = {"steps", "val_every", "ckpt_every", "log_every", "workers", "device", "data", "val",
+RESUMABLE = {"steps", "grad_clip", "grad_clip_median", "val_every", "ckpt_every", "log_every", "workers", "device", "data", "val",
              "threads", "precision", "compile"}
 
 
@@ -59,6 +59,10 @@ class TrainConfig:
     milestones: List[int] = field(default_factory=list)  # multistep: steps where lr *= gamma
     gamma: float = 0.5
     grad_clip: float = 0.0                # max global gradient norm; 0 = off
+    # Adaptive clip: at most this many times the median norm of the last steps (a rare
+    # gradient 100x the usual one wrecked CPU runs that a fixed clip of 1.0 never
+    # touched: denoising norms are about 0.03); 0 = off. With grad_clip, the tighter wins.
+    grad_clip_median: float = 0.0
     ema_decay: float = 0.999
     loss: str = "mse"                     # mse (the paper's) | relative-mse (each sample's error over
                                           # its input's: every level alike in dB; training/loop.py)
@@ -161,6 +165,8 @@ class TrainConfig:
         need(self.loss in LOSSES, f"unknown loss {self.loss!r}; losses: {', '.join(LOSSES)}")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; schedules: {', '.join(SCHEDULES)}")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)")
+        need(self.grad_clip >= 0 and (self.grad_clip_median == 0 or self.grad_clip_median >= 1),
+             "grad_clip must be >= 0, grad_clip_median 0 (off) or >= 1")
         need(min(self.val_every, self.ckpt_every, self.log_every) >= 1,
              "val_every, ckpt_every and log_every must be >= 1")
         need(self.workers >= 0, "workers must be >= 0")

@@ -39,9 +39,10 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ from magncli.checkpoints import load_state_dict_strict, read_checkpoint, save_ch
 from magncli.errors import MagnError
 from magncli.fileio import write_file_atomic
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
-from magncli.models.registry import build_model, facts, resolve_config
+from magncli.models.registry import build_model, convert_channels, facts, resolve_config
 from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
 from magncli.training.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
@@ -92,6 +93,14 @@ def training_loss(restored: Tensor, clean: Tensor, degraded: Tensor, kind: str =
     per_sample = (restored - clean).pow(2).mean((1, 2, 3))                    # (b,)
     input_error = (degraded.float() - clean).pow(2).mean((1, 2, 3))            # (b,)
     return (per_sample / (input_error + RELATIVE_MSE_FLOOR)).mean()
+
+
+# --------------------------------------------------------------------------- clipping
+
+# grad_clip_median: the median over this many recent steps (about 40 s at one thread),
+# applied once this many are in.
+GRAD_NORM_HISTORY = 500
+GRAD_NORM_MIN_HISTORY = 50
 
 
 # --------------------------------------------------------------------------- schedule
@@ -188,6 +197,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step, self.best_psnr, self.elapsed_s = 0, -math.inf, 0.0
+        self.recent_grad_norms: Deque[float] = deque(maxlen=GRAD_NORM_HISTORY)
         # CPU seconds of this process (all its threads) spent training, over every resume;
         # a warm start carries those of the weights it started from.
         self.cpu_s = float(self.warm_start["cpu_s"]) if self.warm_start else 0.0
@@ -250,16 +260,32 @@ class Trainer:
         from magncli.weights import file_sha256, resolve_weights
         path = resolve_weights(source)
         state, meta = read_checkpoint(path)
-        if meta.get("arch") not in (None, self.model.arch) or (
-                meta.get("config") and _filled_config(self.model.arch, meta["config"]) != self.model.config):
+        own = self.model.config
+        theirs = _filled_config(self.model.arch, meta["config"]) if meta.get("config") else None
+        converted = None
+        if (meta.get("arch") == self.model.arch and theirs is not None
+                and theirs["in_channels"] != own["in_channels"]
+                and dict(theirs, in_channels=own["in_channels"]) == own):
+            # The same network for another channel count (a gray JPEG run from the color
+            # model): the architecture converts its head and tail, exactly on gray content.
+            try:
+                state = convert_channels(self.model.arch, state, theirs, own["in_channels"])
+            except ValueError as e:
+                raise MagnError(f"{source}: {e}") from None
+            converted = f"{theirs['in_channels']} -> {own['in_channels']} channels"
+            theirs = own
+        if meta.get("arch") not in (None, self.model.arch) or (theirs is not None and theirs != own):
             raise MagnError(f"{source}: its architecture ({meta.get('arch')} {meta.get('config')}) "
-                            f"is not this run's ({self.model.arch} {self.model.config})")
+                            f"is not this run's ({self.model.arch} {own})")
         load_state_dict_strict(self.model, state, source=str(path))
         provenance = meta.get("provenance") or {}
-        return {"weights": source if not Path(source).exists() else Path(source).name,
-                "sha256": file_sha256(path), "step": meta.get("step"),
-                "cpu_s": float(provenance.get("cpu_hours", 0.0)) * 3600.0,
-                "commands": provenance.get("command")}
+        record = {"weights": source if not Path(source).exists() else Path(source).name,
+                  "sha256": file_sha256(path), "step": meta.get("step"),
+                  "cpu_s": float(provenance.get("cpu_hours", 0.0)) * 3600.0,
+                  "commands": provenance.get("command")}
+        if converted:
+            record["converted"] = converted
+        return record
 
     def _log(self, record: dict) -> None:
         with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as f:
@@ -274,6 +300,7 @@ class Trainer:
                 "ema_updates": self.ema.updates,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng_states(),
+                "recent_grad_norms": list(self.recent_grad_norms),
                 "config": asdict(self.config)}
 
     def _load_state(self) -> None:
@@ -296,6 +323,7 @@ class Trainer:
         set_rng_states(state["rng"])
         self.step, self.best_psnr, self.elapsed_s = state["step"], state["best_psnr"], state["elapsed_s"]
         self.cpu_s = float(state.get("cpu_s", self.elapsed_s))  # states before cpu_s: wall time
+        self.recent_grad_norms.extend(state.get("recent_grad_norms", []))
 
     def _meta(self, **extra) -> dict:
         """Checkpoint metadata beside arch/config: what the model is for, and how far along."""
@@ -358,7 +386,9 @@ class Trainer:
                                half=True)
 
     # ------------------------------------------------------------------ training
-    def _train_step(self, degraded: torch.Tensor, clean: torch.Tensor) -> float:
+    def _train_step(self, degraded: torch.Tensor, clean: torch.Tensor) -> Tuple[float, float, bool]:
+        """One optimizer step; returns (loss, the gradient's global norm before clipping,
+        whether it was clipped)."""
         degraded = degraded.to(self.device, non_blocking=True,
                                memory_format=self.memory_format)               # (b, C, p, p)
         clean = clean.to(self.device, non_blocking=True)                       # (b, C, p, p)
@@ -371,14 +401,24 @@ class Trainer:
                             "lower lr= or use precision=fp32")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.config.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.unscale_(self.optimizer)
+        limit = self._clip_limit()
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), limit).item()
+        self.recent_grad_norms.append(grad_norm)                               # before clipping
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.ema.update(self.model)
-        return loss.item()
+        return loss.item(), grad_norm, grad_norm > limit
+
+    def _clip_limit(self) -> float:
+        """The gradient-norm bound of this step: grad_clip, and grad_clip_median times the
+        median of the recent norms once there are enough of them. A clipped gradient keeps
+        its direction; only its step is bounded. The norm is logged either way."""
+        limit = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        if self.config.grad_clip_median > 0 and len(self.recent_grad_norms) >= GRAD_NORM_MIN_HISTORY:
+            limit = min(limit, self.config.grad_clip_median * float(np.median(self.recent_grad_norms)))
+        return limit
 
     def validate(self) -> Dict[str, float]:
         """Score the EMA weights; keep them as model_best when the mean PSNR improved."""
@@ -402,13 +442,17 @@ class Trainer:
                              pin_memory=self.device.type == "cuda")
         run_start, elapsed_before, cpu_before = time.perf_counter(), self.elapsed_s, self.cpu_s
         losses: List[float] = []        # since the last log record
+        grad_norms: List[float] = []
+        clipped = 0
         step_seconds = 0.0              # data wait + training of those steps (no validation)
         val_psnr = None
         fetch_start, cpu_start = time.perf_counter(), time.process_time()
         for degraded, clean in loader:
-            loss = self._train_step(degraded, clean)
+            loss, grad_norm, was_clipped = self._train_step(degraded, clean)
             self.step += 1
             losses.append(loss)
+            grad_norms.append(grad_norm)
+            clipped += was_clipped
             step_seconds += time.perf_counter() - fetch_start
             # Training CPU time: data (in this process with workers=0) and the step, not
             # validation or checkpoints, so curves against it compare runs fairly.
@@ -418,10 +462,12 @@ class Trainer:
                 samples_per_s = len(losses) * config.batch / max(step_seconds, 1e-9)
                 if self.step % config.log_every == 0 or self.step == stop:
                     self._log({"step": self.step, "loss": float(np.mean(losses)),
+                               "grad_norm": float(np.median(grad_norms)),
+                               "grad_norm_max": float(np.max(grad_norms)), "clipped_steps": clipped,
                                "lr": self.scheduler.get_last_lr()[0],
                                "samples_per_s": round(samples_per_s, 3),
                                "elapsed_s": round(self.elapsed_s, 2), "cpu_s": round(self.cpu_s, 1)})
-                    losses, step_seconds = [], 0.0
+                    losses, grad_norms, clipped, step_seconds = [], [], 0, 0.0
                 out_of_time = cpu_hours is not None and self.cpu_s - cpu_before >= cpu_hours * 3600
                 # A CPU-time budget ends with a validation: curves compared at equal CPU time
                 # then have a point at the budget itself.
