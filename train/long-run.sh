@@ -19,6 +19,7 @@ RECIPE="$1"; ARCH="$2"; NAME="${3:-}"
 shift $(( $# < 3 ? $# : 3 ))
 OVERLAYS=()
 for overlay in "$@"; do OVERLAYS+=(--config "$overlay"); done
+command -v magn >/dev/null || { echo "long-run: magn is not on PATH (. .venv/bin/activate)" >&2; exit 1; }
 RUNS="${MAGN_RUNS:-$HOME/magn-runs}"
 RUN="$RUNS/$RECIPE-$ARCH"
 mkdir -p "$RUNS"
