@@ -528,6 +528,24 @@ def test_warm_start_from_published_style_weights_when_the_run_folder_is_gone(gra
                 tmp_path / "third")
 
 
+def test_ema_averages_batchnorm_statistics_like_the_weights():
+    """The EMA model's running statistics follow the same average as its weights (a jump
+    of the live statistics moves them by 1 - decay), and counters are copied."""
+    from magncli.training.runstate import EMA
+    live = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    ema = EMA(live, decay=0.9)
+    ema.updates = 1000                                    # past the early-phase warmup of the decay
+    with torch.no_grad():
+        live[0].weight.fill_(1.0)
+        live[1].running_mean.fill_(10.0)
+        live[1].num_batches_tracked.fill_(7)
+    before_w, before_m = ema.model[0].weight.clone(), ema.model[1].running_mean.clone()
+    ema.update(live)
+    torch.testing.assert_close(ema.model[0].weight, 0.9 * before_w + 0.1)
+    torch.testing.assert_close(ema.model[1].running_mean, 0.9 * before_m + 0.1 * 10.0)
+    assert ema.model[1].num_batches_tracked.item() == 7
+
+
 def test_adaptive_clip_bounds_a_step_at_a_multiple_of_the_recent_median_norm(gray_data, tmp_path, one_thread):
     """grad_clip_median: a gradient far above the recent ones is scaled down to
     grad_clip_median x their median (direction kept); the log counts clipped steps, and

@@ -36,8 +36,12 @@ class EMA:
 
     ema = d * ema + (1 - d) * weights, with d = min(decay, (1 + n) / (10 + n)) after n
     updates: early on the average follows the weights instead of remembering the random
-    initialisation (which would make short runs look untrained). Buffers (BatchNorm
-    running statistics) are copied, not averaged."""
+    initialisation (which would make short runs look untrained). Floating-point buffers
+    (BatchNorm running statistics) are averaged alike, as timm's ModelEmaV2 does: copied,
+    they were the live weights' statistics of the last few batches, and after a jump of
+    the live weights the averaged weights met statistics that were not theirs (held-out
+    validation of a JPEG run fell from 32.7 to 27.4 dB for one checkpoint, q90 from 40.2
+    to 22.9, and came back at the next). Integer buffers (counters) are copied."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -50,7 +54,10 @@ class EMA:
         for ema_p, p in zip(self.model.parameters(), model.parameters()):
             ema_p.lerp_(p.detach(), 1.0 - d)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
-            ema_b.copy_(b)
+            if ema_b.is_floating_point():
+                ema_b.lerp_(b, 1.0 - d)
+            else:
+                ema_b.copy_(b)
         self.updates += 1
 
 
