@@ -704,7 +704,7 @@ def test_export_best_publishes_the_best_validation_with_its_step(gray_data, tmp_
     assert last["step"] == 6
 
 
-def test_relative_mse_weighs_each_sample_by_its_input_error():
+def test_relative_losses_weigh_each_sample_by_its_input_error():
     """Naive oracle: a loop over samples of sum((r - c)^2) / n over (sum((d - c)^2) / n +
     1e-5); plain mse stays the paper's mean over everything."""
     from magncli.training.loop import training_loss
@@ -716,6 +716,14 @@ def test_relative_mse_weighs_each_sample_by_its_input_error():
                         / (float(((degraded[i] - clean[i]) ** 2).sum() / 128) + 1e-5) for i in range(3)])
     assert float(training_loss(restored, clean, degraded, "relative-mse")) == pytest.approx(expected, rel=1e-5)
     assert torch.equal(training_loss(restored, clean, degraded, "mse"), torch.nn.functional.mse_loss(restored, clean))
+    # psnr-gain: minus the mean PSNR gain in dB, scored as skimage scores PSNR (data range
+    # 1); the lossless third sample (restored error / 0) counts through the 1e-10 guard.
+    from skimage.metrics import peak_signal_noise_ratio as psnr
+    gains = [psnr(clean[i].numpy(), restored[i].numpy(), data_range=1) - psnr(clean[i].numpy(), degraded[i].numpy(), data_range=1)
+             for i in range(2)]
+    mse2 = float(((restored[2] - clean[2]) ** 2).mean())
+    gains.append(-10 * np.log10((mse2 + 1e-10) / 1e-10))
+    assert float(training_loss(restored, clean, degraded, "psnr-gain")) == pytest.approx(-np.mean(gains), rel=1e-4)
     with pytest.raises(MagnError, match="unknown loss"):
         load_config([], dict(task="denoise", data="x", sigma=25, loss="l1"))
 

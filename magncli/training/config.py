@@ -23,7 +23,7 @@ from magncli.models.registry import resolve_config
 from magncli.tasks import TASKS, get_task
 
 SCHEDULES = ("cosine", "multistep", "constant")
-LOSSES = ("mse", "relative-mse")
+LOSSES = ("mse", "relative-mse", "psnr-gain")
 # Keys that each replace another: giving one (in a later recipe or a flag) drops the other.
 EXCLUSIVE = {"sigma": "sigma_range", "sigma_range": "sigma", "val": "val_holdout", "val_holdout": "val",
              "qualities": "quality_range", "quality_range": "qualities"}
@@ -65,7 +65,8 @@ class TrainConfig:
     grad_clip_median: float = 0.0
     ema_decay: float = 0.999
     loss: str = "mse"                     # mse (the paper's) | relative-mse (each sample's error over
-                                          # its input's: every level alike in dB; training/loop.py)
+                                          # its input's: every level alike in dB) | psnr-gain (minus
+                                          # the mean PSNR gain in dB; training/loop.py)
 
     # Degradation (one of each exclusive pair; see EXCLUSIVE).
     sigma: Optional[float] = None         # denoise: one noise level (0-255 scale) ...
