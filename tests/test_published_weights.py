@@ -154,7 +154,7 @@ def test_recorded_scores_meet_the_bar_against_every_baseline_in_the_table(name):
 
 # Published defaults that still harm some clean or high-quality crop below; each is
 # named in its model card. A fix must remove it here (strict xfail fails once it passes).
-HARMS = {("denoise", "color"), ("dejpeg", "gray")}
+HARMS = {("denoise", "color")}
 
 
 def _known_harm(task, mode):
@@ -187,7 +187,7 @@ BAR_SHORTFALLS = {
     ("denoise", 1, "Set12", "σ15"),                   # 32.35 against 32.47
     # The first CPU checkpoints (magn-tiny-local, minutes of training), being replaced:
     *(("denoise", 3, s, f"σ{v}") for s in ("CBSD68", "Kodak24", "McMaster") for v in (15, 25, 50)),
-    *(("dejpeg", 1, s, f"q{q}") for s in ("Classic5", "LIVE1") for q in (10, 20, 30, 40)),
+    ("dejpeg", 1, "LIVE1", "q10"),                    # 29.00 against 29.06
     *(("dejpeg", 3, "LIVE1", f"q{q}") for q in (10, 20, 30, 40)),
     ("demosaic", 3, "McMaster", "grbg"), ("demosaic", 3, "Kodak24", "grbg"),
 }
