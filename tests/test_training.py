@@ -33,7 +33,7 @@ from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPO
 REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
-OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start")   # shared settings, not recipes of a checkpoint
+OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -715,6 +715,9 @@ def test_relative_losses_weigh_each_sample_by_its_input_error():
     expected = np.mean([float(((restored[i] - clean[i]) ** 2).sum() / 128)
                         / (float(((degraded[i] - clean[i]) ** 2).sum() / 128) + 1e-5) for i in range(3)])
     assert float(training_loss(restored, clean, degraded, "relative-mse")) == pytest.approx(expected, rel=1e-5)
+    floored = np.mean([float(((restored[i] - clean[i]) ** 2).sum() / 128)
+                       / (float(((degraded[i] - clean[i]) ** 2).sum() / 128) + 0.01) for i in range(3)])
+    assert float(training_loss(restored, clean, degraded, "relative-mse", relative_floor=0.01)) == pytest.approx(floored, rel=1e-5)
     assert torch.equal(training_loss(restored, clean, degraded, "mse"), torch.nn.functional.mse_loss(restored, clean))
     # psnr-gain: minus the mean PSNR gain in dB, scored as skimage scores PSNR (data range
     # 1); the lossless third sample (restored error / 0) counts through the 1e-10 guard.

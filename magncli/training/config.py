@@ -67,6 +67,8 @@ class TrainConfig:
     loss: str = "mse"                     # mse (the paper's) | relative-mse (each sample's error over
                                           # its input's: every level alike in dB) | psnr-gain (minus
                                           # the mean PSNR gain in dB; training/loop.py)
+    relative_floor: float = 1e-5          # relative-mse: added to each input's MSE (1e-5: 50 dB); a
+                                          # higher one weighs the low levels less (all alike below it)
 
     # Degradation (one of each exclusive pair; see EXCLUSIVE).
     sigma: Optional[float] = None         # denoise: one noise level (0-255 scale) ...
@@ -164,6 +166,7 @@ class TrainConfig:
         need(self.patch % 4 == 0, f"patch must be a multiple of 4 (the patch graph's stride), not {self.patch}")
         need(self.lr > 0 and len(self.betas) == 2, "lr must be > 0 and betas two numbers")
         need(self.loss in LOSSES, f"unknown loss {self.loss!r}; losses: {', '.join(LOSSES)}")
+        need(self.relative_floor > 0, f"relative_floor must be > 0, not {self.relative_floor}")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; schedules: {', '.join(SCHEDULES)}")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)")
         need(self.grad_clip >= 0 and (self.grad_clip_median == 0 or self.grad_clip_median >= 1),

@@ -76,18 +76,18 @@ def _filled_config(arch: str, config: dict) -> Optional[dict]:
 
 # --------------------------------------------------------------------------- loss
 
-# relative-mse: a sample's error is divided by its input's error plus this (50 dB), so
-# that a nearly lossless input does not get an unbounded weight.
-RELATIVE_MSE_FLOOR = 1e-5
 # psnr-gain: added to both errors (100 dB), so that a lossless sample counts as a tie.
 PSNR_GAIN_EPS = 1e-10
 
 
-def training_loss(restored: Tensor, clean: Tensor, degraded: Tensor, kind: str = "mse") -> Tensor:
+def training_loss(restored: Tensor, clean: Tensor, degraded: Tensor, kind: str = "mse",
+                  relative_floor: float = 1e-5) -> Tensor:
     """restored, clean, degraded (b, C, p, p) -> the scalar loss.
 
     mse: the paper's (eq. 14). relative-mse: each sample's MSE over its degraded input's
-    MSE, averaged: every level counts alike in dB. With plain MSE over q5-100 a q95
+    MSE plus relative_floor (the default, 1e-5, is 50 dB: a nearly lossless input does
+    not get an unbounded weight), averaged: every level counts alike in dB, down to the
+    floor. With plain MSE over q5-100 a q95
     patch's error is about 1/300 of a q10 patch's, so a whole-range model learns the
     high qualities hardly at all (measured: an early model made q90-95 files worse).
     psnr-gain: the mean over samples of 10 log10(that ratio), i.e. minus the PSNR gain
@@ -101,7 +101,7 @@ def training_loss(restored: Tensor, clean: Tensor, degraded: Tensor, kind: str =
     input_error = (degraded.float() - clean).pow(2).mean((1, 2, 3))            # (b,)
     if kind == "psnr-gain":
         return (10 * torch.log10((per_sample + PSNR_GAIN_EPS) / (input_error + PSNR_GAIN_EPS))).mean()
-    return (per_sample / (input_error + RELATIVE_MSE_FLOOR)).mean()
+    return (per_sample / (input_error + relative_floor)).mean()
 
 
 # --------------------------------------------------------------------------- clipping
@@ -404,7 +404,8 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype,
                             enabled=self.amp_dtype != torch.float32):
             restored = self.net(degraded)                                      # (b, C, p, p)
-        loss = training_loss(restored.float(), clean, degraded[:, :clean.shape[1]], self.config.loss)
+        loss = training_loss(restored.float(), clean, degraded[:, :clean.shape[1]], self.config.loss,
+                             self.config.relative_floor)
         if not torch.isfinite(loss):
             raise MagnError(f"the loss became {loss.item()} at step {self.step + 1}; "
                             "lower lr= or use precision=fp32")
