@@ -288,13 +288,15 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     if sheet is not None:
         check_writable(sheet, overwrite)
     methods = [make_method(spec, task, options) for spec in models]
+    # Every set is found before any is scored: a misspelt last set must not cost the
+    # hours of the ones before it.
+    resolved = [datasets.resolve_set(set_spec, data_root) for set_spec in sets]
+    set_files = [datasets.list_images(folder) for _, folder, _ in resolved]
     report = progress or (lambda message: None)
     commit = git_commit()
     sheet_rows = []
     rows = []
-    for set_spec in sets:
-        set_name, folder, test_set = datasets.resolve_set(set_spec, data_root)
-        files = datasets.list_images(folder)
+    for (set_name, folder, test_set), files in zip(resolved, set_files):
         mode = _channels_for(task, set_name, test_set, channels, files[0])
         stems = [p.stem for p in files]
         truths = [datasets.load_ground_truth(p, mode) for p in files]  # float32 HxWxC

@@ -34,3 +34,12 @@ def test_a_level_option_belongs_to_its_task():
     assert task_level("demosaic", sigma=None, quality=None) is None
     with pytest.raises(MagnError, match="--sigma is not a setting of --task dejpeg"):
         task_level("dejpeg", sigma=25, quality=None)
+
+
+def test_the_recorded_command_names_no_path_of_this_machine(monkeypatch):
+    """Results files and model cards are published: the home folder reads as "~"."""
+    from pathlib import Path
+    from magncli.cli.common import command_line
+    home = str(Path.home())
+    monkeypatch.setattr("sys.argv", ["/venv/bin/magn", "eval", "-o", f"{home}/evals/a b.json", "--sets", "Set12"])
+    assert command_line() == "magn eval -o '~/evals/a b.json' --sets Set12"

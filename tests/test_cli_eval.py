@@ -91,6 +91,10 @@ def test_eval_user_errors_are_one_line(tmp_path):
     message = user_error(run("--sets", "NoSuchSet"), "unknown test set", "NoSuchSet")
     assert "Set12" in message and "Classic5" in message  # lists the known sets
     user_error(run("--sets", str(empty)), "no image files")
+    # A bad set after a good one fails before the good one is scored (nothing printed).
+    late = run("--sets", f"{folder},NoSuchSet")
+    user_error(late, "unknown test set", "NoSuchSet")
+    assert " dB" not in late.output
     user_error(run("--sets", str(folder), "--inputs", str(small)), "size mismatch", "img0")
     user_error(run("--sets", str(folder), "-m", "opencv-vng"), "does not do denoise")
     (tmp_path / "r.json").write_text("{}")

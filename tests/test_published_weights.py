@@ -130,9 +130,14 @@ def test_the_recorded_training_command_rebuilds_the_checkpoint_config(name):
 # test pins this list exactly: a fix, or a new shortfall, must update it and the card.
 KNOWN_SHORTFALLS = {   # {(checkpoint, set, level, baseline, "psnr" | "ssim")}
     ("magn-s-local-denoise-gray", "Set12", "σ15", "bm3d", "psnr"),    # 32.35 against 32.40
-    # The first color denoiser (being replaced) is below CBM3D wherever CBM3D was run.
-    *(("magn-tiny-local-denoise-color", s, f"σ{v}", "bm3d", m)
-      for s in ("Kodak24", "McMaster") for v in (15, 25, 50) for m in ("psnr", "ssim")),
+    # The color denoiser against CBM3D as the bm3d package runs it (stronger than the
+    # published CBM3D figures the bars use): Kodak24 34.25 / 31.86 against 34.47 / 31.90,
+    # McMaster 33.41 / 31.42 / 28.50 against 34.06 / 31.70 / 28.53.
+    ("magn-s-local-denoise-color", "Kodak24", "σ15", "bm3d", "psnr"),
+    ("magn-s-local-denoise-color", "Kodak24", "σ25", "bm3d", "psnr"),
+    *(("magn-s-local-denoise-color", "McMaster", f"σ{v}", "bm3d", "psnr") for v in (15, 25, 50)),
+    ("magn-s-local-denoise-color", "McMaster", "σ15", "bm3d", "ssim"),
+    ("magn-s-local-denoise-color", "McMaster", "σ25", "bm3d", "ssim"),
 }
 
 
@@ -185,8 +190,10 @@ ISSUE_BARS = {
 }
 BAR_SHORTFALLS = {
     ("denoise", 1, "Set12", "σ15"),                   # 32.35 against 32.47
+    # The color denoiser misses at sigma 15 only: 33.54 / 34.25 / 33.41 against 33.62 /
+    # 34.38 / 33.76.
+    *(("denoise", 3, s, "σ15") for s in ("CBSD68", "Kodak24", "McMaster")),
     # The first CPU checkpoints (magn-tiny-local, minutes of training), being replaced:
-    *(("denoise", 3, s, f"σ{v}") for s in ("CBSD68", "Kodak24", "McMaster") for v in (15, 25, 50)),
     ("dejpeg", 1, "LIVE1", "q10"),                    # 29.00 against 29.06
     *(("dejpeg", 3, "LIVE1", f"q{q}") for q in (10, 20, 30, 40)),
     ("demosaic", 3, "McMaster", "grbg"), ("demosaic", 3, "Kodak24", "grbg"),
@@ -338,3 +345,13 @@ def test_no_path_of_the_training_machine_is_published(name):
     _, meta = read_checkpoint(WEIGHTS / entry.file)
     for text in (json.dumps(meta), json.dumps(entry.provenance)):
         assert not re.search(r"(^|[\s\"'=])/(root|home|work|Users|tmp)/", text), text[:200]
+
+
+def test_no_path_of_this_machine_in_the_published_texts():
+    """The manifest (its scores' commands too), the results files and the model cards."""
+    import re
+    files = [WEIGHTS / "manifest.json", WEIGHTS / "README.md", REPO / "README.md",
+             *sorted((WEIGHTS / "results").glob("*.json")), *sorted((WEIGHTS / "results").glob("*.md"))]
+    for path in files:
+        found = re.search(r"(^|[\s\"'=])/(root|home|work|Users|tmp)/\S*", path.read_text())
+        assert not found, f"{path.name}: {found.group(0)}"

@@ -15,6 +15,7 @@ import math
 import re
 import shlex
 import sys
+from pathlib import Path
 from typing import Annotated, Callable, List, Optional
 
 import typer
@@ -156,8 +157,11 @@ def cli_message(error) -> str:
 
 # --------------------------------------------------------------------------- the run
 def command_line() -> str:
-    """This run's command as a user would type it ("magn eval ..."), for provenance."""
-    return shlex.join(["magn", *sys.argv[1:]])
+    """This run's command as a user would type it ("magn eval ..."), for provenance. The
+    files it goes into are published, and name no path of this machine: the home folder
+    reads as "~"."""
+    home = str(Path.home()).rstrip("/") + "/"
+    return shlex.join(["magn", *sys.argv[1:]]).replace(home, "~/")
 
 
 def setup_logging() -> None:
