@@ -55,6 +55,12 @@ UNTAGGED_STALE_SECONDS = 3600
 _MAX_NAME_BYTES = 150             # of NAME in a temporary's name (file names stop at 255)
 
 
+def home_as_tilde(text: str) -> str:
+    """`text` (a recorded command line) with the home folder as "~": published files
+    (results, model cards, checkpoint provenance) name no path of this machine."""
+    return text.replace(str(Path.home()).rstrip("/") + "/", "~/")
+
+
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
 

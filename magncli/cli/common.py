@@ -15,7 +15,6 @@ import math
 import re
 import shlex
 import sys
-from pathlib import Path
 from typing import Annotated, Callable, List, Optional
 
 import typer
@@ -25,6 +24,7 @@ from rich.text import Text
 
 from magncli.degrade import BAYER_PATTERNS
 from magncli.errors import MagnError
+from magncli.fileio import home_as_tilde
 from magncli.inference import InferenceOptions
 from magncli.tasks import TASKS, get_task
 
@@ -160,8 +160,7 @@ def command_line() -> str:
     """This run's command as a user would type it ("magn eval ..."), for provenance. The
     files it goes into are published, and name no path of this machine: the home folder
     reads as "~"."""
-    home = str(Path.home()).rstrip("/") + "/"
-    return shlex.join(["magn", *sys.argv[1:]]).replace(home, "~/")
+    return home_as_tilde(shlex.join(["magn", *sys.argv[1:]]))
 
 
 def setup_logging() -> None:

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from magncli.checkpoints import load_state_dict_strict, read_checkpoint, save_checkpoint
 from magncli.errors import MagnError
-from magncli.fileio import write_file_atomic
+from magncli.fileio import home_as_tilde, write_file_atomic
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
 from magncli.models.registry import build_model, convert_channels, facts, resolve_config
 from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
@@ -352,9 +352,8 @@ class Trainer:
         commands = [r.get("command") for r in records]
         if not records or records[-1].get("command") != self.command:
             commands.append(self.command)  # a run folder whose events predate the "command" field
-        # Published files name no path of this machine: the home folder reads as "~".
-        home = str(Path.home())
-        return "; then ".join(c.replace(home + "/", "~/") for c in commands if c) or None
+        # command_line() already reads the home folder as "~"; older logs did not.
+        return "; then ".join(home_as_tilde(c) for c in commands if c) or None
 
     def _sessions(self) -> List[dict]:
         """Each start, resume and warm start of this run, as the log recorded them."""
