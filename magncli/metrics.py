@@ -31,6 +31,10 @@ SSIM_K2 = 0.03
 
 # --------------------------------------------------------------------------- BT.601 studio Y
 
+# BT.601 full-range luma weights (sum to 1): MATLAB rgb2gray, how the gray sets are made.
+LUMA_BT601 = (0.299, 0.587, 0.114)
+
+
 def rgb_to_y_studio(rgb: np.ndarray, data_range: float = 1.0) -> np.ndarray:
     """BT.601 "studio" luma as MATLAB rgb2ycbcr: Y = 16 + (65.481 R + 128.553 G + 24.966 B)/255
     on 0-255 values. rgb: HxWx3 on [0, data_range]; returns float64 HxW on the same scale

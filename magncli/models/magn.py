@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from magncli.attention import graph_attention
+from magncli.metrics import LUMA_BT601
 from magncli.models.blocks import ResBlock, conv3x3, pad_to_multiple
 from magncli.models.registry import ModelFacts, register_arch
 
@@ -203,17 +204,13 @@ def _detect_magn(state: Mapping[str, Tensor]) -> Optional[dict]:
     return config
 
 
-# BT.601 luma weights: how the gray tasks make gray from color (sum to 1).
-LUMA = (0.299, 0.587, 0.114)
-
-
 def _convert_channels(state: Mapping[str, Tensor], config: dict, in_channels: int) -> dict:
     """MAGN weights for 1 <-> 3 image channels, the same network on gray content: only the
     head's image inputs and the tail change (the level plane, the trunk and the graphs
     are shared).
     - 3 -> 1: on a gray image y the new model returns the BT.601 luma of the old model's
       output on (y, y, y) (the head sums the three channels' kernels, the tail mixes the
-      three residuals by LUMA).
+      three residuals by LUMA_BT601).
     - 1 -> 3: on (y, y, y) the new model returns, in each channel, the old model's output
       on y (each channel gets a third of the kernel; every channel the same residual)."""
     old = int(config["in_channels"])
@@ -229,7 +226,7 @@ def _convert_channels(state: Mapping[str, Tensor], config: dict, in_channels: in
     tail_w = wide(state["tail.weight"]).reshape(old, q, n_feats, 3, 3)
     tail_b = wide(state["tail.bias"]).reshape(old, q)
     if old == 3:
-        luma = torch.tensor(LUMA, dtype=tail_w.dtype)
+        luma = torch.tensor(LUMA_BT601, dtype=tail_w.dtype)
         image_in = image_in.sum(1, keepdim=True)                              # (F, 1, q, 3, 3)
         tail_w = (luma.view(3, 1, 1, 1, 1) * tail_w).sum(0, keepdim=True)      # (1, q, F, 3, 3)
         tail_b = (luma.view(3, 1) * tail_b).sum(0, keepdim=True)              # (1, q)

@@ -32,7 +32,7 @@ from magncli.datasets import list_images, resolve_data_root
 from magncli.degrade import BAYER_PATTERNS, DEFAULT_PATTERN, DEFAULT_SEED
 from magncli.errors import MagnError
 from magncli.images import read_image, to_float
-from magncli.metrics import rgb_to_y_studio
+from magncli.metrics import LUMA_BT601, rgb_to_y_studio
 from magncli.tasks import Degradation, get_task
 from magncli.training.config import TrainConfig
 
@@ -145,7 +145,7 @@ def convert_channels(x: np.ndarray, channels: int, task: str) -> np.ndarray:
 
 def scale_saturation(x: np.ndarray, factor: float) -> np.ndarray:
     """(H, W, 3) float RGB with its chroma (RGB minus BT.601 luma) scaled by factor, in [0, 1]."""
-    luma = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)                # (H, W)
+    luma = x @ np.array(LUMA_BT601, dtype=np.float32)                          # (H, W)
     return np.clip(luma[..., None] + factor * (x - luma[..., None]), 0.0, 1.0).astype(np.float32)
 
 
