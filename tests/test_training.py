@@ -635,6 +635,27 @@ def test_quality_focus_oversamples_its_range_inside_the_whole_range(monkeypatch)
         load_config([], dict(task="dejpeg", data="x", qualities=[10], quality_focus=[10, 40, 0.5]))
 
 
+def test_sigma_focus_oversamples_low_noise_inside_the_blind_range(monkeypatch):
+    import magncli.training.data as data_mod
+    drawn = []
+    real = data_mod.PatchDegradation._level
+    monkeypatch.setattr(data_mod.PatchDegradation, "_level",
+                        lambda self, rng: drawn.append(real(self, rng)) or drawn[-1])
+    patch = np.full((16, 16, 1), 0.5, np.float32)
+    for focus, share in ((None, 10 / 75), ([0, 10, 0.4], 0.4 + 0.6 * 10 / 75)):
+        drawn.clear()
+        config = load_config([], dict(task="denoise", data="x", channels=1, sigma_range=[0, 75],
+                                      sigma_focus=focus))
+        degrade = data_mod.PatchDegradation(config)
+        for i in range(2000):
+            degrade(patch, np.random.default_rng((0, i)))
+        assert min(drawn) >= 0 and max(drawn) <= 75
+        inside = np.mean([s <= 10 for s in drawn])
+        assert abs(inside - share) < 0.04, (focus, inside, share)
+    with pytest.raises(MagnError, match="sigma_focus"):
+        load_config([], dict(task="denoise", data="x", sigma=25, sigma_focus=[0, 10, 0.5]))
+
+
 def test_a_level_conditioned_run_sees_each_patch_quality_and_sometimes_unknown(gray_data):
     """Each degraded patch carries the level map of its own quality (libjpeg's scale / 500,
     see tasks.py), or -1 for level_unknown's share; the image channels are the JPEG of the

@@ -73,6 +73,9 @@ class TrainConfig:
     # Degradation (one of each exclusive pair; see EXCLUSIVE).
     sigma: Optional[float] = None         # denoise: one noise level (0-255 scale) ...
     sigma_range: Optional[List[float]] = None   # ... or blind: uniform in [lo, hi] per image
+    # denoise with sigma_range: [lo, hi, p] draws from [lo, hi] with probability p instead
+    # (more clean and nearly clean patches, which a blind model must leave alone); None = off.
+    sigma_focus: Optional[List[float]] = None
     qualities: Optional[List[int]] = None       # dejpeg: a quality drawn from this list ...
     quality_range: Optional[List[int]] = None   # ... or uniform integers in [lo, hi] per image
     # dejpeg with quality_range: [lo, hi, p] draws from [lo, hi] with probability p instead
@@ -187,6 +190,10 @@ class TrainConfig:
                      f"sigma_range must be lo,hi with 0 <= lo <= hi, not {self.sigma_range}")
             else:
                 need(math.isfinite(self.sigma) and self.sigma >= 0, f"sigma must be >= 0, not {self.sigma}")
+            if self.sigma_focus is not None:
+                f = self.sigma_focus
+                need(self.sigma_range is not None and len(f) == 3 and 0 <= f[0] <= f[1] and 0 <= f[2] <= 1,
+                     f"sigma_focus must be [lo, hi, probability] beside a sigma_range, not {f}")
         if task.level_key == "quality":
             need((self.qualities is None) != (self.quality_range is None),
                  f"{task.name} needs exactly one of qualities (e.g. [10, 20, 30, 40]) and quality_range (e.g. 10,40)")

@@ -159,13 +159,19 @@ class PatchDegradation:
         self.task = get_task(config.task)
         self.sigma, self.sigma_range = config.sigma, config.sigma_range
         self.qualities, self.quality_range = config.qualities, config.quality_range
-        self.quality_focus = config.quality_focus
+        self.quality_focus, self.sigma_focus = config.quality_focus, config.sigma_focus
         self.patterns = BAYER_PATTERNS if config.pattern == "random" else (config.pattern,)
 
     def _level(self, rng: np.random.Generator):
         """This sample's level from the recipe's settings of it (see TrainConfig.levels)."""
         if self.task.level_key == "sigma":
-            return self.sigma if self.sigma is not None else rng.uniform(*self.sigma_range)
+            if self.sigma is not None:
+                return self.sigma
+            lo, hi = self.sigma_range
+            # Drawn only when set, so runs without it keep their exact data stream.
+            if self.sigma_focus is not None and rng.random() < self.sigma_focus[2]:
+                lo, hi = self.sigma_focus[:2]
+            return rng.uniform(lo, hi)
         if self.task.level_key == "quality":
             if self.qualities:
                 return self.qualities[int(rng.integers(len(self.qualities)))]
