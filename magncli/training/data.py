@@ -21,7 +21,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -149,6 +149,15 @@ def scale_saturation(x: np.ndarray, factor: float) -> np.ndarray:
     return np.clip(luma[..., None] + factor * (x - luma[..., None]), 0.0, 1.0).astype(np.float32)
 
 
+def _span(whole: Sequence[float], focus: Optional[Sequence[float]], rng: np.random.Generator):
+    """The [lo, hi] to draw a level from: a recipe's focus [lo, hi, p] with probability p,
+    else the whole range. The coin is drawn only when a focus is set, so runs without one
+    keep their exact data stream."""
+    if focus is not None and rng.random() < focus[2]:
+        return focus[:2]
+    return whole
+
+
 class PatchDegradation:
     """The task's random degradation of one clean float32 (H, W, C) patch. What is drawn,
     in this order, from the sample's generator: the level as the recipe sets it, the noise
@@ -167,18 +176,11 @@ class PatchDegradation:
         if self.task.level_key == "sigma":
             if self.sigma is not None:
                 return self.sigma
-            lo, hi = self.sigma_range
-            # Drawn only when set, so runs without it keep their exact data stream.
-            if self.sigma_focus is not None and rng.random() < self.sigma_focus[2]:
-                lo, hi = self.sigma_focus[:2]
-            return rng.uniform(lo, hi)
+            return rng.uniform(*_span(self.sigma_range, self.sigma_focus, rng))
         if self.task.level_key == "quality":
             if self.qualities:
                 return self.qualities[int(rng.integers(len(self.qualities)))]
-            lo, hi = self.quality_range
-            # Drawn only when set, so runs without it keep their exact data stream.
-            if self.quality_focus is not None and rng.random() < self.quality_focus[2]:
-                lo, hi = self.quality_focus[:2]
+            lo, hi = _span(self.quality_range, self.quality_focus, rng)
             return int(rng.integers(int(lo), int(hi) + 1))
         return None
 
