@@ -33,7 +33,8 @@ from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPO
 REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
-OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma")   # shared settings, not recipes of a checkpoint
+OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
+            "denoise-clean")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -654,6 +655,9 @@ def test_sigma_focus_oversamples_low_noise_inside_the_blind_range(monkeypatch):
         assert abs(inside - share) < 0.04, (focus, inside, share)
     with pytest.raises(MagnError, match="sigma_focus"):
         load_config([], dict(task="denoise", data="x", sigma=25, sigma_focus=[0, 10, 0.5]))
+    overlays = [REPO / "train" / f"{name}.toml" for name in
+                ("denoise-color-blind", "cpu-s", "warm-start", "denoise-low-sigma", "denoise-clean")]
+    assert load_config(overlays).sigma_focus == [0, 10, 0.3]      # the overlay as its comment uses it
 
 
 def test_a_level_conditioned_run_sees_each_patch_quality_and_sometimes_unknown(gray_data):
