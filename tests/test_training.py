@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
 OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
-            "denoise-clean")   # shared settings, not recipes of a checkpoint
+            "denoise-clean", "demosaic-hard")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -424,6 +424,35 @@ def test_scale_saturation_keeps_luma_and_scales_chroma():
     assert np.allclose(boosted @ weights, x @ weights, atol=1e-5)    # luma unchanged
     assert np.allclose(boosted - gray, 1.5 * (x - gray), atol=1e-5)  # chroma x1.5
     assert scale_saturation(np.array([[[1.0, 0.0, 0.0]]], np.float32), 3.0).max() <= 1.0
+
+
+def test_hard_patches_keep_the_patch_bilinear_demosaicing_gets_most_wrong(color_data):
+    """Hard-patch mining: with hard_patches = k a sample is the worst of k candidates for
+    OpenCV bilinear demosaicing, the first of them being the sample a run without mining
+    draws (whose data stream is unchanged)."""
+    import cv2
+    from magncli.degrade import mosaic_to_cfa
+    paths = scan_images(color_data).paths
+
+    def bilinear_mse(degraded, clean):        # cv2 directly: GRBG is OpenCV's "GB" tile
+        cfa = np.round(np.clip(mosaic_to_cfa(degraded.numpy().transpose(1, 2, 0)), 0, 1) * 255).astype(np.uint8)
+        rgb = cv2.demosaicing(cfa, cv2.COLOR_BayerGB2RGB).astype(np.float32) / 255
+        return float(np.mean((rgb - clean.numpy().transpose(1, 2, 0)) ** 2))
+
+    settings = dict(task="demosaic", sigma=None, channels=3, patch=32)
+    plain = PatchDataset(paths, tiny_config(color_data, **settings))
+    one = PatchDataset(paths, tiny_config(color_data, hard_patches=1, **settings))
+    mined = PatchDataset(paths, tiny_config(color_data, hard_patches=4, **settings))
+    gains = []
+    for i in range(60):
+        first, hard = plain[i], mined[i]
+        assert all(torch.equal(a, b) for a, b in zip(first, one[i]))
+        gains.append(bilinear_mse(*hard) - bilinear_mse(*first))
+    assert min(gains) >= 0 and np.mean(np.array(gains) > 0) > 0.5
+    with pytest.raises(MagnError, match="hard_patches"):
+        tiny_config(color_data, hard_patches=0)
+    overlays = [REPO / "train" / f"{name}.toml" for name in ("demosaic", "cpu-s", "warm-start", "demosaic-hard")]
+    assert load_config(overlays).hard_patches == 4
 
 
 def test_saturation_range_is_checked_and_applies_to_color_patches(gray_data, color_data):

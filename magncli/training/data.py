@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from magncli.datasets import list_images, resolve_data_root
 from magncli.degrade import BAYER_PATTERNS, DEFAULT_PATTERN, DEFAULT_SEED
 from magncli.errors import MagnError
+from magncli.evaluate import BASELINES
 from magncli.images import read_image, to_float
 from magncli.metrics import LUMA_BT601, rgb_to_y_studio
 from magncli.tasks import Degradation, get_task
@@ -219,24 +220,42 @@ class PatchDataset(Dataset):
         # "unknown", as a file that does not state its quality does.
         self.level_input = config.level_input()
         self.level_unknown = config.level_unknown
+        # Hard-patch mining (Gharbi et al. 2016, "Deep joint demosaicking and denoising"):
+        # keep the hardest of `hard_patches` random patches, as the task's simplest
+        # restoration sees it (OpenCV bilinear for a mosaic, else the degraded input).
+        self.hard_patches = config.hard_patches
+        self.naive_restore = BASELINES["opencv-bilinear" if get_task(self.task).mosaic else "input"].restore
 
     def __len__(self) -> int:  # nominal: samples are drawn with replacement, indices are open-ended
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, int(index)))
+        clean, degradation, degraded = self._candidate(rng)
+        if self.hard_patches > 1:  # drawn only then, so other runs keep their exact data stream
+            candidates = [(clean, degradation, degraded)] + [self._candidate(rng) for _ in range(self.hard_patches - 1)]
+            clean, degradation, degraded = max(candidates, key=lambda c: self._hardness(*c))
+        if self.level_input:  # drawn only then, so other runs keep their exact data stream
+            level = None if rng.random() < self.level_unknown else degradation.level
+            degraded = get_task(self.task).with_level_plane(degraded, level)   # (p, p, C + 1)
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))  # noqa: E731
+        return as_tensor(degraded), as_tensor(clean)
+
+    def _candidate(self, rng: np.random.Generator) -> Tuple[np.ndarray, Degradation, np.ndarray]:
+        """One random patch: (clean (p, p, C), its degradation, degraded (p, p, C)), float32."""
         pixels = self.pixels[int(rng.integers(len(self.paths)))]               # (H, W, C) as stored
         crop = random_dihedral(random_patch(pixels, self.patch, rng), rng)     # (p, p, C)
         clean = convert_channels(to_float(np.ascontiguousarray(crop)), self.channels, self.task)
         if self.saturation_range is not None and clean.shape[2] == 3:  # drawn only when on
             clean = scale_saturation(clean, float(rng.uniform(*self.saturation_range)))
         degradation = self.degrade.draw(rng)
-        degraded = degradation.apply(clean)                                    # (p, p, C) float32
-        if self.level_input:  # drawn only then, so other runs keep their exact data stream
-            level = None if rng.random() < self.level_unknown else degradation.level
-            degraded = get_task(self.task).with_level_plane(degraded, level)   # (p, p, C + 1)
-        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))  # noqa: E731
-        return as_tensor(degraded), as_tensor(clean)
+        return clean, degradation, degradation.apply(clean)
+
+    def _hardness(self, clean: np.ndarray, degradation: Degradation, degraded: np.ndarray) -> float:
+        """How wrong the task's simplest restoration is on a patch (MSE): what hard-patch
+        mining ranks candidates by."""
+        naive = self.naive_restore(degraded, degradation)
+        return float(np.mean((naive - clean) ** 2))
 
 
 # --------------------------------------------------------------------------- batches
