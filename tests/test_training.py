@@ -451,6 +451,8 @@ def test_hard_patches_keep_the_patch_bilinear_demosaicing_gets_most_wrong(color_
     assert min(gains) >= 0 and np.mean(np.array(gains) > 0) > 0.5
     with pytest.raises(MagnError, match="hard_patches"):
         tiny_config(color_data, hard_patches=0)
+    with pytest.raises(MagnError, match="hard_patches"):    # noise would rank by sigma, not content
+        tiny_config(color_data, hard_patches=4)
     overlays = [REPO / "train" / f"{name}.toml" for name in ("demosaic", "cpu-s", "warm-start", "demosaic-hard")]
     assert load_config(overlays).hard_patches == 4
 

@@ -85,8 +85,8 @@ class TrainConfig:
     # Color patches: scale the chroma (RGB minus its luma) by a factor uniform in [lo, hi]
     # (clipped to [0, 1]); None = off. Saturated colours are rare in CBSD432.
     saturation_range: Optional[List[float]] = None
-    # Each sample keeps the hardest of this many random patches, as the task's simplest
-    # restoration sees it (hard-patch mining, training/data.py); 1 = off. Demosaicing nets
+    # demosaic: each sample keeps the hardest of this many random patches for OpenCV
+    # bilinear demosaicing (hard-patch mining, training/data.py); 1 = off. Demosaicing nets
     # fail on what a uniform sample seldom shows: thin lines, saturated colour edges, moire.
     hard_patches: int = 1
     # A model with a level map ([model] level_input = true): the share of samples whose map
@@ -163,6 +163,10 @@ class TrainConfig:
              f"level_input: {task.name} has no level map (only dejpeg has one)")
         need(0.0 <= self.level_unknown <= 1.0, f"level_unknown must be in [0, 1], not {self.level_unknown}")
         need(self.hard_patches >= 1, f"hard_patches must be >= 1 (1 = off), not {self.hard_patches}")
+        # Ranked by the degraded input's own error, noise or JPEG would pick the strongest
+        # level, not the hardest content: only a mosaic has a naive restoration to rank by.
+        need(self.hard_patches == 1 or task.mosaic,
+             f"hard_patches: only demosaicing ranks patches (by OpenCV bilinear), not {task.name}")
         if self.saturation_range is not None:
             lo_hi = self.saturation_range
             need(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],

@@ -13,7 +13,8 @@ the data position is the step.
 Per sample: pick an image uniformly, reflect-pad it if it is smaller than the patch, take a
 random patch, apply one of the 8 flips/rotations, convert the channels, then degrade it as
 magn eval does (degrade.py): Gaussian noise in float, unclipped; JPEG of the 8-bit patch;
-a zero-filled Bayer mosaic.
+a zero-filled Bayer mosaic. With `hard_patches = k` (demosaicing) the sample is the worst
+of k such draws for OpenCV bilinear demosaicing.
 """
 from __future__ import annotations
 
@@ -221,10 +222,8 @@ class PatchDataset(Dataset):
         self.level_input = config.level_input()
         self.level_unknown = config.level_unknown
         # Hard-patch mining (Gharbi et al. 2016, "Deep joint demosaicking and denoising"):
-        # keep the hardest of `hard_patches` random patches, as the task's simplest
-        # restoration sees it (OpenCV bilinear for a mosaic, else the degraded input).
+        # keep the hardest of `hard_patches` random patches for bilinear demosaicing.
         self.hard_patches = config.hard_patches
-        self.naive_restore = BASELINES["opencv-bilinear" if get_task(self.task).mosaic else "input"].restore
 
     def __len__(self) -> int:  # nominal: samples are drawn with replacement, indices are open-ended
         return len(self.paths)
@@ -251,10 +250,11 @@ class PatchDataset(Dataset):
         degradation = self.degrade.draw(rng)
         return clean, degradation, degradation.apply(clean)
 
-    def _hardness(self, clean: np.ndarray, degradation: Degradation, degraded: np.ndarray) -> float:
-        """How wrong the task's simplest restoration is on a patch (MSE): what hard-patch
-        mining ranks candidates by."""
-        naive = self.naive_restore(degraded, degradation)
+    @staticmethod
+    def _hardness(clean: np.ndarray, degradation: Degradation, degraded: np.ndarray) -> float:
+        """How wrong OpenCV bilinear demosaicing is on a patch (MSE): what hard-patch mining
+        ranks candidates by."""
+        naive = BASELINES["opencv-bilinear"].restore(degraded, degradation)    # (p, p, 3)
         return float(np.mean((naive - clean) ** 2))
 
 
