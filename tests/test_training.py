@@ -646,46 +646,35 @@ def test_bf16_and_fp32_short_runs_reach_the_same_validation_psnr(gray_data, tmp_
     assert abs(float(np.mean(diffs))) < 0.05, diffs
 
 
-def test_quality_focus_oversamples_its_range_inside_the_whole_range(monkeypatch):
+# (task, level key, whole range, focus, share of the whole range inside the focus, bad pairing)
+FOCUSES = [("dejpeg", "quality", [5, 100], [10, 40, 0.5], 31 / 96, dict(qualities=[10])),
+           ("denoise", "sigma", [0, 75], [0, 10, 0.4], 10 / 75, dict(sigma=25))]
+
+
+@pytest.mark.parametrize("task,key,whole,focus,share,fixed", FOCUSES, ids=[f[1] for f in FOCUSES])
+def test_a_level_focus_oversamples_its_span_inside_the_whole_range(monkeypatch, task, key, whole, focus,
+                                                                  share, fixed):
     import magncli.training.data as data_mod
     drawn = []
     real = data_mod.PatchDegradation._level
     monkeypatch.setattr(data_mod.PatchDegradation, "_level",
                         lambda self, rng: drawn.append(real(self, rng)) or drawn[-1])
     patch = np.full((16, 16, 1), 0.5, np.float32)
-    for focus, share in ((None, 31 / 96), ([10, 40, 0.5], 0.5 + 0.5 * 31 / 96)):
+    for setting, expected in ((None, share), (focus, focus[2] + (1 - focus[2]) * share)):
         drawn.clear()
-        config = load_config([], dict(task="dejpeg", data="x", channels=1, quality_range=[5, 100],
-                                      quality_focus=focus))
+        config = load_config([], {"task": task, "data": "x", "channels": 1, f"{key}_range": whole,
+                                  f"{key}_focus": setting})
         degrade = data_mod.PatchDegradation(config)
         for i in range(2000):
             degrade(patch, np.random.default_rng((0, i)))
-        assert min(drawn) >= 5 and max(drawn) <= 100
-        inside = np.mean([10 <= q <= 40 for q in drawn])
-        assert abs(inside - share) < 0.04, (focus, inside, share)
-    with pytest.raises(MagnError, match="quality_focus"):
-        load_config([], dict(task="dejpeg", data="x", qualities=[10], quality_focus=[10, 40, 0.5]))
+        assert min(drawn) >= whole[0] and max(drawn) <= whole[1]
+        inside = np.mean([focus[0] <= level <= focus[1] for level in drawn])
+        assert abs(inside - expected) < 0.04, (setting, inside, expected)
+    with pytest.raises(MagnError, match=f"{key}_focus"):     # a focus needs a range to focus in
+        load_config([], {"task": task, "data": "x", f"{key}_focus": focus, **fixed})
 
 
-def test_sigma_focus_oversamples_low_noise_inside_the_blind_range(monkeypatch):
-    import magncli.training.data as data_mod
-    drawn = []
-    real = data_mod.PatchDegradation._level
-    monkeypatch.setattr(data_mod.PatchDegradation, "_level",
-                        lambda self, rng: drawn.append(real(self, rng)) or drawn[-1])
-    patch = np.full((16, 16, 1), 0.5, np.float32)
-    for focus, share in ((None, 10 / 75), ([0, 10, 0.4], 0.4 + 0.6 * 10 / 75)):
-        drawn.clear()
-        config = load_config([], dict(task="denoise", data="x", channels=1, sigma_range=[0, 75],
-                                      sigma_focus=focus))
-        degrade = data_mod.PatchDegradation(config)
-        for i in range(2000):
-            degrade(patch, np.random.default_rng((0, i)))
-        assert min(drawn) >= 0 and max(drawn) <= 75
-        inside = np.mean([s <= 10 for s in drawn])
-        assert abs(inside - share) < 0.04, (focus, inside, share)
-    with pytest.raises(MagnError, match="sigma_focus"):
-        load_config([], dict(task="denoise", data="x", sigma=25, sigma_focus=[0, 10, 0.5]))
+def test_the_clean_overlay_sets_a_sigma_focus():
     overlays = [REPO / "train" / f"{name}.toml" for name in
                 ("denoise-color-blind", "cpu-s", "warm-start", "denoise-low-sigma", "denoise-clean")]
     assert load_config(overlays).sigma_focus == [0, 10, 0.3]      # the overlay as its comment uses it
