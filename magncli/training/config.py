@@ -34,6 +34,11 @@ RESUMABLE = {"steps", "grad_clip", "grad_clip_median", "val_every", "ckpt_every"
              "threads", "precision", "compile"}
 
 
+def _is_focus(focus, lo: float, hi: float) -> bool:
+    """A level focus [lo, hi, probability] inside the level's bounds [lo, hi]."""
+    return len(focus) == 3 and lo <= focus[0] <= focus[1] <= hi and 0 <= focus[2] <= 1
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run. Defaults are the paper's (MAGN Sec. IV-A)."""
@@ -201,7 +206,7 @@ class TrainConfig:
                 need(math.isfinite(self.sigma) and self.sigma >= 0, f"sigma must be >= 0, not {self.sigma}")
             if self.sigma_focus is not None:
                 f = self.sigma_focus
-                need(self.sigma_range is not None and len(f) == 3 and 0 <= f[0] <= f[1] and 0 <= f[2] <= 1,
+                need(self.sigma_range is not None and _is_focus(f, 0, math.inf),
                      f"sigma_focus must be [lo, hi, probability] beside a sigma_range, not {f}")
         if task.level_key == "quality":
             need((self.qualities is None) != (self.quality_range is None),
@@ -213,9 +218,8 @@ class TrainConfig:
                 need(len(chosen) == 2 and chosen[0] <= chosen[1], f"quality_range must be lo,hi, not {chosen}")
             if self.quality_focus is not None:
                 f = self.quality_focus
-                need(self.quality_range is not None and len(f) == 3 and 1 <= f[0] <= f[1] <= 100
-                     and 0 <= f[2] <= 1, f"quality_focus must be [lo, hi, probability] beside a "
-                                         f"quality_range, not {f}")
+                need(self.quality_range is not None and _is_focus(f, 1, 100),
+                     f"quality_focus must be [lo, hi, probability] beside a quality_range, not {f}")
         if task.mosaic:
             need(self.pattern in BAYER_PATTERNS + ("random",),
                  f"unknown Bayer pattern {self.pattern!r}; use {', '.join(BAYER_PATTERNS)} or random")

@@ -230,10 +230,11 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng((self.seed, int(index)))
-        clean, degradation, degraded = self._candidate(rng)
-        if self.hard_patches > 1:  # drawn only then, so other runs keep their exact data stream
-            candidates = [(clean, degradation, degraded)] + [self._candidate(rng) for _ in range(self.hard_patches - 1)]
-            clean, degradation, degraded = max(candidates, key=lambda c: self._hardness(*c))
+        # More than one candidate only with hard_patches, so other runs keep their data stream;
+        # ranked only then (a bilinear demosaic each).
+        candidates = [self._candidate(rng) for _ in range(self.hard_patches)]
+        clean, degradation, degraded = (candidates[0] if len(candidates) == 1 else
+                                        max(candidates, key=lambda c: self._hardness(*c)))
         if self.level_input:  # drawn only then, so other runs keep their exact data stream
             level = None if rng.random() < self.level_unknown else degradation.level
             degraded = get_task(self.task).with_level_plane(degraded, level)   # (p, p, C + 1)
