@@ -124,13 +124,15 @@ BASELINES: Dict[str, Method] = {r.name: r for r in (
 
 
 def _split_arch(spec: str) -> Tuple[Optional[str], str]:
-    """"dagl:model.pt" -> ("dagl", "model.pt") when the prefix is a registered architecture;
-    otherwise (None, spec), so that paths with colons still work."""
+    """"dagl:model.pt" -> ("dagl", "model.pt") when the prefix is a registered architecture
+    or one of its variants ("magn-s-local:run/model_best.safetensors"); otherwise
+    (None, spec), so that paths with colons still work."""
     if ":" in spec:
         prefix, rest = spec.split(":", 1)
         from magncli.models.registry import list_archs
 
-        if prefix.lower() in list_archs():
+        archs = list_archs()
+        if prefix.lower() in {*archs, *(v for arch in archs.values() for v in arch.variants)}:
             return prefix.lower(), rest
     return None, spec
 

@@ -4,6 +4,7 @@ import json
 import shlex
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -157,20 +158,22 @@ def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_pa
 
     monkeypatch.setattr(magncli, "load_model", load_model, raising=False)
     monkeypatch.setattr(tasks, "restore_array", restore_array)
-    monkeypatch.setattr(registry, "list_archs", lambda: {"dagl": object()})
+    monkeypatch.setattr(registry, "list_archs", lambda: {"dagl": SimpleNamespace(variants={"dagl-demosaic": {}})})
     make_images(tmp_path / "set", n=2, color=False)
 
     result = runner.invoke(app, ["eval", "--task", "denoise", "--sets", str(tmp_path / "set"),
                                  "--levels", "50", "-m", "input", "-m", "dagl:w.pt", "-m", "x.pt",
-                                 "--tile", "32", "--ensemble", "--device", "cpu",
+                                 "-m", "dagl-demosaic:d.pt", "-m", "magn:y.pt", "--tile", "32", "--ensemble", "--device", "cpu",
                                  "-o", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     assert ("load", "w.pt", "dagl") in calls and ("load", "x.pt", "auto") in calls
+    assert ("load", "d.pt", "dagl-demosaic") in calls                  # a variant names its arch too
+    assert ("load", "magn:y.pt", "auto") in calls                      # not registered here: a path
     restores = [c for c in calls if c[0] == "restore"]
-    assert len(restores) == 4 and restores[0][2] == (48, 64, 1)  # HxWxC, gray kept
+    assert len(restores) == 8 and restores[0][2] == (48, 64, 1)  # HxWxC, gray kept
     assert restores[0][3] == InferenceOptions(device="cpu", tile=32, ensemble=True)
     rows = json.loads((tmp_path / "r.json").read_text())
-    assert [r["model"] for r in rows] == ["input", "dagl:w.pt", "x.pt"]
+    assert [r["model"] for r in rows] == ["input", "dagl:w.pt", "x.pt", "dagl-demosaic:d.pt", "magn:y.pt"]
     assert rows[1]["tile"] == 32 and rows[1]["ensemble"] is True
     assert rows[1]["overlap"] == InferenceOptions().overlap and rows[1]["tiling"] == "blend"
     assert rows[1]["psnr"] > rows[0]["psnr"] + 3
