@@ -155,13 +155,16 @@ def _data(data) -> str:
 
 
 def _variant(entry) -> str:
-    """The registered name whose config this entry's architecture has, with its size."""
+    """The registered name whose config this entry's architecture has, with its size.
+    The input planes (channels, a level map) are the checkpoint's, not the variant's."""
     spec = get_arch(entry.arch)
     config = resolve_config(entry.arch, **entry.config)[1]
+    inputs = {key: config[key] for key in ("in_channels", "level_input") if key in config}
     names = [entry.arch] + sorted(spec.variants)
-    name = next((n for n in names if resolve_config(n, in_channels=entry.channels)[1] == config), entry.arch)
+    name = next((n for n in names if resolve_config(n, **inputs)[1] == config), entry.arch)
     params = sum(p.numel() for p in build_model(entry.arch, **entry.config).parameters())
-    return f"`{name}` ({params:,} parameters)"
+    level_map = " with a level map" if config.get("level_input") else ""
+    return f"`{name}`{level_map} ({params:,} parameters)"
 
 
 def _sessions(prov: dict) -> str:
