@@ -229,6 +229,18 @@ class _DeviceOOM(Exception):
     pass
 
 
+# A restorer returns an image, whose values stay near [0, 1] before the final clip. Far
+# outside it (or not finite) the network has broken down on the input: half precision
+# overflowed, or one outlier feature took over the graph attention of the whole tile
+# (train/README.md, "Breakdowns"), and a clip would hide a ruined image.
+BREAKDOWN_MARGIN = 1.0
+
+
+def broken_down(lo: float, hi: float) -> bool:
+    """Whether a model output whose values span [lo, hi] is a breakdown (NaN is one)."""
+    return not (-BREAKDOWN_MARGIN <= lo and hi <= 1.0 + BREAKDOWN_MARGIN)
+
+
 def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, ensemble: bool,
              device: torch.device, on_pass: Optional[Callable[[int], None]] = None) -> Tensor:
     """One batch of tiles, run on `device`, returned as fp32 on the CPU; on_pass(n) after
@@ -249,9 +261,9 @@ def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, e
 
     with torch.inference_mode():
         y = self_ensemble(run, x) if ensemble else run(x)
-        if dtype != torch.float32 and not torch.isfinite(y).all():
-            # Half precision overflowed somewhere in this tile: redo it exactly.
-            log.warning("non-finite values in %s; tile redone in fp32", dtype)
+        if dtype != torch.float32 and broken_down(float(y.amin()), float(y.amax())):
+            # Half precision overflowed, or lost the network, somewhere in this tile: redo it exactly.
+            log.warning("values far outside 0-1 in %s; tile redone in fp32", dtype)
             y = self_ensemble(lambda t: model(t).float(), x) if ensemble else model(x).float()
     return y.cpu()
 

@@ -32,7 +32,7 @@ from magncli.degrade import DEFAULT_PATTERN, check_pattern
 from magncli.errors import MagnError
 from magncli.fileio import claim_output
 from magncli.images import IMAGE_EXTENSIONS, Image, check_output_format, read_image, write_image
-from magncli.inference import InferenceOptions, ProgressCallback
+from magncli.inference import InferenceOptions, ProgressCallback, broken_down
 from magncli.models.registry import facts
 from magncli.tasks import get_task, restore_for_task
 
@@ -184,6 +184,11 @@ class Restorer:
         else:
             raise MagnError(f"{name} is a gray ({need}-channel) model; the image has {channels} "
                             "channels (pass weights= with a color model)")
+        lo, hi = float(np.min(y)), float(np.max(y))                           # NaN stays NaN
+        if broken_down(lo, hi):
+            raise MagnError(f"{name} broke down on this image: its output spans {lo:.3g} to {hi:.3g}, "
+                            "where an image lies in 0-1; refused rather than clipped (please report "
+                            "the image and the weights)")
         return image.with_pixels(y), info
 
     def restore_file(self, source, target, *, overwrite: bool = False, jpeg_quality: int = 95,

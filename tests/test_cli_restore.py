@@ -462,3 +462,25 @@ def test_the_run_counts_megapixels_and_drops_those_of_a_failed_image(tmp_path, m
     assert run.completed == pytest.approx(run.total) and len(display.progress.tasks) == 1
     assert run.description == "3/3 images"
 
+
+
+def test_a_model_that_breaks_down_on_an_image_writes_nothing(tmp_path, ckpt):
+    """An output far outside 0-1 is a network that broke down (train/README.md,
+    "Breakdowns"): refused in one line, not clipped into a ruined file. The same model
+    with a sane output writes its file."""
+    import torch
+    model = random_magn(in_channels=3, **TINY)
+    with torch.no_grad():                     # output = input + tail bias, exactly
+        model.tail.weight.zero_()
+        model.tail.bias.fill_(1.2)            # up to 2.2 where the input is near 1
+    broken = save_checkpoint(tmp_path / "broken.safetensors", model)
+    _img(tmp_path / "a.png", (16, 16, 3))
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", broken)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "broke down on this image" in res.output and "refused rather than clipped" in res.output
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("a_magn")]
+    with torch.no_grad():
+        model.tail.bias.fill_(0.8)            # up to 1.8: an overshoot within the margin
+    sane = save_checkpoint(tmp_path / "sane.safetensors", model)
+    assert _run(tmp_path / "a.png", "-t", "denoise", "-w", sane, "-q").exit_code == 0
+    assert (tmp_path / "a_magn.png").is_file()

@@ -190,7 +190,7 @@ ISSUE_BARS = {
 BAR_SHORTFALLS = {
     ("denoise", 3, "McMaster", "σ15"),                # 33.69 against 33.76
     ("dejpeg", 1, "LIVE1", "q10"),                    # 29.00 against 29.06
-    *(("dejpeg", 3, "LIVE1", f"q{q}") for q in (10, 20, 30, 40)),
+    *(("dejpeg", 3, "LIVE1", f"q{q}") for q in (10, 20, 30, 40)),  # 26.87 / 29.30 / 30.61 / 31.52
     ("demosaic", 3, "McMaster", "grbg"),             # 36.46 against 37.57
 }
 
@@ -208,7 +208,7 @@ def test_the_default_checkpoint_meets_its_issue_bars(task, channels):
 
 HIGH_QUALITIES = ("q50", "q60", "q70", "q80", "q90", "q95")
 # Images a default still makes worse than their JPEG by more than 0.05 dB (its card says so).
-HIGH_QUALITY_HARMS = {("magn-s-local-dejpeg-color", "q95", "kodim03")}    # 0.48 dB below
+HIGH_QUALITY_HARMS: set = set()
 
 
 @pytest.mark.parametrize("mode,set_name", [pytest.param("gray", "Classic5", marks=_known_harm("dejpeg", "gray")),

@@ -37,7 +37,7 @@ ENGINE = InferenceOptions()
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", help="fp32, or bf16/fp16 on CUDA (a non-finite tile is redone in fp32).")]
+    "--precision", help="fp32, or bf16/fp16 on CUDA (a tile that overflows is redone in fp32).")]
 TileOpt = Annotated[Optional[int], typer.Option(
     "--tile", help="Tile size, a multiple of 4 (default: automatic on CUDA, 64 on CPU).")]
 OverlapOpt = Annotated[int, typer.Option("--overlap", help="Overlap between tiles, in pixels.")]
