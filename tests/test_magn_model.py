@@ -48,6 +48,45 @@ def test_half_resolution_variant_keeps_both_graphs_and_full_resolution_output():
     assert torch.equal(torch.nn.functional.pixel_unshuffle(t, 2), naive)
 
 
+def test_qk_norm_makes_graph_attention_blind_to_the_size_of_a_key():
+    """A breakdown (train/README.md, "Breakdowns"): one patch whose features grow large
+    takes every query's attention through plain dot products. With qk_norm only the
+    directions count: scaling a key leaves the attention exactly as it was. Oracle: the
+    reference (materialised) attention on the same tensors."""
+    from magncli.attention import graph_attention
+    from magncli.models.magn import _QKNorm
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 30, 8), torch.randn(1, 2, 30, 8), torch.randn(1, 2, 30, 8)
+    grown = k.clone()
+    grown[:, :, 0] *= 1000.0                                           # one key grows 1000x
+    norm = _QKNorm(heads=2)
+    plain = [graph_attention(q, key, v, backend="reference") for key in (k, grown)]
+    normed = [graph_attention(*norm(q, key), v, backend="reference") for key in (k, grown)]
+    assert torch.allclose(normed[0], normed[1], atol=1e-5)
+    # Without it, every query that the grown key does not fall below the mean of takes
+    # that key's value almost alone.
+    took_over = (plain[1] - v[:, :, :1]).abs().amax(-1) < 1e-3              # (1, 2, 30)
+    assert took_over.float().mean() > 0.3 and not torch.allclose(plain[0], plain[1], atol=1e-2)
+
+
+def test_qk_norm_is_off_by_default_and_read_back_from_the_keys():
+    """Published files have no temperature: the default network keeps their keys (and so
+    their outputs); a file with one is rebuilt with qk_norm by detection."""
+    assert not any("qk_norm" in key for key in build_model("magn-s").state_dict())
+    m = build_model("magn-s", qk_norm=True)
+    keys = [key for key in m.state_dict() if "qk_norm" in key]
+    # magn-s: the pixel graph in g1, the patch graph in g1 and g2, one temperature per head.
+    assert keys == ["graphs.0.g1.pixel_graph.qk_norm.log_temperature",
+                    "graphs.0.g1.patch_graph.qk_norm.log_temperature",
+                    "graphs.0.g2.patch_graph.qk_norm.log_temperature"]
+    assert n_params(m) == n_params(build_model("magn-s")) + 1 + 4 + 4
+    arch, config = detect_arch(m.state_dict())
+    assert arch == "magn" and config["qk_norm"] and not detect_arch(build_model("magn-s").state_dict())[1]["qk_norm"]
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        assert m.eval()(x).shape == x.shape
+
+
 def test_default_structure():
     m = build_model("magn")
     assert len(m.body_pre) == 16 and len(m.body_post) == 16 and len(m.graphs) == 3

@@ -11,6 +11,7 @@ sum of a pixel graph (nodes = pixels, global) and a patch graph (nodes = overlap
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Optional
 
 import torch
@@ -38,6 +39,7 @@ DEFAULT_CONFIG = dict(
     pixel_heads=None,      # heads of the pixel graph (None = heads)
     pixel_graph_layers=2,  # of each GraphBlock's g1, g2: 2 = both have the pixel graph, 1 = g1 only
     level_input=False,     # one more input plane: the degradation level map (tasks.Task.level_plane)
+    qk_norm=False,         # cosine attention logits with a learned temperature (_QKNorm)
 )
 
 # Named variants. Their departures from the paper and the measurements behind them are
@@ -62,10 +64,27 @@ VARIANTS = {
 }
 
 
+class _QKNorm(nn.Module):
+    """Departure (off in the paper's network and every published checkpoint): the graph
+    attention's logits as cosines of query and key times a learned temperature per head,
+    at most 100 (QK-norm, as ViT-22B and Swin V2). With plain dot products one patch whose
+    features grow large takes every query's attention, and the whole image with it
+    (train/README.md, "Breakdowns"); a cosine cannot grow."""
+
+    def __init__(self, heads: int):
+        super().__init__()
+        self.log_temperature = nn.Parameter(torch.full((heads, 1, 1), math.log(10.0)))
+
+    def forward(self, q: Tensor, k: Tensor):                                  # (B, N, L, d) each
+        # graph_attention scales by 1/sqrt(d): fold that back in, so logits = t * cos.
+        t = self.log_temperature.clamp(max=math.log(100.0)).exp() * math.sqrt(q.shape[-1])
+        return F.normalize(q, dim=-1) * t.to(q.dtype), F.normalize(k, dim=-1)
+
+
 class PixelGraph(nn.Module):
     """Global representation graph over the H*W pixels (eq. 8-9)."""
 
-    def __init__(self, n_feats: int, heads: int):
+    def __init__(self, n_feats: int, heads: int, qk_norm: bool = False):
         super().__init__()
         self.heads = heads
         self.conv_q = conv3x3(n_feats, n_feats)
@@ -74,6 +93,7 @@ class PixelGraph(nn.Module):
         self.fc_k = nn.Conv2d(n_feats, n_feats, 1)
         self.value = nn.Conv2d(n_feats, n_feats, 1)    # the stacked W_i of eq. 9
         self.act = nn.PReLU()
+        self.qk_norm = _QKNorm(heads) if qk_norm else None
         self.backend: Optional[str] = None
 
     def _split_heads(self, t: Tensor) -> Tensor:
@@ -85,6 +105,8 @@ class PixelGraph(nn.Module):
         q = self._split_heads(self.fc_q(self.conv_q(x)))                       # (B, N, HW, d)
         k = self._split_heads(self.fc_k(self.conv_k(x)))                       # (B, N, HW, d)
         v = self._split_heads(self.value(x))                                   # (B, N, HW, d)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)
         out = graph_attention(q, k, v, backend=self.backend)                   # (B, N, HW, d)
         out = out.transpose(-1, -2).reshape(b, c, h, w)                        # heads concatenated
         return self.act(out)
@@ -94,7 +116,7 @@ class PatchGraph(nn.Module):
     """Local structure graph over overlapping 7x7 patches, stride 4 (eq. 10-11)."""
 
     def __init__(self, n_feats: int, heads: int, patch_size: int, patch_stride: int,
-                 patch_channels: int, patch_embed: int):
+                 patch_channels: int, patch_embed: int, qk_norm: bool = False):
         super().__init__()
         patch_dim = patch_channels * patch_size * patch_size                  # 16*7*7 = 784
         if patch_embed % heads or patch_channels % heads:
@@ -109,6 +131,7 @@ class PatchGraph(nn.Module):
         self.act_q = nn.PReLU()
         self.act_k = nn.PReLU()
         self.out = nn.Conv2d(patch_channels, n_feats, 1)
+        self.qk_norm = _QKNorm(heads) if qk_norm else None
         self.backend: Optional[str] = None
 
     def _patches(self, t: Tensor) -> Tensor:
@@ -124,6 +147,8 @@ class PatchGraph(nn.Module):
         L = q.shape[1]
         q = q.reshape(b, L, n, -1).transpose(1, 2)                             # (B, N, L, 49)
         k = k.reshape(b, L, n, -1).transpose(1, 2)                             # (B, N, L, 49)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)
         # Channel-major patch vectors: head i takes channels [4i, 4i+4) = 196 values.
         v = v.reshape(b, L, n, -1).transpose(1, 2)                             # (B, N, L, 196)
         agg = graph_attention(q, k, v, backend=self.backend)                   # (B, N, L, 196)
@@ -139,13 +164,13 @@ class MultiLevelGraphConv(nn.Module):
     """Y = X + f(BN(PixelGraph(X) + PatchGraph(X)))  (eq. 4, 12)."""
 
     def __init__(self, n_feats, heads, patch_size, patch_stride, patch_channels, patch_embed,
-                 global_graph=True, local_graph=True, pixel_heads=None):
+                 global_graph=True, local_graph=True, pixel_heads=None, qk_norm=False):
         super().__init__()
         if not (global_graph or local_graph):
             raise ValueError("at least one of global_graph and local_graph must be on")
-        self.pixel_graph = PixelGraph(n_feats, pixel_heads or heads) if global_graph else None
-        self.patch_graph = (PatchGraph(n_feats, heads, patch_size, patch_stride, patch_channels, patch_embed)
-                            if local_graph else None)
+        self.pixel_graph = PixelGraph(n_feats, pixel_heads or heads, qk_norm) if global_graph else None
+        self.patch_graph = (PatchGraph(n_feats, heads, patch_size, patch_stride, patch_channels, patch_embed,
+                                       qk_norm) if local_graph else None)
         self.norm = nn.BatchNorm2d(n_feats)
         self.fuse = conv3x3(n_feats, n_feats)
 
@@ -196,7 +221,8 @@ def _detect_magn(state: Mapping[str, Tensor]) -> Optional[dict]:
                   global_graph=any(".pixel_graph." in k for k in state),
                   pixel_graph_layers=1 if (any(".g1.pixel_graph." in k for k in state)
                                            and not any(".g2.pixel_graph." in k for k in state)) else 2,
-                  local_graph=any(".patch_graph." in k for k in state))
+                  local_graph=any(".patch_graph." in k for k in state),
+                  qk_norm=any(k.endswith(".qk_norm.log_temperature") for k in state))
     fc = next((v for k, v in state.items() if k.endswith("patch_graph.fc_q.weight")), None)
     if fc is not None:                                                         # (embed, c*7*7)
         config["patch_embed"] = int(fc.shape[0])
@@ -257,7 +283,7 @@ class MAGN(nn.Module):
     def __init__(self, in_channels=3, n_feats=64, n_resblocks=16, n_graphblocks=3, heads=4,
                  patch_size=7, patch_stride=4, patch_channels=16, patch_embed=196,
                  global_graph=True, local_graph=True, unshuffle=1, pixel_heads=None,
-                 pixel_graph_layers=2, level_input=False):
+                 pixel_graph_layers=2, level_input=False, qk_norm=False):
         super().__init__()
         if unshuffle < 1:
             raise ValueError("unshuffle must be >= 1")
@@ -269,7 +295,7 @@ class MAGN(nn.Module):
         graph_kwargs = dict(n_feats=n_feats, heads=heads, patch_size=patch_size,
                             patch_stride=patch_stride, patch_channels=patch_channels,
                             patch_embed=patch_embed, global_graph=global_graph,
-                            local_graph=local_graph, pixel_heads=pixel_heads)
+                            local_graph=local_graph, pixel_heads=pixel_heads, qk_norm=qk_norm)
         self.head = conv3x3((in_channels + self.level_input) * unshuffle * unshuffle, n_feats)
         self.body_pre = nn.Sequential(*[ResBlock(n_feats) for _ in range(n_resblocks)])
         self.graphs = nn.Sequential(*[GraphBlock(pixel_graph_layers if global_graph else 2, **graph_kwargs)
