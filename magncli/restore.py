@@ -167,6 +167,8 @@ class Restorer:
             if stated is not None:
                 level, source = stated
                 info[task.level_key], info[f"{task.level_key}_source"] = level, source
+            else:          # e.g. a PNG saved from a JPEG: the model runs without knowing it
+                info[f"{task.level_key}_source"] = "unknown"
         if task.mosaic:
             info["pattern"] = self.pattern
         channels = task.model_channels(image.channels)          # a CFA needs a 3-channel model

@@ -57,6 +57,17 @@ def test_output_matches_the_library(tmp_path, ckpt):
     assert np.array_equal(read_image(tmp_path / "a_magn.png").pixels, expected)
 
 
+def test_the_line_says_when_a_jpeg_quality_is_read_and_when_it_is_unknown(tmp_path, ckpt):
+    from PIL import Image as PILImage
+    px, _ = _img(tmp_path / "a.png", (20, 24, 3))
+    PILImage.fromarray(px).save(tmp_path / "b.jpg", quality=33)
+    res = _run(tmp_path / "a.png", tmp_path / "b.jpg", "-t", "dejpeg", "-w", ckpt[3])
+    assert res.exit_code == 0, res.output
+    lines = " ".join(res.stderr.split()).split(str(tmp_path / "b.jpg"))      # undo rich's wrapping
+    assert "quality unknown (no JPEG tables; --quality states it)" in lines[0]
+    assert "quality 33 from the JPEG tables" in lines[1]
+
+
 def test_folder_recursive_mirrored_with_json(tmp_path, ckpt):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)

@@ -96,7 +96,9 @@ def test_dejpeg_restore_reports_the_quality_it_assumed(tmp_path):
     _, info = restorer.restore(read_image(tmp_path / "a.jpg"))
     assert info["quality"] == 37 and info["quality_source"] == "JPEG tables"
     _, info = restorer.restore(read_image(tmp_path / "b.png"))
-    assert "quality" not in info
+    assert "quality" not in info and info["quality_source"] == "unknown"
+    _, info = Restorer(task="dejpeg", model=Identity(), level=50).restore(read_image(tmp_path / "b.png"))
+    assert "quality_source" not in info                    # stated by the user: nothing assumed
 
 
 class LevelRecorder(nn.Module):

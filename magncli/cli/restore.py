@@ -142,6 +142,8 @@ def _describe(record: dict) -> str:
     parts = [f"{record['seconds']:.1f} s"]
     if record.get("quality") is not None:
         parts.append(f"quality {record['quality']} from the {record['quality_source']}")
+    elif record.get("quality_source") == "unknown":
+        parts.append("quality unknown (no JPEG tables; --quality states it)")
     if record.get("model"):
         parts.append(f"model {record['model']}")
     return ", ".join(parts)
