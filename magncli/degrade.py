@@ -34,7 +34,7 @@ _CHANNEL_INDEX = {"r": 0, "g": 1, "b": 2}
 
 def check_sigma(sigma: float) -> None:
     if not np.isfinite(sigma) or sigma < 0:
-        raise MagnError(f"noise sigma must be a number >= 0 (on the 0-255 scale), got {sigma}")
+        raise MagnError(f"noise sigma must be a number >= 0 (on the 0-255 scale), got {sigma:g}")
 
 
 def add_gaussian_noise(img: np.ndarray, sigma: float, seed: int = DEFAULT_SEED) -> np.ndarray:
@@ -66,7 +66,7 @@ def gaussian_noise_torch(x, sigma_per_image, generator=None):
 
 def check_quality(quality: int) -> None:
     if int(quality) != quality or not 1 <= quality <= 100:
-        raise MagnError(f"JPEG quality must be an integer from 1 to 100, got {quality}")
+        raise MagnError(f"JPEG quality must be an integer from 1 to 100, got {quality:g}")
 
 
 def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:

@@ -101,6 +101,12 @@ def test_eval_user_errors_are_one_line(tmp_path):
     (tmp_path / "r.json").write_text("{}")
     user_error(run("--sets", str(folder), "-o", str(tmp_path / "r.json")), "already exists")
     user_error(run("--sets", str(folder), "-o", str(tmp_path / "r.txt")), ".json")
+    # A level is echoed as it was typed (the list is parsed as numbers: not "got 0.0").
+    quality = user_error(runner.invoke(app, ["eval", "--task", "dejpeg", "--levels", "0", "--sets", str(folder)]),
+                         "quality must be an integer from 1 to 100")
+    sigma = user_error(runner.invoke(app, ["eval", "--task", "denoise", "--levels", "-5", "--sets", str(folder)]),
+                       "sigma must be a number >= 0")
+    assert quality.endswith("got 0") and sigma.endswith("got -5")
 
 
 def test_the_real_command_prints_one_line_and_exits_1(tmp_path):
