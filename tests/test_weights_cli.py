@@ -43,11 +43,23 @@ def test_list_empty_manifest(wenv):
 def test_list_shows_status(served, wenv, tiny_bytes):
     rows = json.loads(magn("list", "--json").stdout)
     assert [(r["name"], r["status"], r["size"]) for r in rows] == [(NAME, "remote", len(tiny_bytes))]
+    assert f"remote ({len(tiny_bytes) / 1e6:.1f} MB)" in magn("list").stdout    # what a download costs
     assert magn("download", NAME, "--quiet").exit_code == 0
     rows = json.loads(magn("list", "--json").stdout)
     assert rows[0]["status"] == "cached" and rows[0]["path"] == str(wenv.cache / FILE)
     table = magn("list")
     assert table.exit_code == 0 and NAME in table.stdout and "cached" in table.stdout
+
+
+def test_an_80_column_table_shows_every_name_whole(monkeypatch):
+    """The names of the shipped manifest, the longest there are, are what a user types
+    next: a narrow terminal wraps the other columns, never a name."""
+    from magncli.cli import common
+    monkeypatch.setattr(common.stdout_console, "width", 80)
+    table = magn("list")
+    assert table.exit_code == 0 and max(map(len, table.stdout.splitlines())) <= 80
+    for entry in load_manifest().entries:
+        assert f" {entry.name} " in table.stdout
 
 
 def test_download_and_path(served, wenv):

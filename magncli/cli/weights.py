@@ -49,14 +49,20 @@ def list_cmd(manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, as_jso
     if not rows:
         note(f"no pretrained checkpoints listed in {m.path} yet; pass --weights PATH")
         return
+    from rich import box
     from rich.table import Table
-    table = Table(title=f"checkpoints in {m.path}")
-    for column in ("name", "task", "channels", "levels", "size", "status", "PSNR"):
-        table.add_column(column)
+    # The name is what a user types next: never cut it (rich shortens the widest column
+    # first). On 80 columns the levels and score wrap instead; no vertical rules take
+    # their width, and the size is said only where a download is still to come.
+    table = Table(title=f"checkpoints in {m.path}", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for column in ("name", "task", "channels", "levels", "status", "PSNR"):
+        table.add_column(column, no_wrap=column in ("name", "task", "channels"))
     for r in rows:
+        status = f"{r['status']} ({_mb(r['size'])})" if r["status"] == "remote" else r["status"]
         table.add_row(r["name"] + (" *" if r["default"] else ""), r["task"],
                       "gray" if r["channels"] == 1 else "color", r["levels"] or "-",
-                      _mb(r["size"]), r["status"], r["headline"] or "-")
+                      status, r["headline"] or "-")
     stdout_console.print(table)
     note("* default for its task and channels")
 
