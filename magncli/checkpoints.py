@@ -25,7 +25,7 @@ from torch import nn
 
 from magncli.errors import MagnError
 from magncli.fileio import atomic_path
-from magncli.models.registry import build_model, detect_arch
+from magncli.models.registry import INPUT_KEYS, build_model, detect_arch, get_arch
 
 META_KEY = "magn"
 _PT_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin"}
@@ -175,14 +175,20 @@ def load_model(path, arch: str = "auto", **config_overrides) -> nn.Module:
     if arch in (None, "", "auto"):
         arch, config = checkpoint_arch(path, state, meta)
     else:
-        config = dict(meta.get("config", {})) if meta.get("arch") == arch else {}
+        try:
+            family = get_arch(arch).name                        # "magn-s-local" -> "magn"
+        except KeyError as e:
+            raise MagnError(f"{path}: {e.args[0]}") from None
+        config = dict(meta.get("config", {})) if meta.get("arch") == family else {}
         if not config:
             try:
                 detected_arch, detected = detect_arch(state)
-                if detected_arch == arch:
+                if detected_arch == family:
                     config = detected
             except ValueError:
                 pass
+        if arch != family:    # a named variant: its network, the file's inputs (strict load checks the rest)
+            config = {key: value for key, value in config.items() if key in INPUT_KEYS}
     config.update(config_overrides)
     try:
         model = build_model(arch, **config)

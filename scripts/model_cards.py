@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from magncli.models.registry import build_model, get_arch, resolve_config  # noqa: E402
+from magncli.models.registry import INPUT_KEYS, build_model, get_arch, resolve_config  # noqa: E402
 from magncli.weights import load_manifest  # noqa: E402
 
 README = REPO / "weights" / "README.md"
@@ -161,7 +161,7 @@ def _variant(entry) -> str:
     The input planes (channels, a level map) are the checkpoint's, not the variant's."""
     spec = get_arch(entry.arch)
     config = resolve_config(entry.arch, **entry.config)[1]
-    inputs = {key: config[key] for key in ("in_channels", "level_input") if key in config}
+    inputs = {key: config[key] for key in INPUT_KEYS if key in config}
     names = [entry.arch] + sorted(spec.variants)
     name = next((n for n in names if resolve_config(n, **inputs)[1] == config), entry.arch)
     params = sum(p.numel() for p in build_model(entry.arch, **entry.config).parameters())

@@ -168,6 +168,24 @@ def test_detect_arch_recovers_config(name, overrides):
     assert arch == "magn" and config == m.config
 
 
+@pytest.mark.parametrize("overrides", [{}, {"in_channels": 1, "level_input": True}])
+def test_a_checkpoint_loads_by_its_variant_name_with_its_own_inputs(tmp_path, overrides):
+    """load_model(path, arch="magn-s-local") (eval's `-m magn-s-local:FILE`): the variant
+    names the network, the file what it takes; a gray level-map file used to be built as
+    the variant's color default and refused. Another variant's file is still refused."""
+    from magncli.checkpoints import load_model, save_checkpoint
+    from magncli.errors import MagnError
+    model = random_magn("magn-s-local", seed=1, **overrides).eval()
+    path = save_checkpoint(tmp_path / "m.safetensors", model)
+    x = torch.rand(1, model.config["in_channels"] + model.config["level_input"], 16, 24)
+    loaded = load_model(path, arch="magn-s-local")
+    assert loaded.config == model.config
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.raises(MagnError, match="does not fit"):
+        load_model(path, arch="magn-s")                      # has a pixel graph the file lacks
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_level_input_takes_a_level_map_and_returns_the_image_channels(channels):
     """The map goes into the head only: (B, c+1, H, W) -> (B, c, H, W); at init (tail

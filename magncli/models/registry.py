@@ -95,6 +95,12 @@ def list_archs() -> Dict[str, ArchSpec]:
     return dict(_ARCHS)
 
 
+# Config keys that a checkpoint's inputs fix, whatever its variant: a variant names the
+# network, the file says what it takes (a gray JPEG model with a level map is still
+# magn-s-local).
+INPUT_KEYS = ("in_channels", "level_input")
+
+
 def get_arch(name: str) -> ArchSpec:
     base = name.split("-")[0] if name not in _ARCHS else name
     if base not in _ARCHS:
