@@ -21,7 +21,6 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -175,17 +174,13 @@ class Restorer:
         model, name = self.model_for(channels, level)
         need = facts(model).in_channels or channels
         info["model"] = name
-        run = partial(restore_for_task, model, task=task, pattern=self.pattern, level=level,
-                      options=self.options, progress=progress)
-        if need == channels:
-            y = run(x)
-        elif need == 3 and channels == 1:
-            # Only a color model was given: run it on the gray replicated, keep the mean.
-            y = run(np.repeat(x, 3, axis=2)).mean(axis=2, keepdims=True)
+        if need == 3 and channels == 1:     # only a color model was given (restore_for_task)
             info["note"] = "gray image restored with a color model"
-        else:
+        elif need != channels:
             raise MagnError(f"{name} is a gray ({need}-channel) model; the image has {channels} "
                             "channels (pass weights= with a color model)")
+        y = restore_for_task(model, x, task, pattern=self.pattern, level=level, options=self.options,
+                             progress=progress)
         lo, hi = float(np.min(y)), float(np.max(y))                           # NaN stays NaN
         if broken_down(lo, hi):
             raise MagnError(f"{name} broke down on this image: its output spans {lo:.3g} to {hi:.3g}, "

@@ -192,13 +192,21 @@ def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Opti
     """Restore one degraded float32 (H, W, C) image of `task` with `model`: the one way
     restore, eval and training validation run a model. The task adapts the input to what
     its models take and the output back (a Bayer mosaic of `pattern` is restored in GRBG
-    phase, every tile on the same phase; a model with `level_input` also gets the map of
-    `level`, None meaning not known). Returns float32 (H, W, C'), unclipped."""
+    phase, every tile on the same phase; a gray image given only a color model goes
+    through it replicated, and the mean of its channels is kept; a model with
+    `level_input` also gets the map of `level`, None meaning not known). Returns float32
+    (H, W, C'), unclipped."""
     task = get_task(task)
+    stated = facts(model)
     x, shift = task.prepare_input(image, pattern)                              # (H', W', C')
-    if facts(model).level_input:
+    gray_through_color = stated.in_channels == 3 and x.shape[2] == 1
+    if gray_through_color:
+        x = np.repeat(x, 3, axis=2)                                            # (H', W', 3)
+    if stated.level_input:
         x = task.with_level_plane(x, level)                                    # (H', W', C' + 1)
     restored = restore_array(model, x, options, progress, align=task.period)    # (H', W', C')
+    if gray_through_color:
+        restored = restored.mean(axis=2, keepdims=True)                        # (H', W', 1)
     return task.finish_output(restored, shift)                                 # (H, W, C')
 
 

@@ -118,6 +118,28 @@ class LevelRecorder(nn.Module):
         return x[:, :3] * 0.5
 
 
+class ChannelWeights(nn.Module):
+    """A level-conditioned color model whose channels come out scaled 1x, 2x, 3x: a gray
+    image given to it replicated comes back as the mean, 2x the image."""
+    facts = ModelFacts(in_channels=3, level_input=True)
+
+    def forward(self, x):                                              # (B, 3 + 1, H, W)
+        assert x.shape[1] == 4 and torch.equal(x[:, 0], x[:, 2])       # the gray replicated
+        return x[:, :3] * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
+
+
+def test_eval_and_restore_run_a_gray_image_through_a_color_model_alike(tmp_path):
+    """Only a color model (say the color JPEG model for a gray set): restore, eval and
+    validation all replicate the gray and keep the mean of the output channels (eval
+    used to hand the model the gray image and its level map, 2 planes, and fail)."""
+    gray = np.random.default_rng(2).random((24, 40, 1)).astype(np.float32)
+    out = model_method(ChannelWeights()).restore(gray, make_degradation("dejpeg", 20))
+    np.testing.assert_allclose(out, 2 * gray, rtol=1e-6)
+    restored, info = Restorer(task="dejpeg", model=ChannelWeights()).restore(Image(gray))
+    np.testing.assert_array_equal(restored.pixels, out)
+    assert info["note"] == "gray image restored with a color model"
+
+
 def test_a_level_conditioned_model_sees_the_quality_the_file_states(tmp_path):
     """The map is libjpeg's table scale / 500 (5000/q below 50, 200 - 2q above), -1 when no
     quality is known; restore, eval and the tiled x8 path all pass it, and the model's
