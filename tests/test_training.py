@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
 OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
-            "denoise-clean", "demosaic-hard")   # shared settings, not recipes of a checkpoint
+            "denoise-clean", "demosaic-hard", "qk-norm")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -101,6 +101,10 @@ def test_every_recipe_is_a_valid_config(recipe):
     if config.task == "dejpeg":
         mapped = load_config([recipe, REPO / "train" / "cpu-s.toml", REPO / "train" / "level-map.toml"])
         assert mapped.level_input() and mapped.quality_range == [5, 100]
+        # Overlays' [model] tables merge: the QK-norm overlay keeps the level map.
+        normed = load_config([recipe, REPO / "train" / "cpu-s.toml", REPO / "train" / "level-map.toml",
+                              REPO / "train" / "qk-norm.toml"])
+        assert normed.model == {"level_input": True, "qk_norm": True} and normed.level_input()
     else:
         with pytest.raises(MagnError, match="level map"):
             load_config([recipe, REPO / "train" / "level-map.toml"])
