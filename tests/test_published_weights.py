@@ -130,12 +130,14 @@ def test_the_recorded_training_command_rebuilds_the_checkpoint_config(name):
 # test pins this list exactly: a fix, or a new shortfall, must update it and the card.
 KNOWN_SHORTFALLS = {   # {(checkpoint, set, level, baseline, "psnr" | "ssim")}
     # The color denoiser against CBM3D as the bm3d package runs it (stronger than the
-    # published CBM3D figures the bars use): Kodak24 34.39 / 31.86 / 28.58 against 34.47 /
-    # 31.90 / 28.68, McMaster 33.69 / 31.51 / 28.39 against 34.06 / 31.70 / 28.53, the
-    # Urban100 subset (CBM3D's self-similarity at home) 33.51 / 31.06 / 27.54 against 34.44
-    # / 32.05 / 28.68.
-    *(("magn-s-local-denoise-color", "Kodak24", f"σ{v}", "bm3d", "psnr") for v in (15, 25, 50)),
-    *(("magn-s-local-denoise-color", s, f"σ{v}", "bm3d", m) for s in ("McMaster", "Urban100_color_subset")
+    # published CBM3D figures the bars use): Kodak24 34.46 / 28.65 at sigma 15 / 50 against
+    # 34.47 / 28.68 (sigma 25: 31.92, above its 31.90), McMaster 33.77 / 31.57 / 28.47
+    # against 34.06 / 31.70 / 28.53 (in SSIM above at sigma 25 and 50), the Urban100 subset
+    # (CBM3D's self-similarity at home) 33.59 / 31.13 / 27.62 against 34.44 / 32.05 / 28.68.
+    *(("magn-s-local-denoise-color", "Kodak24", f"σ{v}", "bm3d", "psnr") for v in (15, 50)),
+    *(("magn-s-local-denoise-color", "McMaster", f"σ{v}", "bm3d", "psnr") for v in (15, 25, 50)),
+    ("magn-s-local-denoise-color", "McMaster", "σ15", "bm3d", "ssim"),
+    *(("magn-s-local-denoise-color", "Urban100_color_subset", f"σ{v}", "bm3d", m)
       for v in (15, 25, 50) for m in ("psnr", "ssim")),
 }
 
@@ -188,7 +190,6 @@ ISSUE_BARS = {
         ("McMaster", "grbg"): 37.57, ("Kodak24", "grbg"): 40.51},
 }
 BAR_SHORTFALLS = {
-    ("denoise", 3, "McMaster", "σ15"),                # 33.69 against 33.76
     ("dejpeg", 1, "LIVE1", "q10"),                    # 29.00 against 29.06
     *(("dejpeg", 3, "LIVE1", f"q{q}") for q in (10, 20, 30, 40)),  # 26.87 / 29.30 / 30.61 / 31.52
     ("demosaic", 3, "McMaster", "grbg"),             # 36.46 against 37.57
