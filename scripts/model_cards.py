@@ -183,6 +183,8 @@ def _sessions(prov: dict) -> str:
         warm = s.get("warm_start")
         what = (f"warm start from {warm['weights']}" + (f" (converted, {warm['converted']})" if warm.get("converted") else "")
                 if warm else s["event"])
+        if warm and warm.get("commands"):  # how the weights it started from were made
+            what += f" (its step {warm.get('step')}, made by `{warm['commands']}`)"
         parts.append(f"{what} at step {s['step']} ({s.get('precision')}, {s.get('threads')} thread(s))")
     return "; ".join(parts)
 
