@@ -25,7 +25,7 @@ from torch import nn
 
 from magncli.errors import MagnError
 from magncli.fileio import atomic_path
-from magncli.models.registry import INPUT_KEYS, build_model, detect_arch, get_arch
+from magncli.models.registry import FILE_KEYS, build_model, detect_arch, get_arch
 
 META_KEY = "magn"
 _PT_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin"}
@@ -187,8 +187,8 @@ def load_model(path, arch: str = "auto", **config_overrides) -> nn.Module:
                     config = detected
             except ValueError:
                 pass
-        if arch != family:    # a named variant: its network, the file's inputs (strict load checks the rest)
-            config = {key: value for key, value in config.items() if key in INPUT_KEYS}
+        if arch != family:    # a named variant: its network, the file's inputs and options (strict load checks the rest)
+            config = {key: value for key, value in config.items() if key in FILE_KEYS}
     config.update(config_overrides)
     try:
         model = build_model(arch, **config)

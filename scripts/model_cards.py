@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from magncli.models.registry import INPUT_KEYS, build_model, get_arch, resolve_config  # noqa: E402
+from magncli.models.registry import FILE_KEYS, build_model, get_arch, resolve_config  # noqa: E402
 from magncli.weights import load_manifest  # noqa: E402
 
 README = REPO / "weights" / "README.md"
@@ -166,15 +166,15 @@ def _data(data) -> str:
 
 def _variant(entry) -> str:
     """The registered name whose config this entry's architecture has, with its size.
-    The input planes (channels, a level map) are the checkpoint's, not the variant's."""
+    The input planes (channels, a level map) and QK-norm are the checkpoint's, not the variant's."""
     spec = get_arch(entry.arch)
     config = resolve_config(entry.arch, **entry.config)[1]
-    inputs = {key: config[key] for key in INPUT_KEYS if key in config}
+    own = {key: config[key] for key in FILE_KEYS if key in config}
     names = [entry.arch] + sorted(spec.variants)
-    name = next((n for n in names if resolve_config(n, **inputs)[1] == config), entry.arch)
+    name = next((n for n in names if resolve_config(n, **own)[1] == config), entry.arch)
     params = sum(p.numel() for p in build_model(entry.arch, **entry.config).parameters())
-    level_map = " with a level map" if config.get("level_input") else ""
-    return f"`{name}`{level_map} ({params:,} parameters)"
+    extras = [what for key, what in (("level_input", "a level map"), ("qk_norm", "QK-norm")) if config.get(key)]
+    return f"`{name}`{' with ' + ' and '.join(extras) if extras else ''} ({params:,} parameters)"
 
 
 def _sessions(prov: dict) -> str:

@@ -168,11 +168,13 @@ def test_detect_arch_recovers_config(name, overrides):
     assert arch == "magn" and config == m.config
 
 
-@pytest.mark.parametrize("overrides", [{}, {"in_channels": 1, "level_input": True}])
+@pytest.mark.parametrize("overrides", [{}, {"in_channels": 1, "level_input": True},
+                                       {"level_input": True, "qk_norm": True}])
 def test_a_checkpoint_loads_by_its_variant_name_with_its_own_inputs(tmp_path, overrides):
     """load_model(path, arch="magn-s-local") (eval's `-m magn-s-local:FILE`): the variant
-    names the network, the file what it takes; a gray level-map file used to be built as
-    the variant's color default and refused. Another variant's file is still refused."""
+    names the network, the file what it takes and its optional parameters; a gray
+    level-map file used to be built as the variant's color default and refused, and so was
+    a QK-norm run's. Another variant's file is still refused."""
     from magncli.checkpoints import load_model, save_checkpoint
     from magncli.errors import MagnError
     model = random_magn("magn-s-local", seed=1, **overrides).eval()

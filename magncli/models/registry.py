@@ -95,10 +95,11 @@ def list_archs() -> Dict[str, ArchSpec]:
     return dict(_ARCHS)
 
 
-# Config keys that a checkpoint's inputs fix, whatever its variant: a variant names the
-# network, the file says what it takes (a gray JPEG model with a level map is still
-# magn-s-local).
-INPUT_KEYS = ("in_channels", "level_input")
+# Config keys that a checkpoint fixes, whatever its variant: a variant names the network,
+# the file says what it takes (channels, a level map) and which optional parameters it
+# has (QK-norm's temperatures). A gray JPEG model with a level map and QK-norm is still
+# magn-s-local.
+FILE_KEYS = ("in_channels", "level_input", "qk_norm")
 
 
 def get_arch(name: str) -> ArchSpec:
