@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
 OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
-            "denoise-clean", "demosaic-hard", "qk-norm")   # shared settings, not recipes of a checkpoint
+            "denoise-clean", "denoise-near-clean", "demosaic-hard", "qk-norm")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -678,10 +678,13 @@ def test_a_level_focus_oversamples_its_span_inside_the_whole_range(monkeypatch, 
         load_config([], {"task": task, "data": "x", f"{key}_focus": focus, **fixed})
 
 
-def test_the_clean_overlay_sets_a_sigma_focus():
+@pytest.mark.parametrize("overlay,focus,steps", [("denoise-clean", [0, 10, 0.3], 12000),
+                                                 ("denoise-near-clean", [0, 6, 0.35], 6000)])
+def test_the_clean_overlays_set_a_sigma_focus(overlay, focus, steps):
     overlays = [REPO / "train" / f"{name}.toml" for name in
-                ("denoise-color-blind", "cpu-s", "warm-start", "denoise-low-sigma", "denoise-clean")]
-    assert load_config(overlays).sigma_focus == [0, 10, 0.3]      # the overlay as its comment uses it
+                ("denoise-color-blind", "cpu-s", "warm-start", "denoise-low-sigma", overlay)]
+    config = load_config(overlays)                                # the overlay as its comment uses it
+    assert (config.sigma_focus, config.steps, config.sigma_range) == (focus, steps, [0, 75])
 
 
 def test_a_level_conditioned_run_sees_each_patch_quality_and_sometimes_unknown(gray_data):
