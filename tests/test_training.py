@@ -502,7 +502,10 @@ def test_held_out_images_are_never_trained_on_and_the_data_is_recorded_without_p
         config_from_dict(dict(task="denoise", sigma=25, data="x", val="Set12", val_holdout=2))
 
 
-def test_a_cpu_hour_budget_stops_with_a_checkpoint_and_resume_continues(gray_data, tmp_path, one_thread):
+def test_a_cpu_hour_budget_stops_with_a_checkpoint_and_resume_continues(gray_data, tmp_path, one_thread,
+                                                                        monkeypatch):
+    import magncli.training.loop as loop
+    monkeypatch.setattr(loop, "git_commit", lambda: "aaaaaaa")       # the code of the first session
     run = tmp_path / "run"
     first = Trainer(tiny_config(gray_data, steps=400, ckpt_every=1000, val_holdout=2, val_crop=32), run)
     summary = first.run(cpu_hours=1e-9)                             # the first step spends it
@@ -517,12 +520,17 @@ def test_a_cpu_hour_budget_stops_with_a_checkpoint_and_resume_continues(gray_dat
     assert meta["step"] == 1 and meta["provenance"]["steps"] == 1 and meta["provenance"]["planned_steps"] == 400
     assert (run / LOG_FILE).read_text() == log_before and _weights(run / STATE_FILE)["step"] == 1
     (run / EXPORT_FILE).unlink()
+    monkeypatch.setattr(loop, "git_commit", lambda: "bbbbbbb")       # resumed with newer code
     resumed = Trainer(load_run_config(run, {"steps": 3}), run, resume=True)
     assert resumed.step == 1 and resumed.cpu_s == pytest.approx(first.cpu_s)
     resumed.run()
-    _, meta = read_checkpoint(run / EXPORT_FILE)
+    monkeypatch.setattr(loop, "git_commit", lambda: "ccccccc-dirty")  # published from an edited checkout
+    _, meta = read_checkpoint(resumed.export())
     sessions = meta["provenance"]["sessions"]
     assert [s["event"] for s in sessions] == ["start", "resume"] and sessions[1]["step"] == 1
+    # The provenance names the code that trained, not the checkout that exported.
+    assert [s["commit"] for s in sessions] == ["aaaaaaa", "bbbbbbb"]
+    assert meta["provenance"]["commit"] == "aaaaaaa, bbbbbbb"
     assert all(s["precision"] == "fp32" and s["threads"] == 1 for s in sessions)
     assert meta["provenance"]["cpu_hours"] == round(resumed.cpu_s / 3600, 3)
 
@@ -796,3 +804,4 @@ def test_a_compiled_training_step_trains_the_same_parameters(gray_data, tmp_path
     assert compiled.step == 6 and any(not torch.equal(before[k], after[k]) for k in before)
     _, meta = read_checkpoint(run / EXPORT_FILE)
     assert meta["step"] == 6 and all(not k.startswith("_orig_mod") for k in read_checkpoint(run / EXPORT_FILE)[0])
+

@@ -253,6 +253,7 @@ class Trainer:
                 (self.run_dir / name).unlink(missing_ok=True)
         skipped = [p.name for p, _ in self.images.skipped]
         self._log({"event": "resume" if resume else "start", "step": self.step, "command": self.command,
+                   "commit": git_commit(),   # the code this session trains with
                    "data": self.images.folder.name, "images": len(self.images.paths),
                    "skipped_images": len(skipped), "skipped": skipped,
                    "device": str(self.device), "world_size": self.dist.world,
@@ -357,9 +358,16 @@ class Trainer:
 
     def _sessions(self) -> List[dict]:
         """Each start, resume and warm start of this run, as the log recorded them."""
-        keys = ("event", "step", "precision", "threads", "device", "warm_start")
+        keys = ("event", "step", "commit", "precision", "threads", "device", "warm_start")
         return [{k: r.get(k) for k in keys if r.get(k) is not None}
                 for r in read_log(self.run_dir / LOG_FILE) if r.get("event") in ("start", "resume")]
+
+    @staticmethod
+    def _trained_commit(sessions: List[dict]) -> Optional[str]:
+        """The commit(s) the sessions trained with, as their start records say; a log from
+        before they did so gives the checkout's commit at export time instead."""
+        recorded = list(dict.fromkeys(s["commit"] for s in sessions if s.get("commit")))
+        return ", ".join(recorded) if recorded else git_commit()
 
     def export(self, best: bool = False) -> Path:
         """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry. Called
@@ -375,6 +383,7 @@ class Trainer:
             step = int(meta["step"])
             cpu_s = next(r.get("cpu_s", r.get("elapsed_s", 0)) for r in read_log(self.run_dir / LOG_FILE)
                          if "val_psnr" in r and r["step"] == step)
+        sessions = self._sessions()
         provenance = {
             "training_data": self.images.describe(),
             "steps": step, "planned_steps": config.steps,
@@ -382,7 +391,7 @@ class Trainer:
             "hardware": hardware_string(self.device, self.dist.world),
             "wall_time": f"{self.elapsed_s / 3600:.2f} h",
             "cpu_hours": round(cpu_s / 3600, 3),
-            "sessions": self._sessions(), "commit": git_commit(),
+            "sessions": sessions, "commit": self._trained_commit(sessions),
             "command": self._commands(),
             "validation": self.validator.name if self.validator else None,
             "notes": f"seed {config.seed}, lr {config.lr} {config.schedule}, EMA {config.ema_decay}"
