@@ -9,7 +9,9 @@
 2. adds it to weights/manifest.json as the default for its task and channels, replacing
    the named entries (and deleting their files), or a previous export of its own name;
 3. writes the validation curve beside the model card: weights/results/NAME-validation.json
-   (step, CPU-hours, PSNR per level) and NAME-validation.png (PSNR against CPU-hours).
+   (step, CPU-hours, PSNR per level, run) and NAME-validation.png (PSNR against CPU-hours).
+   A run that continues the published NAME (warm-started from it) keeps the earlier runs'
+   points, so the curve shows every run that made the weights.
 
 Then score it (the eval command is printed) and regenerate the cards:
 
@@ -67,18 +69,39 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     records = read_log(args.run / LOG_FILE)
     curve = [{"step": r["step"], "cpu_hours": round(r.get("cpu_s", r.get("elapsed_s", 0)) / 3600, 4),
-              "val_psnr": r["val_psnr"], "levels": {k: v for k, v in r["val"].items() if k != "mean"}}
+              "val_psnr": r["val_psnr"], "levels": {k: v for k, v in r["val"].items() if k != "mean"},
+              "run": args.run.name}
              for r in records if "val_psnr" in r]
-    (results / f"{args.name}-validation.json").write_text(json.dumps(
+    curve_file = results / f"{args.name}-validation.json"
+    curve = _earlier_points(curve_file, records, args.name, entry.provenance.get("validation"), curve) + curve
+    curve_file.write_text(json.dumps(
         {"validation": entry.provenance.get("validation"), "points": curve}, indent=1, ensure_ascii=False) + "\n")
+    by_run = {}
+    for point in curve:
+        by_run.setdefault(point.get("run", "earlier run"), []).append((point["cpu_hours"], point["val_psnr"]))
     write_png(results / f"{args.name}-validation.png",
-              draw_validation_series([(args.name, validation_points(records))],
+              draw_validation_series(list(by_run.items()),
                                      f"{args.name}: validation PSNR (dB, held-out images) against CPU-hours"))
     print(f"published {entry.name}: step {entry.provenance['steps']} of {config.steps}, "
           f"{entry.provenance['cpu_hours']:.2f} CPU-hours, sha256 {entry.sha256[:12]}...")
     print("score it with:\n  magn eval " + EVAL[(entry.task, entry.channels)].replace("-m input", f"-m input -m {entry.name}", 1)
           + f" -o weights/results/{entry.name}.json -o weights/results/{entry.name}.md --overwrite"
           + f"\n  magn weights scores {entry.name} weights/results/{entry.name}.json\n  python scripts/model_cards.py")
+
+
+def _earlier_points(curve_file: Path, records, name: str, validation, curve) -> list:
+    """The published curve's points from before this run, when this run continues the
+    weights it replaces (a warm start from `name`) on the same held-out images: the card's
+    curve then spans every run that made the weights, not only the last one."""
+    start = next((r for r in records if r.get("event") == "start"), {})
+    if (start.get("warm_start") or {}).get("weights") != name or not curve_file.is_file():
+        return []
+    previous = json.loads(curve_file.read_text())
+    if previous.get("validation") != validation:
+        return []
+    if not curve:
+        return []
+    return [p for p in previous["points"] if p["cpu_hours"] < curve[0]["cpu_hours"] and p.get("run") != curve[0]["run"]]
 
 
 if __name__ == "__main__":

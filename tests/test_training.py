@@ -4,6 +4,7 @@ Models are tiny (8 features, one ResBlock per side, one GraphBlock) and patches 
 the pixel graph costs O(pixels^2), so patch 32 would make every step ~15x slower
 (0.8 s instead of 0.05 s on the 2-core CI machine). Data-only tests use patch 32.
 """
+import importlib.util
 import json
 import os
 import shlex
@@ -805,3 +806,26 @@ def test_a_compiled_training_step_trains_the_same_parameters(gray_data, tmp_path
     _, meta = read_checkpoint(run / EXPORT_FILE)
     assert meta["step"] == 6 and all(not k.startswith("_orig_mod") for k in read_checkpoint(run / EXPORT_FILE)[0])
 
+
+def test_a_continued_runs_published_curve_keeps_the_runs_before_it(tmp_path):
+    """scripts/publish_run.py: a run warm-started from the checkpoint it republishes keeps
+    the earlier runs' validation points (the card's curve spans every run that made the
+    weights); a run from scratch, or on other held-out images, starts its own curve."""
+    spec = importlib.util.spec_from_file_location("publish_run", REPO / "scripts" / "publish_run.py")
+    publish_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish_run)
+    curve_file = tmp_path / "NAME-validation.json"
+    earlier = [{"step": 1000, "cpu_hours": 1.0, "val_psnr": 30.0, "run": "first"},
+               {"step": 2000, "cpu_hours": 2.0, "val_psnr": 30.5, "run": "first"}]
+    curve_file.write_text(json.dumps({"validation": "held-out (24)", "points": earlier}))
+    new = [{"step": 1000, "cpu_hours": 2.1, "val_psnr": 30.6, "run": "second"}]
+    warm = [{"event": "start", "warm_start": {"weights": "NAME"}}]
+    assert publish_run._earlier_points(curve_file, warm, "NAME", "held-out (24)", new) == earlier
+    scratch = [{"event": "start", "warm_start": None}]
+    assert publish_run._earlier_points(curve_file, scratch, "NAME", "held-out (24)", new) == []
+    assert publish_run._earlier_points(curve_file, warm, "NAME", "other (8)", new) == []
+    assert publish_run._earlier_points(curve_file, warm, "OTHER", "held-out (24)", new) == []
+    # Publishing the same run again replaces its own points and keeps the earlier runs'.
+    again = earlier + new
+    curve_file.write_text(json.dumps({"validation": "held-out (24)", "points": again}))
+    assert publish_run._earlier_points(curve_file, warm, "NAME", "held-out (24)", new) == earlier
