@@ -232,3 +232,31 @@ def test_channel_conversion_is_the_same_network_on_gray_content(unshuffle, level
                                    gray(with_level(y)).expand(-1, 3, -1, -1))
     with pytest.raises(ValueError, match="between 1 and 3"):
         convert_channels("magn", color.state_dict(), color.config, 4)
+
+
+def test_deepening_keeps_the_function_and_the_new_blocks_learn():
+    """deepen (the warm start of a deeper network from a trained one) adds ResBlocks that
+    start as the identity. Oracle: the source model's own output, in float64; then one
+    gradient step moves every new block's weights (they are not dead)."""
+    from magncli.models.registry import deepen
+    config = dict(TINY, unshuffle=2)
+    shallow = random_magn("magn", seed=5, in_channels=3, **config).double().eval()
+    deep = build_model("magn", in_channels=3, **dict(config, n_resblocks=TINY["n_resblocks"] + 2)).double()
+    grown = deepen("magn", shallow.state_dict(), shallow.config, deep.state_dict(), deep.config["n_resblocks"])
+    deep.load_state_dict(grown)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 20, 24, dtype=torch.float64)
+    with torch.no_grad():
+        assert (shallow(x) - x).abs().max() > 1e-3                          # not the identity
+        torch.testing.assert_close(deep.eval()(x), shallow(x))
+    new = [f"{side}.{i}." for side in ("body_pre", "body_post")
+           for i in range(TINY["n_resblocks"], deep.config["n_resblocks"])]
+    deep.train()
+    optimizer = torch.optim.SGD(deep.parameters(), lr=0.1)
+    ((deep(x) - x.flip(-1)) ** 2).mean().backward()
+    before = {k: v.clone() for k, v in deep.state_dict().items()}
+    optimizer.step()
+    for block in new:
+        assert not torch.equal(deep.state_dict()[block + "conv2.weight"], before[block + "conv2.weight"]), block
+    with pytest.raises(ValueError, match="not shorten"):
+        deepen("magn", deep.state_dict(), deep.config, shallow.state_dict(), TINY["n_resblocks"])

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
 OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
-            "denoise-clean", "denoise-near-clean", "demosaic-hard", "qk-norm")   # shared settings, not recipes of a checkpoint
+            "denoise-clean", "denoise-near-clean", "demosaic-hard", "qk-norm", "deeper")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -627,6 +627,16 @@ def test_warm_start_across_channel_counts_converts_head_and_tail(gray_data, tmp_
     for key, value in warm.model.state_dict().items():
         assert torch.equal(value, expected[key]), key
     assert warm.warm_start["converted"] == "3 -> 1 channels" and warm.cpu_s == pytest.approx(1800)
+    # A shallower model of the same network: the deeper run starts from what it computes.
+    shallow = random_magn("magn", seed=2, in_channels=1, **TINY)
+    save_checkpoint(tmp_path / "shallow.safetensors", shallow, {"step": 5})
+    deep = Trainer(tiny_config(gray_data, steps=2, model=dict(TINY, n_resblocks=TINY["n_resblocks"] + 1),
+                               init_from=str(tmp_path / "shallow.safetensors")), tmp_path / "deep")
+    n = TINY["n_resblocks"]
+    assert deep.warm_start["converted"] == f"{n} -> {n + 1} ResBlocks a side"
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(deep.model.eval()(x), shallow.eval()(x))
     # A color model of another width is still refused, in one line.
     save_checkpoint(tmp_path / "wide.safetensors", random_magn("magn", in_channels=3, **dict(TINY, n_feats=12)))
     with pytest.raises(MagnError, match="architecture"):

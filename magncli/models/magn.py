@@ -266,8 +266,29 @@ def _convert_channels(state: Mapping[str, Tensor], config: dict, in_channels: in
     return converted
 
 
+def _deepen(state: Mapping[str, Tensor], config: dict, fresh: Mapping[str, Tensor],
+            n_resblocks: int) -> dict:
+    """MAGN weights with n_resblocks ResBlocks on each side of the graph blocks instead of
+    config["n_resblocks"], the same function: the new blocks follow the old ones, each
+    with its second convolution at zero, so that it starts as the identity (x + 0) and
+    learns from there (ReZero's start). `fresh`: a new model's state_dict, for the new
+    blocks' first convolution and PReLU."""
+    old = int(config["n_resblocks"])
+    if n_resblocks < old:
+        raise ValueError(f"MAGN weights deepen, not shorten ({old} -> {n_resblocks} ResBlocks)")
+    grown = dict(state)
+    for side in ("body_pre", "body_post"):
+        for i in range(old, n_resblocks):
+            block = f"{side}.{i}."
+            for key, value in fresh.items():
+                if key.startswith(block):
+                    zero = key.startswith(block + "conv2.")
+                    grown[key] = torch.zeros_like(value) if zero else value.clone()
+    return grown
+
+
 @register_arch("magn", DEFAULT_CONFIG, detect=_detect_magn, variants=VARIANTS,
-               convert_channels=_convert_channels)
+               convert_channels=_convert_channels, deepen=_deepen)
 class MAGN(nn.Module):
     """MAGN: residual CNN with multi-level (pixel + patch) graph attention blocks.
 

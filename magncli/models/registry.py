@@ -5,6 +5,7 @@ about itself for the inference engine.
     build_model("magn", in_channels=1)      -> nn.Module with a `.config` dict
     detect_arch(state_dict)                 -> ("dagl", {...config...})
     convert_channels("magn", sd, config, 1) -> the state_dict of a 1-channel twin (warm starts)
+    deepen("magn", sd, config, fresh, 6)    -> the same function with 6 ResBlocks a side (warm starts)
     facts(model)                            -> ModelFacts(in_channels=1, size_multiple=4, ...)
 
 Every registered model takes (B, C, H, W) float images (about [0, 1]) and returns the
@@ -30,6 +31,7 @@ Detector = Callable[[Mapping[str, torch.Tensor]], Optional[dict]]
 # (state_dict, its config, the new in_channels) -> the state_dict of the same network
 # for that many channels.
 ChannelConverter = Callable[[Mapping[str, torch.Tensor], dict, int], Dict[str, torch.Tensor]]
+Deepener = Callable[[Mapping[str, torch.Tensor], dict, Mapping[str, torch.Tensor], int], Dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class ArchSpec:
     doc: str = ""
     variants: Dict[str, dict] = field(default_factory=dict)
     convert_channels: Optional[ChannelConverter] = None
+    deepen: Optional[Deepener] = None
 
 
 _ARCHS: Dict[str, ArchSpec] = {}
@@ -77,7 +80,8 @@ _ARCHS: Dict[str, ArchSpec] = {}
 
 def register_arch(name: str, default_config: dict, detect: Optional[Detector] = None,
                   variants: Optional[Dict[str, dict]] = None,
-                  convert_channels: Optional[ChannelConverter] = None):
+                  convert_channels: Optional[ChannelConverter] = None,
+                  deepen: Optional[Deepener] = None):
     """Decorator: register a model class (or builder function) under `name`."""
 
     def wrap(builder):
@@ -85,7 +89,7 @@ def register_arch(name: str, default_config: dict, detect: Optional[Detector] = 
             raise ValueError(f"architecture {name!r} registered twice")
         _ARCHS[name] = ArchSpec(name, builder, dict(default_config), detect,
                                 (builder.__doc__ or "").strip().split("\n")[0],
-                                dict(variants or {}), convert_channels)
+                                dict(variants or {}), convert_channels, deepen)
         return builder
 
     return wrap
@@ -157,3 +161,16 @@ def convert_channels(name: str, state_dict: Mapping[str, torch.Tensor], config: 
         raise ValueError(f"{spec.name} weights cannot change channel count "
                          f"({config.get('in_channels')} -> {in_channels})")
     return spec.convert_channels(state_dict, config, in_channels)
+
+
+def deepen(name: str, state_dict: Mapping[str, torch.Tensor], config: dict,
+           fresh_state: Mapping[str, torch.Tensor], n_resblocks: int) -> Dict[str, torch.Tensor]:
+    """The weights of architecture `name` (config `config`) with `n_resblocks` residual
+    blocks instead of config["n_resblocks"], computing the same function: a warm start of a
+    deeper network from a trained one (e.g. the demosaicer, whose capacity its run used
+    up). fresh_state: a newly built deeper model's weights, for what the new blocks need
+    besides the identity. ValueError where the architecture cannot."""
+    spec = get_arch(name)
+    if spec.deepen is None:
+        raise ValueError(f"{spec.name} weights cannot be deepened")
+    return spec.deepen(state_dict, config, fresh_state, n_resblocks)

@@ -54,7 +54,7 @@ from magncli.checkpoints import load_state_dict_strict, read_checkpoint, save_ch
 from magncli.errors import MagnError
 from magncli.fileio import home_as_tilde, write_file_atomic
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
-from magncli.models.registry import build_model, convert_channels, facts, resolve_config
+from magncli.models.registry import build_model, convert_channels, deepen, facts, resolve_config
 from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
 from magncli.training.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
@@ -273,9 +273,9 @@ class Trainer:
         own = self.model.config
         theirs = _filled_config(self.model.arch, meta["config"]) if meta.get("config") else None
         converted = None
-        if (meta.get("arch") == self.model.arch and theirs is not None
-                and theirs["in_channels"] != own["in_channels"]
-                and dict(theirs, in_channels=own["in_channels"]) == own):
+        same_arch = meta.get("arch") == self.model.arch and theirs is not None
+        if (same_arch and theirs["in_channels"] != own["in_channels"]
+                and dict(theirs, in_channels=own["in_channels"], n_resblocks=own["n_resblocks"]) == own):
             # The same network for another channel count (a gray JPEG run from the color
             # model): the architecture converts its head and tail, exactly on gray content.
             try:
@@ -283,6 +283,18 @@ class Trainer:
             except ValueError as e:
                 raise MagnError(f"{source}: {e}") from None
             converted = f"{theirs['in_channels']} -> {own['in_channels']} channels"
+            theirs = dict(theirs, in_channels=own["in_channels"])
+        if (same_arch and theirs.get("n_resblocks", 0) < own.get("n_resblocks", 0)
+                and dict(theirs, n_resblocks=own["n_resblocks"]) == own):
+            # A deeper network than the file's (more capacity for a run whose validation
+            # stopped gaining): the new blocks start as the identity, so it starts from
+            # exactly what the file computes.
+            try:
+                state = deepen(self.model.arch, state, theirs, self.model.state_dict(), own["n_resblocks"])
+            except ValueError as e:
+                raise MagnError(f"{source}: {e}") from None
+            grown = f"{theirs['n_resblocks']} -> {own['n_resblocks']} ResBlocks a side"
+            converted = f"{converted}, {grown}" if converted else grown
             theirs = own
         if meta.get("arch") not in (None, self.model.arch) or (theirs is not None and theirs != own):
             raise MagnError(f"{source}: its architecture ({meta.get('arch')} {meta.get('config')}) "
