@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from magncli.training.curves import draw_validation_series, validation_points, write_png  # noqa: E402
+from magncli.training.curves import draw_validation_series, write_png  # noqa: E402
 from magncli.training.loop import Trainer  # noqa: E402
 from magncli.training.runstate import LOG_FILE, load_run_config, read_log  # noqa: E402
 from magncli.weights import add_checkpoint  # noqa: E402
@@ -94,12 +94,10 @@ def _earlier_points(curve_file: Path, records, name: str, validation, curve) -> 
     weights it replaces (a warm start from `name`) on the same held-out images: the card's
     curve then spans every run that made the weights, not only the last one."""
     start = next((r for r in records if r.get("event") == "start"), {})
-    if (start.get("warm_start") or {}).get("weights") != name or not curve_file.is_file():
+    if not curve or (start.get("warm_start") or {}).get("weights") != name or not curve_file.is_file():
         return []
     previous = json.loads(curve_file.read_text())
     if previous.get("validation") != validation:
-        return []
-    if not curve:
         return []
     return [p for p in previous["points"] if p["cpu_hours"] < curve[0]["cpu_hours"] and p.get("run") != curve[0]["run"]]
 
