@@ -168,15 +168,20 @@ def _data(data) -> str:
 
 
 def _variant(entry) -> str:
-    """The registered name whose config this entry's architecture has, with its size.
-    The input planes (channels, a level map) and QK-norm are the checkpoint's, not the variant's."""
+    """The registered name whose config this entry's architecture has (or is nearest to,
+    with what differs: a deepened file), with its size. The input planes (channels, a
+    level map) and QK-norm are the checkpoint's, not the variant's."""
     spec = get_arch(entry.arch)
     config = resolve_config(entry.arch, **entry.config)[1]
     own = {key: config[key] for key in FILE_KEYS if key in config}
-    names = [entry.arch] + sorted(spec.variants)
-    name = next((n for n in names if resolve_config(n, **own)[1] == config), entry.arch)
+
+    def differences(name):
+        registered = resolve_config(name, **own)[1]
+        return {k: v for k, v in config.items() if registered.get(k) != v}
+    name = min([entry.arch] + sorted(spec.variants), key=lambda n: len(differences(n)))
     params = sum(p.numel() for p in build_model(entry.arch, **entry.config).parameters())
     extras = [what for key, what in (("level_input", "a level map"), ("qk_norm", "QK-norm")) if config.get(key)]
+    extras += [f"{key} = {value}" for key, value in differences(name).items()]
     return f"`{name}`{' with ' + ' and '.join(extras) if extras else ''} ({params:,} parameters)"
 
 

@@ -93,6 +93,11 @@ def test_readme_lists_exactly_the_manifests_checkpoints():
     changed = replace(manifest, entries=[replace(manifest.entries[0], default=False), *manifest.entries[1:]])
     with pytest.raises(SystemExit, match="is not the default"):
         model_cards.render(text, changed)
+    # A card names the variant a file is, or the nearest and what differs (a deepened file).
+    demosaicer = manifest.get("magn-s-local-demosaic")
+    assert model_cards._variant(demosaicer).startswith("`magn-s-local` (")
+    deeper = replace(demosaicer, config=dict(demosaicer.config, n_resblocks=6))
+    assert model_cards._variant(deeper).startswith("`magn-s-local` with n_resblocks = 6 (")
 
 
 @pytest.mark.parametrize("name", [e.name for e in load_manifest(WEIGHTS / "manifest.json").entries])
