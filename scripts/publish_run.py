@@ -61,7 +61,8 @@ def main() -> None:
     shutil.copyfile(export, named)
     replaces = list(args.replaces)
     from magncli.weights import load_manifest
-    if load_manifest().find(args.name) and args.name not in replaces:
+    previous_entry = load_manifest().find(args.name)
+    if previous_entry and args.name not in replaces:
         replaces.append(args.name)
     entry = add_checkpoint(named, name=args.name, default=True, replaces=replaces)
 
@@ -73,7 +74,8 @@ def main() -> None:
               "run": args.run.name}
              for r in records if "val_psnr" in r]
     curve_file = results / f"{args.name}-validation.json"
-    curve = _earlier_points(curve_file, records, args.name, entry.provenance.get("validation"), curve) + curve
+    if previous_entry:
+        curve = _earlier_points(curve_file, records, previous_entry.sha256, entry.provenance.get("validation")) + curve
     curve_file.write_text(json.dumps(
         {"validation": entry.provenance.get("validation"), "points": curve}, indent=1, ensure_ascii=False) + "\n")
     by_run = {}
@@ -89,17 +91,22 @@ def main() -> None:
           + f"\n  magn weights scores {entry.name} weights/results/{entry.name}.json\n  python scripts/model_cards.py")
 
 
-def _earlier_points(curve_file: Path, records, name: str, validation, curve) -> list:
-    """The published curve's points from before this run, when this run continues the
-    weights it replaces (a warm start from `name`) on the same held-out images: the card's
-    curve then spans every run that made the weights, not only the last one."""
+def _earlier_points(curve_file: Path, records, replaced_sha256: str, validation) -> list:
+    """The published curve's points up to the weights this run started from, when it
+    continues the checkpoint it replaces (its warm start has that file's sha256) on the same
+    held-out images: the card's curve then spans every run that made the weights. Points
+    after that step were training that did not make them, and are left out."""
     start = next((r for r in records if r.get("event") == "start"), {})
-    if not curve or (start.get("warm_start") or {}).get("weights") != name or not curve_file.is_file():
+    warm = start.get("warm_start") or {}
+    if warm.get("sha256") != replaced_sha256 or not curve_file.is_file():
         return []
     previous = json.loads(curve_file.read_text())
     if previous.get("validation") != validation:
         return []
-    return [p for p in previous["points"] if p["cpu_hours"] < curve[0]["cpu_hours"] and p.get("run") != curve[0]["run"]]
+    # The provenance rounds CPU-hours to 3 decimals (the warm start's cpu_s comes from it),
+    # the curve to 4.
+    started = warm["cpu_s"] / 3600 + 5e-4
+    return [p for p in previous["points"] if p["cpu_hours"] <= started]
 
 
 if __name__ == "__main__":

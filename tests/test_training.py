@@ -637,6 +637,14 @@ def test_warm_start_across_channel_counts_converts_head_and_tail(gray_data, tmp_
     x = torch.rand(1, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(deep.model.eval()(x), shallow.eval()(x))
+    # Both at once: the color file converted to gray and deepened.
+    both = Trainer(tiny_config(gray_data, steps=2, model=dict(TINY, n_resblocks=n + 1),
+                               init_from=str(tmp_path / "color.safetensors")), tmp_path / "both")
+    assert both.warm_start["converted"] == f"3 -> 1 channels, {n} -> {n + 1} ResBlocks a side"
+    # A deeper file than the run's network is refused, in one line.
+    with pytest.raises(MagnError, match="architecture"):
+        Trainer(tiny_config(gray_data, steps=2, init_from=str(tmp_path / "shallow.safetensors"),
+                            model=dict(TINY, n_resblocks=0)), tmp_path / "y")
     # A color model of another width is still refused, in one line.
     save_checkpoint(tmp_path / "wide.safetensors", random_magn("magn", in_channels=3, **dict(TINY, n_feats=12)))
     with pytest.raises(MagnError, match="architecture"):
@@ -819,23 +827,30 @@ def test_a_compiled_training_step_trains_the_same_parameters(gray_data, tmp_path
 
 def test_a_continued_runs_published_curve_keeps_the_runs_before_it(tmp_path):
     """scripts/publish_run.py: a run warm-started from the checkpoint it republishes keeps
-    the earlier runs' validation points (the card's curve spans every run that made the
-    weights); a run from scratch, or on other held-out images, starts its own curve."""
+    the earlier runs' validation points up to the step it started from (the card's curve
+    spans every run that made the weights); a run from other weights, or on other
+    held-out images, starts its own curve."""
     spec = importlib.util.spec_from_file_location("publish_run", REPO / "scripts" / "publish_run.py")
     publish_run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(publish_run)
     curve_file = tmp_path / "NAME-validation.json"
     earlier = [{"step": 1000, "cpu_hours": 1.0, "val_psnr": 30.0, "run": "first"},
-               {"step": 2000, "cpu_hours": 2.0, "val_psnr": 30.5, "run": "first"}]
+               {"step": 2000, "cpu_hours": 2.0004, "val_psnr": 30.5, "run": "first"},
+               {"step": 3000, "cpu_hours": 3.0, "val_psnr": 30.4}]      # after the exported step
     curve_file.write_text(json.dumps({"validation": "held-out (24)", "points": earlier}))
-    new = [{"step": 1000, "cpu_hours": 2.1, "val_psnr": 30.6, "run": "second"}]
-    warm = [{"event": "start", "warm_start": {"weights": "NAME"}}]
-    assert publish_run._earlier_points(curve_file, warm, "NAME", "held-out (24)", new) == earlier
+    # Started from the step-2000 export, whose provenance said 2.000 CPU-hours.
+    warm = [{"event": "start", "warm_start": {"weights": "x.safetensors", "sha256": "abc", "cpu_s": 7200.0}}]
+    assert publish_run._earlier_points(curve_file, warm, "abc", "held-out (24)") == earlier[:2]
+    assert publish_run._earlier_points(curve_file, warm, "other", "held-out (24)") == []
+    assert publish_run._earlier_points(curve_file, warm, "abc", "other (8)") == []
     scratch = [{"event": "start", "warm_start": None}]
-    assert publish_run._earlier_points(curve_file, scratch, "NAME", "held-out (24)", new) == []
-    assert publish_run._earlier_points(curve_file, warm, "NAME", "other (8)", new) == []
-    assert publish_run._earlier_points(curve_file, warm, "OTHER", "held-out (24)", new) == []
-    # Publishing the same run again replaces its own points and keeps the earlier runs'.
-    again = earlier + new
-    curve_file.write_text(json.dumps({"validation": "held-out (24)", "points": again}))
-    assert publish_run._earlier_points(curve_file, warm, "NAME", "held-out (24)", new) == earlier
+    assert publish_run._earlier_points(curve_file, scratch, "abc", "held-out (24)") == []
+
+
+def test_the_trained_commit_names_every_session():
+    """A log from before sessions recorded their commit gives the checkout's; a log with
+    both says which sessions it cannot name."""
+    import magncli.training.loop as loop
+    assert Trainer._trained_commit([{"commit": "a"}, {"commit": "b"}, {"commit": "a"}]) == "a, b"
+    assert Trainer._trained_commit([{}, {"commit": "b"}]) == "unrecorded, b"
+    assert Trainer._trained_commit([{}, {}]) == loop.git_commit()

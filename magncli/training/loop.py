@@ -74,6 +74,12 @@ def _filled_config(arch: str, config: dict) -> Optional[dict]:
         return None
 
 
+def _differ_only_in(theirs: dict, own: dict, *keys: str) -> bool:
+    """Whether two configs are the same network but for `keys` (what a warm start converts)."""
+    return ({k: v for k, v in theirs.items() if k not in keys}
+            == {k: v for k, v in own.items() if k not in keys})
+
+
 # --------------------------------------------------------------------------- loss
 
 # psnr-gain: added to both errors (100 dB), so that a lossless sample counts as a tie.
@@ -275,7 +281,7 @@ class Trainer:
         converted = None
         same_arch = meta.get("arch") == self.model.arch and theirs is not None
         if (same_arch and theirs["in_channels"] != own["in_channels"]
-                and dict(theirs, in_channels=own["in_channels"], n_resblocks=own["n_resblocks"]) == own):
+                and _differ_only_in(theirs, own, "in_channels", "n_resblocks")):
             # The same network for another channel count (a gray JPEG run from the color
             # model): the architecture converts its head and tail, exactly on gray content.
             try:
@@ -285,7 +291,7 @@ class Trainer:
             converted = f"{theirs['in_channels']} -> {own['in_channels']} channels"
             theirs = dict(theirs, in_channels=own["in_channels"])
         if (same_arch and theirs.get("n_resblocks", 0) < own.get("n_resblocks", 0)
-                and dict(theirs, n_resblocks=own["n_resblocks"]) == own):
+                and _differ_only_in(theirs, own, "n_resblocks")):
             # A deeper network than the file's (more capacity for a run whose validation
             # stopped gaining): the new blocks start as the identity, so it starts from
             # exactly what the file computes.
@@ -378,8 +384,9 @@ class Trainer:
     def _trained_commit(sessions: List[dict]) -> Optional[str]:
         """The commit(s) the sessions trained with, as their start records say; a log from
         before they did so gives the checkout's commit at export time instead."""
-        recorded = list(dict.fromkeys(s["commit"] for s in sessions if s.get("commit")))
-        return ", ".join(recorded) if recorded else git_commit()
+        if not any(s.get("commit") for s in sessions):
+            return git_commit()
+        return ", ".join(dict.fromkeys(s.get("commit") or "unrecorded" for s in sessions))
 
     def export(self, best: bool = False) -> Path:
         """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry. Called
