@@ -101,8 +101,8 @@ NOTES = {  # what a card must say beyond its table
         "6000 steps from those weights that show clean and nearly clean patches more often "
         "(`train/denoise-near-clean.toml`: 35% of the patches at sigma 0-6), so that a clean "
         "photo comes out as it went in; this export is the end of that run (held-out "
-        "validation 31.11 -> 31.06 dB). The CPU-hours include the gray model's 2.39; every run "
-        "that made the weights is on the validation curve.\n"
+        "validation 31.11 -> 31.06 dB). The CPU-hours include the gray model's 2.39; every color "
+        "run that made the weights is on the validation curve (the gray run's is on its card).\n"
         "- **Against #15's bars** (published CBM3D + 0.1 dB on CBSD68 and Kodak24, McMaster at "
         "most 0.3 below): met at all 9 points, Kodak24 at sigma 50 by 0.01 (28.57 against "
         "28.56). The clean-photo fine-tune cost 0.02 to 0.08 dB (CBSD68 was 33.73 / 31.02 / "
@@ -197,6 +197,23 @@ def _sessions(prov: dict) -> str:
     return "; ".join(parts)
 
 
+def _earlier_runs(prov: dict) -> str:
+    """The runs before the one this checkpoint's warm start came from, oldest first. Each
+    warm start's record names the run it loaded (commands, step, any conversion) and nests
+    that run's own warm start as "from"; empty where the chain ends at once."""
+    warm = next((s["warm_start"] for s in prov.get("sessions") or [] if s.get("warm_start")), None)
+    chain = []
+    while warm and warm.get("from"):
+        warm = warm["from"]
+        chain.append(warm)
+    parts = []
+    for record in reversed(chain):
+        made = f"`{record['commands']}`" if record.get("commands") else f"{record['weights']} (no command recorded)"
+        converted = f" (converted, {record['converted']})" if record.get("converted") else ""
+        parts.append(f"{made} to its step {record.get('step')}{converted}")
+    return "; then ".join(parts)
+
+
 def _curve_lines(entry) -> list:
     """The validation curve (a PNG and a few points) where publish_run.py wrote one."""
     path = REPO / "weights" / "results" / f"{entry.name}-validation.json"
@@ -236,6 +253,8 @@ def card(entry) -> str:
     ]
     if prov.get("sessions"):
         lines.append(f"- Sessions: {_sessions(prov)}.")
+        if _earlier_runs(prov):
+            lines.append(f"- Runs before the one it started from, oldest first: {_earlier_runs(prov)}.")
     if prov.get("planned_steps") and prov["planned_steps"] != prov.get("steps"):
         lines.append(f"- Exported at step {prov['steps']} of a run planned for {prov['planned_steps']} "
                      "(a later export of the run may replace this file).")

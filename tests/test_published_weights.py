@@ -98,6 +98,14 @@ def test_readme_lists_exactly_the_manifests_checkpoints():
     assert model_cards._variant(demosaicer).startswith("`magn-s-local` (")
     deeper = replace(demosaicer, config=dict(demosaicer.config, n_resblocks=6))
     assert model_cards._variant(deeper).startswith("`magn-s-local` with n_resblocks = 6 (")
+    # Every run before the one a checkpoint started from, oldest first, from the nested records.
+    first = {"weights": "a", "step": 100, "commands": "magn train A"}
+    second = {"weights": "b", "step": 30, "commands": "magn train B", "converted": "1 -> 3 channels", "from": first}
+    third = {"weights": "c", "step": 10, "commands": "magn train C", "from": second}
+    prov = {"sessions": [{"event": "start", "step": 0, "warm_start": third}]}
+    assert model_cards._earlier_runs(prov) == ("`magn train A` to its step 100; then `magn train B` "
+                                               "to its step 30 (converted, 1 -> 3 channels)")
+    assert model_cards._earlier_runs({"sessions": [{"event": "start", "warm_start": first}]}) == ""
 
 
 @pytest.mark.parametrize("name", [e.name for e in load_manifest(WEIGHTS / "manifest.json").entries])

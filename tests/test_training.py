@@ -620,13 +620,16 @@ def test_warm_start_across_channel_counts_converts_head_and_tail(gray_data, tmp_
     from magncli.models.registry import convert_channels
     from magn_testkit import random_magn
     color = random_magn("magn", seed=1, in_channels=3, **TINY)
-    save_checkpoint(tmp_path / "color.safetensors", color, {"step": 9, "provenance": {"cpu_hours": 0.5}})
+    before = {"weights": "older", "step": 3, "commands": "magn train A"}     # how the color run began
+    save_checkpoint(tmp_path / "color.safetensors", color, {"step": 9, "provenance": {
+        "cpu_hours": 0.5, "sessions": [{"event": "start", "warm_start": before}, {"event": "resume"}]}})
     warm = Trainer(tiny_config(gray_data, steps=2, init_from=str(tmp_path / "color.safetensors")),
                    tmp_path / "gray")
     expected = convert_channels("magn", color.state_dict(), color.config, 1)
     for key, value in warm.model.state_dict().items():
         assert torch.equal(value, expected[key]), key
     assert warm.warm_start["converted"] == "3 -> 1 channels" and warm.cpu_s == pytest.approx(1800)
+    assert warm.warm_start["from"] == before                 # the chain of runs goes on back
     # A shallower model of the same network: the deeper run starts from what it computes.
     shallow = random_magn("magn", seed=2, in_channels=1, **TINY)
     save_checkpoint(tmp_path / "shallow.safetensors", shallow, {"step": 5})

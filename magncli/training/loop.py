@@ -313,6 +313,11 @@ class Trainer:
                   "commands": provenance.get("command")}
         if converted:
             record["converted"] = converted
+        # How those weights began, and so on back (each warm start's own record nests the
+        # one before): a card can then name every run that made a checkpoint.
+        earlier = next((s["warm_start"] for s in provenance.get("sessions") or [] if s.get("warm_start")), None)
+        if earlier:
+            record["from"] = earlier
         return record
 
     def _log(self, record: dict) -> None:
