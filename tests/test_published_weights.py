@@ -167,8 +167,12 @@ def test_recorded_scores_meet_the_bar_against_every_baseline_in_the_table(name):
     below = {(name, r["set"], r["level"], r["model"], metric) for r in baselines for metric in ("psnr", "ssim")
              if mine[(r["set"], r["level"])][metric] <= r[metric]}
     assert below == {k for k in KNOWN_SHORTFALLS if k[0] == name}
-    recorded = {(s["dataset"], round(s["psnr"], 2)) for s in _manifest().get(name).scores}
-    assert recorded == {(r["set"], round(r["psnr"], 2)) for r in mine.values()}
+    # The manifest records each score to 4 decimals (rounding both to 2 would split a
+    # score that ends in 5 at the third decimal).
+    recorded = sorted((s["dataset"], s["psnr"]) for s in _manifest().get(name).scores)
+    results = sorted((r["set"], r["psnr"]) for r in mine.values())
+    assert [s for s, _ in recorded] == [s for s, _ in results]
+    assert [p for _, p in recorded] == pytest.approx([p for _, p in results], abs=5e-5)
 
 
 # Published defaults that still harm some clean or high-quality crop below; each is
@@ -204,7 +208,7 @@ ISSUE_BARS = {
 }
 BAR_SHORTFALLS = {
     ("dejpeg", 1, "LIVE1", "q10"),                    # 29.00 against 29.06
-    *(("dejpeg", 3, "LIVE1", f"q{q}") for q in (10, 20, 30, 40)),  # 26.87 / 29.30 / 30.61 / 31.52
+    *(("dejpeg", 3, "LIVE1", f"q{q}") for q in (20, 30)),  # 29.44 / 30.76 against 29.46 / 30.77
     ("demosaic", 3, "McMaster", "grbg"),             # 36.46 against 37.57
 }
 
