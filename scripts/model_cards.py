@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from magncli.models.registry import FILE_KEYS, build_model, get_arch, resolve_config  # noqa: E402
+from magncli.training.runstate import first_warm_start  # noqa: E402
 from magncli.weights import load_manifest  # noqa: E402
 
 README = REPO / "weights" / "README.md"
@@ -126,7 +127,7 @@ NOTES = {  # what a card must say beyond its table
         "products, broke down late in its run (one patch's features grew and took every query's "
         "attention; train/README.md, \"Breakdowns\"); with QK-norm the run went on smoothly, "
         "trained from scratch for a cosine schedule of 48000 steps, and was stopped at step "
-        "42000 (lr at 3% of its peak) to publish within the sitting; this export is its best "
+        "42000 (lr at 5% of its peak) to publish within the sitting; this export is its best "
         "held-out validation, the last (32.70 dB; the previous file 32.52).\n"
         "- **It does not make good JPEGs worse**: every image of Kodak24 and LIVE1 gains over its "
         "JPEG at every quality from 50 to 95 (the smallest gains, at q95: kodim13 +0.40 dB, LIVE1 "
@@ -203,7 +204,7 @@ def _earlier_runs(prov: dict) -> str:
     """The runs before the one this checkpoint's warm start came from, oldest first. Each
     warm start's record names the run it loaded (commands, step, any conversion) and nests
     that run's own warm start as "from"; empty where the chain ends at once."""
-    warm = next((s["warm_start"] for s in prov.get("sessions") or [] if s.get("warm_start")), None)
+    warm = first_warm_start(prov)
     chain = []
     while warm and warm.get("from"):
         warm = warm["from"]
@@ -255,8 +256,9 @@ def card(entry) -> str:
     ]
     if prov.get("sessions"):
         lines.append(f"- Sessions: {_sessions(prov)}.")
-        if _earlier_runs(prov):
-            lines.append(f"- Runs before the one it started from, oldest first: {_earlier_runs(prov)}.")
+        earlier = _earlier_runs(prov)
+        if earlier:
+            lines.append(f"- Runs before the one it started from, oldest first: {earlier}.")
     if prov.get("planned_steps") and prov["planned_steps"] != prov.get("steps"):
         lines.append(f"- Exported at step {prov['steps']} of a run planned for {prov['planned_steps']} "
                      "(a later export of the run may replace this file).")

@@ -59,8 +59,8 @@ from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
 from magncli.training.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
 from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EMA, EXPORT_FILE, LATEST_FILE,
-                                       LOG_FILE, STATE_FILE, atomic_torch_save, cpu_state, hardware_string,
-                                       read_log, rng_states, set_rng_states)
+                                       LOG_FILE, STATE_FILE, atomic_torch_save, cpu_state, first_warm_start,
+                                       hardware_string, read_log, rng_states, set_rng_states)
 from magncli.version import __version__, git_commit
 
 log = logging.getLogger("magn")
@@ -315,7 +315,7 @@ class Trainer:
             record["converted"] = converted
         # How those weights began, and so on back (each warm start's own record nests the
         # one before): a card can then name every run that made a checkpoint.
-        earlier = next((s["warm_start"] for s in provenance.get("sessions") or [] if s.get("warm_start")), None)
+        earlier = first_warm_start(provenance)
         if earlier:
             record["from"] = earlier
         return record

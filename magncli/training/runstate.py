@@ -101,6 +101,12 @@ def read_log(path: Path) -> List[dict]:
     return records
 
 
+def first_warm_start(provenance: dict) -> Optional[dict]:
+    """The record of the warm start a checkpoint's run began from (its provenance's
+    sessions), or None for a run from scratch."""
+    return next((s["warm_start"] for s in provenance.get("sessions") or [] if s.get("warm_start")), None)
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
