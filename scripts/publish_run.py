@@ -26,13 +26,14 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from magncli.training.curves import draw_validation_series, write_png  # noqa: E402
 from magncli.training.loop import Trainer  # noqa: E402
-from magncli.training.runstate import LOG_FILE, load_run_config, read_log  # noqa: E402
+from magncli.training.runstate import LOG_FILE, first_warm_start, load_run_config, read_log  # noqa: E402
 from magncli.weights import add_checkpoint  # noqa: E402
 
 EVAL = {  # task, channels -> the sets and baselines of its published tables
@@ -75,7 +76,8 @@ def main() -> None:
              for r in records if "val_psnr" in r]
     curve_file = results / f"{args.name}-validation.json"
     if previous_entry:
-        curve = _earlier_points(curve_file, records, previous_entry.sha256, entry.provenance.get("validation")) + curve
+        curve = _earlier_points(curve_file, first_warm_start(entry.provenance), previous_entry.sha256,
+                                entry.provenance.get("validation")) + curve
     curve_file.write_text(json.dumps(
         {"validation": entry.provenance.get("validation"), "points": curve}, indent=1, ensure_ascii=False) + "\n")
     by_run = {}
@@ -91,14 +93,13 @@ def main() -> None:
           + f"\n  magn weights scores {entry.name} weights/results/{entry.name}.json\n  python scripts/model_cards.py")
 
 
-def _earlier_points(curve_file: Path, records, replaced_sha256: str, validation) -> list:
+def _earlier_points(curve_file: Path, warm: Optional[dict], replaced_sha256: str, validation) -> list:
     """The published curve's points up to the weights this run started from, when it
     continues the checkpoint it replaces (its warm start has that file's sha256) on the same
     held-out images: the card's curve then spans every run that made the weights. Points
-    after that step were training that did not make them, and are left out."""
-    start = next((r for r in records if r.get("event") == "start"), {})
-    warm = start.get("warm_start") or {}
-    if warm.get("sha256") != replaced_sha256 or not curve_file.is_file():
+    after that step were training that did not make them, and are left out. warm: the
+    run's warm-start record (runstate.first_warm_start), None for a run from scratch."""
+    if not warm or warm.get("sha256") != replaced_sha256 or not curve_file.is_file():
         return []
     previous = json.loads(curve_file.read_text())
     if previous.get("validation") != validation:

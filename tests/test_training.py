@@ -842,12 +842,11 @@ def test_a_continued_runs_published_curve_keeps_the_runs_before_it(tmp_path):
                {"step": 3000, "cpu_hours": 3.0, "val_psnr": 30.4}]      # after the exported step
     curve_file.write_text(json.dumps({"validation": "held-out (24)", "points": earlier}))
     # Started from the step-2000 export, whose provenance said 2.000 CPU-hours.
-    warm = [{"event": "start", "warm_start": {"weights": "x.safetensors", "sha256": "abc", "cpu_s": 7200.0}}]
+    warm = {"weights": "x.safetensors", "sha256": "abc", "cpu_s": 7200.0}
     assert publish_run._earlier_points(curve_file, warm, "abc", "held-out (24)") == earlier[:2]
     assert publish_run._earlier_points(curve_file, warm, "other", "held-out (24)") == []
     assert publish_run._earlier_points(curve_file, warm, "abc", "other (8)") == []
-    scratch = [{"event": "start", "warm_start": None}]
-    assert publish_run._earlier_points(curve_file, scratch, "abc", "held-out (24)") == []
+    assert publish_run._earlier_points(curve_file, None, "abc", "held-out (24)") == []   # from scratch
 
 
 def test_the_trained_commit_names_every_session():
