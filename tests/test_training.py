@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
 OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
-            "denoise-clean", "denoise-near-clean", "demosaic-hard", "qk-norm", "deeper")   # shared settings, not recipes of a checkpoint
+            "denoise-clean", "denoise-near-clean", "demosaic-hard", "demosaic-grain", "qk-norm", "deeper")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -476,6 +476,31 @@ def test_saturation_range_is_checked_and_applies_to_color_patches(gray_data, col
             luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
             assert not torch.equal(a, b)
             assert torch.allclose(b, (a * luma).sum(0, keepdim=True).expand_as(b), atol=1e-5)
+
+
+
+def test_grain_range_adds_independent_noise_to_the_clean_patch_the_mosaic_is_made_from(color_data):
+    """grain_range: the clean target carries Gaussian grain of the drawn sigma, independent
+    in each channel, and the mosaic is sampled from that grainy patch."""
+    with pytest.raises(MagnError, match="grain_range"):
+        tiny_config(color_data, task="demosaic", sigma=None, channels=3, grain_range=[3, 1])
+    settings = dict(task="demosaic", sigma=None, channels=3, patch=64)
+    images = scan_images(color_data).paths
+    plain = PatchDataset(images, tiny_config(color_data, **settings))
+    grainy = PatchDataset(images, tiny_config(color_data, grain_range=[6.0, 6.0], **settings))
+    grains = []
+    for i in range(6):
+        (_, a), (mosaic, b) = plain[i], grainy[i]                    # (3, p, p) each
+        unclipped = (a > 0.1) & (a < 0.9)
+        grains.append((b - a)[:, unclipped.all(0)])                  # (3, n)
+        sites = mosaic != 0
+        assert torch.equal(mosaic[sites], b[sites])                 # the mosaic samples the grainy patch
+    grain = torch.cat(grains, dim=1) * 255                           # (3, N) in 8-bit units
+    assert abs(float(grain.std()) - 6.0) < 0.3 and abs(float(grain.mean())) < 0.2
+    corr = torch.corrcoef(grain)
+    assert float(corr[~torch.eye(3, dtype=bool)].abs().max()) < 0.05  # independent channels
+    overlays = [REPO / "train" / f"{name}.toml" for name in ("demosaic", "cpu-s", "warm-start", "demosaic-grain")]
+    assert load_config(overlays).grain_range == [0.0, 4.0]
 
 
 # --------------------------------------------------------------------------- long runs on the CPU

@@ -90,6 +90,11 @@ class TrainConfig:
     # Color patches: scale the chroma (RGB minus its luma) by a factor uniform in [lo, hi]
     # (clipped to [0, 1]); None = off. Saturated colours are rare in CBSD432.
     saturation_range: Optional[List[float]] = None
+    # Clean patches: add grain, Gaussian noise independent in each channel and pixel, of a
+    # sigma (8-bit units) uniform in [lo, hi], before the degradation; None = off. Film
+    # scans such as McMaster's carry it, and a demosaicer that copies G's detail into R
+    # and B copies G's grain too.
+    grain_range: Optional[List[float]] = None
     # demosaic: each sample keeps the hardest of this many random patches for OpenCV
     # bilinear demosaicing (hard-patch mining, training/data.py); 1 = off. Demosaicing nets
     # fail on what a uniform sample seldom shows: thin lines, saturated colour edges, moire.
@@ -176,6 +181,10 @@ class TrainConfig:
             lo_hi = self.saturation_range
             need(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],
                  f"saturation_range must be [lo, hi] with 0 <= lo <= hi, not {lo_hi}")
+        if self.grain_range is not None:
+            lo_hi = self.grain_range
+            need(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],
+                 f"grain_range must be [lo, hi] sigmas with 0 <= lo <= hi, not {lo_hi}")
         need(task.model_channels(self.channels) == self.channels,
              f"{task.name} trains {task.model_channels(self.channels)}-channel models (channels 3)")
         need(self.batch >= 1 and self.patch >= 8 and self.steps >= 1,

@@ -151,6 +151,13 @@ def scale_saturation(x: np.ndarray, factor: float) -> np.ndarray:
     return np.clip(luma[..., None] + factor * (x - luma[..., None]), 0.0, 1.0).astype(np.float32)
 
 
+def add_grain(x: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, C) float image plus Gaussian grain of `sigma` (8-bit units), independent in
+    every channel and pixel, clipped to [0, 1]."""
+    grain = rng.standard_normal(x.shape, dtype=np.float32) * np.float32(sigma / 255.0)
+    return np.clip(x + grain, 0.0, 1.0)
+
+
 def _span(whole: Sequence[float], focus: Optional[Sequence[float]], rng: np.random.Generator):
     """The [lo, hi] to draw a level from: a recipe's focus [lo, hi, p] with probability p,
     else the whole range. The coin is drawn only when a focus is set, so runs without one
@@ -216,6 +223,7 @@ class PatchDataset(Dataset):
         self.patch, self.channels, self.task = config.patch, config.channels, config.task
         self.seed = config.seed
         self.saturation_range = config.saturation_range
+        self.grain_range = config.grain_range
         self.degrade = PatchDegradation(config)
         # A level-conditioned model also gets the level map; a share of the samples read
         # "unknown", as a file that does not state its quality does.
@@ -248,6 +256,8 @@ class PatchDataset(Dataset):
         clean = convert_channels(to_float(np.ascontiguousarray(crop)), self.channels, self.task)
         if self.saturation_range is not None and clean.shape[2] == 3:  # drawn only when on
             clean = scale_saturation(clean, float(rng.uniform(*self.saturation_range)))
+        if self.grain_range is not None:                # drawn only when on
+            clean = add_grain(clean, float(rng.uniform(*self.grain_range)), rng)
         degradation = self.degrade.draw(rng)
         return clean, degradation, degradation.apply(clean)
 
