@@ -478,7 +478,6 @@ def test_saturation_range_is_checked_and_applies_to_color_patches(gray_data, col
             assert torch.allclose(b, (a * luma).sum(0, keepdim=True).expand_as(b), atol=1e-5)
 
 
-
 def test_grain_range_adds_independent_noise_to_the_clean_patch_the_mosaic_is_made_from(color_data):
     """grain_range: the clean target carries Gaussian grain of the drawn sigma, independent
     in each channel, and the mosaic is sampled from that grainy patch."""

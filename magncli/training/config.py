@@ -177,14 +177,10 @@ class TrainConfig:
         # level, not the hardest content: only a mosaic has a naive restoration to rank by.
         need(self.hard_patches == 1 or task.mosaic,
              f"hard_patches: only demosaicing ranks patches (by OpenCV bilinear), not {task.name}")
-        if self.saturation_range is not None:
-            lo_hi = self.saturation_range
-            need(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],
-                 f"saturation_range must be [lo, hi] with 0 <= lo <= hi, not {lo_hi}")
-        if self.grain_range is not None:
-            lo_hi = self.grain_range
-            need(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],
-                 f"grain_range must be [lo, hi] sigmas with 0 <= lo <= hi, not {lo_hi}")
+        for name in ("saturation_range", "grain_range"):     # [lo, hi] factors / sigmas, or None
+            lo_hi = getattr(self, name)
+            need(lo_hi is None or (len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1]),
+                 f"{name} must be [lo, hi] with 0 <= lo <= hi, not {lo_hi}")
         need(task.model_channels(self.channels) == self.channels,
              f"{task.name} trains {task.model_channels(self.channels)}-channel models (channels 3)")
         need(self.batch >= 1 and self.patch >= 8 and self.steps >= 1,
