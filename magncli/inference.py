@@ -36,8 +36,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from magncli.attention import compiled_chunks, default_backend
+from magncli.degrade import pattern_shift
 from magncli.errors import MagnError
 from magncli.models.registry import facts
 
@@ -216,11 +218,35 @@ def _dihedral_inverse(x: Tensor, k: int) -> Tensor:
     return x.flip(-1) if k >= 4 else x
 
 
-def self_ensemble(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Mean of fn over the 8 dihedral transforms of x, each transformed back."""
+def _dihedral_pattern(pattern: str, k: int, height: int, width: int) -> str:
+    """The Bayer pattern of the k-th dihedral transform of a (height, width) `pattern`
+    mosaic: flips and rotations move the colour sites, by the image's size parity."""
+    site = {c: i for i, c in enumerate("rgb")}
+    grid = torch.tensor([[site[pattern[0]], site[pattern[1]]], [site[pattern[2]], site[pattern[3]]]])
+    # A mosaic of the same size parity has the same pattern after the transform.
+    labels = grid.repeat(2, 2)[:2 + height % 2, :2 + width % 2]                # (2|3, 2|3)
+    corner = _dihedral(labels[None, None], k)[0, 0, :2, :2].flatten()
+    return "".join("rgb"[int(i)] for i in corner)
+
+
+def self_ensemble(fn: Callable[[Tensor], Tensor], x: Tensor, pattern: Optional[str] = None) -> Tensor:
+    """Mean of fn over the 8 dihedral transforms of x, each transformed back.
+
+    pattern: x is a zero-filled Bayer mosaic of this pattern. A flip or rotation gives a
+    mosaic of another pattern, which a model trained on one pattern cannot read, so each
+    transform is padded back into `pattern` (one reflected row on top and/or column on the
+    left, which keeps each pixel's colour site) and its output cropped."""
     out = 0  # fn may return fewer channels than x has (a level map goes in, not out)
+    h, w = x.shape[-2:]
     for k in range(8):
-        out = out + _dihedral_inverse(fn(_dihedral(x, k)).float(), k)
+        t = _dihedral(x, k)                                                    # (B, C, H|W, W|H)
+        dy = dx = 0
+        if pattern is not None:
+            dy, dx = pattern_shift(_dihedral_pattern(pattern, k, h, w), pattern)
+            if dy or dx:
+                mode = "reflect" if min(t.shape[-2:]) > 1 else "replicate"
+                t = F.pad(t, (dx, 0, dy, 0), mode=mode)                        # (B, C, +dy, +dx)
+        out = out + _dihedral_inverse(fn(t)[..., dy:, dx:].float(), k)
     return out / 8
 
 
@@ -242,9 +268,11 @@ def broken_down(lo: float, hi: float) -> bool:
 
 
 def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, ensemble: bool,
-             device: torch.device, on_pass: Optional[Callable[[int], None]] = None) -> Tensor:
+             device: torch.device, on_pass: Optional[Callable[[int], None]] = None,
+             pattern: Optional[str] = None) -> Tensor:
     """One batch of tiles, run on `device`, returned as fp32 on the CPU; on_pass(n) after
-    each pass of the n tiles through the model (8 with the ensemble)."""
+    each pass of the n tiles through the model (8 with the ensemble); pattern: the tiles'
+    Bayer pattern, if mosaics (self_ensemble)."""
     # channels_last on the CPU: oneDNN's convolutions run 1.2-1.4x faster in it in fp32
     # and more in bf16 (benchmarks/bench_inference.py); the model is converted to match.
     x = x.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
@@ -260,11 +288,11 @@ def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, e
         return y
 
     with torch.inference_mode():
-        y = self_ensemble(run, x) if ensemble else run(x)
+        y = self_ensemble(run, x, pattern) if ensemble else run(x)
         if dtype != torch.float32 and broken_down(float(y.amin()), float(y.amax())):
             # Half precision overflowed, or lost the network, somewhere in this tile: redo it exactly.
             log.warning("values far outside 0-1 in %s; tile redone in fp32", dtype)
-            y = self_ensemble(lambda t: model(t).float(), x) if ensemble else model(x).float()
+            y = self_ensemble(lambda t: model(t).float(), x, pattern) if ensemble else model(x).float()
     return y.cpu()
 
 
@@ -285,7 +313,7 @@ def _pass_counter(progress: Optional[ProgressCallback], total: int) -> Optional[
 
 def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: int, overlap: int,
                    align: int, dtype: torch.dtype, ensemble: bool, tile_batch: int,
-                   progress: Optional[ProgressCallback] = None) -> Tensor:
+                   progress: Optional[ProgressCallback] = None, pattern: Optional[str] = None) -> Tensor:
     """image (1, C, H, W) fp32 on the CPU -> restored (1, C', H, W) fp32 on the CPU (C' = C
     less a level map); tile origins on multiples of `align`."""
     _, c, h, w = image.shape
@@ -302,7 +330,7 @@ def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: 
     for batch in batches:
         inputs = torch.cat([image[..., a:b, p:q] for (a, b), (p, q) in batch])     # (n, C, th, tw)
         try:
-            out = _forward(model, inputs, dtype, ensemble, device, on_pass)
+            out = _forward(model, inputs, dtype, ensemble, device, on_pass, pattern)
         except torch.cuda.OutOfMemoryError:
             raise _DeviceOOM() from None
         for ((a, b), (p, q)), out_tile in zip(batch, out):
@@ -313,23 +341,26 @@ def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: 
 
 
 def _restore_chopped(model: nn.Module, image: Tensor, device: torch.device, dtype: torch.dtype,
-                     ensemble: bool, progress: Optional[ProgressCallback] = None) -> Tensor:
+                     ensemble: bool, progress: Optional[ProgressCallback] = None,
+                     pattern: Optional[str] = None) -> Tensor:
     """The official DAGL/PANet protocol: recursive quadrants with hard seams, the whole
     image on the device (as their test scripts did), optional x8 ensemble."""
     from magncli.official_protocols import chop_settings, forward_chop
     settings = chop_settings(model)
     return _forward(lambda t: forward_chop(model, t, **settings), image, dtype, ensemble, device,
-                    _pass_counter(progress, 8 if ensemble else 1))
+                    _pass_counter(progress, 8 if ensemble else 1), pattern)
 
 
 def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceOptions] = None,
-                   progress: Optional[ProgressCallback] = None, align: int = 1) -> Tensor:
+                   progress: Optional[ProgressCallback] = None, align: int = 1,
+                   pattern: Optional[str] = None) -> Tensor:
     """Restore (1, C, H, W) fp32 CPU tensor with `model`; returns the same shape, unclipped.
 
     On CUDA out-of-memory the tile is halved and retried; below MIN_TILE the work falls
     back to the CPU with a warning. `progress(done, total)`: see the module docstring.
     align: the input's period, which tile origins keep (2 for a Bayer mosaic; see
-    tile_alignment).
+    tile_alignment). pattern: the Bayer pattern of a mosaic input, which the x8 ensemble
+    keeps (self_ensemble); tiles starting on multiples of `align` = 2 keep it too.
     """
     opts = options or InferenceOptions()
     if image.dim() != 4 or image.shape[0] != 1:
@@ -340,7 +371,7 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
                         f"(precision={opts.precision} asked for)")
     _prepare(model, device, opts.backend)
     if opts.tiling == "chop":
-        return _restore_chopped(model, image, device, dtype, opts.ensemble, progress)
+        return _restore_chopped(model, image, device, dtype, opts.ensemble, progress, pattern)
     tile = opts.tile or auto_tile(model, device, image.shape[1])
     overlap = min(opts.overlap, tile // 2)
     h, w = image.shape[-2:]
@@ -352,7 +383,7 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
     use_compile = opts.compile if opts.compile is not None else (
         device.type == "cpu" and uses_chunks and passes >= COMPILE_MIN_PASSES)
     with compiled_chunks(use_compile):
-        return _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress)
+        return _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress, pattern)
 
 
 _PREPARE_LOCK = threading.Lock()
@@ -379,13 +410,14 @@ def _in_place(model: nn.Module, device: torch.device, fmt: torch.memory_format) 
     return True
 
 
-def _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress=None) -> Tensor:
+def _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress=None,
+                          pattern=None) -> Tensor:
     """The tiled pass; on CUDA OOM halve the tile, then fall back to the CPU."""
     tile_batch = opts.tile_batch or (CPU_TILE_BATCH if device.type == "cpu" else 1)
     while True:
         try:
             return _restore_tiled(model, image, device, tile, overlap, align, dtype, opts.ensemble,
-                                  tile_batch, progress)
+                                  tile_batch, progress, pattern)
         except _DeviceOOM:
             torch.cuda.empty_cache()
             if tile // 2 >= MIN_TILE:
@@ -396,15 +428,16 @@ def _restore_with_retries(model, image, device, dtype, tile, overlap, align, opt
             log.warning("CUDA out of memory even at tile %d; falling back to the CPU", tile)
             _prepare(model, torch.device("cpu"), opts.backend if opts.backend != "flex" else None)
             return _restore_tiled(model, image, torch.device("cpu"), tile, overlap, align, torch.float32,
-                                  opts.ensemble, opts.tile_batch or CPU_TILE_BATCH, progress)
+                                  opts.ensemble, opts.tile_batch or CPU_TILE_BATCH, progress, pattern)
 
 
 def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
-                  progress: Optional[ProgressCallback] = None, align: int = 1) -> np.ndarray:
+                  progress: Optional[ProgressCallback] = None, align: int = 1,
+                  pattern: Optional[str] = None) -> np.ndarray:
     """Restore an (H, W, C) or (H, W) float image in about [0, 1]; returns float32, same
     shape (the image's channels only, for a model with a level map), unclipped.
-    `progress(done, total)` after each batch of tile passes; `align`: the input's period
-    (see restore_tensor)."""
+    `progress(done, total)` after each batch of tile passes; `align`, `pattern`: the
+    input's period and Bayer pattern (see restore_tensor)."""
     arr = np.asarray(image, dtype=np.float32)
     squeeze = arr.ndim == 2
     if squeeze:
@@ -417,5 +450,5 @@ def restore_array(model: nn.Module, image: np.ndarray, options: Optional[Inferen
         raise MagnError(f"the model expects {stated.in_channels}-channel images{level}, "
                         f"got {arr.shape[-1]} channels")
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]   # (1, C, H, W)
-    y = restore_tensor(model, x, options, progress, align)[0].numpy().transpose(1, 2, 0)   # (H, W, C)
+    y = restore_tensor(model, x, options, progress, align, pattern)[0].numpy().transpose(1, 2, 0)   # (H, W, C)
     return y[..., 0] if squeeze else np.ascontiguousarray(y)

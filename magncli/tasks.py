@@ -128,6 +128,11 @@ class Task:
         """The input's period that tile origins keep (2 for a Bayer mosaic)."""
         return BAYER_PERIOD if self.mosaic else 1
 
+    @property
+    def model_pattern(self) -> Optional[str]:
+        """The Bayer pattern of the mosaics this task's models take (None: not a mosaic)."""
+        return DEFAULT_PATTERN if self.mosaic else None
+
     def prepare_input(self, image: np.ndarray, pattern: Optional[str] = None
                       ) -> Tuple[np.ndarray, Tuple[int, int]]:
         """What this task's models take, and the (dy, dx) to crop off their output: a
@@ -139,7 +144,7 @@ class Task:
         pattern = pattern or DEFAULT_PATTERN
         if image.ndim == 2 or image.shape[2] == 1:                            # a CFA, (H, W[, 1])
             image = cfa_to_mosaic(image, pattern)                               # (H, W, 3)
-        return align_mosaic(image, pattern)                                    # (H + dy, W + dx, 3)
+        return align_mosaic(image, pattern, self.model_pattern)                # (H + dy, W + dx, 3)
 
     def with_level_plane(self, image: np.ndarray, level: Optional[float]) -> np.ndarray:
         """(H, W, C) -> (H, W, C + 1): the image and its level map, what a model with
@@ -204,7 +209,8 @@ def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Opti
         x = np.repeat(x, 3, axis=2)                                            # (H', W', 3)
     if stated.level_input:
         x = task.with_level_plane(x, level)                                    # (H', W', C' + 1)
-    restored = restore_array(model, x, options, progress, align=task.period)    # (H', W', C')
+    restored = restore_array(model, x, options, progress, align=task.period,    # (H', W', C')
+                             pattern=task.model_pattern)
     if gray_through_color:
         restored = restored.mean(axis=2, keepdims=True)                        # (H', W', 1)
     return task.finish_output(restored, shift)                                 # (H, W, C')

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from magncli.degrade import bayer_mosaic
 from magncli.errors import MagnError
 from magncli.models.registry import ModelFacts
 from magncli.inference import (InferenceOptions, blend_weights, resolve_device, restore_array,
@@ -109,6 +110,36 @@ def test_self_ensemble_matches_naive_dihedral_mean():
     # An equivariant function is unchanged by the ensemble.
     torch.testing.assert_close(self_ensemble(lambda t: t * 2, x), x * 2)
     assert ramp.shape[-1] == 6
+
+
+def _grbg_bilinear(t):
+    """Bilinear demosaicing that reads a GRBG mosaic only: the samples at GRBG's colour
+    sites, interpolated with the usual symmetric kernels (so the function commutes with
+    flips and rotations that keep the pattern). Any other pattern loses its samples."""
+    h, w = t.shape[-2:]
+    mask = torch.zeros(3, h, w)
+    mask[1, 0::2, 0::2] = mask[1, 1::2, 1::2] = 1      # G
+    mask[0, 0::2, 1::2] = 1                            # R
+    mask[2, 1::2, 0::2] = 1                            # B
+    rb = torch.tensor([[1., 2, 1], [2, 4, 2], [1, 2, 1]]) / 4
+    g = torch.tensor([[0., 1, 0], [1, 4, 1], [0, 1, 0]]) / 4
+    kernels = torch.stack([rb, g, rb])[:, None]                                # (3, 1, 3, 3)
+    return torch.nn.functional.conv2d(t * mask, kernels, padding=1, groups=3)
+
+
+@pytest.mark.parametrize("h, w", [(16, 16), (15, 18), (17, 13)])
+def test_ensemble_of_a_one_pattern_demosaicer_keeps_the_pattern(h, w):
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.random((3, h, w), dtype=np.float32))[None]
+    mosaic = torch.from_numpy(bayer_mosaic(image[0].numpy().transpose(1, 2, 0), "grbg")
+                              .transpose(2, 0, 1).copy())[None]                # (1, 3, H, W)
+    direct = _grbg_bilinear(mosaic)
+    ensembled = self_ensemble(_grbg_bilinear, mosaic, pattern="grbg")
+    # Equal away from the borders, where padding differs by transform.
+    torch.testing.assert_close(ensembled[..., 2:-2, 2:-2], direct[..., 2:-2, 2:-2])
+    # Without the pattern, the flipped and rotated mosaics lose their samples.
+    naive = self_ensemble(_grbg_bilinear, mosaic)
+    assert (naive - direct)[..., 2:-2, 2:-2].abs().mean() > 0.05
 
 
 def test_ensemble_option_runs_eight_passes_per_tile():
