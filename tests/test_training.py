@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
 OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
-            "denoise-clean", "denoise-near-clean", "demosaic-hard", "demosaic-grain", "qk-norm", "deeper")   # shared settings, not recipes of a checkpoint
+            "denoise-clean", "denoise-near-clean", "demosaic-hard", "demosaic-grain", "demosaic-film", "qk-norm", "deeper")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -500,6 +500,8 @@ def test_grain_range_adds_independent_noise_to_the_clean_patch_the_mosaic_is_mad
     assert float(corr[~torch.eye(3, dtype=bool)].abs().max()) < 0.05  # independent channels
     overlays = [REPO / "train" / f"{name}.toml" for name in ("demosaic", "cpu-s", "warm-start", "demosaic-grain")]
     assert load_config(overlays).grain_range == [0.0, 4.0]
+    film = load_config([REPO / "train" / f"{name}.toml" for name in ("demosaic", "cpu-s", "warm-start", "demosaic-film")])
+    assert (film.grain_range, film.saturation_range, film.pattern) == ([0.0, 4.0], [1.0, 5.0], "grbg")
 
 
 # --------------------------------------------------------------------------- long runs on the CPU
