@@ -35,7 +35,11 @@ Sources and assumptions
   batch never interact in DAGL or PANet, so running them one by one is the same.
 - The x8 self-ensemble (EDSR's `forward_x8`) is the mean over the 8 dihedral transforms,
   each output transformed back: magncli.inference.self_ensemble computes the same mean
-  (the order of the 8 terms changes only fp32 rounding).
+  (the order of the 8 terms changes only fp32 rounding). One departure, for Bayer
+  mosaics: forward_x8 flipped the mosaic as it was, which DAGL's and PANet's demosaicers,
+  trained on flipped mosaics, read in any phase; here each flip is padded back into the
+  GRBG pattern, which a model trained on GRBG alone (this project's demosaicer) needs.
+  Their "+" demosaicing numbers are therefore not reproduced bit for bit.
 """
 from __future__ import annotations
 
