@@ -504,6 +504,24 @@ def test_grain_range_adds_independent_noise_to_the_clean_patch_the_mosaic_is_mad
     assert (film.grain_range, film.saturation_range, film.pattern) == ([0.0, 4.0], [1.0, 5.0], "grbg")
 
 
+def test_saturation_share_scales_the_chroma_of_that_share_of_patches(color_data):
+    with pytest.raises(MagnError, match="saturation_share"):
+        tiny_config(color_data, task="demosaic", sigma=None, channels=3, saturation_share=0.0)
+    settings = dict(task="demosaic", sigma=None, channels=3, patch=32)
+    images = scan_images(color_data).paths
+    plain = PatchDataset(images, tiny_config(color_data, **settings))
+    every = PatchDataset(images, tiny_config(color_data, saturation_range=[3.0, 3.0], **settings))
+    half = PatchDataset(images, tiny_config(color_data, saturation_range=[3.0, 3.0], saturation_share=0.5,
+                                            **settings))
+    scaled = 0
+    for i in range(40):
+        clean, as_is, all_scaled = half[i][1], plain[i][1], every[i][1]   # the same crop, (3, p, p) each
+        assert not torch.equal(as_is, all_scaled)
+        assert torch.equal(clean, as_is) or torch.equal(clean, all_scaled)
+        scaled += torch.equal(clean, all_scaled)
+    assert 10 <= scaled <= 30                                          # about half
+
+
 # --------------------------------------------------------------------------- long runs on the CPU
 
 def test_held_out_images_are_never_trained_on_and_the_data_is_recorded_without_paths(gray_data, tmp_path,

@@ -90,6 +90,8 @@ class TrainConfig:
     # Color patches: scale the chroma (RGB minus its luma) by a factor uniform in [lo, hi]
     # (clipped to [0, 1]); None = off. Saturated colours are rare in CBSD432.
     saturation_range: Optional[List[float]] = None
+    # ... on this share of the patches only (the others keep their colours); 1 = all.
+    saturation_share: float = 1.0
     # Clean patches: add grain, Gaussian noise independent in each channel and pixel, of a
     # sigma (8-bit units) uniform in [lo, hi], before the degradation; None = off. Film
     # scans such as McMaster's carry it, and a demosaicer that copies G's detail into R
@@ -177,6 +179,8 @@ class TrainConfig:
         # level, not the hardest content: only a mosaic has a naive restoration to rank by.
         need(self.hard_patches == 1 or task.mosaic,
              f"hard_patches: only demosaicing ranks patches (by OpenCV bilinear), not {task.name}")
+        need(0.0 < self.saturation_share <= 1.0,
+             f"saturation_share must be in (0, 1], not {self.saturation_share}")
         for name in ("saturation_range", "grain_range"):     # [lo, hi] factors / sigmas, or None
             lo_hi = getattr(self, name)
             need(lo_hi is None or (len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1]),

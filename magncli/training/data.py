@@ -222,7 +222,7 @@ class PatchDataset(Dataset):
         self.pixels = [read_image(path).pixels for path in self.paths]        # (H, W, C) each
         self.patch, self.channels, self.task = config.patch, config.channels, config.task
         self.seed = config.seed
-        self.saturation_range = config.saturation_range
+        self.saturation_range, self.saturation_share = config.saturation_range, config.saturation_share
         self.grain_range = config.grain_range
         self.degrade = PatchDegradation(config)
         # A level-conditioned model also gets the level map; a share of the samples read
@@ -255,7 +255,10 @@ class PatchDataset(Dataset):
         crop = random_dihedral(random_patch(pixels, self.patch, rng), rng)     # (p, p, C)
         clean = convert_channels(to_float(np.ascontiguousarray(crop)), self.channels, self.task)
         if self.saturation_range is not None and clean.shape[2] == 3:  # drawn only when on
-            clean = scale_saturation(clean, float(rng.uniform(*self.saturation_range)))
+            factor = float(rng.uniform(*self.saturation_range))
+            # The share's coin only when set, so runs without it keep their data stream.
+            if self.saturation_share == 1.0 or rng.random() < self.saturation_share:
+                clean = scale_saturation(clean, factor)
         if self.grain_range is not None:                # drawn only when on
             clean = add_grain(clean, float(rng.uniform(*self.grain_range)), rng)
         degradation = self.degrade.draw(rng)
