@@ -207,7 +207,7 @@ ISSUE_BARS = {
         ("McMaster", "grbg"): 37.57, ("Kodak24", "grbg"): 40.51},
 }
 BAR_SHORTFALLS = {
-    ("demosaic", 3, "McMaster", "grbg"),             # 36.46 against 37.57
+    ("demosaic", 3, "McMaster", "grbg"),             # 37.03 against 37.57
 }
 
 
