@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from magncli.attention import compiled_chunks, default_backend
-from magncli.degrade import pattern_shift
+from magncli.degrade import bayer_masks, pattern_shift
 from magncli.errors import MagnError
 from magncli.models.registry import facts
 
@@ -221,11 +221,9 @@ def _dihedral_inverse(x: Tensor, k: int) -> Tensor:
 def _dihedral_pattern(pattern: str, k: int, height: int, width: int) -> str:
     """The Bayer pattern of the k-th dihedral transform of a (height, width) `pattern`
     mosaic: flips and rotations move the colour sites, by the image's size parity."""
-    site = {c: i for i, c in enumerate("rgb")}
-    grid = torch.tensor([[site[pattern[0]], site[pattern[1]]], [site[pattern[2]], site[pattern[3]]]])
     # A mosaic of the same size parity has the same pattern after the transform.
-    labels = grid.repeat(2, 2)[:2 + height % 2, :2 + width % 2]                # (2|3, 2|3)
-    corner = _dihedral(labels[None, None], k)[0, 0, :2, :2].flatten()
+    sites = bayer_masks(2 + height % 2, 2 + width % 2, pattern).argmax(axis=2)  # (2|3, 2|3): 0 R, 1 G, 2 B
+    corner = _dihedral(torch.from_numpy(sites)[None, None], k)[0, 0, :2, :2].flatten()
     return "".join("rgb"[int(i)] for i in corner)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from magncli.degrade import bayer_mosaic
+from magncli.degrade import bayer_masks, bayer_mosaic
 from magncli.errors import MagnError
 from magncli.models.registry import ModelFacts
 from magncli.inference import (InferenceOptions, blend_weights, resolve_device, restore_array,
@@ -116,11 +116,7 @@ def _grbg_bilinear(t):
     """Bilinear demosaicing that reads a GRBG mosaic only: the samples at GRBG's colour
     sites, interpolated with the usual symmetric kernels (so the function commutes with
     flips and rotations that keep the pattern). Any other pattern loses its samples."""
-    h, w = t.shape[-2:]
-    mask = torch.zeros(3, h, w)
-    mask[1, 0::2, 0::2] = mask[1, 1::2, 1::2] = 1      # G
-    mask[0, 0::2, 1::2] = 1                            # R
-    mask[2, 1::2, 0::2] = 1                            # B
+    mask = torch.from_numpy(bayer_masks(*t.shape[-2:], "grbg").transpose(2, 0, 1).astype(np.float32))  # (3, H, W)
     rb = torch.tensor([[1., 2, 1], [2, 4, 2], [1, 2, 1]]) / 4
     g = torch.tensor([[0., 1, 0], [1, 4, 1], [0, 1, 0]]) / 4
     kernels = torch.stack([rb, g, rb])[:, None]                                # (3, 1, 3, 3)
