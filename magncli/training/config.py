@@ -97,6 +97,10 @@ class TrainConfig:
     # scans such as McMaster's carry it, and a demosaicer that copies G's detail into R
     # and B copies G's grain too.
     grain_range: Optional[List[float]] = None
+    # Clean patches: cut from the image shrunk by a factor uniform in [lo, hi] (0 < lo <=
+    # hi <= 1, area averaging); None = off. CBSD432's photos are soft JPEGs; shrunk, they
+    # show the finer detail of film scans such as McMaster's.
+    scale_range: Optional[List[float]] = None
     # demosaic: each sample keeps the hardest of this many random patches for OpenCV
     # bilinear demosaicing (hard-patch mining, training/data.py); 1 = off. Demosaicing nets
     # fail on what a uniform sample seldom shows: thin lines, saturated colour edges, moire.
@@ -181,6 +185,9 @@ class TrainConfig:
              f"hard_patches: only demosaicing ranks patches (by OpenCV bilinear), not {task.name}")
         need(0.0 < self.saturation_share <= 1.0,
              f"saturation_share must be in (0, 1], not {self.saturation_share}")
+        need(self.scale_range is None or (len(self.scale_range) == 2
+                                           and 0 < self.scale_range[0] <= self.scale_range[1] <= 1),
+             f"scale_range must be [lo, hi] with 0 < lo <= hi <= 1, not {self.scale_range}")
         for name in ("saturation_range", "grain_range"):     # [lo, hi] factors / sigmas, or None
             lo_hi = getattr(self, name)
             need(lo_hi is None or (len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1]),

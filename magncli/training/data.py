@@ -124,6 +124,16 @@ def random_patch(pixels: np.ndarray, patch: int, rng: np.random.Generator) -> np
     return pixels[top:top + patch, left:left + patch]
 
 
+def random_downscaled_patch(pixels: np.ndarray, patch: int, scale: float,
+                            rng: np.random.Generator) -> np.ndarray:
+    """A (patch, patch, C) float32 crop of (H, W, C) pixels seen at `scale` (<= 1): a
+    square of patch/scale pixels at a random place, shrunk by area averaging (what the
+    image would show photographed from farther away: finer detail, less blur and JPEG)."""
+    crop = to_float(np.ascontiguousarray(random_patch(pixels, round(patch / scale), rng)))  # (s, s, C)
+    shrunk = cv2.resize(crop, (patch, patch), interpolation=cv2.INTER_AREA)
+    return shrunk.reshape(patch, patch, crop.shape[2])                        # cv2 drops C = 1
+
+
 def random_dihedral(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One of the 8 flips/rotations of (H, W, C), uniformly (the inference x8 ensemble's set)."""
     k = int(rng.integers(8))
@@ -224,6 +234,7 @@ class PatchDataset(Dataset):
         self.seed = config.seed
         self.saturation_range, self.saturation_share = config.saturation_range, config.saturation_share
         self.grain_range = config.grain_range
+        self.scale_range = config.scale_range
         self.degrade = PatchDegradation(config)
         # A level-conditioned model also gets the level map; a share of the samples read
         # "unknown", as a file that does not state its quality does.
@@ -252,7 +263,11 @@ class PatchDataset(Dataset):
     def _candidate(self, rng: np.random.Generator) -> Tuple[np.ndarray, Degradation, np.ndarray]:
         """One random patch: (clean (p, p, C), its degradation, degraded (p, p, C)), float32."""
         pixels = self.pixels[int(rng.integers(len(self.paths)))]               # (H, W, C) as stored
-        crop = random_dihedral(random_patch(pixels, self.patch, rng), rng)     # (p, p, C)
+        if self.scale_range is not None:                # drawn only when on
+            scale = float(rng.uniform(*self.scale_range))
+            crop = random_dihedral(random_downscaled_patch(pixels, self.patch, scale, rng), rng)
+        else:
+            crop = random_dihedral(random_patch(pixels, self.patch, rng), rng)  # (p, p, C)
         clean = convert_channels(to_float(np.ascontiguousarray(crop)), self.channels, self.task)
         if self.saturation_range is not None and clean.shape[2] == 3:  # drawn only when on
             factor = float(rng.uniform(*self.saturation_range))
