@@ -522,6 +522,33 @@ def test_saturation_share_scales_the_chroma_of_that_share_of_patches(color_data)
     assert 10 <= scaled <= 30                                          # about half
 
 
+def test_scale_range_cuts_patches_from_the_image_shrunk_by_area_averaging(color_data):
+    """scale_range: at 1/3 a patch is the 3x3 block means of a three-times-larger crop
+    (skimage's block_reduce as the oracle; bilinear resampling would pick the centres);
+    at 1 it is the plain crop."""
+    from skimage.measure import block_reduce
+    from magncli.training.data import random_downscaled_patch, random_patch
+    for bad in ([0.0, 1.0], [0.8, 0.5], [0.5, 1.5]):
+        with pytest.raises(MagnError, match="scale_range"):
+            tiny_config(color_data, task="demosaic", sigma=None, channels=3, scale_range=bad)
+    image = np.random.default_rng(0).integers(0, 256, (144, 144, 3), dtype=np.uint8)  # one 144-pixel crop fits
+    shrunk = random_downscaled_patch(image, 48, 1 / 3, np.random.default_rng(1))      # (48, 48, 3)
+    oracle = block_reduce(image.astype(np.float64) / 255.0, (3, 3, 1), np.mean)
+    assert shrunk.shape == (48, 48, 3) and np.abs(shrunk - oracle).max() < 1e-6
+    gray = random_downscaled_patch(image[..., :1], 48, 1 / 3, np.random.default_rng(1))
+    assert gray.shape == (48, 48, 1) and np.abs(gray - oracle[..., :1]).max() < 1e-6
+    same = random_downscaled_patch(image, 32, 1.0, np.random.default_rng(2))
+    assert np.array_equal(same, random_patch(image, 32, np.random.default_rng(2)) / np.float32(255.0))
+    settings = dict(task="demosaic", sigma=None, channels=3, patch=32)
+    images = scan_images(color_data).paths
+    plain = PatchDataset(images, tiny_config(color_data, **settings))
+    far = PatchDataset(images, tiny_config(color_data, scale_range=[0.5, 0.5], **settings))
+    for i in range(4):
+        (mosaic, clean), (_, as_is) = far[i], plain[i]                # (3, p, p) each
+        assert clean.shape == as_is.shape == (3, 32, 32) and not torch.equal(clean, as_is)
+        assert torch.equal(mosaic[mosaic != 0], clean[mosaic != 0])  # the mosaic samples the shrunk patch
+
+
 # --------------------------------------------------------------------------- long runs on the CPU
 
 def test_held_out_images_are_never_trained_on_and_the_data_is_recorded_without_paths(gray_data, tmp_path,
