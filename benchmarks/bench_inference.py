@@ -4,6 +4,7 @@
     python benchmarks/bench_inference.py --precisions fp32,bf16 --archs magn-s,magn-s-local
     python benchmarks/bench_inference.py --sizes 256,512,1024,2048 --archs magn,magn-light,dagl,panet
     python benchmarks/bench_inference.py --device cuda --precisions bf16 --backends flex,chunked
+    python benchmarks/bench_inference.py --archs magn-s-local --set n_resblocks=6  # a deepened file
 
 Each configuration runs in a fresh subprocess so that its peak RSS is its own. Weights are
 random (speed and memory do not depend on them). Prints a table and writes JSON.
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_one(arch: str, size: int, backend: str, device: str, precision: str, tile, channels: int,
-            threads: int, tile_batch=None) -> dict:
+            threads: int, tile_batch=None, config=None) -> dict:
     """Measure one configuration in this process (called in a subprocess)."""
     import resource
 
@@ -38,7 +39,7 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    overrides = {"in_channels": channels}
+    overrides = {"in_channels": channels, **(config or {})}
     model = build_model(arch, **overrides).eval()
     image = np.random.default_rng(0).random((size, size, channels), dtype=np.float32)
     options = InferenceOptions(device=device, precision=precision, tile=tile, backend=backend or None,
@@ -66,7 +67,7 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     seconds = time.perf_counter() - start
     row = {"arch": arch, "size": size, "backend": backend or "auto", "device": device,
            "precision": precision, "tile": options.describe()["tile"], "overlap": options.overlap,
-           "tile_batch": tile_batch,
+           "tile_batch": tile_batch, "config": config or {},
            "channels": channels, "seconds": round(seconds, 3), "compiled": options.compile,
            "warmup_seconds": round(warm_seconds, 2),
            "mp_per_s": round(size * size / 1e6 / seconds, 5),
@@ -90,6 +91,8 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--tile-batch", type=int, default=None, help="tiles per forward pass (default: the engine's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="model config override for every arch (repeatable), e.g. n_resblocks=6")
     ap.add_argument("--json", default="benchmarks/results/inference.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -98,6 +101,13 @@ def main() -> None:
         print(json.dumps(run_one(**json.loads(args.one))))
         return
 
+    config = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            config[key] = json.loads(value)        # numbers and booleans; else the string
+        except json.JSONDecodeError:
+            config[key] = value
     rows = []
     for arch in args.archs.split(","):
         for precision in args.precisions.split(","):
@@ -105,7 +115,7 @@ def main() -> None:
                 for size in map(int, args.sizes.split(",")):
                     spec = dict(arch=arch, size=size, backend=backend, device=args.device,
                                 precision=precision, tile=args.tile, channels=args.channels,
-                                threads=args.threads, tile_batch=args.tile_batch)
+                                threads=args.threads, tile_batch=args.tile_batch, config=config)
                     res = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
                                          capture_output=True, text=True)
                     if res.returncode != 0:
