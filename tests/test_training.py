@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
 # are not recipes on their own.
 OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
-            "denoise-clean", "denoise-near-clean", "demosaic-hard", "demosaic-grain", "demosaic-film", "qk-norm", "deeper")   # shared settings, not recipes of a checkpoint
+            "denoise-clean", "denoise-near-clean", "demosaic-hard", "demosaic-grain", "demosaic-film", "demosaic-scale", "qk-norm",
+            "deeper")   # shared settings, not recipes of a checkpoint
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
@@ -547,6 +548,9 @@ def test_scale_range_cuts_patches_from_the_image_shrunk_by_area_averaging(color_
         (mosaic, clean), (_, as_is) = far[i], plain[i]                # (3, p, p) each
         assert clean.shape == as_is.shape == (3, 32, 32) and not torch.equal(clean, as_is)
         assert torch.equal(mosaic[mosaic != 0], clean[mosaic != 0])  # the mosaic samples the shrunk patch
+    stack = [REPO / "train" / f"{name}.toml" for name in ("demosaic", "cpu-s", "warm-start", "demosaic-film",
+                                                          "demosaic-scale")]
+    assert load_config(stack).scale_range == [0.3, 1.0]
 
 
 # --------------------------------------------------------------------------- long runs on the CPU
