@@ -69,15 +69,11 @@ def main() -> None:
 
     results = REPO / "weights" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    records = read_log(args.run / LOG_FILE)
-    curve = [{"step": r["step"], "cpu_hours": round(r.get("cpu_s", r.get("elapsed_s", 0)) / 3600, 4),
-              "val_psnr": r["val_psnr"], "levels": {k: v for k, v in r["val"].items() if k != "mean"},
-              "run": args.run.name}
-             for r in records if "val_psnr" in r]
+    curve = _run_points(read_log(args.run / LOG_FILE), args.run.name)
     curve_file = results / f"{args.name}-validation.json"
     if previous_entry:
         curve = _earlier_points(curve_file, first_warm_start(entry.provenance), previous_entry.sha256,
-                                entry.provenance.get("validation")) + curve
+                                entry.provenance.get("validation"), args.run.parent) + curve
     curve_file.write_text(json.dumps(
         {"validation": entry.provenance.get("validation"), "points": curve}, indent=1, ensure_ascii=False) + "\n")
     by_run = {}
@@ -93,21 +89,41 @@ def main() -> None:
           + f"\n  magn weights scores {entry.name} weights/results/{entry.name}.json\n  python scripts/model_cards.py")
 
 
-def _earlier_points(curve_file: Path, warm: Optional[dict], replaced_sha256: str, validation) -> list:
-    """The published curve's points up to the weights this run started from, when it
-    continues the checkpoint it replaces (its warm start has that file's sha256) on the same
-    held-out images: the card's curve then spans every run that made the weights. Points
-    after that step were training that did not make them, and are left out. warm: the
-    run's warm-start record (runstate.first_warm_start), None for a run from scratch."""
-    if not warm or warm.get("sha256") != replaced_sha256 or not curve_file.is_file():
-        return []
-    previous = json.loads(curve_file.read_text())
-    if previous.get("validation") != validation:
-        return []
-    # The provenance rounds CPU-hours to 3 decimals (the warm start's cpu_s comes from it),
-    # the curve to 4.
-    started = warm["cpu_s"] / 3600 + 5e-4
-    return [p for p in previous["points"] if p["cpu_hours"] <= started]
+def _run_points(records: list, run_name: str) -> list:
+    """A run's validation points (its log.jsonl records) as the curve file holds them."""
+    return [{"step": r["step"], "cpu_hours": round(r.get("cpu_s", r.get("elapsed_s", 0)) / 3600, 4),
+             "val_psnr": r["val_psnr"], "levels": {k: v for k, v in r["val"].items() if k != "mean"},
+             "run": run_name}
+            for r in records if "val_psnr" in r]
+
+
+def _earlier_points(curve_file: Path, warm: Optional[dict], replaced_sha256: str, validation,
+                    runs_folder: Path) -> list:
+    """The points of the runs that made the weights this run started from, on the same
+    held-out images, so that the card's curve spans every run behind the weights. warm:
+    the run's warm-start record (runstate.first_warm_start; None for a run from scratch),
+    each nesting the one before ("from"). A start from the checkpoint being replaced (its
+    sha256) takes the published curve's points up to it; a start from another run's own
+    file (RUN/model_latest.safetensors, a run not published) that run's points, read from
+    its folder beside this one. Points after the start were training that did not make
+    the weights, and are left out. The provenance rounds CPU-hours to 3 decimals, the
+    curve to 4."""
+    points: list = []
+    while warm:
+        started = warm["cpu_s"] / 3600 + 5e-4
+        if warm.get("sha256") == replaced_sha256:
+            if curve_file.is_file():
+                previous = json.loads(curve_file.read_text())
+                if previous.get("validation") == validation:
+                    points = [p for p in previous["points"] if p["cpu_hours"] <= started] + points
+            break
+        run_name, _, _ = str(warm.get("weights", "")).rpartition("/")
+        records = read_log(runs_folder / run_name / LOG_FILE) if run_name else []
+        if not any(r.get("event") == "start" and r.get("val_set") == validation for r in records):
+            break
+        points = [p for p in _run_points(records, run_name) if p["cpu_hours"] <= started] + points
+        warm = warm.get("from")
+    return points
 
 
 if __name__ == "__main__":

@@ -648,6 +648,27 @@ def test_warm_start_from_published_style_weights_when_the_run_folder_is_gone(gra
                 tmp_path / "third")
 
 
+def test_a_warm_start_from_a_runs_own_file_keeps_its_cpu_hours_and_runs(gray_data, tmp_path, one_thread):
+    """model_latest (and model_best) carry the run's provenance, so a run started from one
+    of them counts the CPU-hours and names the runs behind it, as from a published file."""
+    first = tmp_path / "first"
+    trainer = Trainer(tiny_config(gray_data, steps=4, ckpt_every=4), first)
+    trainer.cpu_s = 7200.0                   # as if two CPU-hours in (a tiny run rounds to 0.000)
+    trainer.run()
+    _, latest = read_checkpoint(first / LATEST_FILE)
+    second = tmp_path / "second"
+    Trainer(tiny_config(gray_data, steps=4, ckpt_every=4, init_from=str(first / LATEST_FILE)), second).run()
+    _, meta = read_checkpoint(second / LATEST_FILE)
+    record = meta["provenance"]["sessions"][0]["warm_start"]
+    assert record["weights"] == "first/model_latest.safetensors" and record["step"] == 4
+    assert record["cpu_s"] == pytest.approx(latest["provenance"]["cpu_hours"] * 3600) and record["cpu_s"] >= 7200
+    assert meta["provenance"]["cpu_hours"] >= latest["provenance"]["cpu_hours"] >= 2.0
+    # A third run from the second's file names both runs, newest first.
+    third = Trainer(tiny_config(gray_data, steps=4, init_from=str(second / LATEST_FILE)), tmp_path / "third")
+    assert third.warm_start["weights"] == "second/model_latest.safetensors"
+    assert third.warm_start["from"]["weights"] == "first/model_latest.safetensors"
+
+
 def test_ema_averages_batchnorm_statistics_like_the_weights():
     """The EMA model's running statistics follow the same average as its weights (a jump
     of the live statistics moves them by 1 - decay), and counters are copied."""
@@ -918,10 +939,24 @@ def test_a_continued_runs_published_curve_keeps_the_runs_before_it(tmp_path):
     curve_file.write_text(json.dumps({"validation": "held-out (24)", "points": earlier}))
     # Started from the step-2000 export, whose provenance said 2.000 CPU-hours.
     warm = {"weights": "x.safetensors", "sha256": "abc", "cpu_s": 7200.0}
-    assert publish_run._earlier_points(curve_file, warm, "abc", "held-out (24)") == earlier[:2]
-    assert publish_run._earlier_points(curve_file, warm, "other", "held-out (24)") == []
-    assert publish_run._earlier_points(curve_file, warm, "abc", "other (8)") == []
-    assert publish_run._earlier_points(curve_file, None, "abc", "held-out (24)") == []   # from scratch
+    runs = tmp_path / "runs"
+    assert publish_run._earlier_points(curve_file, warm, "abc", "held-out (24)", runs) == earlier[:2]
+    assert publish_run._earlier_points(curve_file, warm, "other", "held-out (24)", runs) == []
+    assert publish_run._earlier_points(curve_file, warm, "abc", "other (8)", runs) == []
+    assert publish_run._earlier_points(curve_file, None, "abc", "held-out (24)", runs) == []   # from scratch
+    # Through a run that was not published: started from the step-2000 export, stopped, and
+    # this run started from its model_latest at 2.5 CPU-hours. Its points up to there join.
+    (runs / "between").mkdir(parents=True)
+    log = [{"event": "start", "step": 0, "val_set": "held-out (24)", "warm_start": warm},
+           {"step": 500, "val_psnr": 31.0, "val": {"s": 31.0, "mean": 31.0}, "cpu_s": 8000.0},
+           {"step": 1000, "val_psnr": 31.2, "val": {"s": 31.2, "mean": 31.2}, "cpu_s": 9000.0},
+           {"step": 1500, "val_psnr": 31.3, "val": {"s": 31.3, "mean": 31.3}, "cpu_s": 9900.0}]
+    (runs / "between" / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in log))
+    chained = {"weights": "between/model_latest.safetensors", "sha256": "def", "cpu_s": 9000.0, "from": warm}
+    between = [{"step": s, "cpu_hours": round(c / 3600, 4), "val_psnr": v, "levels": {"s": v}, "run": "between"}
+               for s, v, c in ((500, 31.0, 8000.0), (1000, 31.2, 9000.0))]
+    assert publish_run._earlier_points(curve_file, chained, "abc", "held-out (24)", runs) == earlier[:2] + between
+    assert publish_run._earlier_points(curve_file, chained, "abc", "other (8)", runs) == []
 
 
 def test_the_trained_commit_names_every_session():

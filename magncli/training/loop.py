@@ -216,6 +216,7 @@ class Trainer:
         # CPU seconds of this process (all its threads) spent training, over every resume;
         # a warm start carries those of the weights it started from.
         self.cpu_s = float(self.warm_start["cpu_s"]) if self.warm_start else 0.0
+        self._data_record: Optional[dict] = None   # the training data's provenance, once hashed
         if resume:
             self._load_state()
         # What the forward pass calls: compiled, or the DDP wrapper when distributed (which
@@ -307,7 +308,10 @@ class Trainer:
                             f"is not this run's ({self.model.arch} {own})")
         load_state_dict_strict(self.model, state, source=str(path))
         provenance = meta.get("provenance") or {}
-        record = {"weights": source if not Path(source).exists() else Path(source).name,
+        weights = source if not Path(source).exists() else Path(source).name
+        if weights in (LATEST_FILE, BEST_FILE):        # a run's own file: name the run too
+            weights = f"{Path(source).resolve().parent.name}/{weights}"
+        record = {"weights": weights,
                   "sha256": file_sha256(path), "step": meta.get("step"),
                   "cpu_s": float(provenance.get("cpu_hours", 0.0)) * 3600.0,
                   "commands": provenance.get("command")}
@@ -366,7 +370,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """The resume point first (one atomic file), then the EMA weights and the curves."""
         atomic_torch_save(self._state(), self.run_dir / STATE_FILE)
-        save_checkpoint(self.run_dir / LATEST_FILE, self.ema.model, self._meta())
+        save_checkpoint(self.run_dir / LATEST_FILE, self.ema.model,
+                        self._meta(provenance=self._provenance(self.step, self.cpu_s)))
         write_curves(self.run_dir / CURVES_FILE, read_log(self.run_dir / LOG_FILE))
 
     def _commands(self) -> Optional[str]:
@@ -393,12 +398,29 @@ class Trainer:
             return git_commit()
         return ", ".join(dict.fromkeys(s.get("commit") or "unrecorded" for s in sessions))
 
+    def _provenance(self, step: int, cpu_s: float) -> dict:
+        """How the weights of `step` were made, with the keys of a weights-manifest entry.
+        Every weights file of a run carries it (model_latest and model_best too), so that
+        a warm start from any of them keeps the CPU-hours and the runs behind it."""
+        if self._data_record is None:           # hashes every image: once per process
+            self._data_record = self.images.describe()
+        config, sessions = self.config, self._sessions()
+        return {"training_data": self._data_record,
+                "steps": step, "planned_steps": config.steps,
+                "batch_size": config.batch, "patch_size": config.patch,
+                "hardware": hardware_string(self.device, self.dist.world),
+                "wall_time": f"{self.elapsed_s / 3600:.2f} h",
+                "cpu_hours": round(cpu_s / 3600, 3),
+                "sessions": sessions, "commit": self._trained_commit(sessions),
+                "command": self._commands(),
+                "validation": self.validator.name if self.validator else None,
+                "notes": f"seed {config.seed}, lr {config.lr} {config.schedule}, EMA {config.ema_decay}"}
+
     def export(self, best: bool = False) -> Path:
         """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry. Called
         at the end of a run, or at any checkpoint to publish while a long run goes on
         (then steps < planned_steps). best: the EMA weights of the best validation so far
         (model_best), with the step and CPU-hours at which they were validated."""
-        config = self.config
         model, step, cpu_s = self.ema.model, self.step, self.cpu_s
         if best:
             state, meta = read_checkpoint(self.run_dir / BEST_FILE)
@@ -407,20 +429,9 @@ class Trainer:
             step = int(meta["step"])
             cpu_s = next(r.get("cpu_s", r.get("elapsed_s", 0)) for r in read_log(self.run_dir / LOG_FILE)
                          if "val_psnr" in r and r["step"] == step)
-        sessions = self._sessions()
-        provenance = {
-            "training_data": self.images.describe(),
-            "steps": step, "planned_steps": config.steps,
-            "batch_size": config.batch, "patch_size": config.patch,
-            "hardware": hardware_string(self.device, self.dist.world),
-            "wall_time": f"{self.elapsed_s / 3600:.2f} h",
-            "cpu_hours": round(cpu_s / 3600, 3),
-            "sessions": sessions, "commit": self._trained_commit(sessions),
-            "command": self._commands(),
-            "validation": self.validator.name if self.validator else None,
-            "notes": f"seed {config.seed}, lr {config.lr} {config.schedule}, EMA {config.ema_decay}"
-                     + (f"; the best held-out validation, at step {step} of a run then at step "
-                        f"{self.step}" if best else "")}
+        provenance = self._provenance(step, cpu_s)
+        if best:
+            provenance["notes"] += f"; the best held-out validation, at step {step} of a run then at step {self.step}"
         best_psnr = self.best_psnr if math.isfinite(self.best_psnr) else None
         return save_checkpoint(self.run_dir / EXPORT_FILE, model,
                                dict(self._meta(provenance=provenance, best_val_psnr=best_psnr), step=step),
@@ -470,7 +481,8 @@ class Trainer:
         if improved:
             self.best_psnr = scores["mean"]
             save_checkpoint(self.run_dir / BEST_FILE, self.ema.model,
-                            self._meta(val_psnr=scores["mean"], val_set=self.validator.name))
+                            self._meta(val_psnr=scores["mean"], val_set=self.validator.name,
+                                       provenance=self._provenance(self.step, self.cpu_s)))
         self._log({"step": self.step, "val_psnr": scores["mean"], "val": scores, "best": improved,
                    "elapsed_s": round(self.elapsed_s, 2), "cpu_s": round(self.cpu_s, 1)})
         return scores
