@@ -265,9 +265,10 @@ class PatchDataset(Dataset):
         pixels = self.pixels[int(rng.integers(len(self.paths)))]               # (H, W, C) as stored
         if self.scale_range is not None:                # drawn only when on
             scale = float(rng.uniform(*self.scale_range))
-            crop = random_dihedral(random_downscaled_patch(pixels, self.patch, scale, rng), rng)
+            crop = random_downscaled_patch(pixels, self.patch, scale, rng)     # (p, p, C) float
         else:
-            crop = random_dihedral(random_patch(pixels, self.patch, rng), rng)  # (p, p, C)
+            crop = random_patch(pixels, self.patch, rng)                       # (p, p, C) as stored
+        crop = random_dihedral(crop, rng)
         clean = convert_channels(to_float(np.ascontiguousarray(crop)), self.channels, self.task)
         if self.saturation_range is not None and clean.shape[2] == 3:  # drawn only when on
             factor = float(rng.uniform(*self.saturation_range))
