@@ -72,7 +72,9 @@ def main() -> None:
     curve = _run_points(read_log(args.run / LOG_FILE), args.run.name)
     curve_file = results / f"{args.name}-validation.json"
     if previous_entry:
-        curve = _earlier_points(curve_file, first_warm_start(entry.provenance), previous_entry.sha256,
+        replaced_start = first_warm_start(previous_entry.provenance) or {}
+        curve = _earlier_points(curve_file, first_warm_start(entry.provenance),
+                                {previous_entry.sha256, replaced_start.get("sha256")},
                                 entry.provenance.get("validation"), args.run.parent) + curve
     curve_file.write_text(json.dumps(
         {"validation": entry.provenance.get("validation"), "points": curve}, indent=1, ensure_ascii=False) + "\n")
@@ -97,13 +99,15 @@ def _run_points(records: list, run_name: str) -> list:
             for r in records if "val_psnr" in r]
 
 
-def _earlier_points(curve_file: Path, warm: Optional[dict], replaced_sha256: str, validation,
+def _earlier_points(curve_file: Path, warm: Optional[dict], replaced: set, validation,
                     runs_folder: Path) -> list:
     """The points of the runs that made the weights this run started from, on the same
     held-out images, so that the card's curve spans every run behind the weights. warm:
     the run's warm-start record (runstate.first_warm_start; None for a run from scratch),
-    each nesting the one before ("from"). A start from the checkpoint being replaced (its
-    sha256) takes the published curve's points up to it; a start from another run's own
+    each nesting the one before ("from"). replaced: the sha256 of the checkpoint being
+    replaced and of the weights its own run started from. A start from either (a run
+    that continues the published file, or an earlier export of this same run being
+    republished) takes the published curve's points up to it; a start from another run's own
     file (RUN/model_latest.safetensors, a run not published) that run's points, read from
     its folder beside this one. Points after the start were training that did not make
     the weights, and are left out. The provenance rounds CPU-hours to 3 decimals, the
@@ -111,7 +115,7 @@ def _earlier_points(curve_file: Path, warm: Optional[dict], replaced_sha256: str
     points: list = []
     while warm:
         started = warm["cpu_s"] / 3600 + 5e-4
-        if warm.get("sha256") == replaced_sha256:
+        if warm.get("sha256") in replaced:
             if curve_file.is_file():
                 previous = json.loads(curve_file.read_text())
                 if previous.get("validation") == validation:

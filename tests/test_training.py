@@ -940,10 +940,13 @@ def test_a_continued_runs_published_curve_keeps_the_runs_before_it(tmp_path):
     # Started from the step-2000 export, whose provenance said 2.000 CPU-hours.
     warm = {"weights": "x.safetensors", "sha256": "abc", "cpu_s": 7200.0}
     runs = tmp_path / "runs"
-    assert publish_run._earlier_points(curve_file, warm, "abc", "held-out (24)", runs) == earlier[:2]
-    assert publish_run._earlier_points(curve_file, warm, "other", "held-out (24)", runs) == []
-    assert publish_run._earlier_points(curve_file, warm, "abc", "other (8)", runs) == []
-    assert publish_run._earlier_points(curve_file, None, "abc", "held-out (24)", runs) == []   # from scratch
+    assert publish_run._earlier_points(curve_file, warm, {"abc"}, "held-out (24)", runs) == earlier[:2]
+    assert publish_run._earlier_points(curve_file, warm, {"other"}, "held-out (24)", runs) == []
+    # Republishing a later step of the same run: the replaced export's run began from "abc" too.
+    assert publish_run._earlier_points(curve_file, warm, {"export of step 1000", "abc"}, "held-out (24)",
+                                       runs) == earlier[:2]
+    assert publish_run._earlier_points(curve_file, warm, {"abc"}, "other (8)", runs) == []
+    assert publish_run._earlier_points(curve_file, None, {"abc"}, "held-out (24)", runs) == []   # from scratch
     # Through a run that was not published: started from the step-2000 export, stopped, and
     # this run started from its model_latest at 2.5 CPU-hours. Its points up to there join.
     (runs / "between").mkdir(parents=True)
@@ -955,8 +958,8 @@ def test_a_continued_runs_published_curve_keeps_the_runs_before_it(tmp_path):
     chained = {"weights": "between/model_latest.safetensors", "sha256": "def", "cpu_s": 9000.0, "from": warm}
     between = [{"step": s, "cpu_hours": round(c / 3600, 4), "val_psnr": v, "levels": {"s": v}, "run": "between"}
                for s, v, c in ((500, 31.0, 8000.0), (1000, 31.2, 9000.0))]
-    assert publish_run._earlier_points(curve_file, chained, "abc", "held-out (24)", runs) == earlier[:2] + between
-    assert publish_run._earlier_points(curve_file, chained, "abc", "other (8)", runs) == []
+    assert publish_run._earlier_points(curve_file, chained, {"abc"}, "held-out (24)", runs) == earlier[:2] + between
+    assert publish_run._earlier_points(curve_file, chained, {"abc"}, "other (8)", runs) == []
 
 
 def test_the_trained_commit_names_every_session():
