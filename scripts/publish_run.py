@@ -74,7 +74,7 @@ def main() -> None:
     if previous_entry:
         replaced_start = first_warm_start(previous_entry.provenance) or {}
         curve = _earlier_points(curve_file, first_warm_start(entry.provenance),
-                                {previous_entry.sha256, replaced_start.get("sha256")},
+                                {previous_entry.sha256, replaced_start.get("sha256")} - {None},
                                 entry.provenance.get("validation"), args.run.parent) + curve
     curve_file.write_text(json.dumps(
         {"validation": entry.provenance.get("validation"), "points": curve}, indent=1, ensure_ascii=False) + "\n")
