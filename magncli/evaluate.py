@@ -144,14 +144,16 @@ def _load_model_method(spec: str, options) -> Method:
     return model_method(model, options, spec)
 
 
-def model_method(model, options=None, name: str = "model") -> Method:
+def model_method(model, options=None, name: str = "model", level_known: bool = True) -> Method:
     """A Method for a model already in memory (e.g. training's validation of its EMA
     weights), run as `magn restore` runs it: restore_for_task, the task's view of the
-    input (a mosaic in GRBG phase) through the inference engine."""
+    input (a mosaic in GRBG phase) through the inference engine. A model with a level map
+    is told the protocol's level, or "unknown" with level_known=False (blind use: `magn
+    restore` without --sigma)."""
 
     def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
         return restore_for_task(model, degraded, degradation.task, pattern=degradation.pattern,
-                                level=degradation.level, options=options)
+                                level=degradation.level if level_known else None, options=options)
 
     return Method(name, restore, device=getattr(options, "device", None) or "auto")
 

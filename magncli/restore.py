@@ -160,14 +160,20 @@ class Restorer:
         x = image.to_float()                                                  # (H, W, C)
         info = {"task": task.name}
         level = self.level if level is None else level
-        if level is None and task.level_from_image is not None:
+        source = None
+        if level is not None:
+            source = "given"
+        elif task.level_from_image is not None:
             # The file may say how it was degraded (a JPEG's tables): no need to ask the user.
             stated = task.level_from_image(image)
             if stated is not None:
                 level, source = stated
-                info[task.level_key], info[f"{task.level_key}_source"] = level, source
-            else:          # e.g. a PNG saved from a JPEG: the model runs without knowing it
-                info[f"{task.level_key}_source"] = "unknown"
+        if level is not None and task.level_key:
+            info[task.level_key] = level
+        if task.level_plane is not None:
+            # What a level-conditioned model was told: e.g. noise of unknown strength (no
+            # --sigma), or a PNG saved from a JPEG; the model then runs blind.
+            info[f"{task.level_key}_source"] = source or "unknown"
         if task.mosaic:
             info["pattern"] = self.pattern
         channels = task.model_channels(image.channels)          # a CFA needs a 3-channel model

@@ -86,7 +86,7 @@ class Task:
     # The degraded image as the JPEG file itself, for a task whose degradation is one.
     jpeg_file: Optional[Callable[[np.ndarray, Degradation], bytes]] = None
     # The level as a level-conditioned model sees it (one constant input plane), from the
-    # level or None for "not known"; None: this task has no level map.
+    # level or None for "not known" (blind); None: this task has no level map.
     level_plane: Optional[Callable[[Optional[float]], float]] = None
     scored_on_y: bool = False                           # color results also scored on studio Y
     gray_is_studio_y: bool = False                      # its gray images are studio Y, not luma
@@ -240,6 +240,17 @@ def _quality_plane(quality: Optional[float]) -> float:
     return UNKNOWN_LEVEL if quality is None else min(ijg_scale(int(quality)) / 500.0, 2.0)
 
 
+# The level map of a denoiser: sigma over 50 (0-255 scale), so sigma 0 -> 0, 25 -> 0.5,
+# 50 -> 1.0, capped at 4.0 (sigma 200); noise of unknown strength (no --sigma, blind use)
+# reads UNKNOWN_LEVEL. FFDNet's map is sigma/255; /50 puts the levels people use (0-75)
+# on the scale of the JPEG map, where a head convolution grown from zeros learns them fast.
+SIGMA_PLANE_UNIT = 50.0
+
+
+def _sigma_plane(sigma: Optional[float]) -> float:
+    return UNKNOWN_LEVEL if sigma is None else min(float(sigma) / SIGMA_PLANE_UNIT, 4.0)
+
+
 def _quality_from_tables(image: Image) -> Optional[Tuple[int, str]]:
     """A JPEG file says how it was compressed: the quality its tables were scaled to."""
     if not image.jpeg_quantization:
@@ -252,7 +263,7 @@ register_task(Task(
     "denoise",                       # Gaussian noise
     degrade=lambda img, d: add_gaussian_noise(img, d.level, d.seed),
     level_key="sigma", level_label="σ", default_levels=(15, 25, 50), parse_level=_sigma,
-    seeded=True))
+    level_plane=_sigma_plane, seeded=True))
 
 register_task(Task(
     "dejpeg",                        # JPEG compression artifacts

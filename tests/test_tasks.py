@@ -98,7 +98,7 @@ def test_dejpeg_restore_reports_the_quality_it_assumed(tmp_path):
     _, info = restorer.restore(read_image(tmp_path / "b.png"))
     assert "quality" not in info and info["quality_source"] == "unknown"
     _, info = Restorer(task="dejpeg", model=Identity(), level=50).restore(read_image(tmp_path / "b.png"))
-    assert "quality_source" not in info                    # stated by the user: nothing assumed
+    assert (info["quality"], info["quality_source"]) == (50, "given")     # stated by the user
 
 
 class LevelRecorder(nn.Module):
@@ -162,7 +162,25 @@ def test_a_level_conditioned_model_sees_the_quality_the_file_states(tmp_path):
     np.testing.assert_allclose(out, clean * 0.5, atol=1e-6)
     assert len(model.seen) >= 8 and set(model.seen) == {1.0}                      # batches of tiles x 8
     with pytest.raises(MagnError, match="level map"):
-        restore_for_task(model, clean, "denoise", level=25)
+        restore_for_task(model, clean, "demosaic")
+
+
+def test_a_level_conditioned_denoiser_hears_the_sigma_given_or_unknown():
+    """A denoiser's map is sigma / 50 when sigma is known (restore's --sigma, eval's
+    protocol level) and -1 when not (restore without --sigma, eval's blind rows); the
+    record says which."""
+    noisy = np.random.default_rng(1).random((24, 32, 3)).astype(np.float32)
+    model = LevelRecorder()
+    _, given = Restorer(task="denoise", model=model, level=25).restore(Image(noisy))
+    _, blind = Restorer(task="denoise", model=model).restore(Image(noisy))
+    assert model.seen == [pytest.approx(0.5), -1.0]
+    assert (given["sigma"], given["sigma_source"]) == (25, "given")
+    assert "sigma" not in blind and blind["sigma_source"] == "unknown"
+    model.seen.clear()
+    degradation = make_degradation("denoise", 50)
+    model_method(model).restore(noisy, degradation)
+    model_method(model, level_known=False).restore(noisy, degradation)
+    assert model.seen == [pytest.approx(1.0), -1.0]
 
 
 class BilinearGRBG(nn.Module):

@@ -287,8 +287,19 @@ def _deepen(state: Mapping[str, Tensor], config: dict, fresh: Mapping[str, Tenso
     return grown
 
 
+def _grow_level_input(state: Mapping[str, Tensor], config: dict) -> dict:
+    """MAGN weights that also take the level map, the same function: the head gets the
+    map's q = unshuffle^2 input planes with zero kernels, so the map starts unheard and
+    training teaches the head to read it (FFDNet's map, grown into a blind model)."""
+    q = int(config.get("unshuffle", 1)) ** 2
+    head = state["head.weight"]                                                # (F, c*q, 3, 3)
+    grown = dict(state)
+    grown["head.weight"] = torch.cat([head, head.new_zeros(head.shape[0], q, 3, 3)], 1)  # (F, (c+1)*q, 3, 3)
+    return grown
+
+
 @register_arch("magn", DEFAULT_CONFIG, detect=_detect_magn, variants=VARIANTS,
-               convert_channels=_convert_channels, deepen=_deepen)
+               convert_channels=_convert_channels, deepen=_deepen, grow_level_input=_grow_level_input)
 class MAGN(nn.Module):
     """MAGN: residual CNN with multi-level (pixel + patch) graph attention blocks.
 

@@ -5,6 +5,7 @@ about itself for the inference engine.
     build_model("magn", in_channels=1)      -> nn.Module with a `.config` dict
     detect_arch(state_dict)                 -> ("dagl", {...config...})
     convert_channels("magn", sd, config, 1) -> the state_dict of a 1-channel twin (warm starts)
+    grow_level_input("magn", sd, config)    -> the same function, now also taking a level map (warm starts)
     deepen("magn", sd, config, fresh, 6)    -> the same function with 6 ResBlocks a side (warm starts)
     facts(model)                            -> ModelFacts(in_channels=1, size_multiple=4, ...)
 
@@ -32,6 +33,8 @@ Detector = Callable[[Mapping[str, torch.Tensor]], Optional[dict]]
 # for that many channels.
 ChannelConverter = Callable[[Mapping[str, torch.Tensor], dict, int], Dict[str, torch.Tensor]]
 Deepener = Callable[[Mapping[str, torch.Tensor], dict, Mapping[str, torch.Tensor], int], Dict[str, torch.Tensor]]
+# (state_dict, its config) -> the state_dict of the same network taking a level map too.
+LevelInputGrower = Callable[[Mapping[str, torch.Tensor], dict], Dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class ArchSpec:
     variants: Dict[str, dict] = field(default_factory=dict)
     convert_channels: Optional[ChannelConverter] = None
     deepen: Optional[Deepener] = None
+    grow_level_input: Optional[LevelInputGrower] = None
 
 
 _ARCHS: Dict[str, ArchSpec] = {}
@@ -81,7 +85,8 @@ _ARCHS: Dict[str, ArchSpec] = {}
 def register_arch(name: str, default_config: dict, detect: Optional[Detector] = None,
                   variants: Optional[Dict[str, dict]] = None,
                   convert_channels: Optional[ChannelConverter] = None,
-                  deepen: Optional[Deepener] = None):
+                  deepen: Optional[Deepener] = None,
+                  grow_level_input: Optional[LevelInputGrower] = None):
     """Decorator: register a model class (or builder function) under `name`."""
 
     def wrap(builder):
@@ -89,7 +94,7 @@ def register_arch(name: str, default_config: dict, detect: Optional[Detector] = 
             raise ValueError(f"architecture {name!r} registered twice")
         _ARCHS[name] = ArchSpec(name, builder, dict(default_config), detect,
                                 (builder.__doc__ or "").strip().split("\n")[0],
-                                dict(variants or {}), convert_channels, deepen)
+                                dict(variants or {}), convert_channels, deepen, grow_level_input)
         return builder
 
     return wrap
@@ -174,3 +179,16 @@ def deepen(name: str, state_dict: Mapping[str, torch.Tensor], config: dict,
     if spec.deepen is None:
         raise ValueError(f"{spec.name} weights cannot be deepened")
     return spec.deepen(state_dict, config, fresh_state, n_resblocks)
+
+
+def grow_level_input(name: str, state_dict: Mapping[str, torch.Tensor], config: dict) -> Dict[str, torch.Tensor]:
+    """The weights of architecture `name` (config `config`, without a level map) for the
+    same network with `level_input`, computing the same function whatever the map says: a
+    warm start of a level-conditioned model (a denoiser told sigma) from a blind one.
+    ValueError where the architecture cannot."""
+    spec = get_arch(name)
+    if spec.grow_level_input is None:
+        raise ValueError(f"{spec.name} weights cannot take a level map")
+    if config.get("level_input"):
+        raise ValueError(f"{spec.name} weights take a level map already")
+    return spec.grow_level_input(state_dict, config)

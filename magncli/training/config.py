@@ -176,7 +176,7 @@ class TrainConfig:
         except KeyError as e:
             raise MagnError(e.args[0]) from None
         need(not self.level_input() or task.level_plane is not None,
-             f"level_input: {task.name} has no level map (only dejpeg has one)")
+             f"level_input: {task.name} has no level map (denoise and dejpeg have one)")
         need(0.0 <= self.level_unknown <= 1.0, f"level_unknown must be in [0, 1], not {self.level_unknown}")
         need(self.hard_patches >= 1, f"hard_patches must be >= 1 (1 = off), not {self.hard_patches}")
         # Ranked by the degraded input's own error, noise or JPEG would pick the strongest

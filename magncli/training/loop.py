@@ -54,7 +54,8 @@ from magncli.checkpoints import load_state_dict_strict, read_checkpoint, save_ch
 from magncli.errors import MagnError
 from magncli.fileio import home_as_tilde, write_file_atomic
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
-from magncli.models.registry import build_model, convert_channels, deepen, facts, resolve_config
+from magncli.models.registry import (build_model, convert_channels, deepen, facts, grow_level_input,
+                                     resolve_config)
 from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
 from magncli.training.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
@@ -282,7 +283,7 @@ class Trainer:
         converted = None
         same_arch = meta.get("arch") == self.model.arch and theirs is not None
         if (same_arch and theirs["in_channels"] != own["in_channels"]
-                and _differ_only_in(theirs, own, "in_channels", "n_resblocks")):
+                and _differ_only_in(theirs, own, "in_channels", "level_input", "n_resblocks")):
             # The same network for another channel count (a gray JPEG run from the color
             # model): the architecture converts its head and tail, exactly on gray content.
             try:
@@ -291,6 +292,16 @@ class Trainer:
                 raise MagnError(f"{source}: {e}") from None
             converted = f"{theirs['in_channels']} -> {own['in_channels']} channels"
             theirs = dict(theirs, in_channels=own["in_channels"])
+        if (same_arch and not theirs.get("level_input") and own.get("level_input")
+                and _differ_only_in(theirs, own, "level_input", "n_resblocks")):
+            # A level-conditioned model (a denoiser told sigma) from a blind one: the map's
+            # input starts at zero, so it starts from exactly what the file computes.
+            try:
+                state = grow_level_input(self.model.arch, state, theirs)
+            except ValueError as e:
+                raise MagnError(f"{source}: {e}") from None
+            converted = f"{converted}, level map added" if converted else "level map added"
+            theirs = dict(theirs, level_input=True)
         if (same_arch and theirs.get("n_resblocks", 0) < own.get("n_resblocks", 0)
                 and _differ_only_in(theirs, own, "n_resblocks")):
             # A deeper network than the file's (more capacity for a run whose validation

@@ -19,6 +19,7 @@ from magncli.degrade import DEFAULT_PATTERN
 from magncli.evaluate import BASELINES, evaluate_method, model_method
 from magncli.images import center_crop
 from magncli.inference import InferenceOptions
+from magncli.models.registry import facts
 from magncli.tasks import get_task
 from magncli.training.config import TrainConfig
 
@@ -26,7 +27,8 @@ from magncli.training.config import TrainConfig
 class Validator:
     """Scores a model on the validation set at each validation level.
 
-    validator(model) -> {"σ15": 31.2, "σ25": 28.9, "mean": 30.05}; `input_psnr` holds the
+    validator(model) -> {"σ15": 31.2, "σ25": 28.9, "mean": 30.05} (and "σ15 blind", ... for a
+    model with a level map); `input_psnr` holds the
     same for the degraded inputs (the eval "input" row), the bar to beat."""
 
     def __init__(self, config: TrainConfig, options: InferenceOptions,
@@ -61,4 +63,14 @@ class Validator:
         return result
 
     def __call__(self, model: nn.Module) -> Dict[str, float]:
-        return self._score(model_method(model, self.options, "validation"))
+        """The scores at each level; a model with a level map is scored told the level and
+        blind (labels "σ25" and "σ25 blind"), and "mean" is the mean of both, so that a run
+        is chosen for both ways it is used."""
+        scores = self._score(model_method(model, self.options, "validation"))
+        if not facts(model).level_input:
+            return scores
+        blind = self._score(model_method(model, self.options, "validation", level_known=False))
+        given_mean, blind_mean = scores.pop("mean"), blind.pop("mean")
+        scores.update({f"{label} blind": psnr for label, psnr in blind.items()})
+        scores["mean"] = (given_mean + blind_mean) / 2
+        return scores
