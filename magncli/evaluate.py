@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -36,6 +36,7 @@ from magncli.errors import MagnError
 from magncli.fileio import check_writable, write_file_atomic
 from magncli.images import encode_float_image, to_uint8
 from magncli.metrics import psnr, psnr_ssim
+from magncli.models.registry import facts
 from magncli.results import write_sheet
 from magncli.tasks import TASKS, Degradation, get_task, restore_for_task
 from magncli.version import git_commit
@@ -59,6 +60,7 @@ class Method:
     clamp_output: bool = True
     device: Optional[str] = None  # models: their device ("auto", "cuda:0", ...) for memory
     requires: Optional[str] = None  # an optional package it imports
+    model: Optional[Any] = None     # models: the nn.Module (its tile plan goes into the row)
 
 
 def _identity(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
@@ -155,7 +157,16 @@ def model_method(model, options=None, name: str = "model", level_known: bool = T
         return restore_for_task(model, degraded, degradation.task, pattern=degradation.pattern,
                                 level=degradation.level if level_known else None, options=options)
 
-    return Method(name, restore, device=getattr(options, "device", None) or "auto")
+    return Method(name, restore, device=getattr(options, "device", None) or "auto", model=model)
+
+
+def blind_twin(method: Method, options=None) -> List[Method]:
+    """[the same model run not told the level] for a model with a level map that has a
+    blind use (a denoiser grown with "unknown" in its training; not FFDNet), else []."""
+    stated = facts(method.model) if method.model is not None else None
+    if stated is None or not stated.level_input or stated.level_required:
+        return []
+    return [model_method(method.model, options, f"{method.name} (blind)", level_known=False)]
 
 
 def make_method(spec: str, task: str, options=None) -> Method:
@@ -272,7 +283,7 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
              seed: int = 0, data_root=None, options=None, save_images=None,
              quantize: bool = False, channels: Optional[str] = None,
              pattern: str = DEFAULT_PATTERN, inputs=None, sheet=None, overwrite: bool = False,
-             progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+             progress: Optional[Callable[[str], None]] = None, blind: bool = False) -> List[dict]:
     """Evaluate `models` on `sets` at each level, following docs/benchmark-protocols.md.
 
     task: a name of tasks.TASKS. sets: set names or folders. levels: sigmas or JPEG
@@ -280,6 +291,7 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     InferenceOptions for models (tile, overlap, ensemble, device, precision). inputs: a
     folder of already-degraded images to use instead of degrading (one set, one level).
     save_images: a folder for every restored image (8-bit PNG). sheet: a PNG of crops.
+    blind: each model with a level map is also scored not told the level ("NAME (blind)").
     Returns one dict per model x set x level (see the module docstring)."""
     task = get_task(task).name
     if not sets:
@@ -292,6 +304,8 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     if sheet is not None:
         check_writable(sheet, overwrite)
     methods = [make_method(spec, task, options) for spec in models]
+    if blind:
+        methods = [row for method in methods for row in (method, *blind_twin(method, options))]
     # Every set is found before any is scored: a misspelt last set must not cost the
     # hours of the ones before it.
     resolved = [datasets.resolve_set(set_spec, data_root) for set_spec in sets]
@@ -318,7 +332,7 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
                     _save_image, Path(save_images), method, set_name, label, overwrite=overwrite)
                 row, first_output = evaluate_method(method, stems, degraded, truths,
                                                     degradation, quantize, save)
-                engine = options.describe() if options is not None else {}
+                engine = options.describe(method.model) if options is not None else {}
                 row.update(set=set_name, channels=mode, inputs=str(inputs) if inputs else None,
                            note=_set_note(test_set, mode),
                            **{k: engine.get(k) for k in ("tile", "overlap", "tiling", "ensemble", "precision")},

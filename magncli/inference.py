@@ -48,6 +48,9 @@ log = logging.getLogger("magn")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_TILE = 64           # the training patch size: graph statistics match training
 CPU_OVERLAP = 16
+# A local model's CPU tile (a plain CNN states its reach, ModelFacts.context): its overlap
+# must be 4x its reach for exact blending (80 px for DnCNN-B), which costs little here.
+LOCAL_MODEL_TILE = 512
 MIN_TILE = 16
 MAX_AUTO_TILE = 256
 # Four 64 px tiles per forward pass keep both cores busy: 1.9x the throughput of one
@@ -87,12 +90,17 @@ class InferenceOptions:
             raise MagnError(f"unknown tiling {self.tiling!r} (use blend or chop)")
         return device, dtype
 
-    def describe(self) -> dict:
-        """The settings as results should record them: the tile actually used on the
-        CPU rather than None; "auto" where CUDA picks it from free memory."""
+    def describe(self, model: Optional[nn.Module] = None) -> dict:
+        """The settings as results should record them: the tile and overlap actually used
+        for `model` on the CPU rather than None; "auto" where CUDA picks it from free memory."""
         d = asdict(self)
-        if d["tile"] is None:
-            d["tile"] = CPU_TILE if resolve_device(self.device).type != "cuda" else "auto"
+        device = resolve_device(self.device)
+        if self.tile is None and device.type == "cuda":
+            d["tile"] = "auto"
+        elif model is not None:
+            d["tile"], d["overlap"] = tile_plan(model, self, device)
+        elif d["tile"] is None:
+            d["tile"] = CPU_TILE
         if d["tiling"] == "chop":
             d["tile"], d["overlap"] = "chop", None
         return d
@@ -146,15 +154,16 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-def auto_tile(model: nn.Module, device: torch.device, channels: int) -> int:
-    """Largest tile (multiple of 4, at most MAX_AUTO_TILE) fitting in free CUDA memory.
+def auto_tile(model: nn.Module, device: torch.device) -> int:
+    """The CPU's tile (CPU_TILE, or LOCAL_MODEL_TILE for a model that states its reach);
+    on CUDA the largest tile (multiple of 4, at most MAX_AUTO_TILE) fitting in free memory.
 
     The chunked/flex attention keeps memory roughly linear in the tile's pixel count;
     the estimate assumes ~24 KiB of activations per pixel (64-channel fp32 features with
     the graph blocks' temporaries), halved again on OOM by the caller.
     """
     if device.type != "cuda":
-        return CPU_TILE
+        return LOCAL_MODEL_TILE if facts(model).context else CPU_TILE
     free, _ = torch.cuda.mem_get_info(device)
     pixels = free * 0.5 / (24 * 1024)
     side = int(math.sqrt(pixels)) // 4 * 4
@@ -162,6 +171,15 @@ def auto_tile(model: nn.Module, device: torch.device, channels: int) -> int:
 
 
 # --------------------------------------------------------------------------- tiling
+def tile_plan(model: nn.Module, options: "InferenceOptions", device: torch.device) -> Tuple[int, int]:
+    """(tile, overlap) for `model`: the options' tile, or the device's (auto_tile); the
+    options' overlap, raised to what a local model's reach needs for exact blending (the
+    blend drops the outer quarter of each overlap) and at most half the tile."""
+    tile = options.tile or auto_tile(model, device)
+    needed = -(-4 * facts(model).context // 4) * 4
+    return tile, min(max(options.overlap, needed), tile // 2)
+
+
 def tile_alignment(model, align: int = 1) -> int:
     """The step tile origins snap to, so that every tile sees what the whole image shows
     there: the model's own grid (its facts' size_multiple, e.g. 4 for MAGN's stride-4
@@ -370,8 +388,7 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
     _prepare(model, device, opts.backend)
     if opts.tiling == "chop":
         return _restore_chopped(model, image, device, dtype, opts.ensemble, progress, pattern)
-    tile = opts.tile or auto_tile(model, device, image.shape[1])
-    overlap = min(opts.overlap, tile // 2)
+    tile, overlap = tile_plan(model, opts, device)
     h, w = image.shape[-2:]
     align = tile_alignment(model, align)
     passes = (len(tile_spans(h, tile, overlap, align)) * len(tile_spans(w, tile, overlap, align))

@@ -125,7 +125,7 @@ class Restorer:
         task = get_task(self.task)
         self.task = task.name
         if self.level is not None:
-            task.check_level(self.level)
+            self.level = task.check_level(self.level)           # as results record it: 25.0 -> 25
         if task.mosaic:
             self.pattern = check_pattern(self.pattern)
         self.options.check()

@@ -31,7 +31,8 @@ from magncli.degrade import (DEFAULT_PATTERN, DEFAULT_SEED, add_gaussian_noise, 
 from magncli.errors import MagnError
 from magncli.images import Image
 from magncli.inference import InferenceOptions, ProgressCallback, restore_array
-from magncli.jpeg_quality import estimate_jpeg_quality, ijg_scale
+from magncli.jpeg_quality import estimate_jpeg_quality
+from magncli.level_maps import quality_plane, sigma_plane
 from magncli.models.registry import facts
 
 # The Bayer period: tiles of a mosaic start on even rows and columns, in the same phase.
@@ -208,6 +209,9 @@ def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Opti
     if gray_through_color:
         x = np.repeat(x, 3, axis=2)                                            # (H', W', 3)
     if stated.level_input:
+        if level is None and stated.level_required:
+            raise MagnError(f"{getattr(model, 'arch', 'this model')} needs the {task.level_key}: "
+                            f"it has no blind use (give {task.level_key}=)")
         x = task.with_level_plane(x, level)                                    # (H', W', C' + 1)
     restored = restore_array(model, x, options, progress, align=task.period,    # (H', W', C')
                              pattern=task.model_pattern)
@@ -229,28 +233,6 @@ def _quality(level) -> int:
     return int(level)
 
 
-# The level map of a JPEG model: the table scale over 500, so q10 -> 1.0, q50 -> 0.2,
-# q90 -> 0.04, q100 -> 0 (the artifacts grow with the quantization steps, in proportion to
-# the scale); capped at 2.0 (q5 and below). A file that does not state its quality reads
-# UNKNOWN_LEVEL, which training shows the model on a share of its patches (level_unknown).
-UNKNOWN_LEVEL = -1.0
-
-
-def _quality_plane(quality: Optional[float]) -> float:
-    return UNKNOWN_LEVEL if quality is None else min(ijg_scale(int(quality)) / 500.0, 2.0)
-
-
-# The level map of a denoiser: sigma over 50 (0-255 scale), so sigma 0 -> 0, 25 -> 0.5,
-# 50 -> 1.0, capped at 4.0 (sigma 200); noise of unknown strength (no --sigma, blind use)
-# reads UNKNOWN_LEVEL. FFDNet's map is sigma/255; /50 puts the levels people use (0-75)
-# on the scale of the JPEG map, where a head convolution grown from zeros learns them fast.
-SIGMA_PLANE_UNIT = 50.0
-
-
-def _sigma_plane(sigma: Optional[float]) -> float:
-    return UNKNOWN_LEVEL if sigma is None else min(float(sigma) / SIGMA_PLANE_UNIT, 4.0)
-
-
 def _quality_from_tables(image: Image) -> Optional[Tuple[int, str]]:
     """A JPEG file says how it was compressed: the quality its tables were scaled to."""
     if not image.jpeg_quantization:
@@ -263,13 +245,13 @@ register_task(Task(
     "denoise",                       # Gaussian noise
     degrade=lambda img, d: add_gaussian_noise(img, d.level, d.seed),
     level_key="sigma", level_label="σ", default_levels=(15, 25, 50), parse_level=_sigma,
-    level_plane=_sigma_plane, seeded=True))
+    level_plane=sigma_plane, seeded=True))
 
 register_task(Task(
     "dejpeg",                        # JPEG compression artifacts
     degrade=lambda img, d: jpeg_compress(img, d.level).astype(np.float32) / 255.0,
     level_key="quality", level_label="q", default_levels=(10, 20, 30, 40), parse_level=_quality,
-    level_from_image=_quality_from_tables, level_plane=_quality_plane,
+    level_from_image=_quality_from_tables, level_plane=quality_plane,
     jpeg_file=lambda img, d: jpeg_encode(img, d.level),
     # The protocol scores color JPEG on RGB and on Y; its gray sets (LIVE1's gray track,
     # Classic5) are studio Y.

@@ -21,6 +21,15 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def peers_root() -> Path:
+    """The peers' published checkpoints (../shared/peers or $MAGN_PEERS); skip if absent."""
+    root = Path(os.environ.get("MAGN_PEERS") or REPO.parent / "shared" / "peers")
+    if not (root / "dncnn_gray_blind.pth").is_file():
+        pytest.skip(f"peer checkpoints not found at {root} (set MAGN_PEERS)")
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

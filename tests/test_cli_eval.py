@@ -194,3 +194,32 @@ def test_eval_refuses_an_empty_or_malformed_list(tmp_path, option, value, monkey
     args = ["eval", "--task", "denoise", "--sets", "Set12", "--levels", "25"]
     args[args.index(option) + 1] = value
     user_error(runner.invoke(app, args), option, repr(value))
+
+
+def test_eval_blind_adds_a_row_for_each_model_with_a_level_map(tmp_path):
+    """--blind: a denoiser with a level map is scored told the sigma and, in a row of its
+    own, not told (the map says unknown: what restore does without --sigma); a model
+    without a map, and FFDNet (which has no blind use), get no such row."""
+    import torch
+
+    from magncli.checkpoints import save_checkpoint
+    from magncli.models.registry import build_model
+    folder = tmp_path / "set"
+    make_images(folder, n=2)
+    torch.manual_seed(0)
+    told = build_model("magn", in_channels=3, level_input=True, n_feats=8, n_resblocks=1, n_graphblocks=1,
+                       patch_channels=4, patch_embed=8)
+    with torch.no_grad():                                   # a tail that says something
+        told.tail.weight.normal_(0, 0.05)
+    save_checkpoint(tmp_path / "told.safetensors", told)
+    save_checkpoint(tmp_path / "ffdnet.safetensors", build_model("ffdnet", n_feats=8, n_convs=3))
+    told, ffdnet = str(tmp_path / "told.safetensors"), str(tmp_path / "ffdnet.safetensors")
+    result = runner.invoke(app, ["eval", "--task", "denoise", "--sets", str(folder), "--levels", "25",
+                                 "-m", "input", "-m", told, "-m", ffdnet, "--blind", "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [r["model"] for r in rows] == ["input", told, f"{told} (blind)", ffdnet]
+    assert rows[1]["psnr"] != rows[2]["psnr"]               # the map is heard: -1 is not 0.5
+    result = runner.invoke(app, ["eval", "--task", "denoise", "--sets", str(folder), "--levels", "25",
+                                 "-m", told, "-o", str(tmp_path / "plain.json")])
+    assert [r["model"] for r in json.loads((tmp_path / "plain.json").read_text())] == [told]

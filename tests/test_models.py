@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from magncli.inference import InferenceOptions, restore_array, tile_spans
+from magncli.inference import InferenceOptions, restore_array, tile_plan, tile_spans
 from magncli.models.registry import ModelFacts, build_model, facts, get_arch, list_archs
 from magncli.official_protocols import PROTOCOLS
 
@@ -17,6 +17,8 @@ TINY = {
     "magn": dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8),
     "dagl": dict(n_resblocks=2),            # n_feats is 64: its CE heads are 4 x 16 channels
     "panet": dict(n_feats=8, n_resblocks=2),
+    "dncnn": dict(n_feats=8, n_convs=4),
+    "ffdnet": dict(n_feats=8, n_convs=4),
 }
 # The package's own architectures (tests may register others).
 ARCHS = {arch: spec for arch, spec in list_archs().items() if spec.builder.__module__.startswith("magncli.")}
@@ -39,15 +41,18 @@ def test_every_architecture_states_its_facts_and_runs_tiled(name):
     seen = []
     model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
     h, w, c = 37, 45, stated.in_channels
-    image = np.random.default_rng(0).random((h, w, c), dtype=np.float32)
-    out = restore_array(model, image, InferenceOptions(device="cpu", tile=32, overlap=8))
-    assert out.shape == image.shape and np.isfinite(out).all()
-    # The tiles are the ones the model's grid asks for: origins on its size multiple.
-    spans = [tile_spans(n, 32, 8, stated.size_multiple) for n in (h, w)]
+    image = np.random.default_rng(0).random((h, w, c + stated.level_input), dtype=np.float32)  # (+ its map)
+    options = InferenceOptions(device="cpu", tile=32, overlap=8)
+    out = restore_array(model, image, options)
+    assert out.shape == (h, w, c) and np.isfinite(out).all()
+    # The tiles are the ones the model's grid asks for: origins on its size multiple,
+    # overlapping as its reach asks (tile_plan: 8, or 4x a plain CNN's reach).
+    tile, overlap = tile_plan(model, options, torch.device("cpu"))
+    spans = [tile_spans(n, tile, overlap, stated.size_multiple) for n in (h, w)]
     assert sorted(set(seen)) == sorted({(b - a, d - p) for a, b in spans[0] for p, d in spans[1]})
 
     chopped = restore_array(model, image, InferenceOptions(device="cpu", tiling="chop"))
-    assert chopped.shape == image.shape and np.isfinite(chopped).all()
+    assert chopped.shape == (h, w, c) and np.isfinite(chopped).all()
 
 
 @pytest.mark.parametrize("name", NAMES)

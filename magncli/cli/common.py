@@ -51,7 +51,9 @@ TilingOpt = Annotated[str, typer.Option(
 
 # The task: a name of the registry, checked by the library (a one-line error naming them all).
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help=f"What to undo: {' | '.join(TASKS)}.")]
-SigmaOpt = Annotated[Optional[float], typer.Option("--sigma", help="denoise: noise sigma on the 0-255 scale.")]
+SigmaOpt = Annotated[Optional[float], typer.Option(
+    "--sigma", help="denoise: the noise sigma (0-255 scale), told to a model with a level map "
+                    "(FFDNet needs it); without it the model runs blind.")]
 QualityOpt = Annotated[Optional[int], typer.Option("--quality", help="dejpeg: JPEG quality 1-100.")]
 PatternOpt = Annotated[str, typer.Option(
     "--pattern", help=f"demosaic: Bayer pattern of the mosaics, {' | '.join(BAYER_PATTERNS)}.")]

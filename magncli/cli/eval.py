@@ -51,6 +51,9 @@ def eval_command(
     ensemble: EnsembleOpt = ENGINE.ensemble,
     tiling: TilingOpt = ENGINE.tiling,
     compile: CompileOpt = ENGINE.compile,
+    blind: Annotated[bool, typer.Option(
+        "--blind", help="Also score each model with a level map not told the level (as `magn restore` "
+                        "runs it without --sigma), as a row of its own: NAME (blind).")] = False,
     quantize: Annotated[bool, typer.Option("--quantize", help="Score outputs rounded to 8 bits.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
 ) -> None:
@@ -64,7 +67,7 @@ def eval_command(
     rows = run_eval(task, set_names, comma_numbers(levels, "--levels"), models, seed=seed,
                     data_root=data_root, options=options, save_images=save_images, quantize=quantize,
                     channels=channels, pattern=pattern, inputs=inputs, sheet=sheet, overwrite=overwrite,
-                    progress=note)
+                    progress=note, blind=blind)
     for table in results_tables(rows):
         stdout_console.print(table)
     # Each row says how it was made, so that the numbers can be regenerated (model cards).

@@ -5,3 +5,4 @@ from magncli.models.registry import build_model, detect_arch, get_arch, list_arc
 from magncli.models import magn  # noqa: F401,E402
 from magncli.models import dagl  # noqa: F401,E402
 from magncli.models import panet  # noqa: F401,E402
+from magncli.models import peers  # noqa: F401,E402

@@ -52,6 +52,11 @@ class ModelFacts:
     level_input: bool = False           # takes one more input plane after the image's channels: the
                                         # degradation level as Task.level_plane encodes it (a JPEG's
                                         # quality); returns the image's channels only
+    level_required: bool = False        # the level map must say the level: "unknown" is refused
+                                        # (FFDNet's map is sigma itself; it has no blind use)
+    context: int = 0                    # its receptive field's reach in pixels, when it is
+                                        # local (a plain CNN): tiles then overlap enough that
+                                        # the blend keeps only pixels it saw in full (0: no bound)
 
 
 # What a module that states nothing gets: any channel count, no grid, no backend to set.
