@@ -364,3 +364,23 @@ def test_no_path_of_this_machine_in_the_published_texts():
     for path in files:
         found = re.search(r"(^|[\s\"'=])/(root|home|work|Users|tmp)/\S*", path.read_text())
         assert not found, f"{path.name}: {found.group(0)}"
+
+
+def test_the_architecture_doc_says_which_graphs_each_shipped_checkpoint_has():
+    """docs/architecture.md's table of graphs, ResBlocks, level map and QK-norm is the files'
+    (read from each file's own keys by the architecture's detector, not from the manifest)."""
+    from magncli.models.registry import detect_arch
+    doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = {}
+    for line in doc.split("## Which graphs the shipped checkpoints have")[1].split("\n## ")[0].splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0].startswith("magn-"):
+            table[cells[0]] = tuple(cells[1:])
+    assert set(table) == {e.name for e in _manifest().entries}
+    for name, row in table.items():
+        state, meta = read_checkpoint(WEIGHTS / f"{name}.safetensors")
+        _, config = detect_arch(state)
+        level = {"denoise": "sigma", "dejpeg": "quality"}[meta["task"]] if config["level_input"] else "no"
+        yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+        assert row == (yes(config["global_graph"]), yes(config["local_graph"]), str(config["n_resblocks"]),
+                       level, yes(config["qk_norm"])), name
