@@ -260,3 +260,23 @@ def test_deepening_keeps_the_function_and_the_new_blocks_learn():
         assert not torch.equal(deep.state_dict()[block + "conv2.weight"], before[block + "conv2.weight"]), block
     with pytest.raises(ValueError, match="not shorten"):
         deepen("magn", deep.state_dict(), deep.config, shallow.state_dict(), TINY["n_resblocks"])
+
+
+def test_growing_the_global_graph_keeps_the_function_and_the_graph_learns():
+    """grow_global_graph (the both-levels variant from its local twin, #34) adds pixel
+    graphs whose value projection is zero: the same output (float64 oracle: the twin's
+    own), and one gradient step moves the value projection (it is not dead)."""
+    from magncli.models.registry import grow_global_graph
+    twin = random_magn("magn-s-local", seed=6, in_channels=1, **TINY).double().eval()
+    both = build_model("magn-s", in_channels=1, **TINY).double()
+    both.load_state_dict(grow_global_graph("magn", twin.state_dict(), twin.config, both.state_dict()))
+    x = torch.rand(2, 1, 24, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert (twin(x) - x).abs().max() > 1e-3
+        torch.testing.assert_close(both.eval()(x), twin(x))
+    both.train()
+    ((both(x) - x.flip(-1)) ** 2).mean().backward()
+    grads = [p.grad for name, p in both.named_parameters() if ".pixel_graph.value." in name]
+    assert grads and all(g is not None and g.abs().max() > 0 for g in grads)
+    with pytest.raises(ValueError, match="already"):
+        grow_global_graph("magn", both.state_dict(), both.config, both.state_dict())

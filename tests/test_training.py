@@ -114,6 +114,16 @@ def test_every_recipe_is_a_valid_config(recipe):
             load_config([recipe, REPO / "train" / "level-map.toml"])
 
 
+@pytest.mark.parametrize("recipe", sorted((REPO / "train" / "recipes").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_checkpoint_recipe_states_a_whole_cpu_run_from_a_published_start(recipe):
+    """train/recipes/NAME.toml: one file per checkpoint's run, loadable alone, validating on
+    held-out training images, and starting from a checkpoint the manifest publishes."""
+    from magncli.weights import load_manifest
+    config = load_config([recipe])
+    assert config.val == "" and config.val_holdout > 0 and config.workers == 0
+    assert config.init_from in {e.name for e in load_manifest(REPO / "weights" / "manifest.json").entries}
+
+
 def test_overrides_replace_their_partner_and_typos_are_errors(tmp_path):
     config = load_config([REPO / "train" / "denoise-gray-blind.toml"], {"sigma": 25, "steps": 7})
     assert config.sigma == 25 and config.sigma_range is None and config.steps == 7
@@ -753,6 +763,15 @@ def test_warm_start_across_channel_counts_converts_head_and_tail(gray_data, tmp_
         for sigma_plane in (-1.0, 0.5):
             mapped = torch.cat([x, torch.full_like(x, sigma_plane)], 1)
             torch.testing.assert_close(told.model.eval()(mapped), shallow.eval()(x), rtol=0, atol=1e-4)
+    # The both-levels network from its local twin (#34): the pixel graph adds zero at first.
+    local = random_magn("magn-s-local", seed=3, in_channels=1, **dict(TINY, n_feats=8))
+    save_checkpoint(tmp_path / "local.safetensors", local, {"step": 5})
+    both_levels = Trainer(tiny_config(gray_data, steps=2, arch="magn-s", model=dict(TINY, n_feats=8),
+                                      init_from=str(tmp_path / "local.safetensors")), tmp_path / "global")
+    assert both_levels.warm_start["converted"] == "global graph added"
+    assert any(".pixel_graph." in k for k in both_levels.model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(both_levels.model.eval()(x), local.eval()(x), rtol=0, atol=1e-4)
     # A deeper file than the run's network is refused, in one line.
     with pytest.raises(MagnError, match="architecture"):
         Trainer(tiny_config(gray_data, steps=2, init_from=str(tmp_path / "shallow.safetensors"),

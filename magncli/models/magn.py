@@ -298,8 +298,23 @@ def _grow_level_input(state: Mapping[str, Tensor], config: dict) -> dict:
     return grown
 
 
+def _grow_global_graph(state: Mapping[str, Tensor], config: dict, fresh: Mapping[str, Tensor]) -> dict:
+    """MAGN weights of a local-graph file for the same network with the pixel graph too,
+    the same function: each new pixel graph (`fresh`'s, a newly built model with it) has its
+    value projection at zero, so it adds 0 to the patch graph's output until training
+    moves it (the global graph's output at zero: #34's fair start from the local twin)."""
+    if config.get("global_graph"):
+        raise ValueError("MAGN weights have the pixel graph already")
+    grown = dict(state)
+    for key, value in fresh.items():
+        if ".pixel_graph." in key:
+            grown[key] = torch.zeros_like(value) if ".pixel_graph.value." in key else value.clone()
+    return grown
+
+
 @register_arch("magn", DEFAULT_CONFIG, detect=_detect_magn, variants=VARIANTS,
-               convert_channels=_convert_channels, deepen=_deepen, grow_level_input=_grow_level_input)
+               convert_channels=_convert_channels, deepen=_deepen, grow_level_input=_grow_level_input,
+               grow_global_graph=_grow_global_graph)
 class MAGN(nn.Module):
     """MAGN: residual CNN with multi-level (pixel + patch) graph attention blocks.
 

@@ -6,6 +6,7 @@ about itself for the inference engine.
     detect_arch(state_dict)                 -> ("dagl", {...config...})
     convert_channels("magn", sd, config, 1) -> the state_dict of a 1-channel twin (warm starts)
     grow_level_input("magn", sd, config)    -> the same function, now also taking a level map (warm starts)
+    grow_global_graph("magn", sd, config, fresh) -> the same function, with the pixel graph at zero (warm starts)
     deepen("magn", sd, config, fresh, 6)    -> the same function with 6 ResBlocks a side (warm starts)
     facts(model)                            -> ModelFacts(in_channels=1, size_multiple=4, ...)
 
@@ -35,6 +36,8 @@ ChannelConverter = Callable[[Mapping[str, torch.Tensor], dict, int], Dict[str, t
 Deepener = Callable[[Mapping[str, torch.Tensor], dict, Mapping[str, torch.Tensor], int], Dict[str, torch.Tensor]]
 # (state_dict, its config) -> the state_dict of the same network taking a level map too.
 LevelInputGrower = Callable[[Mapping[str, torch.Tensor], dict], Dict[str, torch.Tensor]]
+# (state_dict, its config, a fresh model's state_dict) -> the same function with the global graph.
+GlobalGraphGrower = Callable[[Mapping[str, torch.Tensor], dict, Mapping[str, torch.Tensor]], Dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class ArchSpec:
     convert_channels: Optional[ChannelConverter] = None
     deepen: Optional[Deepener] = None
     grow_level_input: Optional[LevelInputGrower] = None
+    grow_global_graph: Optional[GlobalGraphGrower] = None
 
 
 _ARCHS: Dict[str, ArchSpec] = {}
@@ -91,7 +95,8 @@ def register_arch(name: str, default_config: dict, detect: Optional[Detector] = 
                   variants: Optional[Dict[str, dict]] = None,
                   convert_channels: Optional[ChannelConverter] = None,
                   deepen: Optional[Deepener] = None,
-                  grow_level_input: Optional[LevelInputGrower] = None):
+                  grow_level_input: Optional[LevelInputGrower] = None,
+                  grow_global_graph: Optional[GlobalGraphGrower] = None):
     """Decorator: register a model class (or builder function) under `name`."""
 
     def wrap(builder):
@@ -99,7 +104,8 @@ def register_arch(name: str, default_config: dict, detect: Optional[Detector] = 
             raise ValueError(f"architecture {name!r} registered twice")
         _ARCHS[name] = ArchSpec(name, builder, dict(default_config), detect,
                                 (builder.__doc__ or "").strip().split("\n")[0],
-                                dict(variants or {}), convert_channels, deepen, grow_level_input)
+                                dict(variants or {}), convert_channels, deepen, grow_level_input,
+                                grow_global_graph)
         return builder
 
     return wrap
@@ -197,3 +203,15 @@ def grow_level_input(name: str, state_dict: Mapping[str, torch.Tensor], config: 
     if config.get("level_input"):
         raise ValueError(f"{spec.name} weights take a level map already")
     return spec.grow_level_input(state_dict, config)
+
+
+def grow_global_graph(name: str, state_dict: Mapping[str, torch.Tensor], config: dict,
+                      fresh_state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The weights of architecture `name` (config `config`, local graph only) for the same
+    network with the global (pixel) graph, computing the same function: a warm start of the
+    both-levels variant from its local twin. fresh_state: a newly built model with the
+    pixel graph, for the new graph's weights. ValueError where the architecture cannot."""
+    spec = get_arch(name)
+    if spec.grow_global_graph is None:
+        raise ValueError(f"{spec.name} weights cannot grow a global graph")
+    return spec.grow_global_graph(state_dict, config, fresh_state)

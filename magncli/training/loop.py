@@ -54,32 +54,17 @@ from magncli.checkpoints import load_state_dict_strict, read_checkpoint, save_ch
 from magncli.errors import MagnError
 from magncli.fileio import home_as_tilde, write_file_atomic
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
-from magncli.models.registry import (build_model, convert_channels, deepen, facts, grow_level_input,
-                                     resolve_config)
+from magncli.models.registry import build_model, facts
 from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
 from magncli.training.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
 from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EMA, EXPORT_FILE, LATEST_FILE,
                                        LOG_FILE, STATE_FILE, atomic_torch_save, cpu_state, first_warm_start,
                                        hardware_string, read_log, rng_states, set_rng_states)
+from magncli.training.warm_start import filled_config, fit_weights
 from magncli.version import __version__, git_commit
 
 log = logging.getLogger("magn")
-
-def _filled_config(arch: str, config: dict) -> Optional[dict]:
-    """A checkpoint's recorded config with the defaults filled in, so that files written
-    before a config key existed compare equal; None if it does not fit `arch` at all."""
-    try:
-        return resolve_config(arch, **config)[1]
-    except KeyError:
-        return None
-
-
-def _differ_only_in(theirs: dict, own: dict, *keys: str) -> bool:
-    """Whether two configs are the same network but for `keys` (what a warm start converts)."""
-    return ({k: v for k, v in theirs.items() if k not in keys}
-            == {k: v for k, v in own.items() if k not in keys})
-
 
 # --------------------------------------------------------------------------- loss
 
@@ -279,44 +264,13 @@ class Trainer:
         path = resolve_weights(source)
         state, meta = read_checkpoint(path)
         own = self.model.config
-        theirs = _filled_config(self.model.arch, meta["config"]) if meta.get("config") else None
-        converted = None
-        same_arch = meta.get("arch") == self.model.arch and theirs is not None
-        if (same_arch and theirs["in_channels"] != own["in_channels"]
-                and _differ_only_in(theirs, own, "in_channels", "level_input", "n_resblocks")):
-            # The same network for another channel count (a gray JPEG run from the color
-            # model): the architecture converts its head and tail, exactly on gray content.
-            try:
-                state = convert_channels(self.model.arch, state, theirs, own["in_channels"])
-            except ValueError as e:
-                raise MagnError(f"{source}: {e}") from None
-            converted = f"{theirs['in_channels']} -> {own['in_channels']} channels"
-            theirs = dict(theirs, in_channels=own["in_channels"])
-        if (same_arch and not theirs.get("level_input") and own.get("level_input")
-                and _differ_only_in(theirs, own, "level_input", "n_resblocks")):
-            # A level-conditioned model (a denoiser told sigma) from a blind one: the map's
-            # input starts at zero, so it starts from exactly what the file computes.
-            try:
-                state = grow_level_input(self.model.arch, state, theirs)
-            except ValueError as e:
-                raise MagnError(f"{source}: {e}") from None
-            converted = f"{converted}, level map added" if converted else "level map added"
-            theirs = dict(theirs, level_input=True)
-        if (same_arch and theirs.get("n_resblocks", 0) < own.get("n_resblocks", 0)
-                and _differ_only_in(theirs, own, "n_resblocks")):
-            # A deeper network than the file's (more capacity for a run whose validation
-            # stopped gaining): the new blocks start as the identity, so it starts from
-            # exactly what the file computes.
-            try:
-                state = deepen(self.model.arch, state, theirs, self.model.state_dict(), own["n_resblocks"])
-            except ValueError as e:
-                raise MagnError(f"{source}: {e}") from None
-            grown = f"{theirs['n_resblocks']} -> {own['n_resblocks']} ResBlocks a side"
-            converted = f"{converted}, {grown}" if converted else grown
-            theirs = own
-        if meta.get("arch") not in (None, self.model.arch) or (theirs is not None and theirs != own):
+        theirs = filled_config(self.model.arch, meta["config"]) if meta.get("config") else None
+        if meta.get("arch") not in (None, self.model.arch) or (meta.get("config") and theirs is None):
             raise MagnError(f"{source}: its architecture ({meta.get('arch')} {meta.get('config')}) "
                             f"is not this run's ({self.model.arch} {own})")
+        converted = None
+        if theirs is not None:
+            state, converted = fit_weights(self.model.arch, state, theirs, own, self.model.state_dict(), source)
         load_state_dict_strict(self.model, state, source=str(path))
         provenance = meta.get("provenance") or {}
         weights = source if not Path(source).exists() else Path(source).name
