@@ -3,7 +3,7 @@
 The Python API, usable without the command line:
 
     import magncli
-    model = magncli.load_model("magn-dejpeg-color")        # a published name, a path or a URL
+    model = magncli.load_model("magn-s-local-dejpeg-color")  # a published name, a path or a URL
     restored = magncli.restore_array(model, image)          # (H, W, C) float32 in [0, 1]
     rgb = magncli.restore_for_task(model, cfa, "demosaic", pattern="rggb")  # as `magn restore` does
     magncli.restore_file("photo.jpg", "photo_magn.png", task="dejpeg")

@@ -36,7 +36,7 @@ class TestSet:
     note: str = ""
 
 
-# The table of docs/benchmark-protocols.md.
+# The table of docs/protocols.md.
 TEST_SETS: Dict[str, TestSet] = {s.name: s for s in (
     TestSet("Set12", "gray", {"denoise": ("gray",)}),
     TestSet("BSD68", "gray", {"denoise": ("gray",)}),

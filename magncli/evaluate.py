@@ -284,7 +284,7 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
              quantize: bool = False, channels: Optional[str] = None,
              pattern: str = DEFAULT_PATTERN, inputs=None, sheet=None, overwrite: bool = False,
              progress: Optional[Callable[[str], None]] = None, blind: bool = False) -> List[dict]:
-    """Evaluate `models` on `sets` at each level, following docs/benchmark-protocols.md.
+    """Evaluate `models` on `sets` at each level, following docs/protocols.md.
 
     task: a name of tasks.TASKS. sets: set names or folders. levels: sigmas or JPEG
     qualities (defaults per task); demosaic takes `pattern` instead. options: the

@@ -1,4 +1,4 @@
-"""PSNR and SSIM as docs/benchmark-protocols.md defines them.
+"""PSNR and SSIM as docs/protocols.md defines them.
 
 Both take two images of the same shape (HxW or HxWxC, gray or RGB), float on
 [0, data_range] or uint8/uint16, and prepare them the same way (`prepare_pair`):

@@ -1,4 +1,4 @@
-"""PSNR/SSIM against hand computations and the skimage oracle (docs/benchmark-protocols.md)."""
+"""PSNR/SSIM against hand computations and the skimage oracle (docs/protocols.md)."""
 import math
 
 import numpy as np

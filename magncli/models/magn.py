@@ -65,7 +65,7 @@ VARIANTS = {
 
 
 class _QKNorm(nn.Module):
-    """Departure (off in the paper's network and every published checkpoint): the graph
+    """Departure (off in the paper's network; on in the published JPEG checkpoints): the graph
     attention's logits as cosines of query and key times a learned temperature per head,
     at most 100 (QK-norm, as ViT-22B and Swin V2). With plain dot products one patch whose
     features grow large takes every query's attention, and the whole image with it
