@@ -6,6 +6,8 @@ rate (crop + degrade on the fly), so that a slow step is never blamed on the mod
     python benchmarks/bench_train.py                        # the CPU recipe: batch 16, patch 48
     python benchmarks/bench_train.py --archs magn-s,magn-s-local --threads 1 --json out.json
     python benchmarks/bench_train.py --device cuda --batch 32 --patch 64 --archs magn
+    python benchmarks/bench_train.py --recipe train/recipes/magn-s-local-denoise-gray.toml \
+        --json benchmarks/results/train-threads.json   # real runs at 1 and 2 threads
 
 Each configuration runs in its own process (a fresh allocator and thread pool). Weights
 are random: speed does not depend on them. Run it on a quiet machine: two torch
@@ -94,6 +96,32 @@ def measure_data(data: str, batch: int, patch: int, samples: int, threads: int) 
     return {"data": Path(data).name, "patch": patch, "samples_per_s": round(samples / seconds, 1)}
 
 
+def measure_recipe(configs: list, steps: int, threads: int) -> dict:
+    """Samples/s of a real `magn train` run of the recipe `configs` (data, loss, clipping,
+    EMA, logging: everything a step does), over `steps` steps after 100 warm-up steps,
+    with no validation or checkpoint inside the timed span."""
+    import tempfile
+
+    import torch
+
+    from magncli.training.config import load_config
+    from magncli.training.loop import Trainer
+    from magncli.training.runstate import LOG_FILE, read_log
+
+    torch.set_num_threads(threads)
+    warm = 100
+    config = load_config([REPO / c for c in configs],
+                         dict(steps=warm + steps, val_every=10**9, ckpt_every=10**9, log_every=warm,
+                              threads=threads))
+    with tempfile.TemporaryDirectory() as run_dir:
+        Trainer(config, Path(run_dir) / "run").run()
+        rates = [r["samples_per_s"] for r in read_log(Path(run_dir) / "run" / LOG_FILE)
+                 if "samples_per_s" in r and r["step"] > warm]
+    return {"recipe": " + ".join(configs), "threads": threads, "steps": steps,
+            "samples_per_s": round(sum(rates) / len(rates), 1), "arch": config.arch,
+            "compile": config.compile, "precision": config.precision}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", default="magn-tiny-local,magn-s-local,magn-s")
@@ -107,6 +135,11 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--data", default="Train400", help="data pipeline rate on this set ('' to skip)")
+    ap.add_argument("--recipe", action="append", default=[], metavar="TOML",
+                    help="time real `magn train` runs of this recipe (repeatable: later files override) "
+                         "at each of --recipe-threads, instead of the model step alone")
+    ap.add_argument("--recipe-threads", default="1,2")
+    ap.add_argument("--recipe-steps", type=int, default=400)
     ap.add_argument("--json", default="benchmarks/results/train.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -114,7 +147,8 @@ def main() -> None:
     if args.one:
         spec = json.loads(args.one)
         kind = spec.pop("kind")
-        print(json.dumps(measure_step(**spec) if kind == "step" else measure_data(**spec)))
+        measure = {"step": measure_step, "data": measure_data, "recipe": measure_recipe}[kind]
+        print(json.dumps(measure(**spec)))
         return
 
     def child(spec: dict) -> dict:
@@ -122,6 +156,19 @@ def main() -> None:
         if res.returncode != 0:
             return {**spec, "error": (res.stderr.strip().splitlines() or ["failed"])[-1][:200]}
         return json.loads(res.stdout.strip().splitlines()[-1])
+
+    if args.recipe:
+        rows = [child(dict(kind="recipe", configs=args.recipe, steps=args.recipe_steps, threads=int(t)))
+                for t in args.recipe_threads.split(",")]
+        for row in rows:
+            row["speedup"] = round(row["samples_per_s"] / rows[0]["samples_per_s"], 2) if "error" not in row else None
+            print(f"{row.get('recipe')}: {row['threads']} thread(s) "
+                  f"{row.get('samples_per_s', row.get('error'))} samples/s  x{row['speedup']}", flush=True)
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"python": platform.python_version(), "machine": platform.machine(), "command": " ".join(sys.argv)}
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        return
 
     rows = []
     for arch in args.archs.split(","):

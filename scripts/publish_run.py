@@ -38,8 +38,8 @@ from magncli.weights import add_checkpoint  # noqa: E402
 
 EVAL = {  # task, channels -> the sets and baselines of its published tables
     # bm3d (the optional extra) takes about 40 s/MP: add `-m bm3d` for the final tables.
-    ("denoise", 1): "--task denoise --channels gray -m input -m opencv-nlm",
-    ("denoise", 3): "--task denoise --channels color -m input -m opencv-nlm",
+    ("denoise", 1): "--task denoise --channels gray -m input -m opencv-nlm --blind",
+    ("denoise", 3): "--task denoise --channels color -m input -m opencv-nlm --blind",
     ("dejpeg", 1): "--task dejpeg --channels gray --levels 10,20,30,40,50,60,70,80,90,95 -m input",
     ("dejpeg", 3): "--task dejpeg --channels color --levels 10,20,30,40,50,60,70,80,90,95 -m input",
     ("demosaic", 3): "--task demosaic --channels color -m input -m opencv-bilinear -m opencv-ea -m opencv-vng",

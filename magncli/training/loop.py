@@ -194,7 +194,12 @@ class Trainer:
             self.model.set_attention_backend(config.backend)
         self.model.train()
         self.ema = EMA(self.model, config.ema_decay)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=tuple(config.betas))
+        # Fused: one multi-threaded kernel over all the weights, where the default loops over
+        # them in Python, one tensor at a time (15.8 against 3.4 ms a step for the gray
+        # denoiser's 712k weights, one thread): a serial cost that a second thread cannot share.
+        # The same Adam (its state loads either way).
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
+                                          fused=self.device.type in ("cpu", "cuda"))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step, self.best_psnr, self.elapsed_s = 0, -math.inf, 0.0
