@@ -1002,3 +1002,33 @@ def test_the_trained_commit_names_every_session():
     assert Trainer._trained_commit([{"commit": "a"}, {"commit": "b"}, {"commit": "a"}]) == "a, b"
     assert Trainer._trained_commit([{}, {"commit": "b"}]) == "unrecorded, b"
     assert Trainer._trained_commit([{}, {}]) == loop.git_commit()
+
+
+def test_auto_threads_take_the_cores_nothing_else_keeps_busy(monkeypatch):
+    """threads auto: all usable cores on an idle machine, one fewer per core something
+    else keeps busy (half a core or more), never below one; re-read every half minute."""
+    from magncli.training import threads as th
+    assert [th.others_to_threads(o, 2) for o in (0.0, 0.4, 0.6, 1.0, 1.7, 3.0)] == [2, 2, 1, 1, 1, 1]
+    assert [th.others_to_threads(o, 4) for o in (0.0, 1.2, 2.5)] == [4, 3, 1]
+    clock = {"t": 0.0, "busy": 100.0, "own": 10.0}
+    monkeypatch.setattr(th.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(th.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(th, "_busy_seconds", lambda cores: clock["busy"])
+    monkeypatch.setattr(th, "usable_cores", lambda: [0, 1])
+    auto = th.AutoThreads()
+    assert auto.threads() == 2                       # first look: nothing to compare yet
+    clock.update(t=31.0, busy=100.0 + 31 * 2, own=10.0 + 31 * 1)       # someone else uses a core
+    assert auto.threads() == 1
+    clock.update(t=40.0, busy=200.0, own=100.0)                          # within the half minute
+    assert auto.threads() == 1
+    clock.update(t=70.0, busy=200.0 + 30 * 2, own=100.0 + 30 * 2)       # the run alone again
+    assert auto.threads() == 2
+
+
+@pytest.mark.parametrize("value,expected", [("auto", 0), ("2", 2), (None, None)])
+def test_threads_option_takes_a_number_or_auto(value, expected):
+    from magncli.cli.train import _threads
+    assert _threads(value) == expected
+    for bad in ("two", "0", "-1"):
+        with pytest.raises(MagnError, match="--threads"):
+            _threads(bad)

@@ -62,8 +62,9 @@ def train_command(
     compile_step: Annotated[Optional[bool], typer.Option(
         "--compile/--no-compile", help="torch.compile the training forward (faster after a one-off "
                                        "compile; may change on --resume).")] = None,
-    threads: Annotated[Optional[int], typer.Option(
-        "--threads", help="torch threads (default: one per core). 1 for a long run beside other work.")] = None,
+    threads: Annotated[Optional[str], typer.Option(
+        "--threads", help="torch threads, or auto (the default): every core nothing else keeps busy, "
+                          "one fewer while something else runs.")] = None,
     init_from: Annotated[Optional[str], typer.Option(
         "--init-from", help="Warm start: begin from these weights (a file or a published name) with a "
                             "fresh optimizer; recorded in the provenance.")] = None,
@@ -86,7 +87,7 @@ def train_command(
                      qualities=comma_numbers(qualities, "--qualities", int),
                      quality_range=comma_numbers(quality_range, "--quality-range", int),
                      pattern=pattern, val_every=val_every, ckpt_every=ckpt_every, workers=workers,
-                     device=device, precision=precision, seed=seed, threads=threads, compile=compile_step,
+                     device=device, precision=precision, seed=seed, threads=_threads(threads), compile=compile_step,
                      init_from=init_from)
     if resume:
         if out is None:
@@ -136,3 +137,16 @@ def _progress(quiet: bool):
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TextColumn("ETA"), TimeRemainingColumn(),
                     console=console, disable=quiet, transient=True)
+
+
+def _threads(value: Optional[str]) -> Optional[int]:
+    """--threads N, or auto (0 in the recipe: the cores nothing else keeps busy)."""
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else 0
+    try:
+        threads = int(value)
+    except ValueError:
+        raise MagnError(f"--threads takes a number of threads or auto, not {value!r}") from None
+    if threads < 1:
+        raise MagnError(f"--threads takes a number of threads (at least 1) or auto, not {value!r}")
+    return threads

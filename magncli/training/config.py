@@ -121,7 +121,7 @@ class TrainConfig:
     workers: int = 4                      # DataLoader worker processes per rank
     device: str = "auto"
     precision: str = "fp32"               # fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA)
-    threads: int = 0                      # torch threads; 0 = torch's default (one per core)
+    threads: int = 0                      # torch threads; 0 = auto: the cores nothing else keeps busy
     compile: bool = False                 # torch.compile the training forward (11-14% faster on the CPU
                                           # after a ~20 s compile: worth it for long runs)
     backend: Optional[str] = None         # graph-attention backend; None = per device

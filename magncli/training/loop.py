@@ -58,6 +58,7 @@ from magncli.models.registry import build_model, facts
 from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
 from magncli.training.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
+from magncli.training.threads import AutoThreads
 from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EMA, EXPORT_FILE, LATEST_FILE,
                                        LOG_FILE, STATE_FILE, atomic_torch_save, cpu_state, first_warm_start,
                                        hardware_string, read_log, rng_states, set_rng_states)
@@ -169,8 +170,9 @@ class Trainer:
         self.command = command  # the command line that ran this, for the export's provenance
         self.dist = Distributed(config.device)
         self.device = self.dist.device
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        # A number of threads, or auto (0): the cores nothing else keeps busy (threads.py).
+        self.auto_threads = AutoThreads() if not config.threads else None
+        torch.set_num_threads(config.threads or self.auto_threads.current)
         self.amp_dtype = resolve_precision(config.precision, self.device)
         # channels_last: 3x3 convolutions on the CPU run faster in it (oneDNN's layout),
         # in fp32 and more so in bf16 (benchmarks/bench_train.py).
@@ -434,6 +436,17 @@ class Trainer:
         self.ema.update(self.model)
         return loss.item(), grad_norm, grad_norm > limit
 
+    def _follow_the_machine(self) -> None:
+        """With threads auto: take the cores nothing else uses, give one back while
+        something else runs (looked at every half minute); the log says when."""
+        if self.auto_threads is None:
+            return
+        threads = self.auto_threads.threads()
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+            if self.dist.is_main:
+                self._log({"event": "threads", "step": self.step, "threads": threads})
+
     def _clip_limit(self) -> float:
         """The gradient-norm bound of this step: grad_clip, and grad_clip_median times the
         median of the recent norms once there are enough of them. A clipped gradient keeps
@@ -472,6 +485,7 @@ class Trainer:
         val_psnr = None
         fetch_start, cpu_start = time.perf_counter(), time.process_time()
         for degraded, clean in loader:
+            self._follow_the_machine()
             loss, grad_norm, was_clipped = self._train_step(degraded, clean)
             self.step += 1
             losses.append(loss)
