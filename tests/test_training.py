@@ -25,6 +25,7 @@ from magncli.cli.app import app
 from magncli.cli.common import cli_message
 from magncli.degrade import BAYER_PATTERNS, bayer_masks
 from magncli.errors import MagnError
+from magncli.images import Image, write_image
 from magncli.training.config import config_to_toml, load_config, read_recipe
 from magncli.training.data import PatchDataset, StepBatches, make_loader, scale_saturation, scan_images
 from magncli.training.loop import Trainer
@@ -1032,3 +1033,68 @@ def test_threads_option_takes_a_number_or_auto(value, expected):
     for bad in ("two", "0", "-1"):
         with pytest.raises(MagnError, match="--threads"):
             _threads(bad)
+
+
+def test_a_run_without_a_recipe_fits_the_machine_and_the_data(tmp_path):
+    """`magn train --task --data` alone: on a CPU the preset the published checkpoints
+    trained with (not the paper's GPU settings), channels from the photos, a tenth held
+    out; every flag wins over each."""
+    from magncli.training.plain_run import CPU_PRESET, is_color, plain_settings
+    from cli_testkit import make_images
+    folder = tmp_path / "photos"
+    make_images(folder, n=20, size=(40, 48))                                  # color
+    images = sorted(folder.iterdir())
+    flags = dict(task="denoise", data=str(folder), sigma_range=[0, 55], channels=None, batch=None)
+    cpu = plain_settings(flags, on_cpu=True, native_bf16=True, images=images, is_color=is_color)
+    assert {k: cpu[k] for k in CPU_PRESET} == CPU_PRESET and cpu["precision"] == "bf16"
+    assert cpu["channels"] == 3 and cpu["val_holdout"] == 2 and cpu["sigma_range"] == [0, 55]
+    short = plain_settings(dict(flags, steps=200), on_cpu=True, native_bf16=True, images=images, is_color=is_color)
+    assert short["warmup_steps"] == 20                      # a tenth of a short run, not the preset's 500
+    assert plain_settings(flags, on_cpu=True, native_bf16=False, images=images, is_color=is_color)["precision"] == "fp32"
+    gpu = plain_settings(dict(flags, channels=1, batch=8), on_cpu=False, native_bf16=False, images=images,
+                         is_color=is_color)
+    assert gpu["channels"] == 1 and gpu["batch"] == 8 and "arch" not in gpu      # the paper's network
+    gray = tmp_path / "gray"
+    gray.mkdir()
+    for i in range(3):
+        write_image(gray / f"{i}.png", Image(np.full((16, 16, 3), 0.25 * i, np.float32)))   # R = G = B
+    assert plain_settings(flags, on_cpu=True, native_bf16=True, images=sorted(gray.iterdir()),
+                          is_color=is_color)["channels"] == 1
+    assert "val_holdout" not in plain_settings(flags, on_cpu=True, native_bf16=True,
+                                               images=sorted(gray.iterdir()), is_color=is_color)
+
+
+def test_a_warm_up_longer_than_the_run_is_said(gray_data):
+    from magncli.training.plain_run import warnings_for
+    assert warnings_for(tiny_config(gray_data, steps=300, warmup_steps=500))[0].startswith("the warm-up (500 steps)")
+    assert warnings_for(tiny_config(gray_data, steps=300, warmup_steps=300, schedule="cosine")) != []
+    assert warnings_for(tiny_config(gray_data, steps=600, warmup_steps=500, schedule="cosine")) == []
+    recipe = gray_data.parent / "long-warm-up.toml"
+    recipe.write_text("warmup_steps = 500\n")
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--task", "denoise", "--data", str(gray_data),
+                                 "--sigma", "25", "--arch", "magn-tiny-local", "--batch", "2", "--patch", "16",
+                                 "--workers", "0", "--steps", "2", "--out", str(gray_data.parent / "short"), "-q"])
+    assert "warning: the warm-up (500 steps) is as long as the run (2 steps)" in result.output
+
+
+def test_a_run_too_big_for_the_memory_is_refused_before_its_first_step(gray_data, tmp_path, monkeypatch):
+    """The estimate (saved activations of one sample x batch, weights x 5, the data per
+    loader) against the memory available: refused in one line, nothing trained."""
+    from magncli.training import memory
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**30)
+    Trainer(tiny_config(gray_data, batch=2, patch=32), tmp_path / "fits")         # tiny: fits in 1 GiB
+    config = tiny_config(gray_data, batch=64, patch=32)
+    per_sample = None
+
+    def measured(model, sample, amp_dtype):
+        nonlocal per_sample
+        per_sample = real(model, sample, amp_dtype)
+        return per_sample
+    real = memory.saved_activation_bytes
+    monkeypatch.setattr(memory, "saved_activation_bytes", measured)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
+    with pytest.raises(MagnError, match=r"would need about .* GB .* lower batch= \(64\)"):
+        Trainer(config, tmp_path / "too-big")
+    # Oracle: a (1, 8, 32, 32) float32 feature map is saved at least once per conv input.
+    assert per_sample >= 8 * 32 * 32 * 4
+    assert not (tmp_path / "too-big" / "state_latest.pt").exists()

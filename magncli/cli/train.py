@@ -79,6 +79,7 @@ def train_command(
     """Train a restoration model; writes checkpoints, log.jsonl, curves.png and export.safetensors."""
     from magncli.training.config import load_config
     from magncli.training.loop import Trainer
+    from magncli.training.plain_run import warnings_for
     from magncli.training.runstate import EXPORT_FILE, load_run_config
 
     overrides = dict(task=task, data=data, val=val, arch=arch, channels=channels, batch=batch,
@@ -105,7 +106,11 @@ def train_command(
             raise MagnError("--export writes the export of an existing run: give --resume --out RUNDIR")
         if not configs and task is None:
             raise MagnError("give --config RECIPE (see train/) or at least --task and --data")
+        if not configs:      # no recipe: settings for this machine and these photos
+            overrides = _plain_run_settings(overrides)
         config = load_config(configs, overrides)
+        for warning in warnings_for(config):
+            note(f"warning: {warning}")
         if out is None:
             name = configs[-1].stem if configs else config.task
             out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -150,3 +155,20 @@ def _threads(value: Optional[str]) -> Optional[int]:
     if threads < 1:
         raise MagnError(f"--threads takes a number of threads (at least 1) or auto, not {value!r}")
     return threads
+
+
+def _plain_run_settings(flags: dict) -> dict:
+    """A run with no recipe: the machine's CPU preset, the data's channels, a held-out
+    split (magncli/training/plain_run.py), where the flags are silent."""
+    from magncli.datasets import list_images
+    from magncli.inference import cpu_has_native_bf16, resolve_device
+    from magncli.training.data import resolve_data_folder
+    from magncli.training.plain_run import is_color, plain_settings
+    images = list_images(resolve_data_folder(flags.get("data") or ""))
+    on_cpu = resolve_device(flags.get("device") or "auto").type == "cpu"
+    settings = plain_settings(flags, on_cpu=on_cpu, native_bf16=on_cpu and cpu_has_native_bf16(),
+                              images=images, is_color=is_color)
+    note(f"no recipe: {settings.get('arch', 'magn')}, {settings['channels']} channel(s), batch "
+         f"{settings.get('batch', 32)}, patch {settings.get('patch', 64)}, "
+         f"{settings.get('precision', 'fp32')}, {settings.get('val_holdout', 0)} image(s) held out for validation")
+    return settings

@@ -230,6 +230,7 @@ class PatchDataset(Dataset):
     def __init__(self, paths: List[Path], config: TrainConfig):
         self.paths = list(paths)
         self.pixels = [read_image(path).pixels for path in self.paths]        # (H, W, C) each
+        self.nbytes = sum(p.nbytes for p in self.pixels)     # held once per loader process
         self.patch, self.channels, self.task = config.patch, config.channels, config.task
         self.seed = config.seed
         self.saturation_range, self.saturation_share = config.saturation_range, config.saturation_share
