@@ -32,6 +32,7 @@ import errno
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -200,10 +201,26 @@ def lock_path(path: PathLike) -> Path:
     return path.with_name(f".{_short_name(path.name)}{LOCK_SUFFIX}")
 
 
+def _open_lock(lock: Path) -> int:
+    """Open (or make) the claim file itself, never what a name planted in its place points
+    to: a symbolic link there would have us empty its target and write a PID into it."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(lock, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise MagnError(f"{lock}: is a symbolic link, not a magn claim; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):        # a FIFO or device planted there
+        os.close(fd)
+        raise MagnError(f"{lock}: is not a regular file, not a magn claim; remove it")
+    return fd
+
+
 def _try_lock(lock: Path) -> Optional[int]:
     """An fd holding `lock` (flock, exclusive), or None when a live process holds it."""
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(lock)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -215,7 +232,7 @@ def _try_lock(lock: Path) -> Optional[int]:
         # The holder before us removes the file before it unlocks: if the name now
         # points elsewhere (or nowhere), we locked a removed file; start again.
         try:
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            same = os.path.samestat(os.fstat(fd), os.lstat(lock))
         except FileNotFoundError:
             same = False
         if same:
@@ -349,7 +366,7 @@ def remove_stale_temporaries(paths: Iterable[PathLike]) -> List[Path]:
 def _remove_unheld_lock(lock: Path) -> None:
     try:
         fd = _try_lock(lock)
-    except OSError:
+    except (OSError, MagnError):    # not ours to remove (a planted link): the claim says so
         return
     if fd is not None:
         _release(lock, fd)
