@@ -304,6 +304,30 @@ def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     _release(lock, fd)
 
 
+def hold_claim(path: PathLike) -> Optional[int]:
+    """claim_output's claim of `path` (a folder too) for work that outlives one block, such
+    as a training run: the fd to pass to `drop_claim`. MagnError if another live process
+    holds it. None where there is no flock (not POSIX)."""
+    path = Path(path)
+    if fcntl is None:
+        return None
+    try:
+        _make_parents(path.parent)
+        fd = _try_lock(lock_path(path))
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+    if fd is None:
+        raise MagnError(f"{path}: in use by another magn process ({_lock_owner(lock_path(path))})")
+    os.ftruncate(fd, 0)
+    os.write(fd, _owner().encode())
+    return fd
+
+
+def drop_claim(path: PathLike, fd: Optional[int]) -> None:
+    if fd is not None:
+        _release(lock_path(path), fd)
+
+
 def _release(lock: Path, fd: int) -> None:
     try:
         lock.unlink(missing_ok=True)      # before unlocking: see _try_lock

@@ -969,3 +969,57 @@ def test_the_trained_commit_names_every_session():
     assert Trainer._trained_commit([{"commit": "a"}, {"commit": "b"}, {"commit": "a"}]) == "a, b"
     assert Trainer._trained_commit([{}, {"commit": "b"}]) == "unrecorded, b"
     assert Trainer._trained_commit([{}, {}]) == loop.git_commit()
+
+
+# --------------------------------------------------------------------------- run folders (#37)
+
+def test_a_new_run_never_writes_over_a_trained_run_whose_resume_point_is_gone(gray_data, tmp_path, one_thread):
+    run = tmp_path / "run"
+    Trainer(tiny_config(gray_data, steps=4), run).run()
+    (run / STATE_FILE).unlink()                   # a finished run, pruned to its weights
+    kept = {n: (run / n).read_bytes() for n in (EXPORT_FILE, LATEST_FILE, LOG_FILE)}
+    with pytest.raises(MagnError, match="holds a trained run"):
+        Trainer(tiny_config(gray_data, steps=4), run)
+    assert {n: (run / n).read_bytes() for n in kept} == kept
+
+
+def test_a_folder_that_is_not_a_run_is_never_written_over(gray_data, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / CONFIG_FILE).write_text("my settings")
+    (mine / LOG_FILE).write_text("my diary")
+    result = runner.invoke(app, ["train", "--task", "denoise", "--data", str(gray_data), "--sigma", "25",
+                                 "--arch", "magn-tiny-local", "--steps", "2", "--batch", "2", "--patch", "16",
+                                 "--workers", "0", "--out", str(mine), "--quiet"])
+    assert isinstance(result.exception, MagnError) and "not a magn run folder" in str(result.exception)
+    assert (mine / CONFIG_FILE).read_text() == "my settings" and (mine / LOG_FILE).read_text() == "my diary"
+    assert sorted(os.listdir(mine)) == [CONFIG_FILE, LOG_FILE]
+
+
+def test_a_run_folder_is_claimed_while_it_trains_and_a_legacy_run_still_resumes(gray_data, tmp_path, one_thread):
+    from magncli.fileio import lock_path
+    from magncli.training.runstate import MARKER_FILE
+    run = tmp_path / "run"
+    Trainer(tiny_config(gray_data, steps=6, ckpt_every=3), run).run(until=3)
+    assert (run / MARKER_FILE).is_file() and not lock_path(run).exists()
+    (run / MARKER_FILE).unlink()                  # as a run folder made before the marker
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from magncli.fileio import claim_output
+with claim_output({str(run)!r}, overwrite=True):
+    print("held", flush=True)
+    time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        log_before = (run / LOG_FILE).read_bytes()
+        with pytest.raises(MagnError, match="in use by another magn process"):
+            Trainer(load_run_config(run), run, resume=True)
+        assert (run / LOG_FILE).read_bytes() == log_before
+    finally:
+        holder.kill()
+        holder.wait()
+    resumed = Trainer(load_run_config(run), run, resume=True)
+    assert resumed.step == 3 and lock_path(run).exists()
+    resumed.run()
+    assert resumed.step == 6 and not lock_path(run).exists() and (run / MARKER_FILE).is_file()
