@@ -5,6 +5,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from magncli.cli.app import app
 from magncli.datasets import load_image
@@ -114,3 +115,16 @@ def test_degrade_of_a_bomb_is_one_line_and_writes_nothing(tmp_path):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {bomb}: too large")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999"])
+def test_a_seed_numpy_cannot_take_is_one_line_and_writes_nothing(tmp_path, seed):
+    """Issue #37: RandomState's ValueError came out as a traceback."""
+    make_images(tmp_path / "clean", color=False)
+    result = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "denoise", "--sigma", "25",
+                                 "--seed", seed, "-o", str(tmp_path / "out")])
+    user_error(result, "seed must be an integer from 0 to 4294967295")
+    assert not (tmp_path / "out").exists()
+    ok = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "denoise", "--sigma", "25",
+                             "--seed", "4294967295", "-o", str(tmp_path / "out")])
+    assert ok.exit_code == 0, ok.output

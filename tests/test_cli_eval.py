@@ -194,3 +194,11 @@ def test_eval_refuses_an_empty_or_malformed_list(tmp_path, option, value, monkey
     args = ["eval", "--task", "denoise", "--sets", "Set12", "--levels", "25"]
     args[args.index(option) + 1] = value
     user_error(runner.invoke(app, args), option, repr(value))
+
+
+def test_an_out_of_range_seed_is_one_line(tmp_path):
+    folder = tmp_path / "set"
+    make_images(folder)
+    for seed in ("-1", str(2 ** 32)):
+        user_error(runner.invoke(app, ["eval", "--task", "denoise", "--levels", "25", "--sets", str(folder),
+                                       "--seed", seed]), "seed must be an integer from 0 to 4294967295")

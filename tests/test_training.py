@@ -1023,3 +1023,39 @@ with claim_output({str(run)!r}, overwrite=True):
     assert resumed.step == 3 and lock_path(run).exists()
     resumed.run()
     assert resumed.step == 6 and not lock_path(run).exists() and (run / MARKER_FILE).is_file()
+
+
+@pytest.mark.parametrize("settings, words", [
+    (dict(seed=-1), "seed must be an integer from 0 to 4294967295"),
+    (dict(seed=2 ** 32), "seed must be an integer from 0 to 4294967295"),
+    (dict(val_seed=-3), "val_seed must be an integer"),
+    (dict(lr="1e-4"), "lr must be a finite number, not '1e-4'"),
+    (dict(steps=[10]), "steps must be an integer, not [10]"),
+    (dict(channels="1"), "channels must be an integer, not '1'"),
+    (dict(sigma_range="0,55", sigma=None), "sigma_range must be a list of finite numbers (or absent)"),
+    (dict(compile="yes"), "compile must be true or false"),
+    (dict(model=3), "model must be a table"),
+    (dict(schedule="cosine", min_lr=-1e-3), "min_lr must be >= 0"),
+    (dict(schedule="multistep", milestones=[5], gamma=-0.5), "gamma must be > 0"),
+])
+def test_recipe_values_of_the_wrong_type_or_range_are_one_line_before_any_folder(tmp_path, gray_data,
+                                                                                 settings, words):
+    """Issue #37: text for a number, a list for a scalar and seeds numpy refuses were
+    tracebacks (after making the run folder); a negative min_lr or gamma trained with a
+    negative learning rate."""
+    recipe = tmp_path / "bad.toml"
+    base = dict(task="denoise", data=str(gray_data), sigma=25, steps=2, batch=2, patch=16, workers=0,
+                arch="magn-tiny-local")
+    base.update(settings)
+    recipe.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in base.items() if v is not None) + "\n")
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    assert isinstance(result.exception, MagnError), result.output
+    assert words in str(result.exception) and "\n" not in str(result.exception)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_command_line_seed_out_of_range_is_refused(tmp_path, gray_data):
+    result = runner.invoke(app, ["train", "--task", "denoise", "--data", str(gray_data), "--sigma", "25",
+                                 "--seed", "-1", "--out", str(tmp_path / "run"), "--quiet"])
+    assert isinstance(result.exception, MagnError) and "seed must be" in str(result.exception)
+    assert not (tmp_path / "run").exists()
