@@ -1,5 +1,6 @@
 """`magn degrade` through the Typer app, on images the tests make."""
 import json
+import os
 import subprocess
 import sys
 
@@ -128,3 +129,14 @@ def test_a_seed_numpy_cannot_take_is_one_line_and_writes_nothing(tmp_path, seed)
     ok = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "denoise", "--sigma", "25",
                              "--seed", "4294967295", "-o", str(tmp_path / "out")])
     assert ok.exit_code == 0, ok.output
+
+
+def test_degrading_a_folder_into_itself_never_replaces_the_originals(tmp_path):
+    """Issue #37: `magn degrade DIR -o DIR --overwrite` replaced the clean files."""
+    sources = make_images(tmp_path / "clean", color=False)
+    before = {p: p.read_bytes() for p in sources}
+    result = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "denoise", "--sigma", "25",
+                                 "-o", str(tmp_path / "clean"), "--overwrite"])
+    user_error(result, "is an input", "clean original")
+    assert {p: p.read_bytes() for p in sources} == before
+    assert sorted(os.listdir(tmp_path / "clean")) == sorted(p.name for p in sources)
