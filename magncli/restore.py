@@ -58,7 +58,19 @@ def _expand(arg: str, recursive: bool) -> Tuple[List[Path], Path]:
         prefix = arg[:min(i for i, ch in enumerate(arg) if ch in "*?[")]
         base = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
         return files, base
+    if path.exists():   # a FIFO, socket or device: reading one could block or never end
+        raise MagnError(f"{arg}: not a regular file or folder")
     raise MagnError(f"{arg}: no such file, folder or matching pattern")
+
+
+def _inside_output(src: Path, base: Path, out_dir: Optional[str]) -> bool:
+    """Whether `src` lies in an output folder placed inside the input folder `base`: those
+    are this tool's outputs, and with an empty suffix nothing else tells them apart (every
+    rerun of `-r` would restore the last run's outputs again)."""
+    if out_dir is None:
+        return False
+    out, base = Path(out_dir).resolve(), base.resolve()
+    return out != base and out.is_relative_to(base) and src.parent.resolve().is_relative_to(out)
 
 
 def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str = "_magn",
@@ -83,6 +95,8 @@ def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str 
             continue
         for src in files:
             if from_folder and suffix and src.stem.endswith(suffix):
+                continue
+            if from_folder and _inside_output(src, base, out_dir):
                 continue
             out_ext = "." + ext.lstrip(".") if ext else src.suffix
             name = src.stem + suffix + out_ext

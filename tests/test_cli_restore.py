@@ -495,3 +495,25 @@ def test_a_model_that_breaks_down_on_an_image_writes_nothing(tmp_path, ckpt):
     sane = save_checkpoint(tmp_path / "sane.safetensors", model)
     assert _run(tmp_path / "a.png", "-t", "denoise", "-w", sane, "-q").exit_code == 0
     assert (tmp_path / "a_magn.png").is_file()
+
+
+def test_an_output_folder_inside_the_input_tree_is_never_restored_again(tmp_path, ckpt):
+    """Issue #37: with `-r`, `-o` inside the input and an empty suffix, every rerun
+    restored the last run's outputs (out/x.png -> out/out/x.png, and so on)."""
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    _img(src / "x.png", (16, 16, 1))
+    _img(src / "sub" / "y.png", (12, 20, 1))
+    args = (src, "-r", "-t", "denoise", "-w", ckpt[1], "-o", src / "out", "--suffix", "", "-q")
+    assert _run(*args).exit_code == 0
+    again = _run(*args, "--overwrite")
+    assert again.exit_code == 0, again.output
+    written = sorted(str(p.relative_to(src)) for p in src.rglob("*.png"))
+    assert written == ["out/sub/y.png", "out/x.png", "sub/y.png", "x.png"]
+
+
+def test_a_fifo_is_named_as_what_it_is(tmp_path, ckpt):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    res = _run(fifo, "-t", "denoise", "-w", ckpt[1], "-q")
+    assert res.exit_code != 0 and "not a regular file" in res.output and "no such file" not in res.output
