@@ -42,7 +42,22 @@ from magncli.fileio import atomic_write_bytes
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
                  ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP"}
-MAX_PIXELS = int(os.environ.get("MAGN_MAX_PIXELS", str(400_000_000)))
+DEFAULT_MAX_PIXELS = 400_000_000
+
+
+def _max_pixels_setting(text: Optional[str]) -> Optional[int]:
+    """MAGN_MAX_PIXELS as a positive int; None for a value that is not one (read at import:
+    raising here would break every command, `--version` included; _limit() says it)."""
+    if text is None or not text.strip():
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text.strip().replace("_", ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+MAX_PIXELS = _max_pixels_setting(os.environ.get("MAGN_MAX_PIXELS"))
 # Deflate cannot compress more than 1032:1, so a PNG holds at most this many bytes of
 # (filtered) pixel rows per byte of file; a header that declares more is a lie.
 _PNG_MAX_RATIO = 1100
@@ -148,9 +163,17 @@ def declared_pixels(path) -> Optional[int]:
         return None
 
 
+def _limit() -> int:
+    """MAX_PIXELS, or the one-line error of a MAGN_MAX_PIXELS that is not a pixel count."""
+    if MAX_PIXELS is None:
+        raise MagnError(f"MAGN_MAX_PIXELS must be a positive whole number of pixels, "
+                        f"got {os.environ.get('MAGN_MAX_PIXELS', '')!r}")
+    return MAX_PIXELS
+
+
 def _check_size(w: int, h: int) -> None:
     """The one size rule, from a header's width and height, before any pixel is decoded."""
-    if w * h > MAX_PIXELS:
+    if w * h > _limit():
         raise _too_large(w * h, f"{w}x{h}")
     if w == 0 or h == 0:
         raise MagnError("image has no pixels")
@@ -158,13 +181,13 @@ def _check_size(w: int, h: int) -> None:
 
 def _too_large(pixels: int, size: str = "") -> MagnError:
     return MagnError(f"too large: {size + ' = ' if size else ''}{pixels:,} pixels, over the "
-                     f"limit of {MAX_PIXELS:,} (width x height; set MAGN_MAX_PIXELS to raise it)")
+                     f"limit of {_limit():,} (width x height; set MAGN_MAX_PIXELS to raise it)")
 
 
 def _bomb_pixels(error: Exception) -> int:
     """The pixel count in Pillow's DecompressionBombError ("Image size (N pixels) ...")."""
     found = re.search(r"\((\d+) pixels\)", str(error))
-    return int(found.group(1)) if found else 2 * MAX_PIXELS + 1
+    return int(found.group(1)) if found else 2 * _limit() + 1
 
 
 def _png_declared_bytes(data: bytes, w: int, h: int) -> int:
@@ -178,8 +201,9 @@ def decode_image(data: bytes) -> Image:
     # Pillow's bomb check uses the same limit as magn's, so that there is one rule, and
     # truncated data is an error even if another library told Pillow to pad it; the
     # caller's own settings are put back afterwards.
+    limit = _limit()
     saved = PILImage.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    PILImage.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = MAX_PIXELS, False
+    PILImage.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = limit, False
     try:
         return _decode(data)
     finally:

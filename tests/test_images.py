@@ -294,3 +294,23 @@ def test_several_frames_or_pages_are_refused_never_dropped(tmp_path, name):
     _one_line_error(path, "3 frames or pages", "single-frame")
     hostile_kit.frames(1)[0].save(tmp_path / f"one{path.suffix}")
     assert read_image(tmp_path / f"one{path.suffix}").pixels.shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1e9"])
+def test_a_max_pixels_setting_that_is_not_a_count_is_one_line_and_spares_other_commands(tmp_path, value):
+    """Issue #37: MAGN_MAX_PIXELS=abc crashed every command at import, --version included."""
+    import subprocess
+    import sys
+    path = write_image(tmp_path / "p.png", Image(_rand((8, 8, 1))))
+    env = dict(os.environ, MAGN_MAX_PIXELS=value)
+    version = subprocess.run([sys.executable, "-m", "magncli", "--version"], env=env, capture_output=True, text=True)
+    assert version.returncode == 0 and "Traceback" not in version.stderr
+    res = subprocess.run([sys.executable, "-m", "magncli", "degrade", str(path), "-t", "denoise", "--sigma", "5",
+                          "-o", str(tmp_path / "out")], env=env, capture_output=True, text=True)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert f"MAGN_MAX_PIXELS must be a positive whole number of pixels, got '{value}'" in res.stderr
+
+
+def test_max_pixels_accepts_underscores_as_python_does():
+    from magncli.images import _max_pixels_setting
+    assert _max_pixels_setting("1_000") == 1000 and _max_pixels_setting(None) == 400_000_000
