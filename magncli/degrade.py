@@ -73,7 +73,7 @@ def gaussian_noise_torch(x, sigma_per_image, generator=None):
 # --------------------------------------------------------------------------- JPEG
 
 def check_quality(quality: int) -> None:
-    if int(quality) != quality or not 1 <= quality <= 100:
+    if not np.isfinite(quality) or int(quality) != quality or not 1 <= quality <= 100:   # int(nan) raises
         raise MagnError(f"JPEG quality must be an integer from 1 to 100, got {quality:g}")
 
 

@@ -273,3 +273,18 @@ def test_malformed_result_rows_are_one_line_and_the_manifest_stays(wenv, tiny_ch
     assert isinstance(result.exception, MagnError), result.output
     assert words in str(result.exception) and str(results) in str(result.exception)
     assert wenv.manifest_path.read_text() == before
+
+
+@pytest.mark.parametrize("task, levels, words", [
+    ("denoise", "nan", "'nan' is not a finite number"),
+    ("denoise", "15,inf", "'inf' is not a finite number"),
+    ("dejpeg", "nan", "'nan' is not a finite number"),
+    ("dejpeg", "0", "JPEG quality must be an integer from 1 to 100"),
+])
+def test_levels_that_are_not_finite_never_reach_the_manifest(wenv, tiny_checkpoint, task, levels, words):
+    """Issue #37: `--levels nan` wrote NaN into manifest.json, which no JSON reader takes."""
+    before = wenv.manifest_path.read_text()
+    bad = magn("add", str(tiny_checkpoint), "--name", "x", "--task", task, "--levels", levels)
+    assert isinstance(bad.exception, MagnError) and words in str(bad.exception), bad.output
+    assert wenv.manifest_path.read_text() == before
+    json.loads(wenv.manifest_path.read_text())

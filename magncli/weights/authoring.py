@@ -38,6 +38,9 @@ def parse_levels(task: str, text: Optional[str]) -> dict:
             v = float(s)
         except ValueError:
             raise MagnError(f"levels={text!r}: {s!r} is not a number") from None
+        if not math.isfinite(v):        # json.dumps would write NaN: an invalid manifest
+            raise MagnError(f"levels={text!r}: {s!r} is not a finite number")
+        get_task(task).check_level(v)   # a sigma below 0, a quality of 0: the task's own words
         return int(v) if v.is_integer() else v
 
     text = text.strip()
