@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from magncli.checkpoints import save_checkpoint
@@ -517,3 +518,46 @@ def test_a_fifo_is_named_as_what_it_is(tmp_path, ckpt):
     os.mkfifo(fifo)
     res = _run(fifo, "-t", "denoise", "-w", ckpt[1], "-q")
     assert res.exit_code != 0 and "not a regular file" in res.output and "no such file" not in res.output
+
+
+def _rewritten(path, out, tensors=None, config=None):
+    """The checkpoint `path` saved again as `out` with its tensors and/or config changed."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    state = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["magn"])
+    if tensors:
+        state = {k: tensors(v) for k, v in state.items()}
+    if config:
+        meta["config"].update(config)
+    save_file(state, str(out), metadata={"magn": json.dumps(meta)})
+    return out
+
+
+def test_a_checkpoint_of_integer_tensors_is_refused_not_run_as_the_identity(tmp_path, ckpt):
+    """Issue #37: integer weights were cast to float (mostly zeros) and the image came
+    back unchanged, with exit 0."""
+    _img(tmp_path / "a.png", (12, 12, 1))
+    bad = _rewritten(ckpt[1], tmp_path / "int.safetensors", tensors=lambda v: v.to(torch.int32))
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", bad, "-q")
+    assert res.exit_code == 1 and not (tmp_path / "a_magn.png").exists()
+    (line,) = res.stderr.splitlines()
+    assert str(bad) in line and "not floating-point" in line and "int32" in line
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"heads": 0}, "heads of magn must be an integer >= 1, not 0"),
+    ({"n_feats": "8"}, "n_feats of magn must be an integer >= 1, not '8'"),
+    ({"patch_stride": 0}, "patch_stride of magn must be an integer >= 1, not 0"),
+    ({"global_graph": 1}, "global_graph of magn must be true or false, not 1"),
+])
+def test_impossible_config_values_in_a_checkpoint_name_the_file_not_the_image(tmp_path, ckpt, config, words):
+    """Issue #37: a TypeError or ZeroDivisionError, said as if the image were at fault."""
+    _img(tmp_path / "a.png", (12, 12, 1))
+    bad = _rewritten(ckpt[1], tmp_path / "cfg.safetensors", config=config)
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", bad, "-q")
+    assert res.exit_code == 1
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"error: {bad}: ") and words in line, line
+    assert "Error" not in line
