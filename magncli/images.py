@@ -247,7 +247,7 @@ def _decode(data: bytes) -> Image:
             exif = pil.getexif()
             orientation = exif.get(_ORIENTATION_TAG, 1)
             if _is_high_depth(data, pil):
-                pixels, alpha = _decode_opencv(data)
+                pixels, alpha = _decode_opencv(data, gray=_declares_gray(data, pil))
                 pixels, alpha = _apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation)
             else:
                 pixels, alpha = _decode_pillow(pil)
@@ -293,11 +293,23 @@ def _is_high_depth(data: bytes, pil: PILImage.Image) -> bool:
     return pil.mode in ("I;16", "I;16B", "I;16L", "I", "F")
 
 
+def _declares_gray(data: bytes, pil: PILImage.Image) -> bool:
+    """Whether the file says its samples are gray (OpenCV expands gray + alpha to BGRA)."""
+    if pil.format == "PNG" and len(data) > 25:
+        return data[25] in (0, 4)             # IHDR colour type: gray, gray + alpha
+    if pil.format == "TIFF":
+        return pil.tag_v2.get(262) in (0, 1)  # photometric: WhiteIsZero, BlackIsZero
+    return False
+
+
 def _decode_pillow(pil: PILImage.Image):
     """8-bit decode: orientation applied, palette/1-bit/CMYK mapped to gray or RGB(A)."""
     pil = ImageOps.exif_transpose(pil)
     mode = pil.mode
-    if mode == "P":
+    if mode in ("L", "RGB", "1") and "transparency" in pil.info:
+        # A tRNS chunk (one gray level or colour that is transparent) is alpha too.
+        mode = "LA" if mode in ("L", "1") else "RGBA"
+    elif mode == "P":
         mode = "RGBA" if "transparency" in pil.info else "RGB"
     elif mode == "PA":
         mode = "RGBA"
@@ -347,12 +359,14 @@ def _decode_tiff_opencv(data: bytes) -> Image:
                  None, None, "TIFF", None)
 
 
-def _decode_opencv(data: bytes):
+def _decode_opencv(data: bytes, gray: bool = False):
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise MagnError("cannot decode this 16-bit/float image; the file may be truncated")
     if arr.ndim == 2:
         return arr[..., None], None
+    if gray and arr.shape[2] in (3, 4):       # gray (+ alpha) that OpenCV made BGR(A)
+        return np.ascontiguousarray(arr[..., :1]), (np.ascontiguousarray(arr[..., 3]) if arr.shape[2] == 4 else None)
     if arr.shape[2] == 1:
         return arr, None
     if arr.shape[2] == 2:                     # gray + alpha
@@ -427,6 +441,11 @@ def encode_image(image: Image, ext: str, jpeg_quality: int = 95) -> bytes:
         alpha = None if alpha is None else from_float(to_float(alpha), np.uint8)
     if pixels.dtype == np.uint8:
         return _encode_pillow(pixels, alpha, fmt, image.icc_profile, image.exif, jpeg_quality)
+    if fmt == "PNG" and pixels.shape[2] == 1 and alpha is not None:
+        data = _png16_gray_alpha(pixels[..., 0], alpha)    # neither OpenCV nor Pillow writes it
+        return _png_add_chunks(data, image.icc_profile, image.exif)
+    if pixels.shape[2] == 1 and alpha is not None:         # a TIFF: OpenCV writes 1, 3 or 4 samples
+        pixels = np.repeat(pixels, 3, axis=2)
     data = _encode_opencv(pixels, alpha, ext)
     if fmt == "PNG":
         data = _png_add_chunks(data, image.icc_profile, image.exif)
@@ -464,6 +483,15 @@ def _encode_opencv(pixels, alpha, ext) -> bytes:
     if not ok:
         raise MagnError(f"OpenCV could not encode a {pixels.dtype} image as {ext}")
     return buf.tobytes()
+
+
+def _png16_gray_alpha(gray: np.ndarray, alpha: np.ndarray) -> bytes:
+    """A 16-bit gray + alpha PNG (colour type 4), rows unfiltered."""
+    h, w = gray.shape
+    samples = np.dstack([gray, alpha]).astype(">u2").reshape(h, w * 2)
+    rows = np.hstack([np.zeros((h, 1), np.uint8), samples.view(np.uint8)])   # filter type 0 per row
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -314,3 +314,46 @@ def test_a_max_pixels_setting_that_is_not_a_count_is_one_line_and_spares_other_c
 def test_max_pixels_accepts_underscores_as_python_does():
     from magncli.images import _max_pixels_setting
     assert _max_pixels_setting("1_000") == 1000 and _max_pixels_setting(None) == 400_000_000
+
+
+def _png(width, height, depth, color, rows: bytes, *chunks) -> bytes:
+    """A PNG written chunk by chunk (an oracle independent of Pillow's and OpenCV's writers)."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + hostile_kit._chunk(b"IHDR", ihdr) + b"".join(chunks)
+            + hostile_kit._chunk(b"IDAT", zlib.compress(rows)) + hostile_kit._chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("color, key, samples", [
+    (0, (0, 50), [0, 50, 100, 50]),                          # gray: level 50 is transparent
+    (2, (0, 10, 0, 20, 0, 30), [10, 20, 30, 1, 2, 3]),       # RGB: (10, 20, 30) is transparent
+])
+def test_png_trns_transparency_is_kept_as_alpha(tmp_path, color, key, samples):
+    """Issue #37: a tRNS chunk of a gray or RGB PNG was dropped, and the transparent
+    pixels came back opaque."""
+    channels = 1 if color == 0 else 3
+    width = len(samples) // channels
+    data = _png(width, 1, 8, color, bytes([0, *samples]), hostile_kit._chunk(b"tRNS", bytes(key)))
+    image = decode_image(data)
+    assert image.channels == channels and image.alpha is not None
+    pixels = np.array(samples, np.uint8).reshape(1, width, channels)
+    transparent = np.all(pixels == np.array(key[1::2], np.uint8), axis=2)
+    assert np.array_equal(image.alpha, np.where(transparent, 0, 255).astype(np.uint8))
+    assert np.array_equal(image.pixels, pixels)
+
+
+def test_16bit_gray_with_alpha_stays_gray_with_alpha(tmp_path):
+    """Issue #37: OpenCV expands 16-bit gray + alpha to BGRA, which magn read as color."""
+    gray = np.array([[0, 1000, 65535], [7, 300, 40000]], np.uint16)
+    alpha = np.array([[65535, 0, 123], [5, 6, 7]], np.uint16)
+    rows = b"".join(b"\0" + np.dstack([gray[i], alpha[i]]).astype(">u2").tobytes() for i in range(2))
+    path = tmp_path / "ga.png"
+    path.write_bytes(_png(3, 2, 16, 4, rows))
+    image = read_image(path)
+    assert image.channels == 1 and image.bit_depth == 16
+    assert np.array_equal(image.pixels[..., 0], gray) and np.array_equal(image.alpha, alpha)
+    out = write_image(tmp_path / "back.png", image)
+    assert out.read_bytes()[24:26] == bytes([16, 4])          # IHDR: 16-bit gray + alpha
+    back = read_image(out)
+    assert np.array_equal(back.pixels, image.pixels) and np.array_equal(back.alpha, alpha)
