@@ -329,40 +329,63 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 
 
 def _tiff_first_ifd(data: bytes):
-    """(width, height, orientation, more pages) from a TIFF's first IFD."""
+    """(width, height, orientation, more pages, bits per sample, sample format) from a
+    TIFF's first IFD (of a per-channel tag, the first channel's)."""
     order = "<" if data[:2] == b"II" else ">"
     (offset,) = struct.unpack_from(order + "I", data, 4)
     (count,) = struct.unpack_from(order + "H", data, offset)
     tags = {}
     for i in range(count):
-        tag, kind, _, value = struct.unpack_from(order + "HHI4s", data, offset + 2 + 12 * i)
-        if tag in (256, 257, 274):      # width, height (SHORT or LONG), orientation
+        tag, kind, n, value = struct.unpack_from(order + "HHI4s", data, offset + 2 + 12 * i)
+        # width, height (SHORT or LONG), orientation, bits per sample, sample format
+        if tag in (256, 257, 274, 258, 339) and kind in (3, 4):
             fmt = "H" if kind == 3 else "I"
-            tags[tag] = struct.unpack_from(order + fmt, value)[0]
+            inline = n * struct.calcsize(fmt) <= 4
+            where = value if inline else data[struct.unpack_from(order + "I", value)[0]:]
+            tags[tag] = struct.unpack_from(order + fmt, where)[0]
     (next_ifd,) = struct.unpack_from(order + "I", data, offset + 2 + 12 * count)
-    return tags.get(256, 0), tags.get(257, 0), tags.get(274, 1), next_ifd != 0
+    return (tags.get(256, 0), tags.get(257, 0), tags.get(274, 1), next_ifd != 0,
+            tags.get(258, 1), tags.get(339, 1))
 
 
 def _decode_tiff_opencv(data: bytes) -> Image:
     """A TIFF Pillow cannot open (RGB float32, as magn itself writes them): its header is
     checked here as _decode checks others, and OpenCV decodes it."""
     try:
-        w, h, orientation, more = _tiff_first_ifd(data)
+        w, h, orientation, more, bits, sample_format = _tiff_first_ifd(data)
     except struct.error:
         raise MagnError("cannot decode this TIFF (its header is truncated)") from None
     _check_size(w, h)
     if more:
         raise MagnError("has several pages (a multi-page TIFF); magn reads single-frame images "
                         "only: split it into one file per page")
+    if sample_format == 3 and bits not in (32, 64):   # OpenCV reads float32/64 TIFFs only
+        raise MagnError(f"is a {bits}-bit float TIFF, which magn cannot read; save it as 32-bit float")
     pixels, alpha = _decode_opencv(data)
     return Image(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
                  None, None, "TIFF", None)
 
 
+# What restoring can take: to_float scales 8- and 16-bit unsigned samples; float ones are
+# already on 0-1. Other integers (int16, int32, uint32 TIFFs) have no such scale: taken
+# as they are, they reached the model as values in the thousands.
+_DECODED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+
 def _decode_opencv(data: bytes, gray: bool = False):
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)   # its multi-line reports
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if arr is None:
         raise MagnError("cannot decode this 16-bit/float image; the file may be truncated")
+    if arr.dtype not in _DECODED_DTYPES:
+        raise MagnError(f"holds {arr.dtype} samples; magn reads 8- and 16-bit unsigned and float images "
+                        "(convert it to one of those)")
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
     if arr.ndim == 2:
         return arr[..., None], None
     if gray and arr.shape[2] in (3, 4):       # gray (+ alpha) that OpenCV made BGR(A)

@@ -27,7 +27,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 from torch import nn
 
-from magncli.degrade import DEFAULT_PATTERN, check_pattern
+from magncli.degrade import DEFAULT_PATTERN, bayer_masks, check_pattern
 from magncli.errors import MagnError
 from magncli.fileio import claim_output
 from magncli.images import IMAGE_EXTENSIONS, Image, check_output_format, read_image, write_image
@@ -80,6 +80,8 @@ def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str 
     ending in `suffix`) found inside folders are skipped, so re-running does not stack.
     An argument that matches nothing becomes a Job with `error` set, so that the other
     inputs are still processed."""
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise MagnError(f"{out_dir}: is a file; out_dir= names the folder the outputs go to")
     jobs: List[Job] = []
     seen: Dict[Path, Path] = {}
     for arg in inputs:
@@ -108,6 +110,24 @@ def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str 
             seen[target.resolve()] = src
             jobs.append(Job(src, target))
     return jobs
+
+
+# --------------------------------------------------------------------------- inputs
+class NotRestorable(MagnError):
+    """An input the task cannot take; said before the model runs, so that it is not
+    mistaken for a model that broke down."""
+
+
+def check_restorable(x: np.ndarray, task, pattern: str) -> None:
+    """x: (H, W, C) float. NotRestorable for values no image holds (NaN/Inf, as a float
+    TIFF can) and, for demosaicing, for a full-colour image instead of a mosaic."""
+    if not np.isfinite(x).all():
+        raise NotRestorable("holds NaN or infinite values; magn restores images of finite values")
+    if task.mosaic and x.shape[2] == 3:
+        off_site = ~bayer_masks(x.shape[0], x.shape[1], pattern)
+        if np.any(x[off_site] != 0):
+            raise NotRestorable(f"is a full-color image, not a Bayer mosaic ({pattern}): demosaicing takes a "
+                                "one-channel CFA or a zero-filled 3-channel mosaic")
 
 
 # --------------------------------------------------------------------------- models
@@ -172,6 +192,7 @@ class Restorer:
         progress(done, total): tile passes, after each batch (see magncli.inference)."""
         task = get_task(self.task)
         x = image.to_float()                                                  # (H, W, C)
+        check_restorable(x, task, self.pattern)
         info = {"task": task.name}
         level = self.level if level is None else level
         if level is None and task.level_from_image is not None:
@@ -214,7 +235,10 @@ class Restorer:
         check_output_format(target)
         with claim_output(target, overwrite):
             image = read_image(source)
-            restored, info = self.restore(image, progress=progress)
+            try:
+                restored, info = self.restore(image, progress=progress)
+            except NotRestorable as e:
+                raise MagnError(f"{source}: {e}") from None
             write_image(target, restored, overwrite=overwrite, jpeg_quality=jpeg_quality)
         h, w = image.pixels.shape[:2]
         return {"input": str(source), "output": str(target), "width": w, "height": h,

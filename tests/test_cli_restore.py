@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import hostile_kit
 
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -561,3 +563,49 @@ def test_impossible_config_values_in_a_checkpoint_name_the_file_not_the_image(tm
     (line,) = res.stderr.splitlines()
     assert line.startswith(f"error: {bad}: ") and words in line, line
     assert "Error" not in line
+
+
+def _tiff(path, array):
+    import tifffile
+    tifffile.imwrite(path, array)
+    return path
+
+
+@pytest.mark.parametrize("array, words", [
+    (np.full((12, 12), np.nan, np.float32), "holds NaN or infinite values"),
+    (np.full((12, 12, 3), np.inf, np.float32), "holds NaN or infinite values"),
+    (np.full((12, 12), 70000, np.int32), "holds int32 samples"),
+    (np.full((12, 12), -5, np.int16), "holds int16 samples"),
+    (np.full((12, 12), 0.5, np.float16), "is a 16-bit float TIFF, which magn cannot read"),
+])
+def test_tiffs_no_model_can_restore_are_said_as_such(tmp_path, ckpt, array, words, capfd):
+    """Issue #37: these were reported as "the model broke down, please report the
+    weights"; a float16 TIFF as OpenCV's multi-line error and "may be truncated"."""
+    path = _tiff(tmp_path / "a.tif", array)
+    channels = 1 if array.ndim == 2 else 3
+    res = _run(path, "-t", "denoise", "-w", ckpt[channels], "-q")
+    assert res.exit_code == 1
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"error: {path}: ") and words in line, line
+    assert "broke down" not in line and "truncated" not in line
+    assert capfd.readouterr().err == ""                  # nothing from OpenCV's own logging
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("a_magn")]
+
+
+def test_a_full_color_photo_given_to_demosaic_is_said_to_be_no_mosaic(tmp_path, ckpt):
+    _img(tmp_path / "photo.png", (16, 16, 3))
+    res = _run(tmp_path / "photo.png", "-t", "demosaic", "-w", ckpt[3], "-q")
+    assert res.exit_code == 1
+    (line,) = res.stderr.splitlines()
+    assert "is a full-color image, not a Bayer mosaic" in line and "broke down" not in line
+
+
+def test_an_output_folder_that_is_a_file_is_one_line_before_any_image(tmp_path, ckpt):
+    """Issue #37: `-o FILE` said "File exists" for every image."""
+    _img(tmp_path / "a.png", (12, 12, 1))
+    (tmp_path / "out.png").write_bytes(b"mine")
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[1], "-o", tmp_path / "out.png", "-q")
+    assert res.exit_code == 1 and isinstance(res.exception, MagnError)
+    assert "is a file" in str(res.exception) and "--output" in cli_message(res.exception)
+    assert (tmp_path / "out.png").read_bytes() == b"mine"
+
