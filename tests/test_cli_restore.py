@@ -609,3 +609,25 @@ def test_an_output_folder_that_is_a_file_is_one_line_before_any_image(tmp_path, 
     assert "is a file" in str(res.exception) and "--output" in cli_message(res.exception)
     assert (tmp_path / "out.png").read_bytes() == b"mine"
 
+
+def test_sigterm_releases_every_claim_and_says_what_was_done(tmp_path, ckpt):
+    """Issue #37: SIGTERM ended the run at once, leaving `.magn-lock` files and no summary."""
+    import signal
+    import time
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(120):
+        _img(folder / f"{i:03d}.png", (96, 96, 1))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "magncli", "restore", str(folder), "-t", "denoise",
+                             "-w", str(ckpt[1]), "-o", str(out), "--device", "cpu"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert "->" in proc.stderr.readline()               # the first image is written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped: " in err and "of 120 image(s) restored" in err and err.rstrip().endswith("magn: terminated")
+    assert "Traceback" not in err
+    left = [p for p in out.iterdir() if p.name.startswith(".")]
+    assert left == [] and 0 < len(list(out.iterdir())) < 120
