@@ -261,14 +261,33 @@ def _decode(data: bytes) -> Image:
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         raise MagnError(f"cannot decode ({e}); the file may be truncated or corrupt") from None
     icc = pil.info.get("icc_profile") or None
-    exif_bytes = None
-    if len(exif):
-        if _ORIENTATION_TAG in exif:
-            exif[_ORIENTATION_TAG] = 1     # the pixels are upright now
-        exif_bytes = exif.tobytes()
+    exif_bytes = _exif_to_carry(exif, pil.format)
     quant = getattr(pil, "quantization", None) if pil.format == "JPEG" else None
     return Image(pixels, alpha, icc, exif_bytes, pil.format or "",
                  {k: list(v) for k, v in quant.items()} if quant else None)
+
+
+# Tags of a TIFF's own first IFD that describe the picture, not how the file stores it.
+_DESCRIPTIVE_TIFF_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)  # description,
+#                         make, model, software, date, artist, copyright
+
+
+def _exif_to_carry(exif, source_format: str) -> Optional[bytes]:
+    """The EXIF block an output carries, orientation reset (the pixels are upright now).
+    A TIFF's getexif() is the file's own IFD (strip offsets, sizes, a BigTIFF's 64-bit
+    header): written as EXIF it broke Pillow's TIFF writer after the restore and gave
+    PNG/JPEG outputs an EXIF block no reader takes. Of it only the descriptive tags go."""
+    if source_format == "TIFF":
+        kept = PILImage.Exif()
+        for tag in _DESCRIPTIVE_TIFF_TAGS:
+            if tag in exif:
+                kept[tag] = exif[tag]
+        exif = kept
+    if not len(exif):
+        return None
+    if _ORIENTATION_TAG in exif:
+        exif[_ORIENTATION_TAG] = 1
+    return exif.tobytes()
 
 
 def _frame_count(pil: PILImage.Image) -> int:

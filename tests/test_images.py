@@ -357,3 +357,22 @@ def test_16bit_gray_with_alpha_stays_gray_with_alpha(tmp_path):
     assert out.read_bytes()[24:26] == bytes([16, 4])          # IHDR: 16-bit gray + alpha
     back = read_image(out)
     assert np.array_equal(back.pixels, image.pixels) and np.array_equal(back.alpha, alpha)
+
+
+@pytest.mark.parametrize("ext", [".tif", ".png", ".jpg"])
+def test_a_bigtiffs_own_tags_are_not_written_as_exif(tmp_path, ext):
+    """Issue #37: a BigTIFF's IFD was carried as EXIF: the TIFF output failed after the
+    restore (struct.error), and PNG/JPEG outputs got an EXIF block in BigTIFF form
+    (b"II+"), which libpng warns about and no reader takes."""
+    import tifffile
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, _rand((10, 12, 1))[..., 0], bigtiff=True, extratags=[(0x010F, "s", 0, "MagnCam", True)])
+    assert src.read_bytes()[:4] == b"II+\x00"
+    image = read_image(src)
+    out = write_image(tmp_path / f"out{ext}", image)
+    assert np.array_equal(read_image(out).pixels, image.pixels) or ext == ".jpg"
+    assert PILImage.open(out).getexif().get(0x010F) == "MagnCam"            # what it says survives
+    if ext == ".png":
+        data = out.read_bytes()
+        at = data.find(b"eXIf")
+        assert data[at + 4:at + 8] in (b"II*\x00", b"MM\x00*")              # classic TIFF form
