@@ -446,3 +446,12 @@ def test_shipped_weights_work_with_an_unwritable_cache(server, wenv, tiny_bytes)
     (wenv.manifest_dir / FILE).write_bytes(tiny_bytes)
     wenv.home.write_text("not a folder")          # the 'verified' note cannot be written
     assert resolve_weights(NAME, quiet=True) == wenv.manifest_dir / FILE
+
+
+def test_a_download_without_a_terminal_says_how_far_it_is(server, wenv, tiny_bytes, monkeypatch, capsys):
+    monkeypatch.setattr(download, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(download, "CHUNK_BYTES", 512)
+    serve_tiny(server, wenv, tiny_bytes)
+    resolve_weights(NAME, quiet=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "downloading" in line]
+    assert lines and lines[-1].endswith(f"{len(tiny_bytes) / 1e6:.1f} of {len(tiny_bytes) / 1e6:.1f} MB")

@@ -32,6 +32,7 @@ CHUNK_BYTES = 1 << 20
 # STALL_MIN_BYTES in STALL_S seconds counts as a stalled attempt (retried, then an error).
 STALL_S = 60.0
 STALL_MIN_BYTES = 16 << 10
+PROGRESS_EVERY_S = 30.0     # without a terminal, a line of progress at most this often
 
 
 class _Retryable(Exception):
@@ -53,8 +54,11 @@ def _progress_bar(description: str, total: Optional[int], done: int, quiet: bool
     """Yields advance(n_bytes). A rich bar on stderr, only when stderr is a terminal."""
     from rich.console import Console
     console = Console(stderr=True)
-    if quiet or not console.is_terminal:
+    if quiet:
         yield lambda n: None
+        return
+    if not console.is_terminal:      # a log: a slow download still says it is alive
+        yield _progress_lines(description, total, done)
         return
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
@@ -62,6 +66,19 @@ def _progress_bar(description: str, total: Optional[int], done: int, quiet: bool
                   TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task(description, total=total, completed=done)
         yield lambda n: bar.advance(task, n)
+
+
+def _progress_lines(description: str, total: Optional[int], done: int):
+    """advance(n_bytes) that says how far the download is, every PROGRESS_EVERY_S."""
+    state = {"done": done, "said": time.monotonic()}
+
+    def advance(n: int) -> None:
+        state["done"] += n
+        if time.monotonic() - state["said"] >= PROGRESS_EVERY_S:
+            state["said"] = time.monotonic()
+            of = f" of {total / 1e6:.1f}" if total else ""
+            say(f"downloading {description}: {state['done'] / 1e6:.1f}{of} MB", False)
+    return advance
 
 
 @contextmanager
