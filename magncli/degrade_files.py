@@ -55,6 +55,8 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
             sources += list_images(item)
         elif item.is_file():
             sources.append(item)
+        elif item.exists():   # a FIFO, socket or device: reading one could block forever
+            raise MagnError(f"{item}: not a regular file or folder")
         else:
             raise MagnError(f"{item} does not exist")
     out_dir = Path(out_dir)

@@ -140,3 +140,11 @@ def test_degrading_a_folder_into_itself_never_replaces_the_originals(tmp_path):
     user_error(result, "is an input", "clean original")
     assert {p: p.read_bytes() for p in sources} == before
     assert sorted(os.listdir(tmp_path / "clean")) == sorted(p.name for p in sources)
+
+
+def test_a_fifo_is_named_as_what_it_is_not_as_missing(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    result = runner.invoke(app, ["degrade", str(tmp_path / "pipe.png"), "--task", "denoise", "--sigma", "25",
+                                 "-o", str(tmp_path / "out")])
+    message = user_error(result, "not a regular file")
+    assert "does not exist" not in message and not (tmp_path / "out").exists()
