@@ -12,6 +12,9 @@ The run folder (only rank 0 writes; every file is written to a temporary name an
 os.replace'd, so a kill at any moment leaves the previous version intact; the names,
 the EMA and the RNG states are in training/runstate.py):
 
+    .magn-run                  marks the folder as a run: only a run's files are replaced
+                               (runstate.py; while a process trains it, the folder is
+                               claimed as .NAME.magn-lock beside it)
     config.toml                the settings actually used
     log.jsonl                  one JSON record per log interval, validation and event
     curves.png                 loss and validation PSNR
