@@ -567,7 +567,7 @@ def test_impossible_config_values_in_a_checkpoint_name_the_file_not_the_image(tm
 
 def _tiff(path, array):
     import tifffile
-    tifffile.imwrite(path, array)
+    tifffile.imwrite(path, array, photometric="rgb" if array.ndim == 3 else "minisblack")
     return path
 
 
