@@ -124,9 +124,14 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
+    # Integer weights cast to float load "fine" as rounded (mostly zero) values: a residual
+    # network then returns its input, silently.
+    not_float = [f"{k} ({str(state[k].dtype).replace('torch.', '')})" for k in own
+                 if k in state and own[k].is_floating_point() and not state[k].is_floating_point()]
+    if missing or unexpected or wrong or not_float:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong),
+                            ("not floating-point", not_float)):
             if keys:
                 shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
                 parts.append(f"{len(keys)} {label}: {shown}")

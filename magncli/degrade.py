@@ -22,6 +22,14 @@ from magncli.errors import MagnError
 from magncli.images import to_uint8
 
 DEFAULT_SEED = 0
+SEED_MAX = 2 ** 32 - 1      # numpy's RandomState takes seeds 0 .. 2**32 - 1 (a ValueError beyond)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """`seed` as an int, or a MagnError for what RandomState would refuse with a traceback."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise MagnError(f"{name} must be an integer from 0 to {SEED_MAX}, got {seed!r}")
+    return int(seed)
 DEFAULT_PATTERN = "grbg"
 
 # A Bayer pattern names the colours of its 2x2 tile in reading order:
@@ -65,7 +73,7 @@ def gaussian_noise_torch(x, sigma_per_image, generator=None):
 # --------------------------------------------------------------------------- JPEG
 
 def check_quality(quality: int) -> None:
-    if int(quality) != quality or not 1 <= quality <= 100:
+    if not np.isfinite(quality) or int(quality) != quality or not 1 <= quality <= 100:   # int(nan) raises
         raise MagnError(f"JPEG quality must be an integer from 1 to 100, got {quality:g}")
 
 

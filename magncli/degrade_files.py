@@ -55,6 +55,8 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
             sources += list_images(item)
         elif item.is_file():
             sources.append(item)
+        elif item.exists():   # a FIFO, socket or device: reading one could block forever
+            raise MagnError(f"{item}: not a regular file or folder")
         else:
             raise MagnError(f"{item} does not exist")
     out_dir = Path(out_dir)
@@ -62,6 +64,12 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
     if len(set(targets)) != len(targets):
         clash = next(t for t in targets if targets.count(t) > 1)
         raise MagnError(f"two inputs would both be written to {clash}")
+    # Trees apart: `degrade DIR -o DIR --overwrite` replaced the clean originals.
+    originals = {src.resolve() for src in sources}
+    for src, target in zip(sources, targets):
+        if target.resolve() in originals:
+            raise MagnError(f"{target} is an input: the degraded file would replace a clean original; "
+                            "choose another out_dir= or fmt=")
     manifest_path = out_dir / "manifest.json"
     for target in targets + [manifest_path]:
         check_writable(target, overwrite)

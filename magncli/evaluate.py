@@ -20,6 +20,7 @@ under "images"; magncli.results presents them (tables, files, the sheet).
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -245,6 +246,39 @@ def _set_note(test_set, mode: str) -> str:
     return "; ".join(notes)
 
 
+def _recorded_degradation(inputs: Path, task: str) -> Optional[Degradation]:
+    """The degradation that `magn degrade` recorded in inputs/manifest.json, or None for a
+    folder without one (a paper's shipped inputs)."""
+    path = Path(inputs) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["degradation"]
+        made_by, key = recorded["task"], get_task(task).level_key
+        level, seed, pattern = recorded.get(key) if key else None, recorded.get("seed"), recorded.get("pattern")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise MagnError(f"{path}: not a manifest of `magn degrade` (no degradation recorded)") from None
+    if made_by != task:
+        raise MagnError(f"{inputs} holds {made_by} inputs ({path.name}), not {task} ones")
+    return get_task(task).degradation(level, DEFAULT_SEED if seed is None else seed,
+                                      pattern or DEFAULT_PATTERN)
+
+
+def _given_degradations(inputs, task: str, asked: List[Degradation], levels_given: bool) -> List[Degradation]:
+    """The degradation of given inputs: what their manifest.json records. A level or
+    pattern asked for that disagrees is an error: the rows would be labelled with the
+    wrong level (sigma-25 inputs scored as sigma 50)."""
+    recorded = _recorded_degradation(Path(inputs), task)
+    if recorded is None:
+        return asked
+    for wanted in asked:
+        differs = (levels_given and wanted.level != recorded.level) or wanted.pattern != recorded.pattern
+        if differs:
+            raise MagnError(f"{inputs} holds inputs of {recorded.label} (its manifest.json), "
+                            f"not {wanted.label}; drop levels= or give the recorded one")
+    return [recorded]
+
+
 def _read_given_inputs(inputs: Path, stems: List[str], degradation: Degradation
                        ) -> List[np.ndarray]:
     """Already-degraded images (e.g. `magn degrade` output or a paper's shipped inputs),
@@ -299,9 +333,13 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     if not models:
         raise MagnError("no models given")
     degradations = get_task(task).degradations(list(levels or ()), seed, pattern)
+    if inputs is not None:
+        degradations = _given_degradations(inputs, task, degradations, bool(levels))
     if inputs is not None and (len(sets) != 1 or len(degradations) != 1):
         raise MagnError("given inputs (inputs=) are for one set at one level")
     if sheet is not None:
+        if Path(sheet).suffix.lower() != ".png":     # it is a PNG: another name would lie
+            raise MagnError(f"{sheet}: the sheet is a PNG image; give it a .png name")
         check_writable(sheet, overwrite)
     methods = [make_method(spec, task, options) for spec in models]
     if blind:

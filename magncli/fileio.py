@@ -32,6 +32,7 @@ import errno
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -200,10 +201,26 @@ def lock_path(path: PathLike) -> Path:
     return path.with_name(f".{_short_name(path.name)}{LOCK_SUFFIX}")
 
 
+def _open_lock(lock: Path) -> int:
+    """Open (or make) the claim file itself, never what a name planted in its place points
+    to: a symbolic link there would have us empty its target and write a PID into it."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(lock, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise MagnError(f"{lock}: is a symbolic link, not a magn claim; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):        # a FIFO or device planted there
+        os.close(fd)
+        raise MagnError(f"{lock}: is not a regular file, not a magn claim; remove it")
+    return fd
+
+
 def _try_lock(lock: Path) -> Optional[int]:
     """An fd holding `lock` (flock, exclusive), or None when a live process holds it."""
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(lock)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -215,7 +232,7 @@ def _try_lock(lock: Path) -> Optional[int]:
         # The holder before us removes the file before it unlocks: if the name now
         # points elsewhere (or nowhere), we locked a removed file; start again.
         try:
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            same = os.path.samestat(os.fstat(fd), os.lstat(lock))
         except FileNotFoundError:
             same = False
         if same:
@@ -287,6 +304,30 @@ def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     _release(lock, fd)
 
 
+def hold_claim(path: PathLike) -> Optional[int]:
+    """claim_output's claim of `path` (a folder too) for work that outlives one block, such
+    as a training run: the fd to pass to `drop_claim`. MagnError if another live process
+    holds it. None where there is no flock (not POSIX)."""
+    path = Path(path)
+    if fcntl is None:
+        return None
+    try:
+        _make_parents(path.parent)
+        fd = _try_lock(lock_path(path))
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+    if fd is None:
+        raise MagnError(f"{path}: in use by another magn process ({_lock_owner(lock_path(path))})")
+    os.ftruncate(fd, 0)
+    os.write(fd, _owner().encode())
+    return fd
+
+
+def drop_claim(path: PathLike, fd: Optional[int]) -> None:
+    if fd is not None:
+        _release(lock_path(path), fd)
+
+
 def _release(lock: Path, fd: int) -> None:
     try:
         lock.unlink(missing_ok=True)      # before unlocking: see _try_lock
@@ -349,7 +390,7 @@ def remove_stale_temporaries(paths: Iterable[PathLike]) -> List[Path]:
 def _remove_unheld_lock(lock: Path) -> None:
     try:
         fd = _try_lock(lock)
-    except OSError:
+    except (OSError, MagnError):    # not ours to remove (a planted link): the claim says so
         return
     if fd is not None:
         _release(lock, fd)

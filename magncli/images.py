@@ -42,7 +42,22 @@ from magncli.fileio import atomic_write_bytes
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
                  ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP"}
-MAX_PIXELS = int(os.environ.get("MAGN_MAX_PIXELS", str(400_000_000)))
+DEFAULT_MAX_PIXELS = 400_000_000
+
+
+def _max_pixels_setting(text: Optional[str]) -> Optional[int]:
+    """MAGN_MAX_PIXELS as a positive int; None for a value that is not one (read at import:
+    raising here would break every command, `--version` included; _limit() says it)."""
+    if text is None or not text.strip():
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text.strip().replace("_", ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+MAX_PIXELS = _max_pixels_setting(os.environ.get("MAGN_MAX_PIXELS"))
 # Deflate cannot compress more than 1032:1, so a PNG holds at most this many bytes of
 # (filtered) pixel rows per byte of file; a header that declares more is a lie.
 _PNG_MAX_RATIO = 1100
@@ -148,9 +163,17 @@ def declared_pixels(path) -> Optional[int]:
         return None
 
 
+def _limit() -> int:
+    """MAX_PIXELS, or the one-line error of a MAGN_MAX_PIXELS that is not a pixel count."""
+    if MAX_PIXELS is None:
+        raise MagnError(f"MAGN_MAX_PIXELS must be a positive whole number of pixels, "
+                        f"got {os.environ.get('MAGN_MAX_PIXELS', '')!r}")
+    return MAX_PIXELS
+
+
 def _check_size(w: int, h: int) -> None:
     """The one size rule, from a header's width and height, before any pixel is decoded."""
-    if w * h > MAX_PIXELS:
+    if w * h > _limit():
         raise _too_large(w * h, f"{w}x{h}")
     if w == 0 or h == 0:
         raise MagnError("image has no pixels")
@@ -158,13 +181,13 @@ def _check_size(w: int, h: int) -> None:
 
 def _too_large(pixels: int, size: str = "") -> MagnError:
     return MagnError(f"too large: {size + ' = ' if size else ''}{pixels:,} pixels, over the "
-                     f"limit of {MAX_PIXELS:,} (width x height; set MAGN_MAX_PIXELS to raise it)")
+                     f"limit of {_limit():,} (width x height; set MAGN_MAX_PIXELS to raise it)")
 
 
 def _bomb_pixels(error: Exception) -> int:
     """The pixel count in Pillow's DecompressionBombError ("Image size (N pixels) ...")."""
     found = re.search(r"\((\d+) pixels\)", str(error))
-    return int(found.group(1)) if found else 2 * MAX_PIXELS + 1
+    return int(found.group(1)) if found else 2 * _limit() + 1
 
 
 def _png_declared_bytes(data: bytes, w: int, h: int) -> int:
@@ -178,8 +201,9 @@ def decode_image(data: bytes) -> Image:
     # Pillow's bomb check uses the same limit as magn's, so that there is one rule, and
     # truncated data is an error even if another library told Pillow to pad it; the
     # caller's own settings are put back afterwards.
+    limit = _limit()
     saved = PILImage.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    PILImage.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = MAX_PIXELS, False
+    PILImage.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = limit, False
     try:
         return _decode(data)
     finally:
@@ -223,7 +247,7 @@ def _decode(data: bytes) -> Image:
             exif = pil.getexif()
             orientation = exif.get(_ORIENTATION_TAG, 1)
             if _is_high_depth(data, pil):
-                pixels, alpha = _decode_opencv(data)
+                pixels, alpha = _decode_opencv(data, gray=_declares_gray(data, pil))
                 pixels, alpha = _apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation)
             else:
                 pixels, alpha = _decode_pillow(pil)
@@ -237,14 +261,33 @@ def _decode(data: bytes) -> Image:
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
         raise MagnError(f"cannot decode ({e}); the file may be truncated or corrupt") from None
     icc = pil.info.get("icc_profile") or None
-    exif_bytes = None
-    if len(exif):
-        if _ORIENTATION_TAG in exif:
-            exif[_ORIENTATION_TAG] = 1     # the pixels are upright now
-        exif_bytes = exif.tobytes()
+    exif_bytes = _exif_to_carry(exif, pil.format)
     quant = getattr(pil, "quantization", None) if pil.format == "JPEG" else None
     return Image(pixels, alpha, icc, exif_bytes, pil.format or "",
                  {k: list(v) for k, v in quant.items()} if quant else None)
+
+
+# Tags of a TIFF's own first IFD that describe the picture, not how the file stores it.
+_DESCRIPTIVE_TIFF_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)  # description,
+#                         make, model, software, date, artist, copyright
+
+
+def _exif_to_carry(exif, source_format: str) -> Optional[bytes]:
+    """The EXIF block an output carries, orientation reset (the pixels are upright now).
+    A TIFF's getexif() is the file's own IFD (strip offsets, sizes, a BigTIFF's 64-bit
+    header): written as EXIF it broke Pillow's TIFF writer after the restore and gave
+    PNG/JPEG outputs an EXIF block no reader takes. Of it only the descriptive tags go."""
+    if source_format == "TIFF":
+        kept = PILImage.Exif()
+        for tag in _DESCRIPTIVE_TIFF_TAGS:
+            if tag in exif:
+                kept[tag] = exif[tag]
+        exif = kept
+    if not len(exif):
+        return None
+    if _ORIENTATION_TAG in exif:
+        exif[_ORIENTATION_TAG] = 1
+    return exif.tobytes()
 
 
 def _frame_count(pil: PILImage.Image) -> int:
@@ -269,11 +312,23 @@ def _is_high_depth(data: bytes, pil: PILImage.Image) -> bool:
     return pil.mode in ("I;16", "I;16B", "I;16L", "I", "F")
 
 
+def _declares_gray(data: bytes, pil: PILImage.Image) -> bool:
+    """Whether the file says its samples are gray (OpenCV expands gray + alpha to BGRA)."""
+    if pil.format == "PNG" and len(data) > 25:
+        return data[25] in (0, 4)             # IHDR colour type: gray, gray + alpha
+    if pil.format == "TIFF":
+        return pil.tag_v2.get(262) in (0, 1)  # photometric: WhiteIsZero, BlackIsZero
+    return False
+
+
 def _decode_pillow(pil: PILImage.Image):
     """8-bit decode: orientation applied, palette/1-bit/CMYK mapped to gray or RGB(A)."""
     pil = ImageOps.exif_transpose(pil)
     mode = pil.mode
-    if mode == "P":
+    if mode in ("L", "RGB", "1") and "transparency" in pil.info:
+        # A tRNS chunk (one gray level or colour that is transparent) is alpha too.
+        mode = "LA" if mode in ("L", "1") else "RGBA"
+    elif mode == "P":
         mode = "RGBA" if "transparency" in pil.info else "RGB"
     elif mode == "PA":
         mode = "RGBA"
@@ -293,42 +348,67 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 
 
 def _tiff_first_ifd(data: bytes):
-    """(width, height, orientation, more pages) from a TIFF's first IFD."""
+    """(width, height, orientation, more pages, bits per sample, sample format) from a
+    TIFF's first IFD (of a per-channel tag, the first channel's)."""
     order = "<" if data[:2] == b"II" else ">"
     (offset,) = struct.unpack_from(order + "I", data, 4)
     (count,) = struct.unpack_from(order + "H", data, offset)
     tags = {}
     for i in range(count):
-        tag, kind, _, value = struct.unpack_from(order + "HHI4s", data, offset + 2 + 12 * i)
-        if tag in (256, 257, 274):      # width, height (SHORT or LONG), orientation
+        tag, kind, n, value = struct.unpack_from(order + "HHI4s", data, offset + 2 + 12 * i)
+        # width, height (SHORT or LONG), orientation, bits per sample, sample format
+        if tag in (256, 257, 274, 258, 339) and kind in (3, 4):
             fmt = "H" if kind == 3 else "I"
-            tags[tag] = struct.unpack_from(order + fmt, value)[0]
+            inline = n * struct.calcsize(fmt) <= 4
+            where = value if inline else data[struct.unpack_from(order + "I", value)[0]:]
+            tags[tag] = struct.unpack_from(order + fmt, where)[0]
     (next_ifd,) = struct.unpack_from(order + "I", data, offset + 2 + 12 * count)
-    return tags.get(256, 0), tags.get(257, 0), tags.get(274, 1), next_ifd != 0
+    return (tags.get(256, 0), tags.get(257, 0), tags.get(274, 1), next_ifd != 0,
+            tags.get(258, 1), tags.get(339, 1))
 
 
 def _decode_tiff_opencv(data: bytes) -> Image:
     """A TIFF Pillow cannot open (RGB float32, as magn itself writes them): its header is
     checked here as _decode checks others, and OpenCV decodes it."""
     try:
-        w, h, orientation, more = _tiff_first_ifd(data)
+        w, h, orientation, more, bits, sample_format = _tiff_first_ifd(data)
     except struct.error:
         raise MagnError("cannot decode this TIFF (its header is truncated)") from None
     _check_size(w, h)
     if more:
         raise MagnError("has several pages (a multi-page TIFF); magn reads single-frame images "
                         "only: split it into one file per page")
+    if sample_format == 3 and bits not in (32, 64):   # OpenCV reads float32/64 TIFFs only
+        raise MagnError(f"is a {bits}-bit float TIFF, which magn cannot read; save it as 32-bit float")
     pixels, alpha = _decode_opencv(data)
     return Image(_apply_orientation(pixels, orientation), _apply_orientation(alpha, orientation),
                  None, None, "TIFF", None)
 
 
-def _decode_opencv(data: bytes):
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+# What restoring can take: to_float scales 8- and 16-bit unsigned samples; float ones are
+# already on 0-1. Other integers (int16, int32, uint32 TIFFs) have no such scale: taken
+# as they are, they reached the model as values in the thousands.
+_DECODED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+
+def _decode_opencv(data: bytes, gray: bool = False):
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)   # its multi-line reports
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if arr is None:
         raise MagnError("cannot decode this 16-bit/float image; the file may be truncated")
+    if arr.dtype not in _DECODED_DTYPES:
+        raise MagnError(f"holds {arr.dtype} samples; magn reads 8- and 16-bit unsigned and float images "
+                        "(convert it to one of those)")
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
     if arr.ndim == 2:
         return arr[..., None], None
+    if gray and arr.shape[2] in (3, 4):       # gray (+ alpha) that OpenCV made BGR(A)
+        return np.ascontiguousarray(arr[..., :1]), (np.ascontiguousarray(arr[..., 3]) if arr.shape[2] == 4 else None)
     if arr.shape[2] == 1:
         return arr, None
     if arr.shape[2] == 2:                     # gray + alpha
@@ -403,6 +483,11 @@ def encode_image(image: Image, ext: str, jpeg_quality: int = 95) -> bytes:
         alpha = None if alpha is None else from_float(to_float(alpha), np.uint8)
     if pixels.dtype == np.uint8:
         return _encode_pillow(pixels, alpha, fmt, image.icc_profile, image.exif, jpeg_quality)
+    if fmt == "PNG" and pixels.shape[2] == 1 and alpha is not None:
+        data = _png16_gray_alpha(pixels[..., 0], alpha)    # neither OpenCV nor Pillow writes it
+        return _png_add_chunks(data, image.icc_profile, image.exif)
+    if pixels.shape[2] == 1 and alpha is not None:         # a TIFF: OpenCV writes 1, 3 or 4 samples
+        pixels = np.repeat(pixels, 3, axis=2)
     data = _encode_opencv(pixels, alpha, ext)
     if fmt == "PNG":
         data = _png_add_chunks(data, image.icc_profile, image.exif)
@@ -440,6 +525,15 @@ def _encode_opencv(pixels, alpha, ext) -> bytes:
     if not ok:
         raise MagnError(f"OpenCV could not encode a {pixels.dtype} image as {ext}")
     return buf.tobytes()
+
+
+def _png16_gray_alpha(gray: np.ndarray, alpha: np.ndarray) -> bytes:
+    """A 16-bit gray + alpha PNG (colour type 4), rows unfiltered."""
+    h, w = gray.shape
+    samples = np.dstack([gray, alpha]).astype(">u2").reshape(h, w * 2)
+    rows = np.hstack([np.zeros((h, 1), np.uint8), samples.view(np.uint8)])   # filter type 0 per row
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -47,6 +47,9 @@ def estimate_jpeg_quality(quantization) -> tuple:
     tables = [np.asarray(quantization[k], np.float64) for k in sorted(quantization)][:2]
     if not tables or any(t.size != 64 for t in tables):
         raise MagnError("JPEG quantization tables are not 8x8; cannot estimate the quality")
+    if any(np.min(t) < 1 for t in tables):   # a step of 0 divides by zero: no encoder writes it
+        raise MagnError("JPEG quantization tables hold steps of 0 (a damaged or hand-made file); "
+                        "cannot estimate the quality: pass quality=Q")
     best, best_err = 50, np.inf
     for q in range(1, 101):
         err = sum(np.abs(np.log(t) - np.log(ref)).mean() for t, ref in zip(tables, ijg_tables(q)))

@@ -58,7 +58,19 @@ def _expand(arg: str, recursive: bool) -> Tuple[List[Path], Path]:
         prefix = arg[:min(i for i, ch in enumerate(arg) if ch in "*?[")]
         base = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
         return files, base
+    if path.exists():   # a FIFO, socket or device: reading one could block or never end
+        raise MagnError(f"{arg}: not a regular file or folder")
     raise MagnError(f"{arg}: no such file, folder or matching pattern")
+
+
+def _inside_output(src: Path, base: Path, out_dir: Optional[str]) -> bool:
+    """Whether `src` lies in an output folder placed inside the input folder `base`: those
+    are this tool's outputs, and with an empty suffix nothing else tells them apart (every
+    rerun of `-r` would restore the last run's outputs again)."""
+    if out_dir is None:
+        return False
+    out, base = Path(out_dir).resolve(), base.resolve()
+    return out != base and out.is_relative_to(base) and src.parent.resolve().is_relative_to(out)
 
 
 def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str = "_magn",
@@ -68,6 +80,8 @@ def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str 
     ending in `suffix`) found inside folders are skipped, so re-running does not stack.
     An argument that matches nothing becomes a Job with `error` set, so that the other
     inputs are still processed."""
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise MagnError(f"{out_dir}: is a file; out_dir= names the folder the outputs go to")
     jobs: List[Job] = []
     seen: Dict[Path, Path] = {}
     for arg in inputs:
@@ -84,6 +98,8 @@ def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str 
         for src in files:
             if from_folder and suffix and src.stem.endswith(suffix):
                 continue
+            if from_folder and _inside_output(src, base, out_dir):
+                continue
             out_ext = "." + ext.lstrip(".") if ext else src.suffix
             name = src.stem + suffix + out_ext
             target = (Path(out_dir) / src.parent.relative_to(base) / name) if out_dir else src.parent / name
@@ -94,6 +110,24 @@ def plan_jobs(inputs: Iterable[str], out_dir: Optional[str] = None, suffix: str 
             seen[target.resolve()] = src
             jobs.append(Job(src, target))
     return jobs
+
+
+# --------------------------------------------------------------------------- inputs
+class NotRestorable(MagnError):
+    """An input the task cannot take; said before the model runs, so that it is not
+    mistaken for a model that broke down."""
+
+
+def check_restorable(x: np.ndarray, task, pattern: str) -> None:
+    """x: (H, W, C) float. NotRestorable for values no image holds (NaN/Inf, as a float
+    TIFF can) and, for demosaicing, for a full-colour image instead of a mosaic."""
+    if not np.isfinite(x).all():
+        raise NotRestorable("holds NaN or infinite values; magn restores images of finite values")
+    # A mosaic holds one sample per pixel (a mosaic of another pattern too, which runs
+    # and comes out wrong, as asked); a photo holds three in nearly every pixel.
+    if task.mosaic and x.shape[2] == 3 and np.mean(np.count_nonzero(x, axis=2) > 1) > 0.5:
+        raise NotRestorable(f"is a full-color image, not a Bayer mosaic ({pattern}): demosaicing takes a "
+                            "one-channel CFA or a zero-filled 3-channel mosaic")
 
 
 # --------------------------------------------------------------------------- models
@@ -158,6 +192,7 @@ class Restorer:
         progress(done, total): tile passes, after each batch (see magncli.inference)."""
         task = get_task(self.task)
         x = image.to_float()                                                  # (H, W, C)
+        check_restorable(x, task, self.pattern)
         info = {"task": task.name}
         level = self.level if level is None else level
         source = None
@@ -206,7 +241,10 @@ class Restorer:
         check_output_format(target)
         with claim_output(target, overwrite):
             image = read_image(source)
-            restored, info = self.restore(image, progress=progress)
+            try:
+                restored, info = self.restore(image, progress=progress)
+            except NotRestorable as e:
+                raise MagnError(f"{source}: {e}") from None
             write_image(target, restored, overwrite=overwrite, jpeg_quality=jpeg_quality)
         h, w = image.pixels.shape[:2]
         return {"input": str(source), "output": str(target), "width": w, "height": h,

@@ -26,7 +26,7 @@ import numpy as np
 from torch import nn
 
 from magncli.degrade import (DEFAULT_PATTERN, DEFAULT_SEED, add_gaussian_noise, align_mosaic, bayer_mosaic,
-                             cfa_to_mosaic, check_pattern, check_quality, check_sigma, jpeg_compress,
+                             cfa_to_mosaic, check_pattern, check_quality, check_seed, check_sigma, jpeg_compress,
                              jpeg_encode)
 from magncli.errors import MagnError
 from magncli.images import Image
@@ -108,7 +108,7 @@ class Task:
             raise MagnError(f"task {self.name} needs a level ({self.level_key}=)")
         return Degradation(self.name, None if level is None else self.check_level(level),
                            pattern=check_pattern(pattern) if self.mosaic else None,
-                           seed=int(seed) if self.seeded else None)
+                           seed=check_seed(seed) if self.seeded else None)
 
     def degradations(self, levels: Sequence = (), seed: int = DEFAULT_SEED,
                      pattern: str = DEFAULT_PATTERN) -> List[Degradation]:

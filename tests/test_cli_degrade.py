@@ -1,10 +1,12 @@
 """`magn degrade` through the Typer app, on images the tests make."""
 import json
+import os
 import subprocess
 import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from magncli.cli.app import app
 from magncli.datasets import load_image
@@ -114,3 +116,35 @@ def test_degrade_of_a_bomb_is_one_line_and_writes_nothing(tmp_path):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {bomb}: too large")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999"])
+def test_a_seed_numpy_cannot_take_is_one_line_and_writes_nothing(tmp_path, seed):
+    """Issue #37: RandomState's ValueError came out as a traceback."""
+    make_images(tmp_path / "clean", color=False)
+    result = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "denoise", "--sigma", "25",
+                                 "--seed", seed, "-o", str(tmp_path / "out")])
+    user_error(result, "seed must be an integer from 0 to 4294967295")
+    assert not (tmp_path / "out").exists()
+    ok = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "denoise", "--sigma", "25",
+                             "--seed", "4294967295", "-o", str(tmp_path / "out")])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_degrading_a_folder_into_itself_never_replaces_the_originals(tmp_path):
+    """Issue #37: `magn degrade DIR -o DIR --overwrite` replaced the clean files."""
+    sources = make_images(tmp_path / "clean", color=False)
+    before = {p: p.read_bytes() for p in sources}
+    result = runner.invoke(app, ["degrade", str(tmp_path / "clean"), "--task", "denoise", "--sigma", "25",
+                                 "-o", str(tmp_path / "clean"), "--overwrite"])
+    user_error(result, "is an input", "clean original")
+    assert {p: p.read_bytes() for p in sources} == before
+    assert sorted(os.listdir(tmp_path / "clean")) == sorted(p.name for p in sources)
+
+
+def test_a_fifo_is_named_as_what_it_is_not_as_missing(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    result = runner.invoke(app, ["degrade", str(tmp_path / "pipe.png"), "--task", "denoise", "--sigma", "25",
+                                 "-o", str(tmp_path / "out")])
+    message = user_error(result, "not a regular file")
+    assert "does not exist" not in message and not (tmp_path / "out").exists()

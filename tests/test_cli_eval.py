@@ -223,3 +223,40 @@ def test_eval_blind_adds_a_row_for_each_model_with_a_level_map(tmp_path):
     result = runner.invoke(app, ["eval", "--task", "denoise", "--sets", str(folder), "--levels", "25",
                                  "-m", told, "-o", str(tmp_path / "plain.json")])
     assert [r["model"] for r in json.loads((tmp_path / "plain.json").read_text())] == [told]
+
+
+def test_an_out_of_range_seed_is_one_line(tmp_path):
+    folder = tmp_path / "set"
+    make_images(folder)
+    for seed in ("-1", str(2 ** 32)):
+        user_error(runner.invoke(app, ["eval", "--task", "denoise", "--levels", "25", "--sets", str(folder),
+                                       "--seed", seed]), "seed must be an integer from 0 to 4294967295")
+
+
+def test_given_inputs_are_labelled_by_their_manifest_not_by_the_levels_asked(tmp_path):
+    """Issue #37: sigma-25 inputs from `magn degrade` given with --levels 50 were scored
+    and labelled as sigma 50."""
+    make_images(tmp_path / "set")
+    made = runner.invoke(app, ["degrade", str(tmp_path / "set"), "--task", "denoise", "--sigma", "25",
+                               "--seed", "7", "--format", "tiff", "-o", str(tmp_path / "noisy")])
+    assert made.exit_code == 0, made.output
+    args = ["eval", "--task", "denoise", "--sets", str(tmp_path / "set"), "--inputs", str(tmp_path / "noisy"),
+            "-m", "input"]
+    user_error(runner.invoke(app, args + ["--levels", "50"]), "inputs of σ25", "not σ50")
+    result = runner.invoke(app, args + ["-o", str(tmp_path / "r.json")])     # no --levels: the recorded one
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "r.json").read_text())[0]
+    assert row["degradation"] == {"task": "denoise", "sigma": 25, "seed": 7}
+    internal = runner.invoke(app, ["eval", "--task", "denoise", "--sets", str(tmp_path / "set"), "--levels", "25",
+                                   "--seed", "7", "-m", "input", "-o", str(tmp_path / "internal.json")])
+    assert internal.exit_code == 0
+    assert row["psnr"] == json.loads((tmp_path / "internal.json").read_text())[0]["psnr"]
+
+
+def test_a_sheet_not_named_png_is_refused_before_any_work(tmp_path):
+    """Issue #37: --sheet x.jpg wrote PNG bytes under a .jpg name."""
+    make_images(tmp_path / "set")
+    result = runner.invoke(app, ["eval", "--task", "denoise", "--levels", "25", "--sets", str(tmp_path / "set"),
+                                 "-m", "input", "--sheet", str(tmp_path / "x.jpg")])
+    user_error(result, "x.jpg", ".png")
+    assert not (tmp_path / "x.jpg").exists()

@@ -3,9 +3,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from magncli.checkpoints import save_checkpoint
@@ -18,6 +20,7 @@ import hostile_kit
 
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -495,3 +498,136 @@ def test_a_model_that_breaks_down_on_an_image_writes_nothing(tmp_path, ckpt):
     sane = save_checkpoint(tmp_path / "sane.safetensors", model)
     assert _run(tmp_path / "a.png", "-t", "denoise", "-w", sane, "-q").exit_code == 0
     assert (tmp_path / "a_magn.png").is_file()
+
+
+def test_an_output_folder_inside_the_input_tree_is_never_restored_again(tmp_path, ckpt):
+    """Issue #37: with `-r`, `-o` inside the input and an empty suffix, every rerun
+    restored the last run's outputs (out/x.png -> out/out/x.png, and so on)."""
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    _img(src / "x.png", (16, 16, 1))
+    _img(src / "sub" / "y.png", (12, 20, 1))
+    args = (src, "-r", "-t", "denoise", "-w", ckpt[1], "-o", src / "out", "--suffix", "", "-q")
+    assert _run(*args).exit_code == 0
+    again = _run(*args, "--overwrite")
+    assert again.exit_code == 0, again.output
+    written = sorted(str(p.relative_to(src)) for p in src.rglob("*.png"))
+    assert written == ["out/sub/y.png", "out/x.png", "sub/y.png", "x.png"]
+
+
+def test_a_fifo_is_named_as_what_it_is(tmp_path, ckpt):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    res = _run(fifo, "-t", "denoise", "-w", ckpt[1], "-q")
+    assert res.exit_code != 0 and "not a regular file" in res.output and "no such file" not in res.output
+
+
+def _rewritten(path, out, tensors=None, config=None):
+    """The checkpoint `path` saved again as `out` with its tensors and/or config changed."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    state = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["magn"])
+    if tensors:
+        state = {k: tensors(v) for k, v in state.items()}
+    if config:
+        meta["config"].update(config)
+    save_file(state, str(out), metadata={"magn": json.dumps(meta)})
+    return out
+
+
+def test_a_checkpoint_of_integer_tensors_is_refused_not_run_as_the_identity(tmp_path, ckpt):
+    """Issue #37: integer weights were cast to float (mostly zeros) and the image came
+    back unchanged, with exit 0."""
+    _img(tmp_path / "a.png", (12, 12, 1))
+    bad = _rewritten(ckpt[1], tmp_path / "int.safetensors", tensors=lambda v: v.to(torch.int32))
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", bad, "-q")
+    assert res.exit_code == 1 and not (tmp_path / "a_magn.png").exists()
+    (line,) = res.stderr.splitlines()
+    assert str(bad) in line and "not floating-point" in line and "int32" in line
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"heads": 0}, "heads of magn must be an integer >= 1, not 0"),
+    ({"n_feats": "8"}, "n_feats of magn must be an integer >= 1, not '8'"),
+    ({"patch_stride": 0}, "patch_stride of magn must be an integer >= 1, not 0"),
+    ({"global_graph": 1}, "global_graph of magn must be true or false, not 1"),
+])
+def test_impossible_config_values_in_a_checkpoint_name_the_file_not_the_image(tmp_path, ckpt, config, words):
+    """Issue #37: a TypeError or ZeroDivisionError, said as if the image were at fault."""
+    _img(tmp_path / "a.png", (12, 12, 1))
+    bad = _rewritten(ckpt[1], tmp_path / "cfg.safetensors", config=config)
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", bad, "-q")
+    assert res.exit_code == 1
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"error: {bad}: ") and words in line, line
+    assert "Error" not in line
+
+
+def _tiff(path, array):
+    import tifffile
+    tifffile.imwrite(path, array, photometric="rgb" if array.ndim == 3 else "minisblack")
+    return path
+
+
+@pytest.mark.parametrize("array, words", [
+    (np.full((12, 12), np.nan, np.float32), "holds NaN or infinite values"),
+    (np.full((12, 12, 3), np.inf, np.float32), "holds NaN or infinite values"),
+    (np.full((12, 12), 70000, np.int32), "holds int32 samples"),
+    (np.full((12, 12), -5, np.int16), "holds int16 samples"),
+    (np.full((12, 12), 0.5, np.float16), "is a 16-bit float TIFF, which magn cannot read"),
+])
+def test_tiffs_no_model_can_restore_are_said_as_such(tmp_path, ckpt, array, words, capfd):
+    """Issue #37: these were reported as "the model broke down, please report the
+    weights"; a float16 TIFF as OpenCV's multi-line error and "may be truncated"."""
+    path = _tiff(tmp_path / "a.tif", array)
+    channels = 1 if array.ndim == 2 else 3
+    res = _run(path, "-t", "denoise", "-w", ckpt[channels], "-q")
+    assert res.exit_code == 1
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"error: {path}: ") and words in line, line
+    assert "broke down" not in line and "truncated" not in line
+    assert capfd.readouterr().err == ""                  # nothing from OpenCV's own logging
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("a_magn")]
+
+
+def test_a_full_color_photo_given_to_demosaic_is_said_to_be_no_mosaic(tmp_path, ckpt):
+    _img(tmp_path / "photo.png", (16, 16, 3))
+    res = _run(tmp_path / "photo.png", "-t", "demosaic", "-w", ckpt[3], "-q")
+    assert res.exit_code == 1
+    (line,) = res.stderr.splitlines()
+    assert "is a full-color image, not a Bayer mosaic" in line and "broke down" not in line
+
+
+def test_an_output_folder_that_is_a_file_is_one_line_before_any_image(tmp_path, ckpt):
+    """Issue #37: `-o FILE` said "File exists" for every image."""
+    _img(tmp_path / "a.png", (12, 12, 1))
+    (tmp_path / "out.png").write_bytes(b"mine")
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[1], "-o", tmp_path / "out.png", "-q")
+    assert res.exit_code == 1 and isinstance(res.exception, MagnError)
+    assert "is a file" in str(res.exception) and "--output" in cli_message(res.exception)
+    assert (tmp_path / "out.png").read_bytes() == b"mine"
+
+
+def test_sigterm_releases_every_claim_and_says_what_was_done(tmp_path, ckpt):
+    """Issue #37: SIGTERM ended the run at once, leaving `.magn-lock` files and no summary."""
+    import signal
+    import time
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(120):
+        _img(folder / f"{i:03d}.png", (96, 96, 1))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "magncli", "restore", str(folder), "-t", "denoise",
+                             "-w", str(ckpt[1]), "-o", str(out), "--device", "cpu"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert "->" in proc.stderr.readline()               # the first image is written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped: " in err and "of 120 image(s) restored" in err and err.rstrip().endswith("magn: terminated")
+    assert "Traceback" not in err
+    left = [p for p in out.iterdir() if p.name.startswith(".")]
+    assert left == [] and 0 < len(list(out.iterdir())) < 120

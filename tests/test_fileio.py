@@ -183,3 +183,25 @@ def test_a_claim_survives_its_folder_being_removed_by_a_failed_claim(tmp_path, m
         fileio.atomic_write_bytes(target, b"data", exclusive=True)
     assert target.read_bytes() == b"data" and len(calls) == 2
     assert os.listdir(target.parent) == ["a.png"]
+
+
+def test_a_link_planted_as_the_claim_is_refused_and_its_target_untouched(tmp_path):
+    """Issue #37: the claim was opened through a symbolic link, emptying its target."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out" / "01_magn.png"
+    out.parent.mkdir()
+    lock_path(out).symlink_to(victim)
+    remove_stale_temporaries([out])
+    with pytest.raises(MagnError, match="symbolic link"):
+        with claim_output(out):
+            pytest.fail("the work ran")
+    assert victim.read_text() == "precious" and lock_path(out).is_symlink()
+
+
+def test_a_fifo_planted_as_the_claim_is_refused(tmp_path):
+    out = tmp_path / "01_magn.png"
+    os.mkfifo(lock_path(out))
+    with pytest.raises(MagnError, match="not a regular file"):
+        with claim_output(out):
+            pytest.fail("the work ran")

@@ -294,3 +294,85 @@ def test_several_frames_or_pages_are_refused_never_dropped(tmp_path, name):
     _one_line_error(path, "3 frames or pages", "single-frame")
     hostile_kit.frames(1)[0].save(tmp_path / f"one{path.suffix}")
     assert read_image(tmp_path / f"one{path.suffix}").pixels.shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1e9"])
+def test_a_max_pixels_setting_that_is_not_a_count_is_one_line_and_spares_other_commands(tmp_path, value):
+    """Issue #37: MAGN_MAX_PIXELS=abc crashed every command at import, --version included."""
+    import subprocess
+    import sys
+    path = write_image(tmp_path / "p.png", Image(_rand((8, 8, 1))))
+    env = dict(os.environ, MAGN_MAX_PIXELS=value)
+    version = subprocess.run([sys.executable, "-m", "magncli", "--version"], env=env, capture_output=True, text=True)
+    assert version.returncode == 0 and "Traceback" not in version.stderr
+    res = subprocess.run([sys.executable, "-m", "magncli", "degrade", str(path), "-t", "denoise", "--sigma", "5",
+                          "-o", str(tmp_path / "out")], env=env, capture_output=True, text=True)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert f"MAGN_MAX_PIXELS must be a positive whole number of pixels, got '{value}'" in res.stderr
+
+
+def test_max_pixels_accepts_underscores_as_python_does():
+    from magncli.images import _max_pixels_setting
+    assert _max_pixels_setting("1_000") == 1000 and _max_pixels_setting(None) == 400_000_000
+
+
+def _png(width, height, depth, color, rows: bytes, *chunks) -> bytes:
+    """A PNG written chunk by chunk (an oracle independent of Pillow's and OpenCV's writers)."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + hostile_kit._chunk(b"IHDR", ihdr) + b"".join(chunks)
+            + hostile_kit._chunk(b"IDAT", zlib.compress(rows)) + hostile_kit._chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("color, key, samples", [
+    (0, (0, 50), [0, 50, 100, 50]),                          # gray: level 50 is transparent
+    (2, (0, 10, 0, 20, 0, 30), [10, 20, 30, 1, 2, 3]),       # RGB: (10, 20, 30) is transparent
+])
+def test_png_trns_transparency_is_kept_as_alpha(tmp_path, color, key, samples):
+    """Issue #37: a tRNS chunk of a gray or RGB PNG was dropped, and the transparent
+    pixels came back opaque."""
+    channels = 1 if color == 0 else 3
+    width = len(samples) // channels
+    data = _png(width, 1, 8, color, bytes([0, *samples]), hostile_kit._chunk(b"tRNS", bytes(key)))
+    image = decode_image(data)
+    assert image.channels == channels and image.alpha is not None
+    pixels = np.array(samples, np.uint8).reshape(1, width, channels)
+    transparent = np.all(pixels == np.array(key[1::2], np.uint8), axis=2)
+    assert np.array_equal(image.alpha, np.where(transparent, 0, 255).astype(np.uint8))
+    assert np.array_equal(image.pixels, pixels)
+
+
+def test_16bit_gray_with_alpha_stays_gray_with_alpha(tmp_path):
+    """Issue #37: OpenCV expands 16-bit gray + alpha to BGRA, which magn read as color."""
+    gray = np.array([[0, 1000, 65535], [7, 300, 40000]], np.uint16)
+    alpha = np.array([[65535, 0, 123], [5, 6, 7]], np.uint16)
+    rows = b"".join(b"\0" + np.dstack([gray[i], alpha[i]]).astype(">u2").tobytes() for i in range(2))
+    path = tmp_path / "ga.png"
+    path.write_bytes(_png(3, 2, 16, 4, rows))
+    image = read_image(path)
+    assert image.channels == 1 and image.bit_depth == 16
+    assert np.array_equal(image.pixels[..., 0], gray) and np.array_equal(image.alpha, alpha)
+    out = write_image(tmp_path / "back.png", image)
+    assert out.read_bytes()[24:26] == bytes([16, 4])          # IHDR: 16-bit gray + alpha
+    back = read_image(out)
+    assert np.array_equal(back.pixels, image.pixels) and np.array_equal(back.alpha, alpha)
+
+
+@pytest.mark.parametrize("ext", [".tif", ".png", ".jpg"])
+def test_a_bigtiffs_own_tags_are_not_written_as_exif(tmp_path, ext):
+    """Issue #37: a BigTIFF's IFD was carried as EXIF: the TIFF output failed after the
+    restore (struct.error), and PNG/JPEG outputs got an EXIF block in BigTIFF form
+    (b"II+"), which libpng warns about and no reader takes."""
+    import tifffile
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, _rand((10, 12, 1))[..., 0], bigtiff=True, extratags=[(0x010F, "s", 0, "MagnCam", True)])
+    assert src.read_bytes()[:4] == b"II+\x00"
+    image = read_image(src)
+    out = write_image(tmp_path / f"out{ext}", image)
+    assert np.array_equal(read_image(out).pixels, image.pixels) or ext == ".jpg"
+    assert PILImage.open(out).getexif().get(0x010F) == "MagnCam"            # what it says survives
+    if ext == ".png":
+        data = out.read_bytes()
+        at = data.find(b"eXIf")
+        assert data[at + 4:at + 8] in (b"II*\x00", b"MM\x00*")              # classic TIFF form

@@ -28,3 +28,16 @@ def test_custom_tables_give_the_nearest_quality():
     PILImage.fromarray(np.zeros((8, 8), np.uint8)).save(buf, "JPEG", qtables=[table])
     quality, exact = estimate_jpeg_quality(_quant_of(buf.getvalue()))
     assert not exact and 1 <= quality <= 100
+
+
+def test_tables_of_zero_steps_are_refused_not_read_as_quality_50():
+    """Issue #37: an all-zero table gave numpy's divide-by-zero warning and "quality 50
+    from the JPEG tables"."""
+    from magncli.errors import MagnError
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # no numpy warning either
+        with pytest.raises(MagnError, match="steps of 0"):
+            estimate_jpeg_quality({0: [0] * 64, 1: [0] * 64})
+        with pytest.raises(MagnError, match="pass quality=Q"):
+            estimate_jpeg_quality({0: [16] * 63 + [0]})

@@ -1098,3 +1098,93 @@ def test_a_run_too_big_for_the_memory_is_refused_before_its_first_step(gray_data
     # Oracle: a (1, 8, 32, 32) float32 feature map is saved at least once per conv input.
     assert per_sample >= 8 * 32 * 32 * 4
     assert not (tmp_path / "too-big" / "state_latest.pt").exists()
+
+
+# --------------------------------------------------------------------------- run folders (#37)
+
+def test_a_new_run_never_writes_over_a_trained_run_whose_resume_point_is_gone(gray_data, tmp_path, one_thread):
+    run = tmp_path / "run"
+    Trainer(tiny_config(gray_data, steps=4), run).run()
+    (run / STATE_FILE).unlink()                   # a finished run, pruned to its weights
+    kept = {n: (run / n).read_bytes() for n in (EXPORT_FILE, LATEST_FILE, LOG_FILE)}
+    with pytest.raises(MagnError, match="holds a trained run"):
+        Trainer(tiny_config(gray_data, steps=4), run)
+    assert {n: (run / n).read_bytes() for n in kept} == kept
+
+
+def test_a_folder_that_is_not_a_run_is_never_written_over(gray_data, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / CONFIG_FILE).write_text("my settings")
+    (mine / LOG_FILE).write_text("my diary")
+    result = runner.invoke(app, ["train", "--task", "denoise", "--data", str(gray_data), "--sigma", "25",
+                                 "--arch", "magn-tiny-local", "--steps", "2", "--batch", "2", "--patch", "16",
+                                 "--workers", "0", "--out", str(mine), "--quiet"])
+    assert isinstance(result.exception, MagnError) and "not a magn run folder" in str(result.exception)
+    assert (mine / CONFIG_FILE).read_text() == "my settings" and (mine / LOG_FILE).read_text() == "my diary"
+    assert sorted(os.listdir(mine)) == [CONFIG_FILE, LOG_FILE]
+
+
+def test_a_run_folder_is_claimed_while_it_trains_and_a_legacy_run_still_resumes(gray_data, tmp_path, one_thread):
+    from magncli.fileio import lock_path
+    from magncli.training.runstate import MARKER_FILE
+    run = tmp_path / "run"
+    Trainer(tiny_config(gray_data, steps=6, ckpt_every=3), run).run(until=3)
+    assert (run / MARKER_FILE).is_file() and not lock_path(run).exists()
+    (run / MARKER_FILE).unlink()                  # as a run folder made before the marker
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from magncli.fileio import claim_output
+with claim_output({str(run)!r}, overwrite=True):
+    print("held", flush=True)
+    time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        log_before = (run / LOG_FILE).read_bytes()
+        with pytest.raises(MagnError, match="in use by another magn process"):
+            Trainer(load_run_config(run), run, resume=True)
+        assert (run / LOG_FILE).read_bytes() == log_before
+    finally:
+        holder.kill()
+        holder.wait()
+    resumed = Trainer(load_run_config(run), run, resume=True)
+    assert resumed.step == 3 and lock_path(run).exists()
+    resumed.run()
+    assert resumed.step == 6 and not lock_path(run).exists() and (run / MARKER_FILE).is_file()
+
+
+@pytest.mark.parametrize("settings, words", [
+    (dict(seed=-1), "seed must be an integer from 0 to 4294967295"),
+    (dict(seed=2 ** 32), "seed must be an integer from 0 to 4294967295"),
+    (dict(val_seed=-3), "val_seed must be an integer"),
+    (dict(lr="1e-4"), "lr must be a finite number, not '1e-4'"),
+    (dict(steps=[10]), "steps must be an integer, not [10]"),
+    (dict(channels="1"), "channels must be an integer, not '1'"),
+    (dict(sigma_range="0,55", sigma=None), "sigma_range must be a list of finite numbers (or absent)"),
+    (dict(compile="yes"), "compile must be true or false"),
+    (dict(model=3), "model must be a table"),
+    (dict(schedule="cosine", min_lr=-1e-3), "min_lr must be >= 0"),
+    (dict(schedule="multistep", milestones=[5], gamma=-0.5), "gamma must be > 0"),
+])
+def test_recipe_values_of_the_wrong_type_or_range_are_one_line_before_any_folder(tmp_path, gray_data,
+                                                                                 settings, words):
+    """Issue #37: text for a number, a list for a scalar and seeds numpy refuses were
+    tracebacks (after making the run folder); a negative min_lr or gamma trained with a
+    negative learning rate."""
+    recipe = tmp_path / "bad.toml"
+    base = dict(task="denoise", data=str(gray_data), sigma=25, steps=2, batch=2, patch=16, workers=0,
+                arch="magn-tiny-local")
+    base.update(settings)
+    recipe.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in base.items() if v is not None) + "\n")
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    assert isinstance(result.exception, MagnError), result.output
+    assert words in str(result.exception) and "\n" not in str(result.exception)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_command_line_seed_out_of_range_is_refused(tmp_path, gray_data):
+    result = runner.invoke(app, ["train", "--task", "denoise", "--data", str(gray_data), "--sigma", "25",
+                                 "--seed", "-1", "--out", str(tmp_path / "run"), "--quiet"])
+    assert isinstance(result.exception, MagnError) and "seed must be" in str(result.exception)
+    assert not (tmp_path / "run").exists()

@@ -380,3 +380,78 @@ def test_select_default(wenv, caplog):
     # A library message names the parameter (the CLI shows it as --weights: test_weights_cli).
     with pytest.raises(MagnError, match=r"^no pretrained dejpeg model for gray images yet; pass weights=PATH$"):
         select_default("dejpeg", 1)
+
+
+# --------------------------------------------------------------------------- hostile caches and mirrors (#37)
+
+def test_a_link_planted_as_the_partial_download_never_writes_outside_the_cache(server, wenv, tiny_bytes, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    serve_tiny(server, wenv, tiny_bytes)
+    wenv.cache.mkdir(parents=True)
+    (wenv.cache / f"{FILE}.part").symlink_to(victim)
+    path = resolve_weights(NAME, quiet=True)
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink() and path.read_bytes() == tiny_bytes
+
+
+def test_a_mirror_sending_more_than_the_declared_size_is_cut_off(server, wenv, tiny_bytes, monkeypatch):
+    serve_tiny(server, wenv, tiny_bytes)
+    big = tiny_bytes + b"\0" * (4 << 20)
+    server.state.files[f"/ckpt/{FILE}"] = big
+    with pytest.raises(MagnError, match=rf"more than the declared size \(\d+ bytes, expected {len(tiny_bytes)}\)"):
+        resolve_weights(NAME, quiet=True)
+    assert leftovers(wenv) == [] and server.state.hits == 1      # not retried either
+
+
+def test_a_mirror_without_a_length_is_cut_off_at_the_declared_size(server, wenv, tiny_bytes, monkeypatch):
+    serve_tiny(server, wenv, tiny_bytes)
+    server.state.files[f"/ckpt/{FILE}"] = tiny_bytes * 50
+    import requests
+    original = requests.Session.get
+
+    def no_length(self, *a, **kw):
+        resp = original(self, *a, **kw)
+        resp.headers.pop("Content-Length", None)
+        return resp
+    monkeypatch.setattr(requests.Session, "get", no_length)
+    with pytest.raises(MagnError, match="more than the declared size"):
+        resolve_weights(NAME, quiet=True)
+    assert leftovers(wenv) == []
+
+
+def test_a_dripping_mirror_is_a_stall_not_a_download_for_weeks(server, wenv, tiny_bytes, monkeypatch):
+    monkeypatch.setattr(download, "RETRIES", 0)
+    monkeypatch.setattr(download, "STALL_S", 0.3)
+    monkeypatch.setattr(download, "STALL_MIN_BYTES", 1 << 20)
+    serve_tiny(server, wenv, tiny_bytes)
+    server.state.delay_s = 0.05                   # 256 bytes every 50 ms
+    started = time.monotonic()
+    with pytest.raises(MagnError, match="stalled"):
+        resolve_weights(NAME, quiet=True)
+    assert time.monotonic() - started < 5
+
+
+def test_an_unwritable_cache_is_one_line(server, wenv, tiny_bytes, monkeypatch):
+    serve_tiny(server, wenv, tiny_bytes)
+    wenv.home.parent.mkdir(parents=True, exist_ok=True)
+    wenv.home.write_text("not a folder")          # works as root too, unlike chmod
+    with pytest.raises(MagnError, match="cannot write to the weights cache") as err:
+        resolve_weights(NAME, quiet=True)
+    assert "\n" not in str(err.value)
+
+
+def test_shipped_weights_work_with_an_unwritable_cache(server, wenv, tiny_bytes):
+    serve_tiny(server, wenv, tiny_bytes)
+    (wenv.manifest_dir / FILE).write_bytes(tiny_bytes)
+    wenv.home.write_text("not a folder")          # the 'verified' note cannot be written
+    assert resolve_weights(NAME, quiet=True) == wenv.manifest_dir / FILE
+
+
+def test_a_download_without_a_terminal_says_how_far_it_is(server, wenv, tiny_bytes, monkeypatch, capsys):
+    monkeypatch.setattr(download, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(download, "CHUNK_BYTES", 512)
+    serve_tiny(server, wenv, tiny_bytes)
+    resolve_weights(NAME, quiet=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "downloading" in line]
+    assert lines and lines[-1].endswith(f"{len(tiny_bytes) / 1e6:.1f} of {len(tiny_bytes) / 1e6:.1f} MB")

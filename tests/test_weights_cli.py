@@ -249,3 +249,42 @@ def test_add_replaces_an_entry_and_deletes_its_file_or_publishes_a_newer_export(
     bad = magn("add", str(old), "--name", "x", "--replaces", "nope")
     assert isinstance(bad.exception, MagnError) and "nope" in str(bad.exception)
     assert wenv.manifest_path.read_text() == before
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda r: r.pop("psnr"), "psnr is None"),
+    (lambda r: r.update(psnr="29.5"), "psnr is '29.5'"),
+    (lambda r: r.update(ssim=float("nan")), "ssim is nan"),
+    (lambda r: r.pop("set"), "no set name"),
+    (lambda r: r.update(degradation=[25]), "degradation is not a table"),
+    (lambda r: r.update(degradation={"task": "denoise", "sigma": float("nan")}), "level is nan"),
+])
+def test_malformed_result_rows_are_one_line_and_the_manifest_stays(wenv, tiny_checkpoint, tmp_path, change, words):
+    """Issue #37: a row without psnr was a KeyError traceback; a NaN made the manifest
+    invalid JSON."""
+    assert magn("add", str(tiny_checkpoint), "--name", NAME, "--task", "denoise", "--levels", "25").exit_code == 0
+    row = {"model": NAME, "set": "Set12", "channels": "gray", "psnr": 29.5, "ssim": 0.8, "n_images": 12,
+           "degradation": {"task": "denoise", "sigma": 25}}
+    change(row)
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps([row]))
+    before = wenv.manifest_path.read_text()
+    result = magn("scores", NAME, str(results))
+    assert isinstance(result.exception, MagnError), result.output
+    assert words in str(result.exception) and str(results) in str(result.exception)
+    assert wenv.manifest_path.read_text() == before
+
+
+@pytest.mark.parametrize("task, levels, words", [
+    ("denoise", "nan", "'nan' is not a finite number"),
+    ("denoise", "15,inf", "'inf' is not a finite number"),
+    ("dejpeg", "nan", "'nan' is not a finite number"),
+    ("dejpeg", "0", "JPEG quality must be an integer from 1 to 100"),
+])
+def test_levels_that_are_not_finite_never_reach_the_manifest(wenv, tiny_checkpoint, task, levels, words):
+    """Issue #37: `--levels nan` wrote NaN into manifest.json, which no JSON reader takes."""
+    before = wenv.manifest_path.read_text()
+    bad = magn("add", str(tiny_checkpoint), "--name", "x", "--task", task, "--levels", levels)
+    assert isinstance(bad.exception, MagnError) and words in str(bad.exception), bad.output
+    assert wenv.manifest_path.read_text() == before
+    json.loads(wenv.manifest_path.read_text())

@@ -3,13 +3,14 @@ parses options and calls the library (the modules never import this one). A Magn
 becomes a one-line message, in the command line's terms, and exit code 1."""
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Annotated
 
 import typer
 
 from magncli.cli import degrade, eval, restore, train, weights
-from magncli.cli.common import cli_message, error, setup_logging  # noqa: F401 - cli_message: tests, scripts
+from magncli.cli.common import Terminated, cli_message, error, setup_logging  # noqa: F401 - cli_message: tests, scripts
 from magncli.errors import MagnError
 
 app = typer.Typer(
@@ -36,8 +37,14 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """MAGN image restoration: denoising, JPEG artifact removal and demosaicing."""
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
     setup_logging()
+    # The default SIGTERM ends the process at once, leaving claims and temporaries.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except MagnError as e:
@@ -46,3 +53,6 @@ def main() -> None:
     except KeyboardInterrupt:
         print("magn: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("magn: terminated", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)

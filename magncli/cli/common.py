@@ -158,6 +158,12 @@ def cli_message(error) -> str:
 
 
 # --------------------------------------------------------------------------- the run
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread (cli.app installs the handler) so that every
+    `with` block unwinds as on Ctrl-C: claims released, temporaries removed. A
+    BaseException, so that neither Click nor a per-image `except Exception` takes it."""
+
+
 def command_line() -> str:
     """This run's command as a user would type it ("magn eval ..."), for provenance. The
     files it goes into are published, and name no path of this machine: the home folder

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from magncli.cli import common
 from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PatternOpt, PrecisionOpt,
-                                QualityOpt, SigmaOpt, TaskOpt, TileOpt, TilingOpt, cli_message, failure,
+                                QualityOpt, SigmaOpt, TaskOpt, Terminated, TileOpt, TilingOpt, cli_message, failure,
                                 inference_options, note, out, task_level)
 from magncli.degrade import DEFAULT_PATTERN
 from magncli.errors import MagnError
@@ -87,19 +87,25 @@ def restore(
     failures = 0
     start = time.perf_counter()
     detailed = common.console.is_terminal and not (as_json or quiet)
-    with _Display(jobs, quiet=quiet, detailed=detailed, ensemble=ensemble) as display:
-        outcomes = restore_files(restorer, jobs, workers=n_jobs, overwrite=overwrite, jpeg_quality=jpeg_quality,
-                                 progress=None if quiet else display.tiles)
-        held: dict = {}                # finished outcomes waiting for their turn to be printed
-        next_index = 0
-        with closing(outcomes):
-            for outcome in outcomes:
-                display.finished(outcome)
-                held[outcome.index] = outcome
-                # Lines and records in input order, whatever order the images finish in.
-                while next_index in held:
-                    failures += _report(held.pop(next_index), as_json, quiet)
-                    next_index += 1
+    next_index = 0
+    try:
+        with _Display(jobs, quiet=quiet, detailed=detailed, ensemble=ensemble) as display:
+            outcomes = restore_files(restorer, jobs, workers=n_jobs, overwrite=overwrite,
+                                     jpeg_quality=jpeg_quality, progress=None if quiet else display.tiles)
+            held: dict = {}                # finished outcomes waiting for their turn to be printed
+            with closing(outcomes):
+                for outcome in outcomes:
+                    display.finished(outcome)
+                    held[outcome.index] = outcome
+                    # Lines and records in input order, whatever order the images finish in.
+                    while next_index in held:
+                        failures += _report(held.pop(next_index), as_json, quiet)
+                        next_index += 1
+    except (KeyboardInterrupt, Terminated):
+        if not quiet:   # what a stopped run did, before the claims of the rest were given up
+            note(f"stopped: {next_index - failures} of {len(jobs)} image(s) restored in "
+                 f"{time.perf_counter() - start:.1f} s" + (f", {failures} failed" if failures else ""))
+        raise
     if not quiet:
         ok = len(jobs) - failures
         note(f"{ok} of {len(jobs)} image(s) restored in {time.perf_counter() - start:.1f} s"

@@ -23,6 +23,7 @@ lookup.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
@@ -142,14 +143,49 @@ def resolve_config(name: str, **overrides) -> Tuple[str, dict]:
     unknown = set(overrides) - set(config)
     if unknown:
         raise KeyError(f"unknown config keys for {spec.name}: {', '.join(sorted(unknown))}")
+    for key, value in overrides.items():
+        _check_config_value(spec.name, key, value, config[key])
     config.update(overrides)
     return spec.name, config
+
+
+def _check_config_value(arch: str, key: str, value, default) -> None:
+    """A config value of the default's kind: a checkpoint's recorded config (or a recipe's
+    [model]) with text for a number, or a negative size, would fail deep in the network
+    with a TypeError or ZeroDivisionError that names neither the key nor the file."""
+    if value is None:
+        return
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int) or (default is None and key.endswith("heads")):
+        least = 0 if key.endswith("blocks") else 1      # a count of blocks may be 0, a size may not
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+        kind = f"an integer >= {least}"
+    elif default is None:
+        return
+    elif isinstance(default, float):
+        ok, kind = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value)), "a finite number"
+    else:
+        ok, kind = isinstance(value, type(default)), f"a {type(default).__name__}"
+    if not ok:
+        raise ConfigError(f"config {key} of {arch} must be {kind}, not {value!r}")
+
+
+class ConfigError(KeyError, ValueError):
+    """A config that cannot build its architecture: a KeyError, as an unknown name is, so
+    that every caller that reports those reports this too, and a ValueError, as the
+    builders' own checks raise."""
 
 
 def build_model(name: str, **overrides) -> nn.Module:
     """Build architecture `name` (or a named variant) with config overrides."""
     arch, config = resolve_config(name, **overrides)
-    model = get_arch(arch).builder(**config)
+    try:
+        model = get_arch(arch).builder(**config)
+    except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:   # e.g. heads = 0
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"its config cannot build {arch} ({why})") from None
     model.arch = arch
     model.config = config
     return model

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from magncli.degrade import BAYER_PATTERNS
+from magncli.degrade import BAYER_PATTERNS, check_seed
 from magncli.errors import MagnError
 from magncli.models.registry import resolve_config
 from magncli.tasks import TASKS, get_task
@@ -198,6 +198,12 @@ class TrainConfig:
              "batch and steps must be positive and patch at least 8")
         need(self.patch % 4 == 0, f"patch must be a multiple of 4 (the patch graph's stride), not {self.patch}")
         need(self.lr > 0 and len(self.betas) == 2, "lr must be > 0 and betas two numbers")
+        # A negative floor or factor would drive the learning rate below zero (ascent).
+        need(self.min_lr >= 0, f"min_lr must be >= 0, not {self.min_lr}")
+        need(self.gamma > 0, f"gamma must be > 0, not {self.gamma}")
+        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, not {self.warmup_steps}")
+        for name in ("seed", "val_seed"):       # numpy's RandomState takes 0 .. 2**32 - 1
+            check_seed(getattr(self, name), name)
         need(self.loss in LOSSES, f"unknown loss {self.loss!r}; losses: {', '.join(LOSSES)}")
         need(self.relative_floor > 0, f"relative_floor must be > 0, not {self.relative_floor}")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; schedules: {', '.join(SCHEDULES)}")
@@ -275,8 +281,8 @@ def merge(base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
         unset = value is None or (key in ("val", "val_holdout") and not value)
         if key in EXCLUSIVE and not unset:
             out.pop(EXCLUSIVE[key], None)
-        if key == "model":
-            value = {**out.get("model", {}), **value}
+        if key == "model" and isinstance(value, dict) and isinstance(out.get("model", {}), dict):
+            value = {**out.get("model", {}), **value}     # (not a table: config_from_dict says so)
         out[key] = value
     return out
 
@@ -290,10 +296,49 @@ def load_config(recipes: Sequence = (), overrides: Optional[Dict[str, Any]] = No
     return config_from_dict(settings)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# What each field's annotation accepts, with the words of the error: a recipe's `lr =
+# "1e-4"` or `channels = "1"` must be refused as such, not fail deep in the run (a
+# TypeError) or be echoed as if it were right ("must be 1 or 3, not 1").
+_KINDS = {
+    "str": (lambda v: isinstance(v, str), "text"),
+    "int": (_is_int, "an integer"),
+    "float": (lambda v: _is_number(v) and math.isfinite(v), "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "List[int]": (lambda v: isinstance(v, list) and all(map(_is_int, v)), "a list of integers"),
+    "List[float]": (lambda v: isinstance(v, list) and all(_is_number(x) and math.isfinite(x) for x in v),
+                    "a list of finite numbers"),
+    "Dict[str, Any]": (lambda v: isinstance(v, dict), "a table"),
+}
+_ANNOTATIONS = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def _check_types(settings: Dict[str, Any]) -> None:
+    for key, value in settings.items():
+        kind = _ANNOTATIONS[key]
+        optional = kind.startswith("Optional[")
+        if optional:
+            kind = kind[len("Optional["):-1]
+        if value is None and optional:
+            continue
+        ok, words = _KINDS[kind]
+        if not ok(value):
+            raise MagnError(f"training setting {key} must be {words}{' (or absent)' if optional else ''}, "
+                            f"not {value!r}")
+
+
 def config_from_dict(settings: Dict[str, Any]) -> TrainConfig:
     unknown = set(settings) - _FIELDS
     if unknown:
         raise MagnError(f"unknown training setting(s) {', '.join(sorted(unknown))}")
+    _check_types(settings)
     try:
         config = TrainConfig(**settings)
     except TypeError as e:

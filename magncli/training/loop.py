@@ -12,6 +12,9 @@ The run folder (only rank 0 writes; every file is written to a temporary name an
 os.replace'd, so a kill at any moment leaves the previous version intact; the names,
 the EMA and the RNG states are in training/runstate.py):
 
+    .magn-run                  marks the folder as a run: only a run's files are replaced
+                               (runstate.py; while a process trains it, the folder is
+                               claimed as .NAME.magn-lock beside it)
     config.toml                the settings actually used
     log.jsonl                  one JSON record per log interval, validation and event
     curves.png                 loss and validation PSNR
@@ -52,7 +55,7 @@ from torch import Tensor, nn
 
 from magncli.checkpoints import load_state_dict_strict, read_checkpoint, save_checkpoint
 from magncli.errors import MagnError
-from magncli.fileio import home_as_tilde, write_file_atomic
+from magncli.fileio import drop_claim, hold_claim, home_as_tilde, write_file_atomic
 from magncli.inference import InferenceOptions, resolve_device, resolve_precision
 from magncli.models.registry import build_model, facts
 from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
@@ -62,7 +65,8 @@ from magncli.training import memory
 from magncli.training.threads import AutoThreads
 from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EMA, EXPORT_FILE, LATEST_FILE,
                                        LOG_FILE, STATE_FILE, atomic_torch_save, cpu_state, first_warm_start,
-                                       hardware_string, read_log, rng_states, set_rng_states)
+                                       check_new_run_folder, check_resumable, hardware_string, read_log,
+                                       rng_states, set_rng_states, write_marker)
 from magncli.training.warm_start import filled_config, fit_weights
 from magncli.version import __version__, git_commit
 
@@ -178,6 +182,7 @@ class Trainer:
         # channels_last: 3x3 convolutions on the CPU run faster in it (oneDNN's layout),
         # in fp32 and more so in bf16 (benchmarks/bench_train.py).
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.preserve_format
+        self._claim = None             # the run folder's claim (rank 0, while writing it)
         self._check_run_dir(resume)
 
         scanned = scan_images(resolve_data_folder(config.data))
@@ -231,19 +236,34 @@ class Trainer:
             self.validator = Validator(config, options, files=held_out or None,
                                        name=f"{self.images.folder.name} held-out ({len(held_out)})")
         if self.dist.is_main and record_session:
-            self._start_run_dir(resume)
+            try:
+                self._start_run_dir(resume)
+            except BaseException:
+                self._drop_run_dir()
+                raise
 
     # ------------------------------------------------------------------ run folder
     def _check_run_dir(self, resume: bool) -> None:
-        state = self.run_dir / STATE_FILE
-        if resume and not state.is_file():
-            raise MagnError(f"cannot resume: {state} does not exist")
-        if not resume and state.exists():
-            raise MagnError(f"{self.run_dir} already holds a run; pass resume=True to continue it, "
-                            "or another run_dir=FOLDER")
+        if resume:
+            check_resumable(self.run_dir)
+        else:
+            check_new_run_folder(self.run_dir)
+
+    def _hold_run_dir(self) -> None:
+        """Claim the run folder for as long as this trainer writes it: two processes
+        training one folder would overwrite each other's checkpoints."""
+        if self._claim is None and self.dist.is_main:
+            self._claim = hold_claim(self.run_dir)
+
+    def _drop_run_dir(self) -> None:
+        claim, self._claim = self._claim, None
+        drop_claim(self.run_dir, claim)
 
     def _start_run_dir(self, resume: bool) -> None:
+        self._hold_run_dir()
+        self._check_run_dir(resume)   # again, now that no other process can change it
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(self.run_dir)
         header = f"magn train {__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}: the settings used"
         write_file_atomic(self.run_dir / CONFIG_FILE, config_to_toml(self.config, header), overwrite=True)
         log_path = self.run_dir / LOG_FILE
@@ -498,6 +518,13 @@ class Trainer:
     def run(self, until: Optional[int] = None, cpu_hours: Optional[float] = None) -> dict:
         """Train to config.steps (or stop after step `until`, or once this call has spent
         `cpu_hours` of CPU time, with a checkpoint); returns a summary."""
+        self._hold_run_dir()
+        try:
+            return self._run(until, cpu_hours)
+        finally:
+            self._drop_run_dir()
+
+    def _run(self, until: Optional[int], cpu_hours: Optional[float]) -> dict:
         config, main = self.config, self.dist.is_main
         stop = min(config.steps, until or config.steps)
         loader = make_loader(self.dataset, config, self.step, stop, self.dist.rank, self.dist.world,
@@ -555,4 +582,5 @@ class Trainer:
                 "run_dir": str(self.run_dir)}
 
     def close(self) -> None:
+        self._drop_run_dir()
         self.dist.close()

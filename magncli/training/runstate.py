@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from magncli.errors import MagnError
-from magncli.fileio import atomic_path
+from magncli.fileio import atomic_path, write_file_atomic
 from magncli.training.config import TrainConfig, config_from_dict, merge, read_recipe
+from magncli.version import __version__
 
 # The run folder (see training/loop.py for what each holds).
 CONFIG_FILE = "config.toml"
@@ -29,6 +30,52 @@ STATE_FILE = "state_latest.pt"
 LATEST_FILE = "model_latest.safetensors"
 BEST_FILE = "model_best.safetensors"
 EXPORT_FILE = "export.safetensors"
+# What makes a folder a run folder: written when a run starts. Folders of magn before it
+# count by their resume point with its config and log (LEGACY_RUN_FILES).
+MARKER_FILE = ".magn-run"
+LEGACY_RUN_FILES = (STATE_FILE, CONFIG_FILE, LOG_FILE)
+CHECKPOINT_FILES = (STATE_FILE, LATEST_FILE, BEST_FILE, EXPORT_FILE)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` was made by `magn train` (its marker, or a legacy run's files):
+    only then may a run write over its config and log."""
+    folder = Path(folder)
+    return (folder / MARKER_FILE).is_file() or all((folder / n).is_file() for n in LEGACY_RUN_FILES)
+
+
+def check_new_run_folder(folder: Path) -> None:
+    """MagnError unless a new run may start in `folder`: new, empty, or a run folder that
+    died before its first checkpoint. A trained run whose resume point was deleted, and a
+    folder of the user's own files, are never written over."""
+    folder = Path(folder)
+    if (folder / STATE_FILE).exists():
+        raise MagnError(f"{folder} already holds a run; pass resume=True to continue it, "
+                        "or another run_dir=FOLDER")
+    if folder.exists() and not folder.is_dir():
+        raise MagnError(f"{folder}: is a file, not a run folder; give another run_dir=FOLDER")
+    if not folder.exists() or not any(folder.iterdir()):
+        return
+    if not is_run_folder(folder):
+        raise MagnError(f"{folder} is not empty and not a magn run folder (no {MARKER_FILE}); "
+                        "give a new or empty run_dir=FOLDER")
+    trained = [n for n in CHECKPOINT_FILES if (folder / n).exists()]
+    if trained:
+        raise MagnError(f"{folder} holds a trained run ({trained[0]}) with no {STATE_FILE} to resume; "
+                        "give another run_dir=FOLDER")
+
+
+def check_resumable(folder: Path) -> None:
+    state = Path(folder) / STATE_FILE
+    if not state.is_file():
+        raise MagnError(f"cannot resume: {state} does not exist")
+    if not is_run_folder(folder):
+        raise MagnError(f"cannot resume: {folder} is not a magn run folder (no {MARKER_FILE})")
+
+
+def write_marker(folder: Path) -> None:
+    if not (Path(folder) / MARKER_FILE).is_file():
+        write_file_atomic(Path(folder) / MARKER_FILE, json.dumps({"magn": __version__}) + "\n", overwrite=True)
 
 
 class EMA:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import shutil
@@ -37,6 +38,9 @@ def parse_levels(task: str, text: Optional[str]) -> dict:
             v = float(s)
         except ValueError:
             raise MagnError(f"levels={text!r}: {s!r} is not a number") from None
+        if not math.isfinite(v):        # json.dumps would write NaN: an invalid manifest
+            raise MagnError(f"levels={text!r}: {s!r} is not a finite number")
+        get_task(task).check_level(v)   # a sigma below 0, a quality of 0: the task's own words
         return int(v) if v.is_integer() else v
 
     text = text.strip()
@@ -147,12 +151,42 @@ def add_checkpoint(file, *, name: str, task: Optional[str] = None, channels: Opt
     return load_manifest(manifest.path).get(name)
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _row_problem(row: dict) -> Optional[str]:
+    """What makes a results row unusable for the manifest, or None. A NaN would make the
+    manifest invalid JSON, a missing key or a text score a traceback."""
+    if not isinstance(row.get("set"), str):
+        return "no set name"
+    for key in ("psnr", "ssim"):
+        if not _finite(row.get(key)):
+            return f"{key} is {row.get(key)!r}, not a finite number"
+    for key in ("psnr_y", "ssim_y"):
+        if key in row and not _finite(row[key]):
+            return f"{key} is {row[key]!r}, not a finite number"
+    degradation = row.get("degradation") or {}
+    if not isinstance(degradation, dict):
+        return "degradation is not a table"
+    level = degradation.get("sigma", degradation.get("quality"))
+    if level is not None and not _finite(level):
+        return f"level is {level!r}, not a finite number"
+    if row.get("n_images") is not None and not (isinstance(row["n_images"], int) and row["n_images"] >= 0):
+        return f"n_images is {row['n_images']!r}"
+    return None
+
+
 def scores_from_results(rows: Sequence[dict], model: str) -> List[dict]:
-    """Manifest score records from `magn eval --output results.json` rows of `model`."""
+    """Manifest score records from `magn eval --output results.json` rows of `model`;
+    MagnError for a row of `model` that is not a well-formed results row."""
     scores = []
-    for row in rows:
+    for index, row in enumerate(rows):
         if row.get("model") != model:
             continue
+        problem = _row_problem(row)
+        if problem:
+            raise MagnError(f"row {index + 1} ({model}) is not a `magn eval` results row: {problem}")
         degradation = row.get("degradation") or {}
         level = degradation.get("sigma", degradation.get("quality"))
         score = {"dataset": row["set"], "level": level, "channels": row.get("channels"),
@@ -182,7 +216,10 @@ def record_scores(name: str, results_files: Sequence, *, manifest_path=None) -> 
             raise MagnError(f"cannot read results {path}: {e}") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise MagnError(f"{path} is not a JSON results file of `magn eval` (a list of rows)")
-        found = scores_from_results(rows, name)
+        try:
+            found = scores_from_results(rows, name)
+        except MagnError as e:
+            raise MagnError(f"{path}: {e}") from None
         if not found:
             models = ", ".join(dict.fromkeys(str(r.get("model")) for r in rows)) or "none"
             raise MagnError(f"{path} has no rows for {name} (its models: {models}); "

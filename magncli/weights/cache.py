@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from magncli.errors import MagnError
 from magncli.fileio import atomic_write_text
 from magncli.weights.manifest import Manifest
 
@@ -67,7 +68,7 @@ def record_verified(path: Path, sha256: str, cache_dir: Path) -> None:
     record = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "path": str(path.resolve())}
     try:
         atomic_write_text(_sidecar_path(path, cache_dir), json.dumps(record) + "\n")
-    except OSError:
+    except (OSError, MagnError):  # atomic_write_text says "cannot write" as a MagnError
         pass  # a read-only cache only costs a re-hash next time
 
 

@@ -8,8 +8,10 @@ Knows nothing of the manifest: it is given a URL, a target and what to expect.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import sys
 import time
 from contextlib import contextmanager
@@ -26,6 +28,11 @@ RETRIES = 3                 # extra attempts after the first, for connection err
 BACKOFF_S = 1.0             # wait before retry k is BACKOFF_S * 2**(k-1)
 TIMEOUT_S = (10.0, 60.0)    # (connect, read) seconds, as requests takes them
 CHUNK_BYTES = 1 << 20
+# A server that drips a byte every few seconds never trips the read timeout: less than
+# STALL_MIN_BYTES in STALL_S seconds counts as a stalled attempt (retried, then an error).
+STALL_S = 60.0
+STALL_MIN_BYTES = 16 << 10
+PROGRESS_EVERY_S = 30.0     # without a terminal, a line of progress at most this often
 
 
 class _Retryable(Exception):
@@ -47,8 +54,11 @@ def _progress_bar(description: str, total: Optional[int], done: int, quiet: bool
     """Yields advance(n_bytes). A rich bar on stderr, only when stderr is a terminal."""
     from rich.console import Console
     console = Console(stderr=True)
-    if quiet or not console.is_terminal:
+    if quiet:
         yield lambda n: None
+        return
+    if not console.is_terminal:      # a log: a slow download still says it is alive
+        yield _progress_lines(description, total, done)
         return
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
@@ -56,6 +66,19 @@ def _progress_bar(description: str, total: Optional[int], done: int, quiet: bool
                   TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task(description, total=total, completed=done)
         yield lambda n: bar.advance(task, n)
+
+
+def _progress_lines(description: str, total: Optional[int], done: int):
+    """advance(n_bytes) that says how far the download is, every PROGRESS_EVERY_S."""
+    state = {"done": done, "said": time.monotonic()}
+
+    def advance(n: int) -> None:
+        state["done"] += n
+        if time.monotonic() - state["said"] >= PROGRESS_EVERY_S:
+            state["said"] = time.monotonic()
+            of = f" of {total / 1e6:.1f}" if total else ""
+            say(f"downloading {description}: {state['done'] / 1e6:.1f}{of} MB", False)
+    return advance
 
 
 @contextmanager
@@ -83,28 +106,39 @@ def download_file(url: str, target, *, sha256: Optional[str] = None, size: Optio
     """
     target = Path(target)
     cache_dir = Path(cache_dir) if cache_dir is not None else target.parent
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    with _locked(target, quiet):
-        if target.is_file():
-            if sha256 is None or cache.is_verified(target, sha256, cache_dir):
-                return target
-            target.unlink()  # a corrupt copy: replace it
-        _fetch_to_part(url, part, sha256=sha256, size=size, quiet=quiet)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target, quiet):
+            return _download_locked(url, target, sha256=sha256, size=size, quiet=quiet, cache_dir=cache_dir)
+    except OSError as e:  # an unwritable cache (mkdir, the lock, the rename)
+        raise MagnError(f"cannot write to the weights cache {target.parent}: {e.strerror or e} "
+                        "(set MAGN_HOME to a writable folder)") from None
 
-        actual_size = part.stat().st_size
-        if size is not None and actual_size != size:
+
+def _download_locked(url: str, target: Path, *, sha256: Optional[str], size: Optional[int],
+                     quiet: bool, cache_dir: Path) -> Path:
+    part = target.with_name(target.name + ".part")
+    if target.is_file():
+        if sha256 is None or cache.is_verified(target, sha256, cache_dir):
+            return target
+        target.unlink()  # a corrupt copy: replace it
+    _fetch_to_part(url, part, sha256=sha256, size=size, quiet=quiet)
+
+    actual_size = part.stat().st_size
+    if size is not None and actual_size != size:
+        part.unlink(missing_ok=True)
+        raise MagnError(f"download of {url} has {actual_size} bytes, expected {size}; deleted it")
+    if sha256 is not None:
+        actual = cache.file_sha256(part)
+        if actual != sha256:
             part.unlink(missing_ok=True)
-            raise MagnError(f"download of {url} has {actual_size} bytes, expected {size}; deleted it")
-        if sha256 is not None:
-            actual = cache.file_sha256(part)
-            if actual != sha256:
-                part.unlink(missing_ok=True)
-                raise MagnError(f"download of {url} has sha256 {actual}, expected {sha256}; deleted it "
-                                "(a wrong or corrupted file on the server?)")
-        os.replace(part, target)  # atomic: the final name only ever holds a complete file
-        if sha256 is not None:
-            cache.record_verified(target, sha256, cache_dir)
+            raise MagnError(f"download of {url} has sha256 {actual}, expected {sha256}; deleted it "
+                            "(a wrong or corrupted file on the server?)")
+    if not _is_plain_file(part):  # swapped for a link while we checked it
+        raise MagnError(f"{part}: replaced by something that is not a plain file; not used")
+    os.replace(part, target)  # atomic: the final name only ever holds a complete file
+    if sha256 is not None:
+        cache.record_verified(target, sha256, cache_dir)
     return target
 
 
@@ -121,6 +155,7 @@ def _fetch_to_part(url: str, part: Path, *, sha256: Optional[str], size: Optiona
     restarted = False  # one free restart from zero when the partial file proves stale
     try:
         while True:
+            _drop_foreign_part(part, quiet)
             offset = part.stat().st_size if part.exists() else 0
             if size is not None and offset >= size:
                 # A leftover as long as the file: it may be complete (crash before the rename).
@@ -158,6 +193,62 @@ def _fetch_to_part(url: str, part: Path, *, sha256: Optional[str], size: Optiona
         session.close()
 
 
+def _is_plain_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _drop_foreign_part(part: Path, quiet: bool) -> None:
+    """A `.part` that is a symbolic link (or anything but a plain file) is not ours to
+    resume: writing through it would overwrite a file outside the cache."""
+    if os.path.lexists(part) and not _is_plain_file(part):
+        say(f"{part} is not a plain file; removed it and starting afresh", quiet)
+        try:
+            os.unlink(part)
+        except IsADirectoryError:
+            raise MagnError(f"{part}: is a folder, not a partial download; remove it") from None
+
+
+def _open_part(part: Path, append: bool):
+    """The `.part` file itself for writing, never the target of a link planted there."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_APPEND if append else os.O_TRUNC)
+    try:
+        fd = os.open(part, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise MagnError(f"{part}: is a symbolic link, not a partial download; not written") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MagnError(f"{part}: is not a plain file, not a partial download; not written")
+    return os.fdopen(fd, "ab" if append else "wb")
+
+
+class _Stall:
+    """Counts bytes per STALL_S window; a window with too few is a stalled server."""
+
+    def __init__(self):
+        self.start, self.bytes = time.monotonic(), 0
+
+    def check(self, n: int, written: int) -> None:
+        self.bytes += n
+        now = time.monotonic()
+        if now - self.start < STALL_S:
+            return
+        if self.bytes < STALL_MIN_BYTES:
+            raise _Retryable(f"stalled: {self.bytes} bytes in {now - self.start:.0f} s, "
+                             f"{written} bytes so far")
+        self.start, self.bytes = now, 0
+
+
+def _too_long(url: str, part: Path, size: int, got: int) -> MagnError:
+    part.unlink(missing_ok=True)
+    return MagnError(f"download of {url} sends more than the declared size ({got} bytes, expected {size}); "
+                     "cut off and deleted it")
+
+
 def _stream_response(resp, url: str, part: Path, offset: int, size: Optional[int], quiet: bool) -> None:
     status = resp.status_code
     if status == 416:  # our partial file no longer fits the server's file: start over
@@ -179,21 +270,28 @@ def _stream_response(resp, url: str, part: Path, offset: int, size: Optional[int
     encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
     length = resp.headers.get("Content-Length")
     expected_total = offset + int(length) if length and length.isdigit() and not encoded else size
+    if size is not None and expected_total is not None and expected_total > size:
+        raise _too_long(url, part, size, expected_total)   # said in the headers: read nothing
 
     # read1 (urllib3 >= 2) hands over whatever has arrived, so when the connection drops,
     # every byte received is already in the .part file for the next Range request.
     # (iter_content would lose the last partial chunk.)
     read = getattr(resp.raw, "read1", None) or resp.raw.read
     written = offset
-    with open(part, "ab" if offset else "wb") as out, \
+    stall = _Stall()
+    with _open_part(part, append=bool(offset)) as out, \
             _progress_bar(part.name[:-len(".part")], expected_total, offset, quiet) as advance:
         while True:
             chunk = read(CHUNK_BYTES, decode_content=encoded)
             if not chunk:
                 break
+            if size is not None and written + len(chunk) > size:   # never past the manifest's size
+                out.close()
+                raise _too_long(url, part, size, written + len(chunk))
             out.write(chunk)
             written += len(chunk)
             advance(len(chunk))
+            stall.check(len(chunk), written)
     if expected_total is not None and written < expected_total:
         raise _Retryable(f"connection closed after {written} of {expected_total} bytes")
 
