@@ -130,6 +130,26 @@ def test_gray_image_with_color_model_and_color_image_with_gray_model(tmp_path, c
     assert res.exit_code == 1 and "gray" in res.output and "Traceback" not in res.output
 
 
+def test_demosaic_reads_the_pattern_off_each_mosaic_and_says_so(tmp_path, ckpt):
+    """--pattern auto, the default: the line and the record say the pattern used and
+    that it was detected; a mosaic it cannot tell is one line naming --pattern."""
+    from magncli.degrade import bayer_mosaic, mosaic_to_cfa
+    yy, xx = np.mgrid[0:24, 0:32] / 8.0
+    rgb = np.stack([0.6 + 0.3 * np.sin(xx), 0.5 + 0.3 * np.cos(yy), 0.3 + 0.2 * np.sin(xx + yy)], -1)
+    write_image(tmp_path / "cfa.png", Image(np.rint(mosaic_to_cfa(bayer_mosaic(rgb, "bggr")) * 255).astype(np.uint8)[..., None]))
+    _img(tmp_path / "noise.png", (24, 32, 3))                        # 3 channels, no zeros: no mosaic
+    res = _run(tmp_path / "cfa.png", tmp_path / "noise.png", "-t", "demosaic", "-w", ckpt[3], "--json")
+    assert res.exit_code == 1
+    record = json.loads(res.stdout.splitlines()[0])
+    assert (record["pattern"], record["pattern_source"]) == ("bggr", "detected")
+    assert "pattern bggr (detected)" in " ".join(res.stderr.split())
+    error = json.loads(res.stdout.splitlines()[1])["error"]
+    assert "cannot tell the Bayer pattern" in error and error.endswith("pass --pattern")
+    given = _run(tmp_path / "cfa.png", "-t", "demosaic", "-w", ckpt[3], "--pattern", "bggr", "--json",
+                 "--overwrite", "-q")
+    assert json.loads(given.stdout)["pattern_source"] == "given"
+
+
 def test_bad_options_are_one_line_errors(tmp_path, ckpt):
     _img(tmp_path / "a.png", (16, 16, 3))
     for extra, message in ((["--tile", "30"], "multiple of 4"), (["--precision", "fp16"], "CUDA"),

@@ -15,10 +15,10 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 
 from magncli.cli import common
-from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PatternOpt, PrecisionOpt,
+from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt,
                                 QualityOpt, SigmaOpt, TaskOpt, TileOpt, TilingOpt, cli_message, failure,
                                 inference_options, note, out, task_level)
-from magncli.degrade import DEFAULT_PATTERN
+from magncli.degrade import AUTO_PATTERN, BAYER_PATTERNS
 from magncli.errors import MagnError
 from magncli.fileio import remove_stale_temporaries
 
@@ -31,7 +31,9 @@ def restore(
     task: TaskOpt,
     sigma: SigmaOpt = None,
     quality: QualityOpt = None,
-    pattern: PatternOpt = DEFAULT_PATTERN,
+    pattern: Annotated[str, typer.Option(
+        "--pattern", help=f"demosaic: Bayer pattern of the mosaics, auto | {' | '.join(BAYER_PATTERNS)}; "
+                          "auto reads it off each mosaic and refuses one it cannot tell.")] = AUTO_PATTERN,
     weights: Annotated[Optional[str], typer.Option(
         "--weights", "-w", help="Checkpoint: path, URL or published name.")] = None,
     arch: Annotated[str, typer.Option(help="Architecture of --weights: auto, magn, dagl, panet.")] = "auto",
@@ -144,6 +146,8 @@ def _describe(record: dict) -> str:
         parts.append(f"quality {record['quality']} from the {record['quality_source']}")
     elif record.get("quality_source") == "unknown":
         parts.append("quality unknown (no JPEG tables; --quality states it)")
+    if record.get("pattern"):
+        parts.append(f"pattern {record['pattern']} ({record['pattern_source']})")
     if record.get("model"):
         parts.append(f"model {record['model']}")
     return ", ".join(parts)
