@@ -5,7 +5,11 @@ The Python API, usable without the command line:
     import magncli
     model = magncli.load_model("magn-dejpeg-color")        # a published name, a path or a URL
     restored = magncli.restore_array(model, image)          # (H, W, C) float32 in [0, 1]
-    rgb = magncli.restore_for_task(model, cfa, "demosaic", pattern="rggb")  # as `magn restore` does
+    restored = magncli.restore_array(model, noisy, level=25)            # a model with a level map, told it
+    rgb = magncli.restore_for_task(model, cfa, "demosaic")  # as `magn restore` does (pattern="auto")
+
+Arrays are uint8, uint16 (scaled by their range) or float in [0, 1]; outputs are
+clamped to [0, 1] (magncli.api).
     magncli.restore_file("photo.jpg", "photo_magn.png", task="dejpeg")
 
     net = magncli.build_model("magn", in_channels=1)        # an untrained architecture
@@ -26,9 +30,9 @@ from magncli.version import __version__  # noqa: E402
 from magncli.checkpoints import save_checkpoint  # noqa: E402
 from magncli.errors import MagnError  # noqa: E402
 from magncli.images import Image, read_image, write_image  # noqa: E402
-from magncli.inference import InferenceOptions, restore_array, restore_tensor  # noqa: E402
+from magncli.api import restore_array, restore_for_task  # noqa: E402
+from magncli.inference import InferenceOptions, restore_tensor  # noqa: E402
 from magncli.models.registry import build_model, list_archs  # noqa: E402
-from magncli.tasks import restore_for_task  # noqa: E402
 
 
 def load_model(weights: str, arch: str = "auto", *, offline: Optional[bool] = None,
