@@ -115,6 +115,7 @@ class Restorer:
     offline: Optional[bool] = None
     model_dir: Optional[str] = None
     quiet: bool = True
+    force: bool = False                    # run a checkpoint that states another task
     _models: Dict[Tuple, Tuple[nn.Module, str]] = field(default_factory=dict, repr=False)
     # One load per model even when threads ask at once (restore_files with workers > 1);
     # the models are then only read, in eval mode under inference_mode.
@@ -150,7 +151,23 @@ class Restorer:
             path = resolve_weights(self.weights, task=self.task, channels=channels, level=level,
                                    model_dir=self.model_dir, offline=self.offline, quiet=self.quiet)
         model = load_model(path, arch=self.arch)
+        stated = self._stated_task(model)
+        if stated is not None and stated != self.task and not self.force:
+            raise MagnError(f"{Path(path).name} is a {stated} checkpoint, not one for {self.task}: "
+                            "pass force=True to run it anyway")
         return model, Path(path).name
+
+    def _stated_task(self, model: nn.Module) -> Optional[str]:
+        """The task a checkpoint says it serves: its metadata ("task", which training
+        writes, or a "serves" record), else the manifest entry of a published name."""
+        meta = getattr(model, "checkpoint_meta", None) or {}
+        serves = meta.get("serves") if isinstance(meta.get("serves"), dict) else {}
+        stated = meta.get("task") or serves.get("task")
+        if stated is None and self.weights and not Path(self.weights).is_file():
+            from magncli.weights.manifest import load_manifest
+            entry = load_manifest().find(self.weights)
+            stated = entry.task if entry is not None else None
+        return stated
 
     def restore(self, image: Image, level: Optional[float] = None,
                 progress: Optional[ProgressCallback] = None) -> Tuple[Image, dict]:

@@ -150,6 +150,25 @@ def test_demosaic_reads_the_pattern_off_each_mosaic_and_says_so(tmp_path, ckpt):
     assert json.loads(given.stdout)["pattern_source"] == "given"
 
 
+def test_a_checkpoint_for_another_task_is_refused_unless_forced(tmp_path):
+    """A checkpoint's metadata names its task (training writes it); run for another
+    task it is one line naming both, and --force runs it anyway."""
+    from magn_testkit import random_magn
+    denoiser = save_checkpoint(tmp_path / "den.safetensors", random_magn(in_channels=3, **TINY),
+                               {"task": "denoise", "channels": 3})
+    _img(tmp_path / "a.png", (16, 16, 3))
+    res = _run(tmp_path / "a.png", "-t", "dejpeg", "-w", denoiser)
+    assert res.exit_code == 1 and not (tmp_path / "a_magn.png").exists()
+    line = " ".join(res.stderr.split())
+    assert "den.safetensors is a denoise checkpoint, not one for dejpeg: pass --force to run it anyway" in line
+    forced = _run(tmp_path / "a.png", "-t", "dejpeg", "-w", denoiser, "--force", "-q")
+    assert forced.exit_code == 0 and (tmp_path / "a_magn.png").exists()
+    # A published name: the shipped color denoiser, asked to demosaic.
+    res = _run(tmp_path / "a.png", "-t", "demosaic", "-w", "magn-s-local-denoise-color", "--pattern", "grbg",
+               "--offline", "-o", tmp_path / "out")
+    assert res.exit_code == 1 and "is a denoise checkpoint, not one for demosaic" in " ".join(res.stderr.split())
+
+
 def test_bad_options_are_one_line_errors(tmp_path, ckpt):
     _img(tmp_path / "a.png", (16, 16, 3))
     for extra, message in ((["--tile", "30"], "multiple of 4"), (["--precision", "fp16"], "CUDA"),

@@ -139,7 +139,7 @@ _PARAMETER_OPTIONS = {
     "precision": "--precision", "suffix": "--suffix", "ext": "--ext", "out_dir": "--output",
     "inputs": "--inputs", "data_root": "--data-root", "data": "--data", "run_dir": "--out",
     "lr": "--lr"}
-_FLAGS = {"overwrite", "resume", "recursive", "ensemble", "offline"}   # `name=True` is the bare flag
+_FLAGS = {"overwrite", "resume", "recursive", "ensemble", "offline", "force"}   # `name=True` is the bare flag
 _FLAG_RE = re.compile(r"(?<![\w./\\-])(%s)=True\b" % "|".join(_FLAGS))
 _PARAMETER_RE = re.compile(r"(?<![\w./\\-])(%s)=(?=(\S?))" % "|".join(_PARAMETER_OPTIONS))
 

@@ -37,6 +37,8 @@ def restore(
     weights: Annotated[Optional[str], typer.Option(
         "--weights", "-w", help="Checkpoint: path, URL or published name.")] = None,
     arch: Annotated[str, typer.Option(help="Architecture of --weights: auto, magn, dagl, panet.")] = "auto",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Run a checkpoint whose metadata names another task than --task.")] = False,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Output folder (default: next to each input).")] = None,
     suffix: Annotated[str, typer.Option(help="Appended to each output file name.")] = "_magn",
@@ -79,7 +81,7 @@ def restore(
                      recursive=recursive)
     restorer = Restorer(task=task, weights=weights, arch=arch, level=level, pattern=pattern,
                         options=inference_options(device, precision, tile, overlap, ensemble, tiling, compile),
-                        offline=offline or None, model_dir=model_dir, quiet=quiet)
+                        offline=offline or None, model_dir=model_dir, quiet=quiet, force=force)
     device_type = restorer.options.check()[0].type
     if n_jobs > 1 and device_type != "cpu":
         raise MagnError(f"--jobs {n_jobs} restores images side by side on the CPU's cores; "
