@@ -37,14 +37,17 @@ ENGINE = InferenceOptions()
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", help="fp32, or bf16/fp16 on CUDA (a tile that overflows is redone in fp32).")]
+    "--precision", help="fp32; bf16 on CUDA or on a CPU with native bf16 (AVX512-BF16 or AMX); fp16 on "
+                        "CUDA. A tile that overflows is redone in fp32.")]
 TileOpt = Annotated[Optional[int], typer.Option(
     "--tile", help="Tile size, a multiple of 4 (default: automatic on CUDA, 64 on CPU).")]
 OverlapOpt = Annotated[int, typer.Option("--overlap", help="Overlap between tiles, in pixels.")]
 EnsembleOpt = Annotated[bool, typer.Option("--ensemble", help="x8 flip/rotate self-ensemble (8x slower).")]
 CompileOpt = Annotated[Optional[bool], typer.Option(
-    "--compile/--no-compile", help="torch.compile the attention (about 3.7x faster on CPU after a ~20 s "
-                                   "compile). Default: on for CPU images of 8 or more tiles.")]
+    "--compile/--no-compile", help="torch.compile the attention of the chunked backend "
+                                   "(MAGN_ATTENTION=chunked), after a one-time compile of about 20 s. The default "
+                                   "backends are fused already and compile nothing. Default: on for the "
+                                   "chunked backend on CPU images of 8 or more tiles.")]
 TilingOpt = Annotated[str, typer.Option(
     "--tiling", help="blend: overlapping tiles, blended; chop: DAGL/PANet's official recursive quadrants "
                      "with hard seams (to regenerate their numbers).")]
