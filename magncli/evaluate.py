@@ -37,7 +37,6 @@ from magncli.errors import MagnError
 from magncli.fileio import check_writable, write_file_atomic
 from magncli.images import encode_float_image, to_uint8
 from magncli.metrics import psnr, psnr_ssim
-from magncli.models.registry import facts
 from magncli.results import write_sheet
 from magncli.tasks import TASKS, Degradation, get_task, restore_for_task
 from magncli.version import git_commit
@@ -165,6 +164,7 @@ def model_method(model, options=None, name: str = "model", level_known: bool = T
 def blind_twin(method: Method, options=None) -> List[Method]:
     """[the same model run not told the level] for a model with a level map that has a
     blind use (a denoiser grown with "unknown" in its training; not FFDNet), else []."""
+    from magncli.models.registry import facts        # torch: loaded only when models run
     stated = facts(method.model) if method.model is not None else None
     if stated is None or not stated.level_input or stated.level_required:
         return []

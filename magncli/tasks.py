@@ -20,20 +20,22 @@ training recipes (training/config.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from torch import nn
 
 from magncli.degrade import (AUTO_PATTERN, DEFAULT_PATTERN, DEFAULT_SEED, add_gaussian_noise, align_mosaic,
                              bayer_mosaic, cfa_to_mosaic, check_pattern, check_quality, check_sigma,
                              detect_pattern, jpeg_compress, jpeg_encode)
 from magncli.errors import MagnError
 from magncli.images import Image
-from magncli.inference import InferenceOptions, ProgressCallback, restore_array
 from magncli.jpeg_quality import estimate_jpeg_quality
 from magncli.level_maps import quality_plane, sigma_plane
-from magncli.models.registry import facts
+
+if TYPE_CHECKING:                   # the engine (torch) loads when a model runs, not with the tasks
+    from torch import nn
+
+    from magncli.inference import InferenceOptions, ProgressCallback
 
 # The Bayer period: tiles of a mosaic start on even rows and columns, in the same phase.
 BAYER_PERIOD = 2
@@ -213,6 +215,7 @@ def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Opti
     through it replicated, and the mean of its channels is kept; a model with
     `level_input` also gets the map of `level`, None meaning not known). Returns float32
     (H, W, C'), unclipped."""
+    from magncli.models.registry import facts
     task = get_task(task)
     stated = facts(model)
     if stated.level_input and task.level_plane is None:       # refused before any work on the image
@@ -231,6 +234,14 @@ def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Opti
     if gray_through_color:
         restored = restored.mean(axis=2, keepdims=True)                        # (H', W', 1)
     return task.finish_output(restored, shift)                                 # (H, W, C')
+
+
+def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
+                  progress: Optional[ProgressCallback] = None, align: int = 1,
+                  pattern: Optional[str] = None) -> np.ndarray:
+    """The engine's restore_array (magncli.inference), imported when a model first runs."""
+    from magncli.inference import restore_array as engine_restore_array
+    return engine_restore_array(model, image, options, progress, align=align, pattern=pattern)
 
 
 # --------------------------------------------------------------------------- the tasks

@@ -69,3 +69,28 @@ def test_help_promises_no_cpu_compile_speed_up_and_says_where_bf16_runs(helps):
     assert "faster on CPU" not in restore
     assert "chunked backend" in restore and "compile nothing" in restore
     assert "bf16 on CUDA or on a CPU with native bf16" in restore
+
+
+def test_help_loads_no_torch(helps):
+    """`magn --help` and every command's --help answer without importing torch (seconds
+    of a new user's first minute); torch loads when a command runs a model."""
+    assert helps["torch"] is False
+
+
+def test_import_magncli_loads_no_torch_until_the_api_is_used():
+    probe = ("import sys, magncli; before = 'torch' in sys.modules; "
+             "options = magncli.InferenceOptions(); from magncli import restore_array; "
+             "print(before, 'torch' in sys.modules, options.overlap, restore_array.__module__)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "16", "magncli.api"]
+
+
+def test_the_command_line_starts_from_the_engines_defaults():
+    from dataclasses import fields
+
+    from magncli.engine_defaults import ENGINE
+    from magncli.inference import InferenceOptions
+    engine = InferenceOptions()
+    assert [getattr(engine, f.name) for f in fields(ENGINE)] == [getattr(ENGINE, f.name) for f in fields(ENGINE)]
+    assert (engine.device, engine.precision, engine.overlap, engine.tiling) == ("auto", "fp32", 16, "blend")

@@ -25,15 +25,15 @@ from rich.text import Text
 from magncli.degrade import BAYER_PATTERNS
 from magncli.errors import MagnError
 from magncli.fileio import home_as_tilde
-from magncli.inference import InferenceOptions
+from magncli.engine_defaults import ENGINE
 from magncli.tasks import TASKS, get_task
 
 console = Console(stderr=True, emoji=False)
 stdout_console = Console(emoji=False)
 
 # --------------------------------------------------------------------------- options
-# The engine's defaults, so that every command that runs a model starts from the same.
-ENGINE = InferenceOptions()
+# The engine's defaults (ENGINE), so that every command that runs a model starts from the
+# same; read without loading torch, which --help never needs.
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(
@@ -63,7 +63,8 @@ PatternOpt = Annotated[str, typer.Option(
 
 
 def inference_options(device: str, precision: str, tile: Optional[int], overlap: int, ensemble: bool,
-                      tiling: str, compile: Optional[bool]) -> InferenceOptions:
+                      tiling: str, compile: Optional[bool]) -> "InferenceOptions":
+    from magncli.inference import InferenceOptions
     return InferenceOptions(device=device, precision=precision, tile=tile, overlap=overlap,
                             ensemble=ensemble, tiling=tiling, compile=compile)
 
