@@ -80,7 +80,7 @@ def readable_help(command):
     return command
 
 
-def cli_command() -> click.Command:
+def cli_command():
     """The `magn` command as main runs it (readable_help over the Typer app)."""
     return readable_help(typer.main.get_command(app))
 
