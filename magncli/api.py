@@ -73,18 +73,20 @@ def restore_for_task(model: nn.Module, image, task, *, pattern: Optional[str] = 
 
 def restore_array(model: nn.Module, image, options: Optional[InferenceOptions] = None,
                   progress: Optional[ProgressCallback] = None, *, level: Optional[float] = None,
-                  task: Optional[str] = None) -> np.ndarray:
+                  task: Optional[str] = None, pattern: Optional[str] = AUTO_PATTERN) -> np.ndarray:
     """Restore an (H, W) or (H, W, C) image (uint8, uint16 or float in [0, 1]) with
     `model`; returns float32 of the same height and width, clamped to [0, 1].
 
     The task is the one the model's checkpoint states (or `task=`), and the image is
     seen as that task's models see it (restore_for_task): a model with a level map
-    runs told `level` (sigma or JPEG quality), or "unknown" without it. A model that
+    runs told `level` (sigma or JPEG quality), or "unknown" without it; a demosaicer
+    reads the Bayer `pattern` off the mosaic unless told. A model that
     states no task is run on the image as it is, a gray image through a color model
     with its channel replicated."""
     task = task or model_task(model)
     if task is not None:
-        return restore_for_task(model, image, task, level=level, options=options, progress=progress)
+        return restore_for_task(model, image, task, pattern=pattern, level=level, options=options,
+                                progress=progress)
     stated = facts(model)
     if stated.level_input or level is not None:
         raise MagnError("this model's task is not known, so neither is the scale of its level map: "

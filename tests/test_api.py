@@ -92,3 +92,26 @@ def test_the_default_jpeg_model_restores_a_uint8_photo():
         assert out.shape == photo.shape and 0 <= out.min() and out.max() <= 1
         assert np.abs(out - photo / 255.0).mean() < 0.02                     # still the photo
     assert not np.array_equal(blind, told)                                    # the level was heard
+
+
+def test_a_demosaicer_reads_the_pattern_off_the_mosaic_or_is_told_it():
+    """A checkpoint that states the demosaic task sees a mosaic as `magn restore` does:
+    every Bayer phase through its one GRBG view, "auto" by default."""
+    from magncli.degrade import bayer_mosaic
+
+    class Echo(nn.Module):                              # returns the GRBG-aligned mosaic it was given
+        facts = ModelFacts(in_channels=3)
+
+        def forward(self, x):
+            return x
+
+    model = Echo()
+    model.checkpoint_meta = {"task": "demosaic"}
+    yy, xx = np.mgrid[0:16, 0:20] / 8.0
+    rgb = np.stack([0.7 + 0.2 * np.sin(xx), 0.5 + 0.2 * np.cos(yy), 0.3 + 0.1 * np.sin(xx + yy)], -1)
+    mosaic = bayer_mosaic(rgb, "rggb").astype(np.float32)
+    detected = magncli.restore_array(model, mosaic, CPU)
+    np.testing.assert_array_equal(detected, magncli.restore_array(model, mosaic, CPU, pattern="rggb"))
+    np.testing.assert_array_equal(detected, mosaic)             # aligned to GRBG and cropped back
+    with pytest.raises(MagnError, match="cannot tell the Bayer pattern"):
+        magncli.restore_array(model, rgb.astype(np.float32), CPU)
