@@ -221,6 +221,7 @@ def _errors(res):
     return [line for line in res.stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_hostile_files_are_one_line_each_and_real_stderr_says_nothing_else(tmp_path, ckpt):
     bad = [hostile_kit.bomb(tmp_path / "bomb.png"),
            hostile_kit.bomb(tmp_path / "bomb2.png", 20_000, 10_000),
@@ -446,6 +447,7 @@ def _terminal(monkeypatch):
     return buffer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_terminal_shows_tiles_rates_and_etas(tmp_path, ckpt, monkeypatch, jobs):
     buffer = _terminal(monkeypatch)
@@ -459,6 +461,7 @@ def test_a_terminal_shows_tiles_rates_and_etas(tmp_path, ckpt, monkeypatch, jobs
     assert "2 of 2 image(s) restored" in drawn
 
 
+@pytest.mark.slow
 def test_a_terminal_with_json_keeps_the_plain_bar(tmp_path, ckpt, monkeypatch):
     buffer = _terminal(monkeypatch)
     _img(tmp_path / "a.png", (100, 150, 3))
@@ -467,6 +470,7 @@ def test_a_terminal_with_json_keeps_the_plain_bar(tmp_path, ckpt, monkeypatch):
     assert "tiles" not in buffer.getvalue() and "MP/s" not in buffer.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--json"], ["--jobs", "2"]])
 def test_a_stderr_that_is_not_a_terminal_gets_plain_lines(tmp_path, ckpt, extra):
     for name in ("a.png", "b.png"):
