@@ -5,7 +5,11 @@ The Python API, usable without the command line:
     import magncli
     model = magncli.load_model("magn-s-local-dejpeg-color")  # a published name, a path or a URL
     restored = magncli.restore_array(model, image)          # (H, W, C) float32 in [0, 1]
-    rgb = magncli.restore_for_task(model, cfa, "demosaic", pattern="rggb")  # as `magn restore` does
+    restored = magncli.restore_array(model, noisy, level=25)            # a model with a level map, told it
+    rgb = magncli.restore_for_task(model, cfa, "demosaic")  # as `magn restore` does (pattern="auto")
+
+Arrays are uint8, uint16 (scaled by their range) or float in [0, 1]; outputs are
+clamped to [0, 1] (magncli.api).
     magncli.restore_file("photo.jpg", "photo_magn.png", task="dejpeg")
 
     net = magncli.build_model("magn", in_channels=1)        # an untrained architecture
@@ -19,16 +23,35 @@ from magncli.parallel import set_default_wait_policy
 
 set_default_wait_policy()
 
+import importlib  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Optional  # noqa: E402
+from typing import TYPE_CHECKING, Optional  # noqa: E402
 
 from magncli.version import __version__  # noqa: E402
-from magncli.checkpoints import save_checkpoint  # noqa: E402
 from magncli.errors import MagnError  # noqa: E402
-from magncli.images import Image, read_image, write_image  # noqa: E402
-from magncli.inference import InferenceOptions, restore_array, restore_tensor  # noqa: E402
-from magncli.models.registry import build_model, list_archs  # noqa: E402
-from magncli.tasks import restore_for_task  # noqa: E402
+
+# The rest of the API is imported when first used (PEP 562): `import magncli`, and the
+# command line's --help, load no torch.
+_LAZY = {"save_checkpoint": "magncli.checkpoints", "Image": "magncli.images",
+         "read_image": "magncli.images", "write_image": "magncli.images",
+         "restore_array": "magncli.api", "restore_for_task": "magncli.api",
+         "InferenceOptions": "magncli.inference", "restore_tensor": "magncli.inference",
+         "build_model": "magncli.models.registry", "list_archs": "magncli.models.registry"}
+
+if TYPE_CHECKING:
+    from magncli.api import restore_array, restore_for_task  # noqa: F401
+    from magncli.checkpoints import save_checkpoint  # noqa: F401
+    from magncli.images import Image, read_image, write_image  # noqa: F401
+    from magncli.inference import InferenceOptions, restore_tensor  # noqa: F401
+    from magncli.models.registry import build_model, list_archs  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'magncli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
 
 
 def load_model(weights: str, arch: str = "auto", *, offline: Optional[bool] = None,
@@ -46,6 +69,7 @@ def restore_file(source, target, task: str, weights: Optional[str] = None,
                  progress=None) -> dict:
     """Restore one image file into `target` (atomic write); returns a record of what ran.
     progress(done, total), if given, hears the tile passes (see magncli.inference)."""
+    from magncli.inference import InferenceOptions
     from magncli.restore import Restorer
     restorer = Restorer(task=task, weights=weights, options=options or InferenceOptions())
     return restorer.restore_file(source, target, overwrite=overwrite, progress=progress)

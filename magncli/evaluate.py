@@ -12,7 +12,8 @@ shape. Built-in baselines need no weights:
     bm3d             BM3D (denoise), only where `pip install bm3d` was done
 
 Any other name is a model: a checkpoint name or path, or ARCH:PATH (e.g. dagl:model.pt),
-loaded with magncli.load_model and run with magncli.restore_array.
+loaded with magncli.load_model and run as `magn restore` runs it; "default" is the task's
+published default checkpoint for each set's channels (the one `magn restore` picks).
 
 run_eval returns one row (a dict) per model x set x level, each with its per-image scores
 under "images"; magncli.results presents them (tables, files, the sheet).
@@ -37,7 +38,6 @@ from magncli.errors import MagnError
 from magncli.fileio import check_writable, write_file_atomic
 from magncli.images import encode_float_image, to_uint8
 from magncli.metrics import psnr, psnr_ssim
-from magncli.models.registry import facts
 from magncli.results import write_sheet
 from magncli.tasks import TASKS, Degradation, get_task, restore_for_task
 from magncli.version import git_commit
@@ -62,6 +62,7 @@ class Method:
     device: Optional[str] = None  # models: their device ("auto", "cuda:0", ...) for memory
     requires: Optional[str] = None  # an optional package it imports
     model: Optional[Any] = None     # models: the nn.Module (its tile plan goes into the row)
+    checkpoint: Optional[str] = None  # a model the row names by role ("default"): its checkpoint
 
 
 def _identity(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
@@ -164,10 +165,24 @@ def model_method(model, options=None, name: str = "model", level_known: bool = T
 def blind_twin(method: Method, options=None) -> List[Method]:
     """[the same model run not told the level] for a model with a level map that has a
     blind use (a denoiser grown with "unknown" in its training; not FFDNet), else []."""
+    from magncli.models.registry import facts        # torch: loaded only when models run
     stated = facts(method.model) if method.model is not None else None
     if stated is None or not stated.level_input or stated.level_required:
         return []
     return [model_method(method.model, options, f"{method.name} (blind)", level_known=False)]
+
+
+DEFAULT_MODEL = "default"      # the task's default checkpoint for a set's channels
+
+
+def default_method(task: str, channels: int, options=None) -> Method:
+    """The checkpoint `magn restore` picks for `task` and `channels`-channel inputs, as a
+    row named "default" that records which checkpoint it was."""
+    from magncli.weights import resolve_weights
+    path = resolve_weights(None, task=task, channels=channels, quiet=True)
+    method = _load_model_method(str(path), options)
+    method.name, method.checkpoint = DEFAULT_MODEL, Path(path).stem
+    return method
 
 
 def make_method(spec: str, task: str, options=None) -> Method:
@@ -341,19 +356,19 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
         if Path(sheet).suffix.lower() != ".png":     # it is a PNG: another name would lie
             raise MagnError(f"{sheet}: the sheet is a PNG image; give it a .png name")
         check_writable(sheet, overwrite)
-    methods = [make_method(spec, task, options) for spec in models]
-    if blind:
-        methods = [row for method in methods for row in (method, *blind_twin(method, options))]
-    # Every set is found before any is scored: a misspelt last set must not cost the
-    # hours of the ones before it.
+    # Every set is found, and every model loaded, before any is scored: a misspelt last
+    # set or model must not cost the hours of the ones before it.
     resolved = [datasets.resolve_set(set_spec, data_root) for set_spec in sets]
     set_files = [datasets.list_images(folder) for _, folder, _ in resolved]
+    modes = [_channels_for(task, set_name, test_set, channels, files[0])
+             for (set_name, _, test_set), files in zip(resolved, set_files)]
+    methods_for = _methods_by_channels(task, models, modes, options, blind)
     report = progress or (lambda message: None)
     commit = git_commit()
     sheet_rows = []
     rows = []
-    for (set_name, folder, test_set), files in zip(resolved, set_files):
-        mode = _channels_for(task, set_name, test_set, channels, files[0])
+    for (set_name, folder, test_set), files, mode in zip(resolved, set_files, modes):
+        methods = methods_for(mode)
         stems = [p.stem for p in files]
         truths = [datasets.load_ground_truth(p, mode) for p in files]  # float32 HxWxC
         for degradation in degradations:
@@ -374,7 +389,7 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
                 row.update(set=set_name, channels=mode, inputs=str(inputs) if inputs else None,
                            note=_set_note(test_set, mode),
                            **{k: engine.get(k) for k in ("tile", "overlap", "tiling", "ensemble", "precision")},
-                           commit=commit)
+                           commit=commit, **({"checkpoint": method.checkpoint} if method.checkpoint else {}))
                 rows.append(row)
                 first_outputs.append((method.name, first_output, row["images"][0]["psnr"]))
                 report(f"{set_name} {label} {method.name}: {row['psnr']:.2f} dB, "
@@ -388,6 +403,24 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     if sheet is not None:
         write_sheet(sheet, sheet_rows, overwrite)
     return rows
+
+
+def _methods_by_channels(task: str, models: Sequence[str], modes: Sequence[str], options,
+                         blind: bool) -> Callable[[str], List[Method]]:
+    """The rows' methods for a set scored in `mode` ("gray"/"color"), all loaded now: a
+    model spec once, "default" once per channel count of the sets' models."""
+    model_channels = lambda mode: get_task(task).model_channels(1 if mode == "gray" else 3)  # noqa: E731
+    defaults = ({n: default_method(task, n, options) for n in sorted({model_channels(m) for m in modes})}
+                if DEFAULT_MODEL in models else {})
+    loaded = [None if spec == DEFAULT_MODEL else make_method(spec, task, options) for spec in models]
+
+    def methods_for(mode: str) -> List[Method]:
+        methods = [method or defaults[model_channels(mode)] for method in loaded]
+        if blind:
+            methods = [row for method in methods for row in (method, *blind_twin(method, options))]
+        return methods
+
+    return methods_for
 
 
 def evaluate_method(method: Method, stems, degraded, truths, degradation: Degradation,

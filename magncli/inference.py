@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from magncli.attention import compiled_chunks, default_backend
 from magncli.degrade import bayer_masks, pattern_shift
+from magncli.engine_defaults import ENGINE
 from magncli.errors import MagnError
 from magncli.models.registry import facts
 
@@ -47,7 +48,7 @@ log = logging.getLogger("magn")
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_TILE = 64           # the training patch size: graph statistics match training
-CPU_OVERLAP = 16
+CPU_OVERLAP = ENGINE.overlap
 # A local model's CPU tile (a plain CNN states its reach, ModelFacts.context): its overlap
 # must be 4x its reach for exact blending (80 px for DnCNN-B), which costs little here.
 LOCAL_MODEL_TILE = 512
@@ -63,14 +64,14 @@ ProgressCallback = Callable[[int, int], None]     # progress(tile passes done, t
 
 @dataclass
 class InferenceOptions:
-    device: str = "auto"          # auto | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"       # fp32 | bf16 | fp16 (half precisions on CUDA only)
-    tile: Optional[int] = None    # None: automatic (CUDA: from free memory; else CPU_TILE)
-    overlap: int = CPU_OVERLAP
-    ensemble: bool = False        # x8 flip/rotate self-ensemble
+    device: str = ENGINE.device           # auto | cpu | cuda | cuda:N | mps
+    precision: str = ENGINE.precision     # fp32 | bf16 | fp16 (bf16 on CUDA or a CPU with native bf16)
+    tile: Optional[int] = ENGINE.tile     # None: automatic (CUDA: from free memory; else CPU_TILE)
+    overlap: int = ENGINE.overlap
+    ensemble: bool = ENGINE.ensemble      # x8 flip/rotate self-ensemble
     tile_batch: Optional[int] = None  # tiles per forward pass; None: CPU_TILE_BATCH on the CPU, 1 elsewhere
-    tiling: str = "blend"         # blend (this engine's tiler) | chop (DAGL/PANet's official protocol)
-    compile: Optional[bool] = None  # torch.compile the attention chunks; None: on CPU for >= 8 tile passes
+    tiling: str = ENGINE.tiling           # blend (this engine's tiler) | chop (DAGL/PANet's official protocol)
+    compile: Optional[bool] = ENGINE.compile  # torch.compile the chunked attention; None: on CPU for >= 8 tile passes
     backend: Optional[str] = None  # graph-attention backend; None = per device
 
     def check(self) -> Tuple[torch.device, torch.dtype]:

@@ -27,7 +27,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 from torch import nn
 
-from magncli.degrade import DEFAULT_PATTERN, check_pattern
+from magncli.degrade import AUTO_PATTERN, check_pattern
 from magncli.errors import MagnError
 from magncli.fileio import claim_output
 from magncli.images import IMAGE_EXTENSIONS, Image, check_output_format, read_image, write_image
@@ -144,11 +144,12 @@ class Restorer:
     model: Optional[nn.Module] = None
     arch: str = "auto"
     level: Optional[float] = None          # the task's level: sigma (denoise), quality (dejpeg)
-    pattern: str = DEFAULT_PATTERN         # Bayer pattern of mosaic inputs (demosaic)
+    pattern: str = AUTO_PATTERN            # Bayer pattern of mosaic inputs (demosaic); "auto": read off each
     options: InferenceOptions = field(default_factory=InferenceOptions)
     offline: Optional[bool] = None
     model_dir: Optional[str] = None
     quiet: bool = True
+    force: bool = False                    # run a checkpoint that states another task
     _models: Dict[Tuple, Tuple[nn.Module, str]] = field(default_factory=dict, repr=False)
     # One load per model even when threads ask at once (restore_files with workers > 1);
     # the models are then only read, in eval mode under inference_mode.
@@ -160,7 +161,7 @@ class Restorer:
         self.task = task.name
         if self.level is not None:
             self.level = task.check_level(self.level)           # as results record it: 25.0 -> 25
-        if task.mosaic:
+        if task.mosaic and self.pattern != AUTO_PATTERN:
             self.pattern = check_pattern(self.pattern)
         self.options.check()
 
@@ -184,7 +185,23 @@ class Restorer:
             path = resolve_weights(self.weights, task=self.task, channels=channels, level=level,
                                    model_dir=self.model_dir, offline=self.offline, quiet=self.quiet)
         model = load_model(path, arch=self.arch)
+        stated = self._stated_task(model)
+        if stated is not None and stated != self.task and not self.force:
+            raise MagnError(f"{Path(path).name} is a {stated} checkpoint, not one for {self.task}: "
+                            "pass force=True to run it anyway")
         return model, Path(path).name
+
+    def _stated_task(self, model: nn.Module) -> Optional[str]:
+        """The task a checkpoint says it serves: its metadata ("task", which training
+        writes, or a "serves" record), else the manifest entry of a published name."""
+        meta = getattr(model, "checkpoint_meta", None) or {}
+        serves = meta.get("serves") if isinstance(meta.get("serves"), dict) else {}
+        stated = meta.get("task") or serves.get("task")
+        if stated is None and self.weights and not Path(self.weights).is_file():
+            from magncli.weights.manifest import load_manifest
+            entry = load_manifest().find(self.weights)
+            stated = entry.task if entry is not None else None
+        return stated
 
     def restore(self, image: Image, level: Optional[float] = None,
                 progress: Optional[ProgressCallback] = None) -> Tuple[Image, dict]:
@@ -209,8 +226,10 @@ class Restorer:
             # What a level-conditioned model was told: e.g. noise of unknown strength (no
             # --sigma), or a PNG saved from a JPEG; the model then runs blind.
             info[f"{task.level_key}_source"] = source or "unknown"
-        if task.mosaic:
-            info["pattern"] = self.pattern
+        pattern = task.input_pattern(x, self.pattern)       # a mosaic's pattern, given or detected
+        if pattern is not None:
+            info["pattern"] = pattern
+            info["pattern_source"] = "detected" if self.pattern == AUTO_PATTERN else "given"
         channels = task.model_channels(image.channels)          # a CFA needs a 3-channel model
         model, name = self.model_for(channels, level)
         need = facts(model).in_channels or channels
@@ -220,7 +239,7 @@ class Restorer:
         elif need != channels:
             raise MagnError(f"{name} is a gray ({need}-channel) model; the image has {channels} "
                             "channels (pass weights= with a color model)")
-        y = restore_for_task(model, x, task, pattern=self.pattern, level=level, options=self.options,
+        y = restore_for_task(model, x, task, pattern=pattern, level=level, options=self.options,
                              progress=progress)
         lo, hi = float(np.min(y)), float(np.max(y))                           # NaN stays NaN
         if broken_down(lo, hi):

@@ -20,20 +20,22 @@ training recipes (training/config.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from torch import nn
 
-from magncli.degrade import (DEFAULT_PATTERN, DEFAULT_SEED, add_gaussian_noise, align_mosaic, bayer_mosaic,
-                             cfa_to_mosaic, check_pattern, check_quality, check_seed, check_sigma, jpeg_compress,
-                             jpeg_encode)
+from magncli.degrade import (AUTO_PATTERN, DEFAULT_PATTERN, DEFAULT_SEED, add_gaussian_noise, align_mosaic,
+                             bayer_mosaic, cfa_to_mosaic, check_pattern, check_quality, check_seed, check_sigma,
+                             detect_pattern, jpeg_compress, jpeg_encode)
 from magncli.errors import MagnError
 from magncli.images import Image
-from magncli.inference import InferenceOptions, ProgressCallback, restore_array
 from magncli.jpeg_quality import estimate_jpeg_quality
 from magncli.level_maps import quality_plane, sigma_plane
-from magncli.models.registry import facts
+
+if TYPE_CHECKING:                   # the engine (torch) loads when a model runs, not with the tasks
+    from torch import nn
+
+    from magncli.inference import InferenceOptions, ProgressCallback
 
 # The Bayer period: tiles of a mosaic start on even rows and columns, in the same phase.
 BAYER_PERIOD = 2
@@ -134,15 +136,26 @@ class Task:
         """The Bayer pattern of the mosaics this task's models take (None: not a mosaic)."""
         return DEFAULT_PATTERN if self.mosaic else None
 
-    def prepare_input(self, image: np.ndarray, pattern: Optional[str] = None
+    def input_pattern(self, image: np.ndarray, pattern: Optional[str] = AUTO_PATTERN) -> Optional[str]:
+        """The Bayer pattern of a mosaic input: `pattern` as given, or read off the
+        image when "auto" or None (MagnError when it cannot be told); None for a task
+        whose inputs are not mosaics."""
+        if not self.mosaic:
+            return None
+        if pattern is None or pattern == AUTO_PATTERN:
+            return detect_pattern(image)
+        return check_pattern(pattern)
+
+    def prepare_input(self, image: np.ndarray, pattern: Optional[str] = AUTO_PATTERN
                       ) -> Tuple[np.ndarray, Tuple[int, int]]:
         """What this task's models take, and the (dy, dx) to crop off their output: a
-        Bayer mosaic of `pattern` (3 channels zero-filled, or a one-channel CFA) becomes
-        the GRBG mosaic the models were trained on, padded by dy rows on top and dx
-        columns on the left; anything else is taken as it is."""
+        Bayer mosaic of `pattern` (3 channels zero-filled, or a one-channel CFA; "auto"
+        or None: read off the image) becomes the GRBG mosaic the models were trained
+        on, padded by dy rows on top and dx columns on the left; anything else is taken
+        as it is."""
         if not self.mosaic:
             return image, (0, 0)
-        pattern = pattern or DEFAULT_PATTERN
+        pattern = self.input_pattern(image, pattern)
         if image.ndim == 2 or image.shape[2] == 1:                            # a CFA, (H, W[, 1])
             image = cfa_to_mosaic(image, pattern)                               # (H, W, 3)
         return align_mosaic(image, pattern, self.model_pattern)                # (H + dy, W + dx, 3)
@@ -192,18 +205,21 @@ def degrade(img: np.ndarray, task, level=None, seed: int = DEFAULT_SEED,
     return make_degradation(task, level, seed, pattern).apply(img)
 
 
-def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Optional[str] = None,
+def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Optional[str] = AUTO_PATTERN,
                      level: Optional[float] = None, options: Optional[InferenceOptions] = None,
                      progress: Optional[ProgressCallback] = None) -> np.ndarray:
     """Restore one degraded float32 (H, W, C) image of `task` with `model`: the one way
     restore, eval and training validation run a model. The task adapts the input to what
-    its models take and the output back (a Bayer mosaic of `pattern` is restored in GRBG
-    phase, every tile on the same phase; a gray image given only a color model goes
+    its models take and the output back (a Bayer mosaic of `pattern`, read off the
+    mosaic when "auto" or None, is restored in GRBG phase, every tile on the same phase; a gray image given only a color model goes
     through it replicated, and the mean of its channels is kept; a model with
     `level_input` also gets the map of `level`, None meaning not known). Returns float32
     (H, W, C'), unclipped."""
+    from magncli.models.registry import facts
     task = get_task(task)
     stated = facts(model)
+    if stated.level_input and task.level_plane is None:       # refused before any work on the image
+        raise MagnError(f"{task.name} has no level map for a level-conditioned model")
     x, shift = task.prepare_input(image, pattern)                              # (H', W', C')
     gray_through_color = stated.in_channels == 3 and x.shape[2] == 1
     if gray_through_color:
@@ -218,6 +234,14 @@ def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Opti
     if gray_through_color:
         restored = restored.mean(axis=2, keepdims=True)                        # (H', W', 1)
     return task.finish_output(restored, shift)                                 # (H, W, C')
+
+
+def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
+                  progress: Optional[ProgressCallback] = None, align: int = 1,
+                  pattern: Optional[str] = None) -> np.ndarray:
+    """The engine's restore_array (magncli.inference), imported when a model first runs."""
+    from magncli.inference import restore_array as engine_restore_array
+    return engine_restore_array(model, image, options, progress, align=align, pattern=pattern)
 
 
 # --------------------------------------------------------------------------- the tasks

@@ -96,6 +96,7 @@ def test_flat_input_never_masks_whole_rows(backend):
     torch.testing.assert_close(out, v.mean(dim=2, keepdim=True).expand_as(out), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_chunked_never_allocates_the_score_matrix():
     # m = n = 20000: the (m x n) fp32 matrix would be 1.6 GB. Measured in a fresh process
     # so that the peak RSS belongs to this computation alone.
@@ -118,6 +119,7 @@ def test_chunked_never_allocates_the_score_matrix():
     assert growth < 256 * 2**20, f"peak grew by {growth / 2**20:.0f} MiB"
 
 
+@pytest.mark.slow
 def test_compiled_chunks_match_the_reference():
     # The inference engine compiles the chunk function for large CPU jobs.
     from magncli.attention import compiled_chunks

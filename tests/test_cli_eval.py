@@ -53,10 +53,30 @@ def test_eval_writes_json_csv_md_and_a_sheet(tmp_path):
 def test_eval_scores_color_jpeg_on_rgb_and_y(tmp_path):
     make_images(tmp_path / "set")
     result = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", str(tmp_path / "set"),
-                                 "--levels", "20", "-o", str(tmp_path / "r.json")])
+                                 "--levels", "20", "-m", "input", "-o", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     (row,) = json.loads((tmp_path / "r.json").read_text())
     assert row["channels"] == "color" and {"psnr_y", "ssim_y"} <= set(row["images"][0])
+
+
+def test_eval_scores_the_default_checkpoint_beside_the_input_when_no_model_is_named(tmp_path):
+    """Without -m: the rows input and default; default is the checkpoint `magn restore`
+    picks for the task and each set's channels, and scores as that checkpoint named."""
+    make_images(tmp_path / "color", n=1)
+    make_images(tmp_path / "gray", n=1, color=False)
+    sets = f"{tmp_path / 'color'},{tmp_path / 'gray'}"
+    result = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", sets, "--levels", "20",
+                                 "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["set"], r["model"], r.get("checkpoint")) for r in rows] == [
+        ("color", "input", None), ("color", "default", "magn-s-local-dejpeg-color"),
+        ("gray", "input", None), ("gray", "default", "magn-s-local-dejpeg-gray")]
+    named = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", str(tmp_path / "color"), "--levels", "20",
+                                "-m", "magn-s-local-dejpeg-color", "-o", str(tmp_path / "named.json")])
+    assert named.exit_code == 0, named.output
+    assert json.loads((tmp_path / "named.json").read_text())[0]["psnr"] == rows[1]["psnr"]
+    assert rows[1]["psnr"] > rows[0]["psnr"]                           # the model restores
 
 
 def test_eval_accepts_degraded_inputs_and_one_channel_cfa(tmp_path):
@@ -132,8 +152,8 @@ def test_results_record_the_command_that_made_them(tmp_path):
 
 @pytest.mark.datasets
 def test_eval_cli_reproduces_a_published_input_row(data_root, tmp_path):
-    result = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", "Classic5", "--levels",
-                                 "10", "--data-root", str(data_root), "-o", str(tmp_path / "r.json")])
+    result = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", "Classic5", "--levels", "10",
+                                 "-m", "input", "--data-root", str(data_root), "-o", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     (row,) = json.loads((tmp_path / "r.json").read_text())
     assert round(row["psnr"], 2) == 27.82 and row["set"] == "Classic5"

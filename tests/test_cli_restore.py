@@ -133,6 +133,45 @@ def test_gray_image_with_color_model_and_color_image_with_gray_model(tmp_path, c
     assert res.exit_code == 1 and "gray" in res.output and "Traceback" not in res.output
 
 
+def test_demosaic_reads_the_pattern_off_each_mosaic_and_says_so(tmp_path, ckpt):
+    """--pattern auto, the default: the line and the record say the pattern used and
+    that it was detected; a mosaic it cannot tell is one line naming --pattern."""
+    from magncli.degrade import bayer_mosaic, mosaic_to_cfa
+    yy, xx = np.mgrid[0:24, 0:32] / 8.0
+    rgb = np.stack([0.6 + 0.3 * np.sin(xx), 0.5 + 0.3 * np.cos(yy), 0.3 + 0.2 * np.sin(xx + yy)], -1)
+    write_image(tmp_path / "cfa.png", Image(np.rint(mosaic_to_cfa(bayer_mosaic(rgb, "bggr")) * 255).astype(np.uint8)[..., None]))
+    _img(tmp_path / "noise.png", (24, 32, 3))                        # 3 channels, no zeros: no mosaic
+    res = _run(tmp_path / "cfa.png", tmp_path / "noise.png", "-t", "demosaic", "-w", ckpt[3], "--json")
+    assert res.exit_code == 1
+    record = json.loads(res.stdout.splitlines()[0])
+    assert (record["pattern"], record["pattern_source"]) == ("bggr", "detected")
+    assert "pattern bggr (detected)" in " ".join(res.stderr.split())
+    error = json.loads(res.stdout.splitlines()[1])["error"]
+    assert "cannot tell the Bayer pattern" in error and error.endswith("pass --pattern")
+    given = _run(tmp_path / "cfa.png", "-t", "demosaic", "-w", ckpt[3], "--pattern", "bggr", "--json",
+                 "--overwrite", "-q")
+    assert json.loads(given.stdout)["pattern_source"] == "given"
+
+
+def test_a_checkpoint_for_another_task_is_refused_unless_forced(tmp_path):
+    """A checkpoint's metadata names its task (training writes it); run for another
+    task it is one line naming both, and --force runs it anyway."""
+    from magn_testkit import random_magn
+    denoiser = save_checkpoint(tmp_path / "den.safetensors", random_magn(in_channels=3, **TINY),
+                               {"task": "denoise", "channels": 3})
+    _img(tmp_path / "a.png", (16, 16, 3))
+    res = _run(tmp_path / "a.png", "-t", "dejpeg", "-w", denoiser)
+    assert res.exit_code == 1 and not (tmp_path / "a_magn.png").exists()
+    line = " ".join(res.stderr.split())
+    assert "den.safetensors is a denoise checkpoint, not one for dejpeg: pass --force to run it anyway" in line
+    forced = _run(tmp_path / "a.png", "-t", "dejpeg", "-w", denoiser, "--force", "-q")
+    assert forced.exit_code == 0 and (tmp_path / "a_magn.png").exists()
+    # A published name: the shipped color denoiser, asked to demosaic.
+    res = _run(tmp_path / "a.png", "-t", "demosaic", "-w", "magn-s-local-denoise-color", "--pattern", "grbg",
+               "--offline", "-o", tmp_path / "out")
+    assert res.exit_code == 1 and "is a denoise checkpoint, not one for demosaic" in " ".join(res.stderr.split())
+
+
 def test_bad_options_are_one_line_errors(tmp_path, ckpt):
     _img(tmp_path / "a.png", (16, 16, 3))
     for extra, message in ((["--tile", "30"], "multiple of 4"), (["--precision", "fp16"], "CUDA"),
@@ -185,6 +224,7 @@ def _errors(res):
     return [line for line in res.stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_hostile_files_are_one_line_each_and_real_stderr_says_nothing_else(tmp_path, ckpt):
     bad = [hostile_kit.bomb(tmp_path / "bomb.png"),
            hostile_kit.bomb(tmp_path / "bomb2.png", 20_000, 10_000),
@@ -410,6 +450,7 @@ def _terminal(monkeypatch):
     return buffer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_terminal_shows_tiles_rates_and_etas(tmp_path, ckpt, monkeypatch, jobs):
     buffer = _terminal(monkeypatch)
@@ -423,6 +464,7 @@ def test_a_terminal_shows_tiles_rates_and_etas(tmp_path, ckpt, monkeypatch, jobs
     assert "2 of 2 image(s) restored" in drawn
 
 
+@pytest.mark.slow
 def test_a_terminal_with_json_keeps_the_plain_bar(tmp_path, ckpt, monkeypatch):
     buffer = _terminal(monkeypatch)
     _img(tmp_path / "a.png", (100, 150, 3))
@@ -431,6 +473,7 @@ def test_a_terminal_with_json_keeps_the_plain_bar(tmp_path, ckpt, monkeypatch):
     assert "tiles" not in buffer.getvalue() and "MP/s" not in buffer.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--json"], ["--jobs", "2"]])
 def test_a_stderr_that_is_not_a_terminal_gets_plain_lines(tmp_path, ckpt, extra):
     for name in ("a.png", "b.png"):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -13,6 +15,7 @@ def _psnr(table: str, model: str) -> float:
     return float(re.search(r"\| ([0-9.]+) / ", row).group(1))
 
 
+@pytest.mark.slow
 def test_demo_runs_with_no_datasets_and_restores_better_than_its_inputs(tmp_path):
     env = dict(os.environ, MAGN_DATA=str(tmp_path / "no-datasets"), OMP_NUM_THREADS="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")

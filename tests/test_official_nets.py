@@ -181,6 +181,7 @@ def _rss_peak_growth(fn):
     return hwm() - base
 
 
+@pytest.mark.slow
 def test_chunked_dynamic_knn_never_materialises_the_score_matrix():
     # DAGL's adjacency for 4096 queries x 73728 keys would be 1.125 GiB in float32.
     n_q, n_k, budget = 4096, 73728, 64 * 2**20

@@ -59,6 +59,7 @@ def test_self_ensemble_of_equivariant_function_is_the_function():
     assert not torch.allclose(self_ensemble_x8(shift, x), shift(x))
 
 
+@pytest.mark.slow
 def test_engine_chop_tiling_is_the_official_protocol():
     # `--tiling chop` in restore/eval runs forward_chop with the model's official settings.
     from magncli.inference import InferenceOptions, restore_tensor

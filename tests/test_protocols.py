@@ -17,6 +17,7 @@ def test_classic5_jpeg_input_rows(data_root):
     assert rows[0]["n_images"] == 5 and rows[0]["degradation"] == {"task": "dejpeg", "quality": 10}
 
 
+@pytest.mark.slow
 def test_live1_y_jpeg_input_rows(data_root):
     rows = run_eval("dejpeg", ["LIVE1"], [10, 20, 30, 40], ["input"], data_root=data_root,
                     channels="gray")
@@ -24,6 +25,7 @@ def test_live1_y_jpeg_input_rows(data_root):
     assert rows[0]["n_images"] == 29 and "studio Y" in rows[0]["note"]
 
 
+@pytest.mark.slow
 def test_mosaic_input_rows(data_root):
     rows = run_eval("demosaic", ["McMaster", "Kodak24"], [], ["input"], data_root=data_root)
     assert _psnr_by_level(rows) == [9.17, 8.56]

@@ -67,6 +67,7 @@ def _errors(res):
     return [line for line in res.stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_jobs_2_writes_the_same_bytes_as_jobs_1_at_the_same_threads_per_image(tmp_path, ckpt, threads):
     _photos(tmp_path / "in")
     res2 = _run(tmp_path / "in", "-t", "denoise", "-w", ckpt, "-o", tmp_path / "j2", "--jobs", "2", "--json", "-q")
@@ -84,6 +85,7 @@ def test_jobs_2_writes_the_same_bytes_as_jobs_1_at_the_same_threads_per_image(tm
         [str(tmp_path / "in" / f"{i:02d}.png") for i in range(4)]
 
 
+@pytest.mark.slow
 def test_jobs_2_against_jobs_1_with_all_the_threads(tmp_path, threads):
     # One image on 2 threads against two images on 1 thread each: torch's own results
     # depend on the thread count (reductions split differently), by up to 2.4e-5 on the
@@ -101,6 +103,7 @@ def test_jobs_2_against_jobs_1_with_all_the_threads(tmp_path, threads):
         assert a.dtype == np.float32 and np.allclose(a, b, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_bad_image_among_parallel_jobs_is_one_line_and_the_others_are_written(tmp_path, ckpt, threads):
     folder = tmp_path / "in"
     _photos(folder, n=3)
@@ -140,6 +143,7 @@ def test_jobs_above_1_are_for_the_cpu(tmp_path, ckpt, monkeypatch):
         next(restore_files(restorer, plan_jobs([str(tmp_path)]), workers=0))
 
 
+@pytest.mark.slow
 def test_threads_share_one_load_of_each_model(tmp_path, ckpt, threads, monkeypatch):
     from magncli.restore import Restorer, plan_jobs, restore_files
     _photos(tmp_path / "in", n=4)
@@ -172,6 +176,7 @@ def test_threads_share_one_load_of_each_model(tmp_path, ckpt, threads, monkeypat
         assert done == total > 0
 
 
+@pytest.mark.slow
 def test_stopping_early_leaves_no_claims_or_temporaries(tmp_path, ckpt, threads):
     from magncli.restore import Restorer, plan_jobs, restore_files
     _photos(tmp_path / "in", n=6, dtype=np.uint8)

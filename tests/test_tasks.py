@@ -222,6 +222,36 @@ def test_every_pattern_through_one_grbg_model(tmp_path, pattern, one_channel):
 
 
 @pytest.mark.parametrize("pattern", BAYER_PATTERNS)
+@pytest.mark.parametrize("one_channel", [False, True])
+def test_the_pattern_is_read_off_the_mosaic_when_not_given(tmp_path, pattern, one_channel):
+    """Restorer's default pattern is "auto": each mosaic's own, recorded as detected,
+    and restored as well as when the pattern is given."""
+    rgb = _smooth_rgb() * np.array([1.0, 0.8, 0.5])                    # warmer than blue, as photos are
+    mosaic = bayer_mosaic(rgb, pattern)
+    stored = (mosaic_to_cfa(mosaic) if one_channel else mosaic).reshape(*rgb.shape[:2], -1)
+    write_image(tmp_path / "m.png", Image(np.rint(stored * 65535).astype(np.uint16)))
+    out, info = Restorer(task="demosaic", model=BilinearGRBG()).restore(read_image(tmp_path / "m.png"))
+    assert (info["pattern"], info["pattern_source"]) == (pattern, "detected")
+    given, given_info = Restorer(task="demosaic", model=BilinearGRBG(), pattern=pattern).restore(
+        read_image(tmp_path / "m.png"))
+    assert (given_info["pattern"], given_info["pattern_source"]) == (pattern, "given")
+    assert np.array_equal(out.pixels, given.pixels) and psnr(out.to_float(), rgb) > 30
+    # The library's own default is the same.
+    x = read_image(tmp_path / "m.png").to_float()
+    np.testing.assert_array_equal(restore_for_task(BilinearGRBG(), x, "demosaic"),
+                                  restore_for_task(BilinearGRBG(), x, "demosaic", pattern=pattern))
+
+
+def test_a_mosaic_whose_pattern_cannot_be_told_is_refused_before_the_model_runs():
+    flat = np.full((24, 32, 1), 0.5, np.float32)                  # a CFA whose sites are all alike
+    with pytest.raises(MagnError, match="cannot tell the Bayer pattern.*pass pattern="):
+        Restorer(task="demosaic", model=BilinearGRBG()).restore(Image(flat))
+    noise = np.random.default_rng(0).random((24, 32, 3)).astype(np.float32)      # no zeros: not a mosaic
+    with pytest.raises(MagnError, match="full-color image, not a Bayer mosaic"):
+        Restorer(task="demosaic", model=BilinearGRBG()).restore(Image(noise))
+
+
+@pytest.mark.parametrize("pattern", BAYER_PATTERNS)
 def test_eval_aligns_every_pattern_for_grbg_models(pattern):
     # `magn eval --pattern P` runs models through the same alignment as restore.
     from magncli.tasks import make_degradation

@@ -262,6 +262,7 @@ def test_resume_needs_a_run_folder(tmp_path):
 
 # --------------------------------------------------------------------------- the loop
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_beats_the_noisy_input(gray_data, data_root, tmp_path, one_thread):
     config = tiny_config(gray_data, steps=120, val=str(data_root / "Set12"), val_images=2,
                          val_crop=48, val_every=60, log_every=20)
@@ -297,6 +298,7 @@ def test_resume_restores_step_optimizer_and_weights(gray_data, tmp_path, one_thr
         Trainer(load_run_config(run, {"lr": 0.5}), run, resume=True)
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_ends_bit_identical(gray_data, data_root, tmp_path, one_thread):
     """SIGKILL a training process right after its first checkpoint, resume it, and compare
     with an uninterrupted run: same live and EMA weights, to the bit (CPU, workers=0)."""
@@ -360,6 +362,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, data: str, run: str, out:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_hold_the_same_weights(gray_data, tmp_path):
     import torch.multiprocessing as mp
 
@@ -783,6 +786,7 @@ def test_warm_start_across_channel_counts_converts_head_and_tail(gray_data, tmp_
         Trainer(tiny_config(gray_data, steps=2, init_from=str(tmp_path / "wide.safetensors")), tmp_path / "x")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not __import__("magncli.inference", fromlist=["x"]).cpu_has_native_bf16(),
                     reason="this CPU has no native bf16")
 def test_bf16_and_fp32_short_runs_reach_the_same_validation_psnr(gray_data, tmp_path, one_thread):
@@ -881,6 +885,7 @@ def test_a_level_conditioned_run_sees_each_patch_quality_and_sometimes_unknown(g
                              model={"level_input": True}))
 
 
+@pytest.mark.slow
 def test_a_level_conditioned_model_trains_validates_and_restores(gray_data, tmp_path, one_thread):
     config = tiny_config(gray_data, task="dejpeg", sigma=None, qualities=[10, 90], steps=6,
                          model=dict(TINY, level_input=True), val_holdout=2, val_every=6, val_crop=32)
@@ -943,6 +948,7 @@ def test_relative_losses_weigh_each_sample_by_its_input_error():
         load_config([], dict(task="denoise", data="x", sigma=25, loss="l1"))
 
 
+@pytest.mark.slow
 def test_a_compiled_training_step_trains_the_same_parameters(gray_data, tmp_path, one_thread):
     """compile = true wraps the forward only: the model's own tensors are trained, saved
     and exported, and a run compiled from a checkpoint of an eager run resumes it."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperArgument
 
 from magncli.cli import degrade, eval, restore, train, weights
 from magncli.cli.common import Terminated, cli_message, error, setup_logging  # noqa: F401 - cli_message: tests, scripts
@@ -41,12 +42,60 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+# What a value is, as the help says it, for Typer's labels of Python types ("<str>", "<int>").
+_VALUE_NAMES = {"str": "TEXT", "int": "INTEGER", "int range": "INTEGER", "float": "FLOAT",
+                "float range": "FLOAT", "path": "PATH", "file": "FILE", "directory": "DIRECTORY"}
+
+
+def _value_name(typer_label: Optional[str]) -> Optional[str]:
+    """"<int range>" -> "INTEGER", "<list[str]>" -> "TEXT" (a repeatable option's value)."""
+    inner = (typer_label or "").removeprefix("<").removesuffix(">")
+    if inner.startswith("list[") and inner.endswith("]"):
+        inner = inner[len("list["):-1]
+    return _VALUE_NAMES.get(inner, inner or None)
+
+
+def _readable_type(param, typer_type):
+    """The help's type column of one parameter: none for a flag or an argument (its name
+    says it: INPUT...), an option's own metavar, else the value's kind."""
+    def display(ctx):
+        if isinstance(param, TyperArgument) or param.is_flag:
+            return None
+        return param.metavar if param.metavar is not None else _value_name(typer_type(ctx))
+    return display
+
+
+def readable_help(command):
+    """`command` and its subcommands with help that says what to type, where Typer shows
+    Python types ("<bool>" for a flag, "<str>", "<list[str]>"): no metavar for a flag or
+    an argument, TEXT, INTEGER, FLOAT or PATH for a value (or the option's own name)."""
+    for param in command.params:
+        param.display_type_rich = _readable_type(param, param.display_type_rich)
+    make_help_option = command.get_help_option          # --help is made when the help is shown
+
+    def help_option(ctx):
+        option = make_help_option(ctx)
+        if option is not None:
+            option.display_type_rich = _readable_type(option, option.display_type_rich)
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        readable_help(sub)
+    return command
+
+
+def cli_command():
+    """The `magn` command as main runs it (readable_help over the Typer app)."""
+    return readable_help(typer.main.get_command(app))
+
+
 def main() -> None:
     setup_logging()
     # The default SIGTERM ends the process at once, leaving claims and temporaries.
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app()
+        cli_command()(prog_name="magn")
     except MagnError as e:
         error(str(e))
         sys.exit(1)

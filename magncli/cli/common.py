@@ -25,26 +25,29 @@ from rich.text import Text
 from magncli.degrade import BAYER_PATTERNS
 from magncli.errors import MagnError
 from magncli.fileio import home_as_tilde
-from magncli.inference import InferenceOptions
+from magncli.engine_defaults import ENGINE
 from magncli.tasks import TASKS, get_task
 
 console = Console(stderr=True, emoji=False)
 stdout_console = Console(emoji=False)
 
 # --------------------------------------------------------------------------- options
-# The engine's defaults, so that every command that runs a model starts from the same.
-ENGINE = InferenceOptions()
+# The engine's defaults (ENGINE), so that every command that runs a model starts from the
+# same; read without loading torch, which --help never needs.
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", help="fp32, or bf16/fp16 on CUDA (a tile that overflows is redone in fp32).")]
+    "--precision", help="fp32; bf16 on CUDA or on a CPU with native bf16 (AVX512-BF16 or AMX); fp16 on "
+                        "CUDA. A tile that overflows is redone in fp32.")]
 TileOpt = Annotated[Optional[int], typer.Option(
     "--tile", help="Tile size, a multiple of 4 (default: automatic on CUDA, 64 on CPU).")]
 OverlapOpt = Annotated[int, typer.Option("--overlap", help="Overlap between tiles, in pixels.")]
 EnsembleOpt = Annotated[bool, typer.Option("--ensemble", help="x8 flip/rotate self-ensemble (8x slower).")]
 CompileOpt = Annotated[Optional[bool], typer.Option(
-    "--compile/--no-compile", help="torch.compile the attention (about 3.7x faster on CPU after a ~20 s "
-                                   "compile). Default: on for CPU images of 8 or more tiles.")]
+    "--compile/--no-compile", help="torch.compile the attention of the chunked backend "
+                                   "(MAGN_ATTENTION=chunked), after a one-time compile of about 20 s. The default "
+                                   "backends are fused already and compile nothing. Default: on for the "
+                                   "chunked backend on CPU images of 8 or more tiles.")]
 TilingOpt = Annotated[str, typer.Option(
     "--tiling", help="blend: overlapping tiles, blended; chop: DAGL/PANet's official recursive quadrants "
                      "with hard seams (to regenerate their numbers).")]
@@ -60,7 +63,8 @@ PatternOpt = Annotated[str, typer.Option(
 
 
 def inference_options(device: str, precision: str, tile: Optional[int], overlap: int, ensemble: bool,
-                      tiling: str, compile: Optional[bool]) -> InferenceOptions:
+                      tiling: str, compile: Optional[bool]) -> "InferenceOptions":
+    from magncli.inference import InferenceOptions
     return InferenceOptions(device=device, precision=precision, tile=tile, overlap=overlap,
                             ensemble=ensemble, tiling=tiling, compile=compile)
 
@@ -139,7 +143,7 @@ _PARAMETER_OPTIONS = {
     "precision": "--precision", "suffix": "--suffix", "ext": "--ext", "out_dir": "--output",
     "inputs": "--inputs", "data_root": "--data-root", "data": "--data", "run_dir": "--out",
     "lr": "--lr"}
-_FLAGS = {"overwrite", "resume", "recursive", "ensemble", "offline"}   # `name=True` is the bare flag
+_FLAGS = {"overwrite", "resume", "recursive", "ensemble", "offline", "force"}   # `name=True` is the bare flag
 _FLAG_RE = re.compile(r"(?<![\w./\\-])(%s)=True\b" % "|".join(_FLAGS))
 _PARAMETER_RE = re.compile(r"(?<![\w./\\-])(%s)=(?=(\S?))" % "|".join(_PARAMETER_OPTIONS))
 

@@ -11,7 +11,7 @@ from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, Over
                                 inference_options, note, stdout_console)
 from magncli.datasets import sets_for
 from magncli.degrade import DEFAULT_PATTERN
-from magncli.evaluate import BASELINES, run_eval
+from magncli.evaluate import BASELINES, DEFAULT_MODEL, run_eval
 from magncli.results import check_results_path, results_tables, write_results
 from magncli.tasks import TASKS
 
@@ -29,10 +29,12 @@ def eval_command(
     levels: Annotated[Optional[str], typer.Option(
         "--levels", help=f"Comma-separated sigmas (denoise) or JPEG qualities (dejpeg); default {_DEFAULT_LEVELS}.")
     ] = None,
-    models: Annotated[List[str], typer.Option(
+    models: Annotated[Optional[List[str]], typer.Option(
         "--model", "-m",
-        help=f"Repeatable. Baselines: {', '.join(BASELINES)}; or a checkpoint name/path, or ARCH:PATH.")
-    ] = ["input"],  # noqa: B006 - Typer copies it
+        help=f"Repeatable. Baselines: {', '.join(BASELINES)}; {DEFAULT_MODEL}: the checkpoint `magn restore` "
+             f"uses for the task and each set's channels; or a checkpoint name/path, or ARCH:PATH. "
+             f"Without -m: input and {DEFAULT_MODEL}.")
+    ] = None,
     pattern: PatternOpt = DEFAULT_PATTERN,
     channels: Annotated[Optional[str], typer.Option(
         "--channels", help="gray | color (default: the set's first track; LIVE1 gray = Y).")] = None,
@@ -61,6 +63,7 @@ def eval_command(
     for output in outputs:
         check_results_path(output, overwrite)  # fail before the run, not after it
     set_names = comma_list(sets, "--sets") or sets_for(task, channels)  # default: every set of the task
+    models = models or ["input", DEFAULT_MODEL]
     # Baselines run no model: options only when a checkpoint is among the models.
     options = None if all(m in BASELINES for m in models) else inference_options(
         device, precision, tile, overlap, ensemble, tiling, compile)

@@ -15,10 +15,10 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 
 from magncli.cli import common
-from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PatternOpt, PrecisionOpt,
+from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt,
                                 QualityOpt, SigmaOpt, TaskOpt, Terminated, TileOpt, TilingOpt, cli_message, failure,
                                 inference_options, note, out, task_level)
-from magncli.degrade import DEFAULT_PATTERN
+from magncli.degrade import AUTO_PATTERN, BAYER_PATTERNS
 from magncli.errors import MagnError
 from magncli.fileio import remove_stale_temporaries
 
@@ -31,10 +31,14 @@ def restore(
     task: TaskOpt,
     sigma: SigmaOpt = None,
     quality: QualityOpt = None,
-    pattern: PatternOpt = DEFAULT_PATTERN,
+    pattern: Annotated[str, typer.Option(
+        "--pattern", help=f"demosaic: Bayer pattern of the mosaics, auto | {' | '.join(BAYER_PATTERNS)}; "
+                          "auto reads it off each mosaic and refuses one it cannot tell.")] = AUTO_PATTERN,
     weights: Annotated[Optional[str], typer.Option(
         "--weights", "-w", help="Checkpoint: path, URL or published name.")] = None,
     arch: Annotated[str, typer.Option(help="Architecture of --weights: auto, magn, dagl, panet.")] = "auto",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Run a checkpoint whose metadata names another task than --task.")] = False,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Output folder (default: next to each input).")] = None,
     suffix: Annotated[str, typer.Option(help="Appended to each output file name.")] = "_magn",
@@ -77,7 +81,7 @@ def restore(
                      recursive=recursive)
     restorer = Restorer(task=task, weights=weights, arch=arch, level=level, pattern=pattern,
                         options=inference_options(device, precision, tile, overlap, ensemble, tiling, compile),
-                        offline=offline or None, model_dir=model_dir, quiet=quiet)
+                        offline=offline or None, model_dir=model_dir, quiet=quiet, force=force)
     device_type = restorer.options.check()[0].type
     if n_jobs > 1 and device_type != "cpu":
         raise MagnError(f"--jobs {n_jobs} restores images side by side on the CPU's cores; "
@@ -150,6 +154,8 @@ def _describe(record: dict) -> str:
         parts.append(f"quality {record['quality']} from the {record['quality_source']}")
     elif record.get("quality_source") == "unknown":
         parts.append("quality unknown (no JPEG tables; --quality states it)")
+    if record.get("pattern"):
+        parts.append(f"pattern {record['pattern']} ({record['pattern_source']})")
     if record.get("model"):
         parts.append(f"model {record['model']}")
     return ", ".join(parts)

@@ -15,14 +15,14 @@ from magncli.errors import MagnError
 
 app = typer.Typer(
     name="weights",
-    help="Pretrained checkpoints: list, download, verify, locate, add.",
+    help="Pretrained checkpoints: list, download, verify, locate, add, scores.",
     no_args_is_help=True,
 )
 
 ManifestOpt = Annotated[Optional[Path], typer.Option(
-    "--manifest", help="Manifest file [default: $MAGN_MANIFEST or the repository's weights/manifest.json].")]
+    "--manifest", help="Manifest file (default: $MAGN_MANIFEST or the repository's weights/manifest.json).")]
 ModelDirOpt = Annotated[Optional[Path], typer.Option(
-    "--model-dir", help="Cache folder for checkpoints [default: $MAGN_HOME/weights or the user cache].")]
+    "--model-dir", help="Cache folder for checkpoints (default: $MAGN_HOME/weights or the user cache).")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never use the network (also MAGN_OFFLINE=1).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, for scripts.")]
@@ -102,7 +102,7 @@ def download_cmd(
 
 @app.command("verify")
 def verify_cmd(
-    names: Annotated[Optional[List[str]], typer.Argument(help="Only these checkpoints [default: all].")] = None,
+    names: Annotated[Optional[List[str]], typer.Argument(help="Only these checkpoints (default: all).")] = None,
     manifest: ManifestOpt = None, model_dir: ModelDirOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Re-hash every cached and shipped checkpoint file; exit 1 if any does not match."""
@@ -151,12 +151,12 @@ def add_cmd(
     file: Annotated[Path, typer.Argument(help="The checkpoint file (.safetensors with magn metadata).")],
     name: Annotated[str, typer.Option("--name", help="Unique checkpoint name.")],
     task: Annotated[Optional[str], typer.Option(
-        "--task", help="denoise, dejpeg or demosaic [default: from the file's metadata].")] = None,
+        "--task", help="denoise, dejpeg or demosaic (default: from the file's metadata).")] = None,
     channels: Annotated[Optional[int], typer.Option(
-        "--channels", help="1 (gray) or 3 (color) [default: the config's in_channels].")] = None,
+        "--channels", help="1 (gray) or 3 (color); default: the config's in_channels.")] = None,
     levels: Annotated[Optional[str], typer.Option(
         "--levels", help="Levels it serves: 25, 15,25,50, or a blind range 0-55 "
-                         "[default: what `magn train` recorded in the file].")] = None,
+                         "(default: what `magn train` recorded in the file).")] = None,
     urls: Annotated[Optional[List[str]], typer.Option("--url", help="Download URL (repeatable).")] = None,
     default: Annotated[bool, typer.Option("--default", help="Make it the default for its task and channels.")] = False,
     copy_file: Annotated[bool, typer.Option(
