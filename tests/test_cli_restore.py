@@ -147,7 +147,7 @@ def test_demosaic_reads_the_pattern_off_each_mosaic_and_says_so(tmp_path, ckpt):
     assert (record["pattern"], record["pattern_source"]) == ("bggr", "detected")
     assert "pattern bggr (detected)" in " ".join(res.stderr.split())
     error = json.loads(res.stdout.splitlines()[1])["error"]
-    assert "cannot tell the Bayer pattern" in error and error.endswith("pass --pattern")
+    assert "is a full-color image, not a Bayer mosaic" in error      # #37's word, before any detection
     given = _run(tmp_path / "cfa.png", "-t", "demosaic", "-w", ckpt[3], "--pattern", "bggr", "--json",
                  "--overwrite", "-q")
     assert json.loads(given.stdout)["pattern_source"] == "given"
@@ -166,8 +166,10 @@ def test_a_checkpoint_for_another_task_is_refused_unless_forced(tmp_path):
     assert "den.safetensors is a denoise checkpoint, not one for dejpeg: pass --force to run it anyway" in line
     forced = _run(tmp_path / "a.png", "-t", "dejpeg", "-w", denoiser, "--force", "-q")
     assert forced.exit_code == 0 and (tmp_path / "a_magn.png").exists()
-    # A published name: the shipped color denoiser, asked to demosaic.
-    res = _run(tmp_path / "a.png", "-t", "demosaic", "-w", "magn-s-local-denoise-color", "--pattern", "grbg",
+    # A published name: the shipped color denoiser, asked to demosaic (a mosaic).
+    from magncli.degrade import bayer_mosaic
+    write_image(tmp_path / "m.png", Image(bayer_mosaic(np.full((16, 16, 3), 0.5, np.float32), "grbg")))
+    res = _run(tmp_path / "m.png", "-t", "demosaic", "-w", "magn-s-local-denoise-color", "--pattern", "grbg",
                "--offline", "-o", tmp_path / "out")
     assert res.exit_code == 1 and "is a denoise checkpoint, not one for demosaic" in " ".join(res.stderr.split())
 

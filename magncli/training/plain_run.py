@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List
 
 import numpy as np
 
+from magncli.errors import MagnError
 from magncli.images import read_image
 from magncli.tasks import get_task
 
@@ -54,8 +55,12 @@ def plain_settings(flags: Dict[str, Any], *, on_cpu: bool, native_bf16: bool,
 
 
 def is_color(path: Path) -> bool:
-    """Whether an image file holds colour: three channels that are not all the same."""
-    pixels = read_image(path).pixels                                           # (H, W, C)
+    """Whether an image file holds colour: three channels that are not all the same. An
+    unreadable file says nothing here (the run's scan of the folder reports it)."""
+    try:
+        pixels = read_image(path).pixels                                       # (H, W, C)
+    except MagnError:
+        return False
     return pixels.shape[2] >= 3 and not (np.array_equal(pixels[..., 0], pixels[..., 1])
                                          and np.array_equal(pixels[..., 1], pixels[..., 2]))
 
