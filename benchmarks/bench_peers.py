@@ -88,6 +88,9 @@ def main() -> None:
     ap.add_argument("--peers", default=str(REPO.parent / "shared" / "peers"))
     ap.add_argument("--data", default=os.environ.get("MAGN_DATA") or str(REPO.parent / "shared" / "datasets"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--only", default="", help="row labels to run, separated by ; (default: every row)")
+    ap.add_argument("--no-whole-at", default="", help="comma list of sizes where the whole-image rows are "
+                                                      "left out (a 12 MP DnCNN pass holds gigabytes)")
     ap.add_argument("--json", default="benchmarks/results/peers.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -97,6 +100,8 @@ def main() -> None:
     rows = []
     for size in args.sizes.split(","):
         for label, channels, weights, sigma_given, whole in MODELS:
+            if (args.only and label not in args.only.split(";")) or (whole and size in args.no_whole_at.split(",")):
+                continue
             spec = dict(label=label, channels=channels, weights=weights, sigma_given=sigma_given, whole=whole, size=size,
                         peers=args.peers, data=args.data, threads=args.threads)
             res = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
