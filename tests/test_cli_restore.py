@@ -15,6 +15,7 @@ from magncli.cli.app import app
 from magncli.cli.common import cli_message
 from magncli.errors import MagnError
 from magncli.images import Image, read_image, write_image
+from cli_testkit import user_error
 from magn_testkit import TINY, random_magn
 import hostile_kit
 
@@ -674,3 +675,38 @@ def test_sigterm_releases_every_claim_and_says_what_was_done(tmp_path, ckpt):
     assert "Traceback" not in err
     left = [p for p in out.iterdir() if p.name.startswith(".")]
     assert left == [] and 0 < len(list(out.iterdir())) < 120
+
+
+# --------------------------------------------------------------------------- issue 36
+def test_skip_existing_counts_an_existing_output_as_skipped_not_failed(tmp_path, ckpt):
+    """Issue #36: rerunning a folder said "0 of 9 image(s) restored, 9 failed" and exited 1."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for i in range(3):
+        _img(folder / f"{i}.png", (16, 16, 1))
+    assert _run(folder / "0.png", "-t", "denoise", "-w", ckpt[1], "-o", out, "-q").exit_code == 0
+    restored_before = (out / "0_magn.png").read_bytes()
+    (out / "2_magn.png").write_bytes(b"mine")
+
+    res = _run(folder, "-t", "denoise", "-w", ckpt[1], "-o", out, "--skip-existing", "--json")
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r.get("skipped", False) for r in records] == [True, False, True]
+    assert records[0] == {"input": str(folder / "0.png"), "output": str(out / "0_magn.png"),
+                          "skipped": True, "reason": "the output exists"}
+    assert records[1]["output"] == str(out / "1_magn.png") and (out / "1_magn.png").is_file()
+    assert (out / "0_magn.png").read_bytes() == restored_before and (out / "2_magn.png").read_bytes() == b"mine"
+    lines = res.stderr.splitlines()
+    assert lines[0] == f"{folder / '0.png'} -> {out / '0_magn.png'} (skipped: the output exists)"
+    assert lines[-1].startswith("1 of 3 image(s) restored, 2 skipped in ") and "failed" not in res.stderr
+
+    again = _run(folder, "-t", "denoise", "-w", ckpt[1], "-o", out, "-q")     # without it: failures
+    assert again.exit_code == 1 and again.stderr.count("already exists") == 3
+
+
+def test_skip_existing_and_overwrite_together_are_one_line(tmp_path, ckpt):
+    _img(tmp_path / "a.png", (16, 16, 1))
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[1], "--overwrite", "--skip-existing")
+    message = user_error(res, "--overwrite", "--skip-existing")
+    assert "=True" not in message and not (tmp_path / "a_magn.png").exists()
+

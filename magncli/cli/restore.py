@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Deque, Dict, List, Optional, Tuple
@@ -45,6 +45,9 @@ def restore(
     ext: Annotated[str, typer.Option(help="Output format: png, tif, jpg, webp, bmp.")] = "png",
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    skip_existing: Annotated[bool, typer.Option(
+        "--skip-existing", help="Skip the images whose output exists (to finish a stopped run); they are "
+                                "counted as skipped, not failed.")] = False,
     jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="Quality of JPEG outputs.")] = 95,
     n_jobs: Annotated[int, typer.Option(
         "--jobs", "-j", metavar="N", help="Restore N images at once in this process (CPU), torch's threads "
@@ -66,7 +69,7 @@ def restore(
     Outputs are written next to the inputs as NAME_magn.png, or mirrored under -o.
     Every image is attempted: one that fails (unreadable, too large, several frames,
     output exists or cannot be written, out of memory) gets one line, and the exit code
-    is 1 if any failed.
+    is 1 if any failed. With --skip-existing an existing output is skipped, not failed.
 
     On a terminal, progress shows the tiles of each image in work, megapixels per
     second and the time left for the image and for all of them; with --json, or when
@@ -88,40 +91,51 @@ def restore(
                         f"on {device_type} use --jobs 1")
     for stale in remove_stale_temporaries(job.target for job in jobs if job.target):
         note(f"removed {stale}, a temporary file left by an interrupted magn run")
-    failures = 0
+    finished: Dict[int, object] = {}   # index -> Outcome: what is done (its file written, or not)
+    next_index = 0                     # the next to print: lines in input order
     start = time.perf_counter()
     detailed = common.console.is_terminal and not (as_json or quiet)
-    next_index = 0
     try:
         with _Display(jobs, quiet=quiet, detailed=detailed, ensemble=ensemble) as display:
             outcomes = restore_files(restorer, jobs, workers=n_jobs, overwrite=overwrite,
-                                     jpeg_quality=jpeg_quality, progress=None if quiet else display.tiles)
-            held: dict = {}                # finished outcomes waiting for their turn to be printed
+                                     skip_existing=skip_existing, jpeg_quality=jpeg_quality,
+                                     progress=None if quiet else display.tiles)
             with closing(outcomes):
                 for outcome in outcomes:
+                    finished[outcome.index] = outcome
                     display.finished(outcome)
-                    held[outcome.index] = outcome
                     # Lines and records in input order, whatever order the images finish in.
-                    while next_index in held:
-                        failures += _report(held.pop(next_index), as_json, quiet)
+                    while next_index in finished:
                         next_index += 1
+                        _report(finished[next_index - 1], as_json, quiet)
     except (KeyboardInterrupt, Terminated):
         if not quiet:   # what a stopped run did, before the claims of the rest were given up
-            note(f"stopped: {next_index - failures} of {len(jobs)} image(s) restored in "
-                 f"{time.perf_counter() - start:.1f} s" + (f", {failures} failed" if failures else ""))
+            note(f"stopped: {_counted(Counter(map(_status, finished.values())), len(jobs))} in "
+                 f"{time.perf_counter() - start:.1f} s")
         raise
+    counts = Counter(map(_status, finished.values()))
     if not quiet:
-        ok = len(jobs) - failures
-        note(f"{ok} of {len(jobs)} image(s) restored in {time.perf_counter() - start:.1f} s"
-             + (f", {failures} failed" if failures else ""))
-    if failures:
+        note(f"{_counted(counts, len(jobs))} in {time.perf_counter() - start:.1f} s")
+    if counts["failed"]:
         raise typer.Exit(1)
 
 
-def _report(outcome, as_json: bool, quiet: bool) -> int:
-    """Print one image's line (and --json record); 1 if it failed, else 0."""
+def _status(outcome) -> str:
+    return "failed" if outcome.error is not None else "skipped" if outcome.skipped is not None else "restored"
+
+
+def _counted(counts: Counter, total: int) -> str:
+    """'3 of 9 image(s) restored, 5 skipped, 1 failed' (no zero counts but the first)."""
+    return ", ".join([f"{counts['restored']} of {total} image(s) restored"]
+                     + [f"{counts[kind]} {kind}" for kind in ("skipped", "failed") if counts[kind]])
+
+
+def _report(outcome, as_json: bool, quiet: bool) -> None:
+    """Print one image's line (and --json record)."""
     job = outcome.job
-    if outcome.error is None:
+    if outcome.skipped is not None:
+        record = {"input": str(job.source), "output": str(job.target), "skipped": True, "reason": outcome.skipped}
+    elif outcome.error is None:
         record = outcome.record
     else:
         record = {"input": str(job.source), "error": cli_message(image_error(job.source, outcome.error))}
@@ -130,8 +144,7 @@ def _report(outcome, as_json: bool, quiet: bool) -> int:
     if "error" in record:
         failure(record["error"])
     elif not quiet:
-        note(f"{job.source} -> {job.target} ({_describe(record)})")
-    return int("error" in record)
+        note(f"{job.source} -> {job.target} ({'skipped: ' + outcome.skipped if outcome.skipped else _describe(record)})")
 
 
 def image_error(source: Path, e: Exception) -> str:
@@ -245,9 +258,9 @@ class _Display:
         with self._lock:
             row = self._running.pop(outcome.index, (None,))[0]
             self._done += 1
-            if outcome.error is None:
+            if outcome.error is None and outcome.skipped is None:
                 self._finished_mp += self._mp[outcome.index]
-            else:      # nothing more to do for it: its megapixels leave the total
+            else:      # failed or skipped: nothing more to do for it, its megapixels leave the total
                 self._total_mp -= self._mp[outcome.index]
             mp_done = self._mp_done()
             self._samples.append((time.monotonic(), mp_done))
