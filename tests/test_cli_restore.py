@@ -710,3 +710,39 @@ def test_skip_existing_and_overwrite_together_are_one_line(tmp_path, ckpt):
     message = user_error(res, "--overwrite", "--skip-existing")
     assert "=True" not in message and not (tmp_path / "a_magn.png").exists()
 
+
+@pytest.mark.parametrize("signum, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stopped_run_says_what_is_left_and_the_command_that_finishes_it(tmp_path, ckpt, signum, code):
+    """Issue #36: Ctrl-C or SIGTERM: a line of what finished and what did not, the command
+    to continue (the same with --skip-existing), no claims or temporaries left, 130/143;
+    and that command restores exactly the rest."""
+    import shlex
+    import signal
+    folder, out, N = tmp_path / "in", tmp_path / "out", 16
+    folder.mkdir()
+    for i in range(N):
+        _img(folder / f"{i:03d}.png", (32, 32, 1))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    args = ["restore", str(folder), "-t", "denoise", "-w", str(ckpt[1]), "-o", str(out), "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "magncli", *args], stderr=subprocess.PIPE, text=True, env=env,
+                            # Ctrl-C as at a terminal, even where this test runs with SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert "->" in proc.stderr.readline()               # the first image is written
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    written = len(list(out.iterdir()))
+    assert 0 < written < N
+    (stop,) = [line for line in err.splitlines() if line.startswith("stopped: ")]
+    assert stop.startswith(f"stopped: {written} of {N} image(s) restored, {N - written} not done, in ")
+    command = shlex.split(stop.split("; to continue: ")[1])
+    assert command == ["magn", *args, "--skip-existing"]
+
+    rest = subprocess.run([sys.executable, "-m", "magncli", *command[1:]], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert rest.returncode == 0, rest.stderr
+    assert rest.stderr.splitlines()[-1].startswith(f"{N - written} of {N} image(s) restored, {written} skipped in ")
+    assert len(list(out.iterdir())) == N

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -109,9 +111,13 @@ def restore(
                         next_index += 1
                         _report(finished[next_index - 1], as_json, quiet)
     except (KeyboardInterrupt, Terminated):
-        if not quiet:   # what a stopped run did, before the claims of the rest were given up
-            note(f"stopped: {_counted(Counter(map(_status, finished.values())), len(jobs))} in "
-                 f"{time.perf_counter() - start:.1f} s")
+        # The claims of the images in work are given up by now, their temporaries removed.
+        for index in sorted(i for i in finished if i >= next_index):   # done out of turn (--jobs)
+            _report(finished[index], as_json, quiet)
+        if not quiet:
+            counts = Counter(map(_status, finished.values()))
+            note(f"stopped: {_counted(counts, len(jobs))}, {len(jobs) - len(finished)} not done, in "
+                 f"{time.perf_counter() - start:.1f} s; to continue: {continue_command()}")
         raise
     counts = Counter(map(_status, finished.values()))
     if not quiet:
@@ -128,6 +134,16 @@ def _counted(counts: Counter, total: int) -> str:
     """'3 of 9 image(s) restored, 5 skipped, 1 failed' (no zero counts but the first)."""
     return ", ".join([f"{counts['restored']} of {total} image(s) restored"]
                      + [f"{counts[kind]} {kind}" for kind in ("skipped", "failed") if counts[kind]])
+
+
+def continue_command() -> str:
+    """This command as it was typed, with --skip-existing added: it restores what a stopped
+    run did not, keeping what it wrote. A run with --overwrite is repeated as it was
+    (its remaining outputs may be old files that are to be replaced)."""
+    args = sys.argv[1:]
+    if "--skip-existing" not in args and "--overwrite" not in args:
+        args = [*args, "--skip-existing"]
+    return shlex.join(["magn", *args])
 
 
 def _report(outcome, as_json: bool, quiet: bool) -> None:
