@@ -441,13 +441,13 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is_not(tmp_path, ckpt, con
 
 # --------------------------------------------------------------------------- issue 18
 # Progress on long work: tiles, MP/s and ETAs on a terminal; plain lines elsewhere.
-def _terminal(monkeypatch):
+def _terminal(monkeypatch, width=120):
     """Make `magn restore` draw its progress as on a terminal, into a buffer."""
     import io
     from rich.console import Console
     from magncli.cli import common
     buffer = io.StringIO()
-    monkeypatch.setattr(common, "console", Console(file=buffer, force_terminal=True, width=120))
+    monkeypatch.setattr(common, "console", Console(file=buffer, force_terminal=True, width=width))
     return buffer
 
 
@@ -490,10 +490,12 @@ def test_a_stderr_that_is_not_a_terminal_gets_plain_lines(tmp_path, ckpt, extra)
 
 def test_progress_figures():
     from magncli.cli.restore import _clock, image_figures, run_figures
-    assert image_figures(12, 48, 2.0, 6.0) == "12/48 tiles  0.08 MP/s  ETA 0:00:18"
-    assert image_figures(0, 48, 2.0, 6.0) == "0/48 tiles  ? MP/s  ETA -:--:--"
-    assert run_figures(3.0, 12.0, 1.0, 10.0) == "3.0/12.0 MP  0.20 MP/s  ETA 0:00:45"
-    assert run_figures(0.0, 0.5, 0.0, 3.0) == "0.00/0.50 MP  ? MP/s  ETA -:--:--"
+    assert image_figures(12, 48, 2.0, 6.0) == "12/48 tiles 0.08 MP/s ETA 0:00:18"     # its own pace
+    assert image_figures(12, 48, 2.0, 6.0, rate=0.05) == "12/48 tiles 0.05 MP/s ETA 0:00:30"   # the run's
+    assert image_figures(0, 48, 2.0, 6.0) == "0/48 tiles ? MP/s ETA -:--:--"
+    assert run_figures(3.0, 12.0, 0.2) == "3.0/12.0 MP 0.20 MP/s ETA 0:00:45"
+    assert run_figures(0.0, 0.5, None) == "0.00/0.50 MP ? MP/s ETA -:--:--"
+    assert run_figures(300.0, 4567.8, 123.456) == "300.0/4567.8 MP 123 MP/s ETA 0:00:35"
     assert _clock(3725) == "1:02:05" and _clock(None) == "-:--:--"
 
 
@@ -746,3 +748,56 @@ def test_a_stopped_run_says_what_is_left_and_the_command_that_finishes_it(tmp_pa
     assert rest.returncode == 0, rest.stderr
     assert rest.stderr.splitlines()[-1].startswith(f"{N - written} of {N} image(s) restored, {written} skipped in ")
     assert len(list(out.iterdir())) == N
+
+
+def _rows(display):
+    """The progress rows as the terminal (the stderr console _terminal made) shows them, as text."""
+    from rich.text import Text
+    from magncli.cli import common
+    common.console.file.truncate(0)
+    common.console.file.seek(0)
+    common.console.print(display.progress.get_renderable())
+    return [Text.from_ansi(line).plain for line in common.console.file.getvalue().splitlines()]
+
+
+def test_with_one_image_the_run_and_the_image_say_the_same_time_left(tmp_path, monkeypatch):
+    """Issue #36: one image, and its row said 3:05 left where the run's said 4:53 (the run's
+    rate counted the model's loading, the image's did not). Here the model loads for 20 s,
+    then 20% of the image takes 20 s: 80 s are left, as both rows must say."""
+    import re
+    import time as time_module
+    from magncli.cli.restore import _Display
+    from magncli.restore import Job
+    _terminal(monkeypatch)
+    _img(tmp_path / "a.png", (1000, 500, 3))          # 0.5 MP
+    now = [1000.0]
+    monkeypatch.setattr(time_module, "monotonic", lambda: now[0])
+    display = _Display([Job(tmp_path / "a.png", tmp_path / "a_magn.png")], quiet=False, detailed=True)
+    for t, done in ((1020.0, 0), (1030.0, 10), (1040.0, 20)):
+        now[0] = t
+        display.tiles(0, done, 100)
+    run, image = _rows(display)
+    assert "20/100 tiles" in image and "0.10/0.50 MP" in run
+    assert re.search(r"ETA (\S+)", run)[1] == re.search(r"ETA (\S+)", image)[1] == "0:01:20"
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_the_progress_rows_fit_80_columns(tmp_path, monkeypatch, ensemble):
+    """Issue #36: on an 80-column terminal the rows wrapped, the figures over several lines."""
+    from magncli.cli.restore import _Display
+    from magncli.restore import Job
+    _terminal(monkeypatch, width=80)
+    names = ["DSC_20240612_a_rather_long_name_of_a_camera_file_edited_final_v2.png", "b.png"]
+    jobs = [Job(tmp_path / name, tmp_path / f"{name}_magn.png") for name in names]
+    display = _Display(jobs, quiet=False, detailed=True, ensemble=ensemble)
+    display._mp = [123.4, 4567.8]                  # a run of huge images, many tiles
+    display._total_mp = sum(display._mp)
+    display.tiles(0, 0, 123456)
+    display.tiles(0, 12345, 123456)
+    display.tiles(1, 0, 99999)
+    rows = _rows(display)
+    assert len(rows) == 3, rows                         # one line per row: nothing wrapped
+    assert all(len(row) <= 80 for row in rows), rows
+    assert rows[0].startswith("0/2 images") and "ETA" in rows[0]
+    assert rows[1].startswith("  DSC_2024") and "…" in rows[1] and "12345/123456" in rows[1] and "ETA" in rows[1]
+    assert rows[2].startswith("  b.png ") and "0/99999" in rows[2] and "ETA" in rows[2]
