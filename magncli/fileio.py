@@ -56,6 +56,10 @@ UNTAGGED_STALE_SECONDS = 3600
 _MAX_NAME_BYTES = 150             # of NAME in a temporary's name (file names stop at 255)
 
 
+class OutputExists(MagnError):
+    """The output name is taken by a file (and overwriting was not asked for)."""
+
+
 def home_as_tilde(text: str) -> str:
     """`text` (a recorded command line) with the home folder as "~": published files
     (results, model cards, checkpoint provenance) name no path of this machine."""
@@ -128,13 +132,13 @@ def _publish(tmp: Path, path: Path, exclusive: bool) -> None:
     try:
         os.link(tmp, path)         # atomic, and fails if `path` exists
     except FileExistsError:
-        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)") from None
+        raise OutputExists(f"{path}: already exists (pass overwrite=True to replace it)") from None
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         # A file system without hard links: the claim keeps other magn runs away.
         if path.exists():
-            raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)") from None
+            raise OutputExists(f"{path}: already exists (pass overwrite=True to replace it)") from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
@@ -182,7 +186,7 @@ def check_writable(path: Union[str, Path], overwrite: bool = False) -> Path:
     """MagnError if `path` exists and overwriting was not asked for (check before long work)."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
+        raise OutputExists(f"{path}: already exists (pass overwrite=True to replace it)")
     return path
 
 
@@ -257,7 +261,7 @@ def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     the block, or with the process however it ends."""
     path = Path(path)
     if not overwrite and path.exists():
-        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
+        raise OutputExists(f"{path}: already exists (pass overwrite=True to replace it)")
     try:
         made = _make_parents(path.parent)
     except OSError as e:
@@ -295,7 +299,7 @@ def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.write(fd, _owner().encode())
         if not overwrite and path.exists():   # finished by another process meanwhile
-            raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
+            raise OutputExists(f"{path}: already exists (pass overwrite=True to replace it)")
         yield path
     except BaseException:
         _release(lock, fd)

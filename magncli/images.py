@@ -37,7 +37,7 @@ from PIL import Image as PILImage
 from PIL import ImageFile, ImageOps, UnidentifiedImageError
 
 from magncli.errors import MagnError
-from magncli.fileio import atomic_write_bytes
+from magncli.fileio import OutputExists, atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
@@ -442,7 +442,7 @@ def write_image(path, image: Image, *, overwrite: bool = False, jpeg_quality: in
     path = Path(path)
     ext = check_output_format(path)
     if path.exists() and not overwrite:
-        raise MagnError(f"{path}: already exists (pass overwrite=True to replace it)")
+        raise OutputExists(f"{path}: already exists (pass overwrite=True to replace it)")
     data = encode_image(image, ext, jpeg_quality)
     atomic_write_bytes(path, data, exclusive=not overwrite)
     return path

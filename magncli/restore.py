@@ -8,10 +8,11 @@ The pipeline of one image: read -> float (H, W, C) -> restore_for_task (the task
 of the input: a CFA or mosaic in GRBG phase; tiles -> model -> blend) -> same bit depth
 -> atomic write, all under a claim of the output name taken before the file is read.
 
-Many images, several at a time (`restore --jobs N`), each failure kept with its image:
+Many images, several at a time (`restore --jobs N`), each failure kept with its image;
+with skip_existing, an output that exists already is an Outcome skipped, not failed:
 
-    for outcome in restore_files(restorer, jobs, workers=2):
-        print(outcome.index, outcome.record or outcome.error)
+    for outcome in restore_files(restorer, jobs, workers=2, skip_existing=True):
+        print(outcome.index, outcome.record or outcome.skipped or outcome.error)
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from torch import nn
 
 from magncli.degrade import AUTO_PATTERN, check_pattern
 from magncli.errors import MagnError
-from magncli.fileio import claim_output
+from magncli.fileio import OutputExists, claim_output
 from magncli.images import IMAGE_EXTENSIONS, Image, check_output_format, read_image, write_image
 from magncli.inference import InferenceOptions, ProgressCallback, broken_down
 from magncli.models.registry import facts
@@ -274,11 +275,16 @@ class Restorer:
 # --------------------------------------------------------------------------- many files
 @dataclass
 class Outcome:
-    """What became of one job: its record (Restorer.restore_file's) or its error."""
+    """What became of one job: its record (Restorer.restore_file's), why it was skipped,
+    or its error."""
     index: int                          # position of the job in the list given
     job: Job
     record: Optional[dict] = None
     error: Optional[Exception] = None
+    skipped: Optional[str] = None       # why nothing was done (skip_existing: "the output exists")
+
+
+SKIPPED_EXISTING = "the output exists"
 
 
 class _Abandoned(BaseException):
@@ -286,14 +292,16 @@ class _Abandoned(BaseException):
 
 
 def restore_files(restorer: Restorer, jobs: List[Job], *, workers: int = 1, overwrite: bool = False,
-                  jpeg_quality: int = 95,
+                  skip_existing: bool = False, jpeg_quality: int = 95,
                   progress: Optional[Callable[[int, int, int], None]] = None) -> Iterator[Outcome]:
     """Restore every job, `workers` images at a time; yields one Outcome per job as it
     finishes: in input order with one worker, in order of completion with more (sort
     by Outcome.index for input order).
 
     Every job is attempted: an image's failure (any Exception) is its Outcome's error,
-    never raised. progress(index, done, total) reports an image's tile passes, from the
+    never raised. skip_existing: a job whose output exists (before its work, or written
+    by another process meanwhile) is an Outcome with `skipped` set, its file untouched,
+    so that rerunning a stopped batch finishes it. progress(index, done, total) reports an image's tile passes, from the
     thread restoring it.
 
     With workers > 1 the images run in threads of this process sharing the restorer's
@@ -304,18 +312,21 @@ def restore_files(restorer: Restorer, jobs: List[Job], *, workers: int = 1, over
     images in flight stop at their next tile pass and no new one starts."""
     if workers < 1:
         raise MagnError(f"workers must be >= 1 (got {workers})")
+    if overwrite and skip_existing:
+        raise MagnError("overwrite=True replaces the outputs that skip_existing=True keeps: pass one of them")
     if workers > 1 and restorer.options.check()[0].type != "cpu":
         raise MagnError(f"workers={workers} restores images side by side on the CPU's cores; "
                         "on other devices pass workers=1")
     if workers == 1 or len(jobs) < 2:
         for index, job in enumerate(jobs):
-            yield _restore_one(restorer, index, job, overwrite, jpeg_quality, progress)
+            yield _restore_one(restorer, index, job, overwrite, jpeg_quality, progress, skip_existing)
         return
-    yield from _restore_in_threads(restorer, jobs, min(workers, len(jobs)), overwrite, jpeg_quality, progress)
+    yield from _restore_in_threads(restorer, jobs, min(workers, len(jobs)), overwrite, jpeg_quality, progress,
+                                   skip_existing)
 
 
 def _restore_one(restorer: Restorer, index: int, job: Job, overwrite: bool, jpeg_quality: int,
-                 progress: Optional[Callable[[int, int, int], None]],
+                 progress: Optional[Callable[[int, int, int], None]], skip_existing: bool = False,
                  abandoned: Optional[threading.Event] = None) -> Outcome:
     def report(done: int, total: int) -> None:
         if abandoned is not None and abandoned.is_set():
@@ -329,11 +340,16 @@ def _restore_one(restorer: Restorer, index: int, job: Job, overwrite: bool, jpeg
         record = restorer.restore_file(job.source, job.target, overwrite=overwrite, jpeg_quality=jpeg_quality,
                                        progress=report if progress or abandoned else None)
         return Outcome(index, job, record=record)
+    except OutputExists as e:
+        if skip_existing:
+            return Outcome(index, job, skipped=SKIPPED_EXISTING)
+        return Outcome(index, job, error=e)
     except Exception as e:  # noqa: BLE001 - one image's failure never stops the rest
         return Outcome(index, job, error=e)
 
 
-def _restore_in_threads(restorer, jobs, workers, overwrite, jpeg_quality, progress) -> Iterator[Outcome]:
+def _restore_in_threads(restorer, jobs, workers, overwrite, jpeg_quality, progress,
+                        skip_existing) -> Iterator[Outcome]:
     from magncli.parallel import split_threads
     import torch
 
@@ -343,7 +359,7 @@ def _restore_in_threads(restorer, jobs, workers, overwrite, jpeg_quality, progre
                                   initializer=torch.set_num_threads, initargs=(share,))
         try:
             pending = {pool.submit(_restore_one, restorer, index, job, overwrite, jpeg_quality, progress,
-                                   abandoned) for index, job in enumerate(jobs)}
+                                   skip_existing, abandoned) for index, job in enumerate(jobs)}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in sorted(done, key=lambda f: f.result().index):

@@ -15,6 +15,7 @@ from magncli.cli.app import app
 from magncli.cli.common import cli_message
 from magncli.errors import MagnError
 from magncli.images import Image, read_image, write_image
+from cli_testkit import user_error
 from magn_testkit import TINY, random_magn
 import hostile_kit
 
@@ -442,13 +443,13 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is_not(tmp_path, ckpt, con
 
 # --------------------------------------------------------------------------- issue 18
 # Progress on long work: tiles, MP/s and ETAs on a terminal; plain lines elsewhere.
-def _terminal(monkeypatch):
+def _terminal(monkeypatch, width=120):
     """Make `magn restore` draw its progress as on a terminal, into a buffer."""
     import io
     from rich.console import Console
     from magncli.cli import common
     buffer = io.StringIO()
-    monkeypatch.setattr(common, "console", Console(file=buffer, force_terminal=True, width=120))
+    monkeypatch.setattr(common, "console", Console(file=buffer, force_terminal=True, width=width))
     return buffer
 
 
@@ -491,10 +492,12 @@ def test_a_stderr_that_is_not_a_terminal_gets_plain_lines(tmp_path, ckpt, extra)
 
 def test_progress_figures():
     from magncli.cli.restore import _clock, image_figures, run_figures
-    assert image_figures(12, 48, 2.0, 6.0) == "12/48 tiles  0.08 MP/s  ETA 0:00:18"
-    assert image_figures(0, 48, 2.0, 6.0) == "0/48 tiles  ? MP/s  ETA -:--:--"
-    assert run_figures(3.0, 12.0, 1.0, 10.0) == "3.0/12.0 MP  0.20 MP/s  ETA 0:00:45"
-    assert run_figures(0.0, 0.5, 0.0, 3.0) == "0.00/0.50 MP  ? MP/s  ETA -:--:--"
+    assert image_figures(12, 48, 2.0, 6.0) == "12/48 tiles 0.08 MP/s ETA 0:00:18"     # its own pace
+    assert image_figures(12, 48, 2.0, 6.0, rate=0.05) == "12/48 tiles 0.05 MP/s ETA 0:00:30"   # the run's
+    assert image_figures(0, 48, 2.0, 6.0) == "0/48 tiles ? MP/s ETA -:--:--"
+    assert run_figures(3.0, 12.0, 0.2) == "3.0/12.0 MP 0.20 MP/s ETA 0:00:45"
+    assert run_figures(0.0, 0.5, None) == "0.00/0.50 MP ? MP/s ETA -:--:--"
+    assert run_figures(300.0, 4567.8, 123.456) == "300.0/4567.8 MP 123 MP/s ETA 0:00:35"
     assert _clock(3725) == "1:02:05" and _clock(None) == "-:--:--"
 
 
@@ -676,3 +679,127 @@ def test_sigterm_releases_every_claim_and_says_what_was_done(tmp_path, ckpt):
     assert "Traceback" not in err
     left = [p for p in out.iterdir() if p.name.startswith(".")]
     assert left == [] and 0 < len(list(out.iterdir())) < 120
+
+
+# --------------------------------------------------------------------------- issue 36
+def test_skip_existing_counts_an_existing_output_as_skipped_not_failed(tmp_path, ckpt):
+    """Issue #36: rerunning a folder said "0 of 9 image(s) restored, 9 failed" and exited 1."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for i in range(3):
+        _img(folder / f"{i}.png", (16, 16, 1))
+    assert _run(folder / "0.png", "-t", "denoise", "-w", ckpt[1], "-o", out, "-q").exit_code == 0
+    restored_before = (out / "0_magn.png").read_bytes()
+    (out / "2_magn.png").write_bytes(b"mine")
+
+    res = _run(folder, "-t", "denoise", "-w", ckpt[1], "-o", out, "--skip-existing", "--json")
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r.get("skipped", False) for r in records] == [True, False, True]
+    assert records[0] == {"input": str(folder / "0.png"), "output": str(out / "0_magn.png"),
+                          "skipped": True, "reason": "the output exists"}
+    assert records[1]["output"] == str(out / "1_magn.png") and (out / "1_magn.png").is_file()
+    assert (out / "0_magn.png").read_bytes() == restored_before and (out / "2_magn.png").read_bytes() == b"mine"
+    lines = res.stderr.splitlines()
+    assert lines[0] == f"{folder / '0.png'} -> {out / '0_magn.png'} (skipped: the output exists)"
+    assert lines[-1].startswith("1 of 3 image(s) restored, 2 skipped in ") and "failed" not in res.stderr
+
+    again = _run(folder, "-t", "denoise", "-w", ckpt[1], "-o", out, "-q")     # without it: failures
+    assert again.exit_code == 1 and again.stderr.count("already exists") == 3
+
+
+def test_skip_existing_and_overwrite_together_are_one_line(tmp_path, ckpt):
+    _img(tmp_path / "a.png", (16, 16, 1))
+    res = _run(tmp_path / "a.png", "-t", "denoise", "-w", ckpt[1], "--overwrite", "--skip-existing")
+    message = user_error(res, "--overwrite", "--skip-existing")
+    assert "=True" not in message and not (tmp_path / "a_magn.png").exists()
+
+
+@pytest.mark.parametrize("signum, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stopped_run_says_what_is_left_and_the_command_that_finishes_it(tmp_path, ckpt, signum, code):
+    """Issue #36: Ctrl-C or SIGTERM: a line of what finished and what did not, the command
+    to continue (the same with --skip-existing), no claims or temporaries left, 130/143;
+    and that command restores exactly the rest."""
+    import shlex
+    import signal
+    folder, out, N = tmp_path / "in", tmp_path / "out", 16
+    folder.mkdir()
+    for i in range(N):
+        _img(folder / f"{i:03d}.png", (32, 32, 1))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    args = ["restore", str(folder), "-t", "denoise", "-w", str(ckpt[1]), "-o", str(out), "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "magncli", *args], stderr=subprocess.PIPE, text=True, env=env,
+                            # Ctrl-C as at a terminal, even where this test runs with SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert "->" in proc.stderr.readline()               # the first image is written
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    written = len(list(out.iterdir()))
+    assert 0 < written < N
+    (stop,) = [line for line in err.splitlines() if line.startswith("stopped: ")]
+    assert stop.startswith(f"stopped: {written} of {N} image(s) restored, {N - written} not done, in ")
+    command = shlex.split(stop.split("; to continue: ")[1])
+    assert command == ["magn", *args, "--skip-existing"]
+
+    rest = subprocess.run([sys.executable, "-m", "magncli", *command[1:]], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert rest.returncode == 0, rest.stderr
+    assert rest.stderr.splitlines()[-1].startswith(f"{N - written} of {N} image(s) restored, {written} skipped in ")
+    assert len(list(out.iterdir())) == N
+
+
+def _rows(display):
+    """The progress rows as the terminal (the stderr console _terminal made) shows them, as text."""
+    from rich.text import Text
+    from magncli.cli import common
+    common.console.file.truncate(0)
+    common.console.file.seek(0)
+    common.console.print(display.progress.get_renderable())
+    return [Text.from_ansi(line).plain for line in common.console.file.getvalue().splitlines()]
+
+
+def test_with_one_image_the_run_and_the_image_say_the_same_time_left(tmp_path, monkeypatch):
+    """Issue #36: one image, and its row said 3:05 left where the run's said 4:53 (the run's
+    rate counted the model's loading, the image's did not). Here the model loads for 20 s,
+    then 20% of the image takes 20 s: 80 s are left, as both rows must say."""
+    import re
+    import time as time_module
+    from magncli.cli.restore import _Display
+    from magncli.restore import Job
+    _terminal(monkeypatch)
+    _img(tmp_path / "a.png", (1000, 500, 3))          # 0.5 MP
+    now = [1000.0]
+    monkeypatch.setattr(time_module, "monotonic", lambda: now[0])
+    display = _Display([Job(tmp_path / "a.png", tmp_path / "a_magn.png")], quiet=False, detailed=True)
+    for t, done in ((1020.0, 0), (1030.0, 10), (1040.0, 20)):
+        now[0] = t
+        display.tiles(0, done, 100)
+    run, image = _rows(display)
+    assert "20/100 tiles" in image and "0.10/0.50 MP" in run
+    assert re.search(r"ETA (\S+)", run)[1] == re.search(r"ETA (\S+)", image)[1] == "0:01:20"
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_the_progress_rows_fit_80_columns(tmp_path, monkeypatch, ensemble):
+    """Issue #36: on an 80-column terminal the rows wrapped, the figures over several lines."""
+    from magncli.cli.restore import _Display
+    from magncli.restore import Job
+    _terminal(monkeypatch, width=80)
+    names = ["DSC_20240612_a_rather_long_name_of_a_camera_file_edited_final_v2.png", "b.png"]
+    jobs = [Job(tmp_path / name, tmp_path / f"{name}_magn.png") for name in names]
+    display = _Display(jobs, quiet=False, detailed=True, ensemble=ensemble)
+    display._mp = [123.4, 4567.8]                  # a run of huge images, many tiles
+    display._total_mp = sum(display._mp)
+    display.tiles(0, 0, 123456)
+    display.tiles(0, 12345, 123456)
+    display.tiles(1, 0, 99999)
+    rows = _rows(display)
+    assert len(rows) == 3, rows                         # one line per row: nothing wrapped
+    assert all(len(row) <= 80 for row in rows), rows
+    assert rows[0].startswith("0/2 images") and "ETA" in rows[0]
+    assert rows[1].startswith("  DSC_2024") and "…" in rows[1] and "12345/123456" in rows[1] and "ETA" in rows[1]
+    assert rows[2].startswith("  b.png ") and "0/99999" in rows[2] and "ETA" in rows[2]

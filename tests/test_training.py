@@ -1194,3 +1194,43 @@ def test_a_command_line_seed_out_of_range_is_refused(tmp_path, gray_data):
                                  "--seed", "-1", "--out", str(tmp_path / "run"), "--quiet"])
     assert isinstance(result.exception, MagnError) and "seed must be" in str(result.exception)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("signum, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stopped_run_says_its_step_its_resume_point_and_the_command_to_continue(gray_data, tmp_path, signum,
+                                                                                  code):
+    """Issue #36: Ctrl-C or SIGTERM during `magn train`: one line with the step reached, the
+    checkpoint it resumes from (the step in its state file) and the command that continues
+    it, the run folder's claim released, 130/143; and that command continues it."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(config_to_toml(tiny_config(gray_data, steps=100000, ckpt_every=5)))
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "magncli", "train", "--config", str(recipe), "--out", str(run)],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / STATE_FILE).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.02)
+        time.sleep(0.3)                                     # a few steps past it, most likely
+        proc.send_signal(getattr(signal, signum))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and [p.name for p in tmp_path.iterdir() if p.name.endswith(".magn-lock")] == []
+    resume_step = _weights(run / STATE_FILE)["step"]
+    last_logged = max(r["step"] for r in read_log(run / LOG_FILE))
+    (line,) = [line for line in err.splitlines() if line.startswith("stopped at step ")]
+    reached = int(line.split()[3])
+    assert reached >= max(resume_step, last_logged) and reached >= 5
+    assert line == (f"stopped at step {reached} of 100000; it resumes from the checkpoint of step {resume_step}; "
+                    f"to continue: magn train --resume --out {run}")
+    command = shlex.split(line.split("; to continue: ")[1])
+    result = runner.invoke(app, [*command[1:], "--steps", str(resume_step + 2), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert _weights(run / STATE_FILE)["step"] == resume_step + 2

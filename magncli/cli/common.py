@@ -143,7 +143,8 @@ _PARAMETER_OPTIONS = {
     "precision": "--precision", "suffix": "--suffix", "ext": "--ext", "out_dir": "--output",
     "inputs": "--inputs", "data_root": "--data-root", "data": "--data", "run_dir": "--out",
     "lr": "--lr"}
-_FLAGS = {"overwrite", "resume", "recursive", "ensemble", "offline", "force"}   # `name=True` is the bare flag
+_FLAGS = {"overwrite", "skip_existing", "resume", "recursive", "ensemble", "offline",
+          "force"}   # `name=True` is the bare flag (skip_existing=True: --skip-existing)
 _FLAG_RE = re.compile(r"(?<![\w./\\-])(%s)=True\b" % "|".join(_FLAGS))
 _PARAMETER_RE = re.compile(r"(?<![\w./\\-])(%s)=(?=(\S?))" % "|".join(_PARAMETER_OPTIONS))
 
@@ -157,7 +158,7 @@ def _option(match: re.Match) -> str:
 def cli_message(error) -> str:
     """A library error's message as the command line says it: weights=PATH -> --weights PATH,
     overwrite=True -> --overwrite."""
-    text = _FLAG_RE.sub(lambda m: "--" + m.group(1), str(error))
+    text = _FLAG_RE.sub(lambda m: "--" + m.group(1).replace("_", "-"), str(error))
     return _PARAMETER_RE.sub(_option, text)
 
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from magncli.cli.common import comma_numbers, command_line, console, note
+from magncli.cli.common import Terminated, comma_numbers, command_line, console, note
 from magncli.errors import MagnError
 from magncli.tasks import TASKS
 
@@ -116,25 +118,42 @@ def train_command(
             out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone reports
-    with _progress(quiet or not is_main) as progress:
-        bar = progress.add_task("training", total=config.steps, info="")
+    trainer = None
+    try:
+        with _progress(quiet or not is_main) as progress:
+            bar = progress.add_task("training", total=config.steps, info="")
 
-        def report(p: dict) -> None:
-            info = f"loss {p['loss']:.2e}  {p['samples_per_s']:.1f} samples/s"
-            if p["val_psnr"] is not None:
-                info += f"  val {p['val_psnr']:.2f} dB"
-            progress.update(bar, completed=p["step"], info=info)
+            def report(p: dict) -> None:
+                info = f"loss {p['loss']:.2e}  {p['samples_per_s']:.1f} samples/s"
+                if p["val_psnr"] is not None:
+                    info += f"  val {p['val_psnr']:.2f} dB"
+                progress.update(bar, completed=p["step"], info=info)
 
-        trainer = Trainer(config, out, resume=resume, reporter=report,
-                          command=command_line())
-        progress.update(bar, completed=trainer.step)
-        summary = trainer.run(cpu_hours=for_cpu_hours)
-        trainer.close()
+            trainer = Trainer(config, out, resume=resume, reporter=report,
+                              command=command_line())
+            progress.update(bar, completed=trainer.step)
+            try:
+                summary = trainer.run(cpu_hours=for_cpu_hours)
+            finally:
+                trainer.close()                 # the run folder's claim, on a stop too
+    except (KeyboardInterrupt, Terminated):
+        if trainer is not None and is_main and not quiet:   # after the progress bar is gone
+            note(_stopped(trainer.step, config.steps, trainer.checkpoint_step, out))
+        raise
     if is_main and not quiet:
         best = summary["best_val_psnr"]
         note(f"trained {summary['step']} steps ({summary['elapsed_s'] / 60:.1f} min) into {out}"
              + (f"; best validation PSNR {best:.2f} dB" if math.isfinite(best) else "")
              + f"; export: {Path(out) / EXPORT_FILE}")
+
+
+def _stopped(step: int, steps: int, checkpoint_step: Optional[int], out: Path) -> str:
+    """The line of a run stopped by Ctrl-C or SIGTERM: how far it got, where it resumes, and how."""
+    if checkpoint_step is None:     # check_new_run_folder lets a new run start over it
+        return (f"stopped at step {step} of {steps}, before the first checkpoint: nothing to resume; "
+                f"to start again: {shlex.join(['magn', *sys.argv[1:]])}")
+    return (f"stopped at step {step} of {steps}; it resumes from the checkpoint of step {checkpoint_step}; "
+            f"to continue: magn train --resume --out {shlex.quote(str(out))}")
 
 
 def _progress(quiet: bool):

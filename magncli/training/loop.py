@@ -213,6 +213,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step, self.best_psnr, self.elapsed_s = 0, -math.inf, 0.0
+        self.checkpoint_step: Optional[int] = None   # the step of the resume point on disk, once there is one
         self.recent_grad_norms: Deque[float] = deque(maxlen=GRAD_NORM_HISTORY)
         # CPU seconds of this process (all its threads) spent training, over every resume;
         # a warm start carries those of the weights it started from.
@@ -354,6 +355,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_states(state["rng"])
         self.step, self.best_psnr, self.elapsed_s = state["step"], state["best_psnr"], state["elapsed_s"]
+        self.checkpoint_step = self.step
         self.cpu_s = float(state.get("cpu_s", self.elapsed_s))  # states before cpu_s: wall time
         self.recent_grad_norms.extend(state.get("recent_grad_norms", []))
 
@@ -365,6 +367,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """The resume point first (one atomic file), then the EMA weights and the curves."""
         atomic_torch_save(self._state(), self.run_dir / STATE_FILE)
+        self.checkpoint_step = self.step
         save_checkpoint(self.run_dir / LATEST_FILE, self.ema.model,
                         self._meta(provenance=self._provenance(self.step, self.cpu_s)))
         write_curves(self.run_dir / CURVES_FILE, read_log(self.run_dir / LOG_FILE))
