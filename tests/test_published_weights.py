@@ -220,6 +220,29 @@ def test_the_default_checkpoint_meets_its_issue_bars(task, channels):
     assert short == {k for k in BAR_SHORTFALLS if k[:2] == (task, channels)}
 
 
+# #33: the default gray denoiser against DnCNN-B, the CNN a user would run instead, on
+# the peer's rows evaluated beside it in the card's results (`magn eval -m
+# dncnn:../shared/peers/dncnn_gray_blind.pth`, the same inputs), told sigma and blind.
+# PEER_SHORTFALLS pins the points not yet met (the card and the issue note say so); a
+# checkpoint that meets one fails this test until it is removed here.
+GRAY_PEER = "dncnn_gray_blind.pth"
+PEER_SHORTFALLS = {(s, level, use) for s in ("Set12", "BSD68") for level in ("σ15", "σ25", "σ50")
+                   for use in ("told", "blind")}                # 0.04-0.10 dB short at every point
+
+
+def test_the_default_gray_denoiser_against_dncnn_b():
+    entry = select_default("denoise", 1)
+    rows = json.loads((WEIGHTS / "results" / f"{entry.name}.json").read_text())
+    peer = {(r["set"], r["level"]): r["psnr"] for r in rows if r["model"].endswith(GRAY_PEER)}
+    assert {s for s, _ in peer} >= {"Set12", "BSD68"}                       # the peer was scored beside it
+    short = set()
+    for use, name in (("told", entry.name), ("blind", f"{entry.name} (blind)")):
+        mine = {(r["set"], r["level"]): r["psnr"] for r in rows if r["model"] == name}
+        assert set(mine) >= set(peer), use
+        short |= {(*point, use) for point, theirs in peer.items() if round(mine[point], 2) < round(theirs, 2)}
+    assert short == PEER_SHORTFALLS
+
+
 HIGH_QUALITIES = ("q50", "q60", "q70", "q80", "q90", "q95")
 # Images a default still makes worse than their JPEG by more than 0.05 dB (its card says so).
 HIGH_QUALITY_HARMS: set = set()
