@@ -205,20 +205,26 @@ def lock_path(path: PathLike) -> Path:
     return path.with_name(f".{_short_name(path.name)}{LOCK_SUFFIX}")
 
 
-def _open_lock(lock: Path) -> int:
-    """Open (or make) the claim file itself, never what a name planted in its place points
-    to: a symbolic link there would have us empty its target and write a PID into it."""
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+def open_own_file(path: Path, flags: int, what: str, then: str) -> int:
+    """os.open of the regular file `path` itself (made if O_CREAT), never what a name
+    planted in its place points to: through a symbolic link we would empty or overwrite
+    its target (a claim's PID, a download's bytes), and a FIFO would block. MagnError
+    "PATH: is a symbolic link, not WHAT; THEN" (likewise for anything not a regular file)."""
     try:
-        fd = os.open(lock, flags, 0o644)
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise MagnError(f"{lock}: is a symbolic link, not a magn claim; remove it") from None
+            raise MagnError(f"{path}: is a symbolic link, not {what}; {then}") from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):        # a FIFO or device planted there
         os.close(fd)
-        raise MagnError(f"{lock}: is not a regular file, not a magn claim; remove it")
+        raise MagnError(f"{path}: is not a regular file, not {what}; {then}")
     return fd
+
+
+def _open_lock(lock: Path) -> int:
+    """Open (or make) the claim file itself (open_own_file)."""
+    return open_own_file(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), "a magn claim", "remove it")
 
 
 def _try_lock(lock: Path) -> Optional[int]:

@@ -8,7 +8,6 @@ Knows nothing of the manifest: it is given a URL, a target and what to expect.
 """
 from __future__ import annotations
 
-import errno
 import os
 import re
 import stat
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from magncli.errors import MagnError
+from magncli.fileio import open_own_file
 from magncli.version import __version__
 from magncli.weights import cache
 
@@ -213,16 +213,8 @@ def _drop_foreign_part(part: Path, quiet: bool) -> None:
 
 def _open_part(part: Path, append: bool):
     """The `.part` file itself for writing, never the target of a link planted there."""
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_APPEND if append else os.O_TRUNC)
-    try:
-        fd = os.open(part, flags, 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise MagnError(f"{part}: is a symbolic link, not a partial download; not written") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise MagnError(f"{part}: is not a plain file, not a partial download; not written")
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = open_own_file(part, flags, "a partial download", "not written")
     return os.fdopen(fd, "ab" if append else "wb")
 
 
