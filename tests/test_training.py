@@ -76,7 +76,8 @@ def color_data(tmp_path, data_root):
 def tiny_config(data, **overrides):
     settings = dict(task="denoise", data=str(data), channels=1, sigma=25, model=TINY, batch=4,
                     patch=16, steps=20, lr=2e-3, schedule="constant", val_every=1000,
-                    ckpt_every=1000, log_every=5, workers=0, ema_decay=0.9)
+                    ckpt_every=1000, log_every=5, workers=0, ema_decay=0.9,
+                    threads=1)   # not auto: the same count on a 1-core run and a 2-core CI
     settings.update(overrides)
     return load_config([], settings)
 
