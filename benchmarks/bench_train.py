@@ -106,7 +106,7 @@ def measure_recipe(configs: list, steps: int, threads: int) -> dict:
 
     from magncli.training.config import load_config
     from magncli.training.loop import Trainer
-    from magncli.training.runstate import LOG_FILE, read_log
+    from magncli.runs.folder import LOG_FILE, read_log
 
     torch.set_num_threads(threads)
     warm = 100

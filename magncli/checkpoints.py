@@ -206,15 +206,21 @@ def load_model(path, arch: str = "auto", **config_overrides) -> nn.Module:
 
 def save_checkpoint(path, model: nn.Module, meta: Optional[dict] = None, half: bool = False) -> Path:
     """Write model weights + {"arch", "config", **meta} as safetensors, atomically."""
+    return save_weights(path, model.state_dict(), {"arch": model.arch, "config": model.config, **(meta or {})},
+                        half=half)
+
+
+def save_weights(path, state: Mapping[str, torch.Tensor], meta: dict, half: bool = False) -> Path:
+    """Write a state dict + its metadata (arch, config, ...) as safetensors, atomically;
+    half: floating-point tensors as fp16 (the published files)."""
     from safetensors.torch import save_file
     path = Path(path)
-    full_meta = {"arch": model.arch, "config": model.config, **(meta or {})}
-    state = {}
-    for k, v in model.state_dict().items():
+    tensors = {}
+    for k, v in state.items():
         v = v.detach().to("cpu")
         if half and v.is_floating_point():
             v = v.half()
-        state[k] = v.contiguous().clone()  # safetensors refuses shared storage
+        tensors[k] = v.contiguous().clone()  # safetensors refuses shared storage
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={META_KEY: json.dumps(full_meta, sort_keys=True)})
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
     return path

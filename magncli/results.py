@@ -117,6 +117,17 @@ def write_results(rows: List[dict], path, overwrite: bool = False) -> Path:
     return write_file_atomic(path, RESULT_FORMATS[path.suffix.lower()](rows), overwrite)
 
 
+def merge_rows(*row_lists: Sequence[dict]) -> List[dict]:
+    """Results rows merged by (model, set, channels, level), a later list's row replacing
+    an earlier one's: the newest evaluation of a model wins, and rows evaluated once (the
+    baselines, the peers) are kept. Each row keeps its own `command`."""
+    merged: dict = {}
+    for rows in row_lists:
+        for row in rows:
+            merged[(row["model"], row["set"], row.get("channels"), row["level"])] = row
+    return list(merged.values())
+
+
 # --------------------------------------------------------------------------- sheet
 
 def _sheet_cell(img: np.ndarray, lines: Sequence[str]) -> np.ndarray:

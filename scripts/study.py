@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from magncli.models import build_model  # noqa: E402
-from magncli.training.curves import draw_validation_series, validation_points, write_png  # noqa: E402
-from magncli.training.runstate import CONFIG_FILE, LOG_FILE, read_log  # noqa: E402
+from magncli.runs.curves import draw_validation_series, validation_points, write_png  # noqa: E402
+from magncli.runs.folder import CONFIG_FILE, LOG_FILE, read_log  # noqa: E402
 from magncli.training.config import read_recipe  # noqa: E402
 
 

@@ -6,7 +6,6 @@ input and a no-weights baseline computed here on the same crop (an independent o
 they need ../shared/datasets and are skipped without it."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -21,6 +20,7 @@ from magncli.checkpoints import load_model, read_checkpoint
 from magncli.cli.app import app
 from magncli.datasets import load_ground_truth
 from magncli.degrade import bayer_mosaic, jpeg_encode, mosaic_to_cfa
+from magncli.errors import MagnError
 from magncli.evaluate import BASELINES
 from magncli.images import Image, read_image, write_image
 from magncli.metrics import psnr
@@ -76,23 +76,21 @@ def test_shipped_checkpoint_is_intact_half_precision_and_documented(name):
 
 
 def test_readme_lists_exactly_the_manifests_checkpoints():
-    """weights/README.md states what exists only in the part that scripts/model_cards.py
-    writes from the manifest: one card per checkpoint, in its order, none other, and the
+    """weights/README.md states what exists only in the part that `magn weights cards`
+    (magncli/runs/cards.py) writes from the manifest: one card per checkpoint, in its order, none other, and the
     whole section is what the script would write now (no hand edit, no stale card)."""
     manifest = _manifest()
     text = (WEIGHTS / "README.md").read_text()
     head, cards = text.split("\n## Model cards\n", 1)
     assert re.findall(r"^### (.+)$", cards, re.M) == [e.name for e in manifest.entries]
     assert "\n### " not in head                          # no card in the hand-written part
-    spec = importlib.util.spec_from_file_location("model_cards", REPO / "scripts" / "model_cards.py")
-    model_cards = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(model_cards)
-    assert model_cards.render(text, manifest) == text, "run python scripts/model_cards.py"
+    from magncli.runs import cards as model_cards
+    assert model_cards.render(text, manifest, WEIGHTS) == text, "run magn weights cards"
     # Its hand-written intro ("each is the default ...") is refused once it stops being true.
     from dataclasses import replace
     changed = replace(manifest, entries=[replace(manifest.entries[0], default=False), *manifest.entries[1:]])
-    with pytest.raises(SystemExit, match="is not the default"):
-        model_cards.render(text, changed)
+    with pytest.raises(MagnError, match="is not the default"):
+        model_cards.render(text, changed, WEIGHTS)
     # A card names the variant a file is, or the nearest and what differs (a deepened file).
     demosaicer = manifest.get("magn-s-local-demosaic")                   # 6 ResBlocks a side
     assert model_cards._variant(demosaicer).startswith("`magn-s-local` with n_resblocks = 6 (")

@@ -4,7 +4,6 @@ Models are tiny (8 features, one ResBlock per side, one GraphBlock) and patches 
 the pixel graph costs O(pixels^2), so patch 32 would make every step ~15x slower
 (0.8 s instead of 0.05 s on the 2-core CI machine). Data-only tests use patch 32.
 """
-import importlib.util
 import json
 import os
 import shlex
@@ -29,8 +28,8 @@ from magncli.images import Image, write_image
 from magncli.training.config import config_to_toml, load_config, read_recipe
 from magncli.training.data import PatchDataset, StepBatches, make_loader, scale_saturation, scan_images
 from magncli.training.loop import Trainer
-from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FILE, LATEST_FILE, LOG_FILE,
-                                       STATE_FILE, load_run_config, read_log)
+from magncli.runs.folder import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FILE, LATEST_FILE, LOG_FILE,
+                                 STATE_FILE, load_run_config, read_log)
 
 REPO = Path(__file__).resolve().parents[1]
 # One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
@@ -928,7 +927,7 @@ def test_export_best_publishes_the_best_validation_with_its_step(gray_data, tmp_
 def test_relative_losses_weigh_each_sample_by_its_input_error():
     """Naive oracle: a loop over samples of sum((r - c)^2) / n over (sum((d - c)^2) / n +
     1e-5); plain mse stays the paper's mean over everything."""
-    from magncli.training.loop import training_loss
+    from magncli.training.loss import training_loss
     g = torch.Generator().manual_seed(0)
     clean = torch.rand(3, 2, 8, 8, generator=g)
     degraded = clean + torch.randn(3, 2, 8, 8, generator=g) * torch.tensor([0.2, 0.01, 0.0]).view(3, 1, 1, 1)
@@ -969,13 +968,11 @@ def test_a_compiled_training_step_trains_the_same_parameters(gray_data, tmp_path
 
 
 def test_a_continued_runs_published_curve_keeps_the_runs_before_it(tmp_path):
-    """scripts/publish_run.py: a run warm-started from the checkpoint it republishes keeps
+    """magn weights publish: a run warm-started from the checkpoint it republishes keeps
     the earlier runs' validation points up to the step it started from (the card's curve
     spans every run that made the weights); a run from other weights, or on other
     held-out images, starts its own curve."""
-    spec = importlib.util.spec_from_file_location("publish_run", REPO / "scripts" / "publish_run.py")
-    publish_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(publish_run)
+    from magncli.runs.validation_curve import earlier_points
     curve_file = tmp_path / "NAME-validation.json"
     earlier = [{"step": 1000, "cpu_hours": 1.0, "val_psnr": 30.0, "run": "first"},
                {"step": 2000, "cpu_hours": 2.0004, "val_psnr": 30.5, "run": "first"},
@@ -984,13 +981,13 @@ def test_a_continued_runs_published_curve_keeps_the_runs_before_it(tmp_path):
     # Started from the step-2000 export, whose provenance said 2.000 CPU-hours.
     warm = {"weights": "x.safetensors", "sha256": "abc", "cpu_s": 7200.0}
     runs = tmp_path / "runs"
-    assert publish_run._earlier_points(curve_file, warm, {"abc"}, "held-out (24)", runs) == earlier[:2]
-    assert publish_run._earlier_points(curve_file, warm, {"other"}, "held-out (24)", runs) == []
+    assert earlier_points(curve_file, warm, {"abc"}, "held-out (24)", runs) == earlier[:2]
+    assert earlier_points(curve_file, warm, {"other"}, "held-out (24)", runs) == []
     # Republishing a later step of the same run: the replaced export's run began from "abc" too.
-    assert publish_run._earlier_points(curve_file, warm, {"export of step 1000", "abc"}, "held-out (24)",
+    assert earlier_points(curve_file, warm, {"export of step 1000", "abc"}, "held-out (24)",
                                        runs) == earlier[:2]
-    assert publish_run._earlier_points(curve_file, warm, {"abc"}, "other (8)", runs) == []
-    assert publish_run._earlier_points(curve_file, None, {"abc"}, "held-out (24)", runs) == []   # from scratch
+    assert earlier_points(curve_file, warm, {"abc"}, "other (8)", runs) == []
+    assert earlier_points(curve_file, None, {"abc"}, "held-out (24)", runs) == []   # from scratch
     # Through a run that was not published: started from the step-2000 export, stopped, and
     # this run started from its model_latest at 2.5 CPU-hours. Its points up to there join.
     (runs / "between").mkdir(parents=True)
@@ -1002,17 +999,17 @@ def test_a_continued_runs_published_curve_keeps_the_runs_before_it(tmp_path):
     chained = {"weights": "between/model_latest.safetensors", "sha256": "def", "cpu_s": 9000.0, "from": warm}
     between = [{"step": s, "cpu_hours": round(c / 3600, 4), "val_psnr": v, "levels": {"s": v}, "run": "between"}
                for s, v, c in ((500, 31.0, 8000.0), (1000, 31.2, 9000.0))]
-    assert publish_run._earlier_points(curve_file, chained, {"abc"}, "held-out (24)", runs) == earlier[:2] + between
-    assert publish_run._earlier_points(curve_file, chained, {"abc"}, "other (8)", runs) == []
+    assert earlier_points(curve_file, chained, {"abc"}, "held-out (24)", runs) == earlier[:2] + between
+    assert earlier_points(curve_file, chained, {"abc"}, "other (8)", runs) == []
 
 
 def test_the_trained_commit_names_every_session():
     """A log from before sessions recorded their commit gives the checkout's; a log with
     both says which sessions it cannot name."""
-    import magncli.training.loop as loop
-    assert Trainer._trained_commit([{"commit": "a"}, {"commit": "b"}, {"commit": "a"}]) == "a, b"
-    assert Trainer._trained_commit([{}, {"commit": "b"}]) == "unrecorded, b"
-    assert Trainer._trained_commit([{}, {}]) == loop.git_commit()
+    from magncli.runs import provenance
+    assert provenance.trained_commit([{"commit": "a"}, {"commit": "b"}, {"commit": "a"}]) == "a, b"
+    assert provenance.trained_commit([{}, {"commit": "b"}]) == "unrecorded, b"
+    assert provenance.trained_commit([{}, {}]) == provenance.git_commit()
 
 
 def test_auto_threads_take_the_cores_nothing_else_keeps_busy(monkeypatch):
@@ -1137,7 +1134,7 @@ def test_a_folder_that_is_not_a_run_is_never_written_over(gray_data, tmp_path):
 
 def test_a_run_folder_is_claimed_while_it_trains_and_a_legacy_run_still_resumes(gray_data, tmp_path, one_thread):
     from magncli.fileio import lock_path
-    from magncli.training.runstate import MARKER_FILE
+    from magncli.runs.folder import MARKER_FILE
     run = tmp_path / "run"
     Trainer(tiny_config(gray_data, steps=6, ckpt_every=3), run).run(until=3)
     assert (run / MARKER_FILE).is_file() and not lock_path(run).exists()

@@ -82,7 +82,7 @@ def train_command(
     from magncli.training.config import load_config
     from magncli.training.loop import Trainer
     from magncli.training.plain_run import warnings_for
-    from magncli.training.runstate import EXPORT_FILE, load_run_config
+    from magncli.runs.folder import EXPORT_FILE, load_run_config
 
     overrides = dict(task=task, data=data, val=val, arch=arch, channels=channels, batch=batch,
                      patch=patch, steps=steps, lr=lr, sigma=sigma,
@@ -99,9 +99,10 @@ def train_command(
             raise MagnError("--resume continues with RUNDIR/config.toml; drop --config")
         config = load_run_config(out, overrides)
         if export_only:
-            trainer = Trainer(config, out, resume=True, record_session=False)
-            path = trainer.export()
-            note(f"exported step {trainer.step} of {config.steps} to {path}")
+            from magncli.checkpoints import read_checkpoint
+            from magncli.runs.export import export_run
+            path = export_run(out)
+            note(f"exported step {read_checkpoint(path)[1]['step']} of {config.steps} to {path}")
             return
     else:
         if export_only:

@@ -1,4 +1,5 @@
-"""`magn weights ...`: list, download, verify, locate and add pretrained checkpoints.
+"""`magn weights ...`: list, download, verify, locate and add pretrained checkpoints; publish a
+training run as one, and regenerate the model cards.
 
 Thin wrappers over magncli.weights; --json prints machine-readable output on stdout.
 """
@@ -15,7 +16,7 @@ from magncli.errors import MagnError
 
 app = typer.Typer(
     name="weights",
-    help="Pretrained checkpoints: list, download, verify, locate, add, scores.",
+    help="Pretrained checkpoints: list, download, verify, locate, add, scores, publish, cards.",
     no_args_is_help=True,
 )
 
@@ -184,3 +185,45 @@ def scores_cmd(
     """Record a checkpoint's benchmark scores in the manifest from `magn eval` JSON results."""
     entry = w.record_scores(name, results, manifest_path=manifest)
     note(f"recorded {len(entry.scores)} scores for {entry.name} in {w.load_manifest(manifest).path}")
+
+
+@app.command("publish")
+def publish_cmd(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder of `magn train` (it may still be training).")],
+    name: Annotated[str, typer.Option("--name", help="The checkpoint's name (an existing one is replaced).")],
+    best: Annotated[bool, typer.Option(
+        "--best", help="The best held-out validation so far (model_best), not the last checkpoint.")] = False,
+    replaces: Annotated[Optional[List[str]], typer.Option(
+        "--replaces", help="Another entry this one supersedes (repeatable).")] = None,
+    sets: Annotated[Optional[str], typer.Option(
+        "--sets", help="The test sets to score, comma-separated (default: every set of the task).")] = None,
+    score: Annotated[bool, typer.Option(
+        "--score/--no-score", help="Score it by the task's protocol (`magn eval`, minutes to an hour), "
+                                   "or leave that for later.")] = True,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Folder of the test sets.")] = None,
+    manifest: ManifestOpt = None,
+) -> None:
+    """Publish a training run as the default checkpoint of its task: export, manifest, validation
+    curve, scores and model card in one step."""
+    from magncli.cli.common import comma_list
+    from magncli.runs.publish import publish
+    done = publish(run, name, best=best, replaces=replaces or [], sets=comma_list(sets, "--sets"),
+                   score=score, data_root=data_root, manifest_path=manifest, progress=note)
+    note(f"published {done.name}: step {done.step} of {done.planned_steps}, {done.cpu_hours:.2f} CPU-hours, "
+         f"sha256 {done.sha256[:12]}...; " + (f"{done.scored_rows} rows scored into {done.results}"
+                                              if done.scored_rows else f"not scored: {done.eval_command}"))
+
+
+@app.command("cards")
+def cards_cmd(
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 if the cards are out of date.")] = False,
+    manifest: ManifestOpt = None,
+) -> None:
+    """Regenerate the model cards of weights/README.md from the manifest and weights/results/."""
+    from magncli.runs.cards import write_cards
+    if write_cards(manifest, check=check):
+        note("the model cards are up to date")
+    elif check:
+        raise MagnError("the model cards in weights/README.md are out of date: run `magn weights cards`")
+    else:
+        note("model cards rewritten")

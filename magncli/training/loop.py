@@ -3,27 +3,18 @@
     trainer = Trainer(load_config(["train/denoise-gray-s25.toml"]), "runs/s25")
     summary = trainer.run()                 # trains to config.steps, writes the run folder
     Trainer(load_run_config("runs/s25"), "runs/s25", resume=True).run()   # continues it
-                                            # (load_run_config: training/runstate.py)
+                                            # (load_run_config: runs/folder.py)
 
 One step: a batch of degraded/clean patches -> model (autocast bf16/fp16 on CUDA) -> MSE
 -> backward (GradScaler for fp16) -> gradient clipping -> Adam -> LR schedule -> EMA.
 
-The run folder (only rank 0 writes; every file is written to a temporary name and
-os.replace'd, so a kill at any moment leaves the previous version intact; the names,
-the EMA and the RNG states are in training/runstate.py):
-
-    .magn-run                  marks the folder as a run: only a run's files are replaced
-                               (runstate.py; while a process trains it, the folder is
-                               claimed as .NAME.magn-lock beside it)
-    config.toml                the settings actually used
-    log.jsonl                  one JSON record per log interval, validation and event
-    curves.png                 loss and validation PSNR
-    state_latest.pt            everything needed to resume (see Trainer._state), weights
-                               included: one file is one atomic resume point, so a resume
-                               never mixes two checkpoints
-    model_latest.safetensors   EMA weights at the last checkpoint
-    model_best.safetensors     EMA weights at the best validation PSNR
-    export.safetensors         fp16 EMA weights at the end, with provenance metadata
+The run folder (magncli/runs/folder.py says what each file holds): only rank 0 writes it,
+and every file is written to a temporary name and os.replace'd, so a kill at any moment
+leaves the previous version intact. The Trainer's jobs, each in its own file: the loss and
+schedule (loss.py), the data (data.py), warm starts (warm_start.py), validation
+(validation.py), the memory check (memory.py), DDP (distributed.py), the EMA and RNG
+states (runstate.py), provenance and export (magncli/runs/). This file is the loop and
+its resume point (Trainer._state).
 
 Resuming restores the model, EMA, optimizer, scheduler, scaler, RNG states and the step,
 which is also the data position (see data.py), so on the CPU with workers=0 a run killed
@@ -36,11 +27,9 @@ before each forward); the weights are the same on every rank.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
-import os
 import time
 from collections import deque
 from dataclasses import asdict
@@ -50,57 +39,29 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from magncli.checkpoints import load_state_dict_strict, read_checkpoint, save_checkpoint
+from magncli.checkpoints import load_state_dict_strict, save_checkpoint
 from magncli.errors import MagnError
-from magncli.fileio import drop_claim, hold_claim, home_as_tilde, write_file_atomic
-from magncli.inference import InferenceOptions, resolve_device, resolve_precision
+from magncli.fileio import drop_claim, hold_claim, write_file_atomic
+from magncli.inference import InferenceOptions, resolve_precision
 from magncli.models.registry import build_model, facts
-from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
-from magncli.training.curves import write_curves
-from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
+from magncli.runs import provenance
+from magncli.runs.export import export_run
+from magncli.runs.folder import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FILE, LATEST_FILE, LOG_FILE,
+                                 STATE_FILE, check_new_run_folder, check_resumable, read_log, write_marker)
 from magncli.training import memory
+from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
+from magncli.runs.curves import write_curves
+from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
+from magncli.training.distributed import Distributed
+from magncli.training.loss import lr_factor, training_loss
+from magncli.training.runstate import EMA, atomic_torch_save, cpu_state, hardware_string, rng_states, set_rng_states
 from magncli.training.threads import AutoThreads
-from magncli.training.runstate import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EMA, EXPORT_FILE, LATEST_FILE,
-                                       LOG_FILE, STATE_FILE, atomic_torch_save, cpu_state, first_warm_start,
-                                       check_new_run_folder, check_resumable, hardware_string, read_log,
-                                       rng_states, set_rng_states, write_marker)
-from magncli.training.warm_start import filled_config, fit_weights
+from magncli.training.warm_start import load_warm_start
 from magncli.version import __version__, git_commit
 
 log = logging.getLogger("magn")
-
-# --------------------------------------------------------------------------- loss
-
-# psnr-gain: added to both errors (100 dB), so that a lossless sample counts as a tie.
-PSNR_GAIN_EPS = 1e-10
-
-
-def training_loss(restored: Tensor, clean: Tensor, degraded: Tensor, kind: str = "mse",
-                  relative_floor: float = 1e-5) -> Tensor:
-    """restored, clean, degraded (b, C, p, p) -> the scalar loss.
-
-    mse: the paper's (eq. 14). relative-mse: each sample's MSE over its degraded input's
-    MSE plus relative_floor (the default, 1e-5, is 50 dB: a nearly lossless input does
-    not get an unbounded weight), averaged: every level counts alike in dB, down to the
-    floor. With plain MSE over q5-100 a q95
-    patch's error is about 1/300 of a q10 patch's, so a whole-range model learns the
-    high qualities hardly at all (measured: an early model made q90-95 files worse).
-    psnr-gain: the mean over samples of 10 log10(that ratio), i.e. minus the PSNR gain
-    in dB, the number the benchmarks report. Its gradient is each sample's MSE gradient
-    over its own error, so a sample the model makes much worse than its input weighs no
-    more than any other, where relative-mse gave it a gradient 100-1000x the usual (the
-    spikes of the whole-range JPEG runs)."""
-    if kind == "mse":
-        return F.mse_loss(restored, clean)
-    per_sample = (restored - clean).pow(2).mean((1, 2, 3))                    # (b,)
-    input_error = (degraded.float() - clean).pow(2).mean((1, 2, 3))            # (b,)
-    if kind == "psnr-gain":
-        return (10 * torch.log10((per_sample + PSNR_GAIN_EPS) / (input_error + PSNR_GAIN_EPS))).mean()
-    return (per_sample / (input_error + relative_floor)).mean()
-
 
 # --------------------------------------------------------------------------- clipping
 
@@ -110,54 +71,6 @@ GRAD_NORM_HISTORY = 500
 GRAD_NORM_MIN_HISTORY = 50
 
 
-# --------------------------------------------------------------------------- schedule
-
-def lr_factor(config: TrainConfig, step: int) -> float:
-    """Learning rate / config.lr at `step` (a pure function, so resuming needs no state):
-    linear warmup, then cosine down to min_lr, multistep decay, or constant."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.schedule == "cosine":
-        span = max(1, config.steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
-        floor = min(1.0, config.min_lr / config.lr)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    if config.schedule == "multistep":
-        return config.gamma ** sum(step >= m for m in config.milestones)
-    return 1.0
-
-
-# --------------------------------------------------------------------------- distributed
-
-class Distributed:
-    """Rank, world size and device. Joins the process group torchrun describes
-    (WORLD_SIZE > 1), or uses one the caller has initialised already."""
-
-    def __init__(self, device_spec: str):
-        self.owns_group = False
-        if dist.is_available() and dist.is_initialized():
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        else:
-            self.rank = int(os.environ.get("RANK", "0"))
-            self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        device = resolve_device(device_spec)
-        if device.type == "cuda" and self.world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
-            torch.cuda.set_device(device)
-        self.device = device
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            self.owns_group = True
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 # --------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -165,10 +78,7 @@ class Trainer:
     `run()` trains. `reporter(progress)` gets a dict after every step (a progress bar)."""
 
     def __init__(self, config: TrainConfig, run_dir, resume: bool = False,
-                 reporter: Optional[Callable[[dict], None]] = None, command: Optional[str] = None,
-                 record_session: bool = True):
-        """record_session=False opens a run folder read-only (e.g. to export while the
-        run itself goes on in another process): no log record, no config rewrite."""
+                 reporter: Optional[Callable[[dict], None]] = None, command: Optional[str] = None):
         self.config = config.check()
         self.run_dir = Path(run_dir)
         self.reporter = reporter or (lambda progress: None)
@@ -196,13 +106,14 @@ class Trainer:
         self.model = build_model(config.arch, in_channels=config.channels, **config.model)
         self.warm_start = None
         if config.init_from and not resume:
-            self.warm_start = self._load_init_weights(config.init_from)
+            self.warm_start = load_warm_start(self.model, config.init_from)
         self.model = self.model.to(self.device, memory_format=self.memory_format)
         if facts(self.model).graph_attention:
             self.model.set_attention_backend(config.backend)
         self.model.train()
         if self.device.type == "cpu" and self.dist.is_main:
-            self._check_memory()
+            memory.check_training_fits(self.model, config, config.channels + self.dataset.level_input,
+                                       self.dataset.nbytes, self.memory_format, self.amp_dtype)
         self.ema = EMA(self.model, config.ema_decay)
         # Fused: one multi-threaded kernel over all the weights, where the default loops over
         # them in Python, one tensor at a time (15.8 against 3.4 ms a step for the gray
@@ -236,7 +147,7 @@ class Trainer:
                                        backend=config.backend)
             self.validator = Validator(config, options, files=held_out or None,
                                        name=f"{self.images.folder.name} held-out ({len(held_out)})")
-        if self.dist.is_main and record_session:
+        if self.dist.is_main:
             try:
                 self._start_run_dir(resume)
             except BaseException:
@@ -286,39 +197,6 @@ class Trainer:
                    "params": sum(p.numel() for p in self.model.parameters()),
                    "val_set": self.validator.name if self.validator else None,
                    "val_input_psnr": self.validator.input_psnr if self.validator else None})
-
-    def _load_init_weights(self, source: str) -> dict:
-        """Warm start: the weights (and so the EMA) of a checkpoint file or published name;
-        the optimizer starts fresh. Returns what the provenance records of it."""
-        from magncli.checkpoints import read_checkpoint
-        from magncli.weights import file_sha256, resolve_weights
-        path = resolve_weights(source)
-        state, meta = read_checkpoint(path)
-        own = self.model.config
-        theirs = filled_config(self.model.arch, meta["config"]) if meta.get("config") else None
-        if meta.get("arch") not in (None, self.model.arch) or (meta.get("config") and theirs is None):
-            raise MagnError(f"{source}: its architecture ({meta.get('arch')} {meta.get('config')}) "
-                            f"is not this run's ({self.model.arch} {own})")
-        converted = None
-        if theirs is not None:
-            state, converted = fit_weights(self.model.arch, state, theirs, own, self.model.state_dict(), source)
-        load_state_dict_strict(self.model, state, source=str(path))
-        provenance = meta.get("provenance") or {}
-        weights = source if not Path(source).exists() else Path(source).name
-        if weights in (LATEST_FILE, BEST_FILE):        # a run's own file: name the run too
-            weights = f"{Path(source).resolve().parent.name}/{weights}"
-        record = {"weights": weights,
-                  "sha256": file_sha256(path), "step": meta.get("step"),
-                  "cpu_s": float(provenance.get("cpu_hours", 0.0)) * 3600.0,
-                  "commands": provenance.get("command")}
-        if converted:
-            record["converted"] = converted
-        # How those weights began, and so on back (each warm start's own record nests the
-        # one before): a card can then name every run that made a checkpoint.
-        earlier = first_warm_start(provenance)
-        if earlier:
-            record["from"] = earlier
-        return record
 
     def _log(self, record: dict) -> None:
         with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as f:
@@ -372,68 +250,20 @@ class Trainer:
                         self._meta(provenance=self._provenance(self.step, self.cpu_s)))
         write_curves(self.run_dir / CURVES_FILE, read_log(self.run_dir / LOG_FILE))
 
-    def _commands(self) -> Optional[str]:
-        """The command lines that made these weights: the start, then each resume (a
-        resume may change --steps, so the first command alone would not say how far)."""
-        records = [r for r in read_log(self.run_dir / LOG_FILE) if r.get("event") in ("start", "resume")]
-        commands = [r.get("command") for r in records]
-        if not records or records[-1].get("command") != self.command:
-            commands.append(self.command)  # a run folder whose events predate the "command" field
-        # command_line() already reads the home folder as "~"; older logs did not.
-        return "; then ".join(home_as_tilde(c) for c in commands if c) or None
-
-    def _sessions(self) -> List[dict]:
-        """Each start, resume and warm start of this run, as the log recorded them."""
-        keys = ("event", "step", "commit", "precision", "threads", "device", "warm_start")
-        return [{k: r.get(k) for k in keys if r.get(k) is not None}
-                for r in read_log(self.run_dir / LOG_FILE) if r.get("event") in ("start", "resume")]
-
-    @staticmethod
-    def _trained_commit(sessions: List[dict]) -> Optional[str]:
-        """The commit(s) the sessions trained with, as their start records say; a log from
-        before they did so gives the checkout's commit at export time instead."""
-        if not any(s.get("commit") for s in sessions):
-            return git_commit()
-        return ", ".join(dict.fromkeys(s.get("commit") or "unrecorded" for s in sessions))
-
     def _provenance(self, step: int, cpu_s: float) -> dict:
-        """How the weights of `step` were made, with the keys of a weights-manifest entry.
-        Every weights file of a run carries it (model_latest and model_best too), so that
-        a warm start from any of them keeps the CPU-hours and the runs behind it."""
+        """How the weights of `step` were made (runs/provenance.py); every weights file of
+        the run carries it."""
         if self._data_record is None:           # hashes every image: once per process
             self._data_record = self.images.describe()
-        config, sessions = self.config, self._sessions()
-        return {"training_data": self._data_record,
-                "steps": step, "planned_steps": config.steps,
-                "batch_size": config.batch, "patch_size": config.patch,
-                "hardware": hardware_string(self.device, self.dist.world),
-                "wall_time": f"{self.elapsed_s / 3600:.2f} h",
-                "cpu_hours": round(cpu_s / 3600, 3),
-                "sessions": sessions, "commit": self._trained_commit(sessions),
-                "command": self._commands(),
-                "validation": self.validator.name if self.validator else None,
-                "notes": f"seed {config.seed}, lr {config.lr} {config.schedule}, EMA {config.ema_decay}"}
+        return provenance.provenance(self.run_dir, self.config, step=step, cpu_s=cpu_s, elapsed_s=self.elapsed_s,
+                                     data=self._data_record, hardware=hardware_string(self.device, self.dist.world),
+                                     validation=self.validator.name if self.validator else None,
+                                     command=self.command)
 
     def export(self, best: bool = False) -> Path:
-        """fp16 EMA weights; `provenance` has the keys of a weights-manifest entry. Called
-        at the end of a run, or at any checkpoint to publish while a long run goes on
-        (then steps < planned_steps). best: the EMA weights of the best validation so far
-        (model_best), with the step and CPU-hours at which they were validated."""
-        model, step, cpu_s = self.ema.model, self.step, self.cpu_s
-        if best:
-            state, meta = read_checkpoint(self.run_dir / BEST_FILE)
-            model = copy.deepcopy(self.ema.model)
-            load_state_dict_strict(model, state)
-            step = int(meta["step"])
-            cpu_s = next(r.get("cpu_s", r.get("elapsed_s", 0)) for r in read_log(self.run_dir / LOG_FILE)
-                         if "val_psnr" in r and r["step"] == step)
-        provenance = self._provenance(step, cpu_s)
-        if best:
-            provenance["notes"] += f"; the best held-out validation, at step {step} of a run then at step {self.step}"
-        best_psnr = self.best_psnr if math.isfinite(self.best_psnr) else None
-        return save_checkpoint(self.run_dir / EXPORT_FILE, model,
-                               dict(self._meta(provenance=provenance, best_val_psnr=best_psnr), step=step),
-                               half=True)
+        """RUN/export.safetensors from the checkpoint on disk (runs/export.py): the last
+        one, or with best the best held-out validation so far."""
+        return export_run(self.run_dir, best=best)
 
     # ------------------------------------------------------------------ training
     def _train_step(self, degraded: torch.Tensor, clean: torch.Tensor) -> Tuple[float, float, bool]:
@@ -461,28 +291,6 @@ class Trainer:
         self.scheduler.step()
         self.ema.update(self.model)
         return loss.item(), grad_norm, grad_norm > limit
-
-    def _check_memory(self) -> None:
-        """Refuse, in one line, a run that would not fit in the memory available to it
-        (training/memory.py), before its first step rather than at the kernel's hand."""
-        available = memory.available_bytes()
-        if available is None:
-            return
-        config = self.config
-        channels = config.channels + self.dataset.level_input
-        sample = torch.rand(1, channels, config.patch, config.patch, generator=torch.Generator().manual_seed(0))
-        buffers = {k: v.clone() for k, v in self.model.named_buffers()}      # BatchNorm's statistics
-        need = memory.training_bytes(self.model, sample.to(memory_format=self.memory_format), self.amp_dtype,
-                                     config.batch, self.dataset.nbytes, config.workers)
-        with torch.no_grad():
-            for name, value in self.model.named_buffers():
-                value.copy_(buffers[name])                                     # as before the trial
-        if need > memory.FIT_SHARE * available:
-            raise MagnError(f"this run would need about {memory.gib(need)} beyond the "
-                            f"{memory.gib(memory.process_rss_bytes())} magn holds, and "
-                            f"{memory.gib(available)} is available: lower batch= ({config.batch}) or "
-                            f"patch= ({config.patch}), use workers=0 ({config.workers}), or a smaller "
-                            f"arch= ({config.arch}; magn-s-local is the CPU's)")
 
     def _follow_the_machine(self) -> None:
         """With threads auto: take the cores nothing else uses, give one back while

@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from magncli.errors import MagnError
+
 BACKWARD_OVERHEAD = 1.5
 WEIGHT_COPIES = 5
 # Refused above this share of the memory available to the run.
@@ -68,3 +70,27 @@ def training_bytes(model: nn.Module, sample: torch.Tensor, amp_dtype: torch.dtyp
 
 def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GB"
+
+
+def check_training_fits(model: nn.Module, config, input_channels: int, data_bytes: int,
+                        memory_format: torch.memory_format, amp_dtype: torch.dtype) -> None:
+    """Refuse, in one line, a run (`config`, a TrainConfig) that would not fit in the memory
+    available to it, before its first step rather than at the kernel's hand. The trial
+    forward pass leaves the model's buffers (BatchNorm's statistics) as they were."""
+    available = available_bytes()
+    if available is None:
+        return
+    sample = torch.rand(1, input_channels, config.patch, config.patch,
+                        generator=torch.Generator().manual_seed(0))                # (1, C, p, p)
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    need = training_bytes(model, sample.to(memory_format=memory_format), amp_dtype,
+                          config.batch, data_bytes, config.workers)
+    with torch.no_grad():
+        for name, value in model.named_buffers():
+            value.copy_(buffers[name])
+    if need > FIT_SHARE * available:
+        raise MagnError(f"this run would need about {gib(need)} beyond the "
+                        f"{gib(process_rss_bytes())} magn holds, and "
+                        f"{gib(available)} is available: lower batch= ({config.batch}) or "
+                        f"patch= ({config.patch}), use workers=0 ({config.workers}), or a smaller "
+                        f"arch= ({config.arch}; magn-s-local is the CPU's)")

@@ -11,13 +11,16 @@ They apply in that order, any together; anything else differing is refused in on
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
-from torch import Tensor
+from torch import Tensor, nn
 
+from magncli.checkpoints import load_state_dict_strict, read_checkpoint
 from magncli.errors import MagnError
 from magncli.models.registry import (convert_channels, deepen, grow_global_graph, grow_level_input,
                                      resolve_config)
+from magncli.runs.folder import BEST_FILE, LATEST_FILE, first_warm_start
 
 # What the global graph adds to a local-graph config ("magn-s-local" -> "magn-s").
 GLOBAL_GRAPH_KEYS = ("global_graph", "pixel_heads", "pixel_graph_layers")
@@ -70,3 +73,38 @@ def fit_weights(arch: str, state: Mapping[str, Tensor], theirs: dict, own: dict,
     if theirs != own:
         raise MagnError(f"{source}: its architecture ({arch} {theirs}) is not this run's ({arch} {own})")
     return dict(state), ", ".join(done) or None
+
+
+def load_warm_start(model: nn.Module, source: str) -> dict:
+    """Warm start `model` (a newly built network) with the weights of a checkpoint file or
+    published name, fitted to it (fit_weights); the optimizer starts fresh. Returns what
+    the provenance records of it: the weights by name and sha256, their step, CPU time and
+    commands, what was converted, and (nested as "from") how those weights began."""
+    from magncli.weights import file_sha256, resolve_weights
+    path = resolve_weights(source)
+    state, meta = read_checkpoint(path)
+    own = model.config
+    theirs = filled_config(model.arch, meta["config"]) if meta.get("config") else None
+    if meta.get("arch") not in (None, model.arch) or (meta.get("config") and theirs is None):
+        raise MagnError(f"{source}: its architecture ({meta.get('arch')} {meta.get('config')}) "
+                        f"is not this run's ({model.arch} {own})")
+    converted = None
+    if theirs is not None:
+        state, converted = fit_weights(model.arch, state, theirs, own, model.state_dict(), source)
+    load_state_dict_strict(model, state, source=str(path))
+    provenance = meta.get("provenance") or {}
+    weights = source if not Path(source).exists() else Path(source).name
+    if weights in (LATEST_FILE, BEST_FILE):        # a run's own file: name the run too
+        weights = f"{Path(source).resolve().parent.name}/{weights}"
+    record = {"weights": weights,
+              "sha256": file_sha256(path), "step": meta.get("step"),
+              "cpu_s": float(provenance.get("cpu_hours", 0.0)) * 3600.0,
+              "commands": provenance.get("command")}
+    if converted:
+        record["converted"] = converted
+    # How those weights began, and so on back (each warm start's own record nests the
+    # one before): a card can then name every run that made a checkpoint.
+    earlier = first_warm_start(provenance)
+    if earlier:
+        record["from"] = earlier
+    return record
