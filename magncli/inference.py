@@ -275,7 +275,7 @@ class _DeviceOOM(Exception):
 # A restorer returns an image, whose values stay near [0, 1] before the final clip. Far
 # outside it (or not finite) the network has broken down on the input: half precision
 # overflowed, or one outlier feature took over the graph attention of the whole tile
-# (train/README.md, "Breakdowns"), and a clip would hide a ruined image.
+# (docs/lab-notebook.md, "Breakdowns"), and a clip would hide a ruined image.
 BREAKDOWN_MARGIN = 1.0
 
 

@@ -527,7 +527,7 @@ def test_the_run_counts_megapixels_and_drops_those_of_a_failed_image(tmp_path, m
 
 
 def test_a_model_that_breaks_down_on_an_image_writes_nothing(tmp_path, ckpt):
-    """An output far outside 0-1 is a network that broke down (train/README.md,
+    """An output far outside 0-1 is a network that broke down (docs/lab-notebook.md,
     "Breakdowns"): refused in one line, not clipped into a ruined file. The same model
     with a sane output writes its file."""
     import torch

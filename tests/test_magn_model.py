@@ -18,7 +18,7 @@ def test_default_parameter_count_is_pinned():
 
 
 def test_variant_parameter_counts_are_pinned():
-    # The CPU variants (magn.VARIANTS); the study in train/README.md quotes these counts.
+    # The CPU variants (magn.VARIANTS); the study in docs/lab-notebook.md quotes these counts.
     counts = {name: (n_params(build_model(name, in_channels=1)), n_params(build_model(name)))
               for name in ("magn-tiny-local", "magn-s", "magn-s-local")}
     assert counts == {"magn-tiny-local": (254_490, 255_644), "magn-s": (509_728, 516_648),
@@ -49,7 +49,7 @@ def test_half_resolution_variant_keeps_both_graphs_and_full_resolution_output():
 
 
 def test_qk_norm_makes_graph_attention_blind_to_the_size_of_a_key():
-    """A breakdown (train/README.md, "Breakdowns"): one patch whose features grow large
+    """A breakdown (docs/lab-notebook.md, "Breakdowns"): one patch whose features grow large
     takes every query's attention through plain dot products. With qk_norm only the
     directions count: scaling a key leaves the attention exactly as it was. Oracle: the
     reference (materialised) attention on the same tensors."""

@@ -32,14 +32,15 @@ from magncli.runs.folder import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FIL
                                  STATE_FILE, load_run_config, read_log)
 
 REPO = Path(__file__).resolve().parents[1]
-# One recipe per published checkpoint; paper.toml (the shared base) and cpu.toml (an overlay)
-# are not recipes on their own.
-OVERLAYS = ("paper", "cpu", "cpu-tiny", "cpu-tiny-demosaic", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
+# The task recipes (the paper's settings, one per task); paper.toml (their shared base) and
+# the overlays are not recipes on their own.
+OVERLAYS = ("paper", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
             "denoise-clean", "denoise-near-clean", "demosaic-hard", "demosaic-grain", "demosaic-film", "demosaic-scale", "qk-norm",
             "deeper")   # shared settings, not recipes of a checkpoint
-# Names a published run was started with, standing for its checkpoint recipe (train/recipes/).
-ALIASES = ("denoise-gray-level",)
-RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS + ALIASES)
+# Whole CPU runs from a published start: the last stage of the gray denoiser's lineage
+# (train/recipes/) and #34's global-graph arm of it.
+RUNS = ("denoise-gray-level", "denoise-gray-global")
+RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS + RUNS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
 runner = CliRunner()
@@ -94,10 +95,6 @@ def test_every_recipe_is_a_valid_config(recipe):
     assert config.patch == 64 and config.batch == 32 and config.lr == 1e-4   # the paper's
     assert config.betas == [0.9, 0.999]
     assert (config.channels == 3) == (config.task == "demosaic" or "color" in recipe.stem)
-    cpu = load_config([recipe, REPO / "train" / "cpu.toml"])
-    assert cpu.arch == "magn-light" and cpu.batch < 32 and cpu.task == config.task
-    tiny = load_config([recipe, REPO / "train" / "cpu-tiny.toml"])   # the first published CPU runs
-    assert tiny.arch == "magn-tiny-local" and tiny.steps == 3000 and tiny.task == config.task
     small = load_config([recipe, REPO / "train" / "cpu-s.toml"])      # the long CPU runs
     assert small.arch == "magn-s" and small.precision == "bf16" and small.workers == 0
     # Validation never reads a test set: images held out of the training data.
@@ -117,11 +114,10 @@ def test_every_recipe_is_a_valid_config(recipe):
             load_config([recipe, REPO / "train" / "level-map.toml"])
 
 
-@pytest.mark.parametrize("recipe", sorted([*(REPO / "train" / "recipes").glob("*.toml"),
-                                            *(REPO / "train" / f"{a}.toml" for a in ALIASES)]), ids=lambda p: p.stem)
-def test_every_checkpoint_recipe_states_a_whole_cpu_run_from_a_published_start(recipe):
-    """train/recipes/NAME.toml: one file per checkpoint's run, loadable alone, validating on
-    held-out training images, and starting from a checkpoint the manifest publishes."""
+@pytest.mark.parametrize("recipe", [REPO / "train" / f"{name}.toml" for name in RUNS], ids=lambda p: p.stem)
+def test_every_run_recipe_states_a_whole_cpu_run_from_a_published_start(recipe):
+    """A run's recipe: loadable alone, validating on held-out training images, and starting
+    from a checkpoint the manifest publishes."""
     from magncli.weights import load_manifest
     config = load_config([recipe])
     assert config.val == "" and config.val_holdout > 0 and config.workers == 0
@@ -1235,3 +1231,18 @@ def test_a_stopped_run_says_its_step_its_resume_point_and_the_command_to_continu
     result = runner.invoke(app, [*command[1:], "--steps", str(resume_step + 2), "--quiet"])
     assert result.exit_code == 0, result.output
     assert _weights(run / STATE_FILE)["step"] == resume_step + 2
+
+
+def test_a_resume_keeps_the_cosine_schedules_span(gray_data, tmp_path, one_thread):
+    """steps is the cosine's span: a resume that changed it would change every later
+    learning rate, so it is refused with how to train on; under a constant schedule,
+    which does not read it, steps may change."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(gray_data, steps=4, schedule="cosine", warmup_steps=1, ckpt_every=2), run).run(until=2)
+    with pytest.raises(MagnError, match=r"span of the run's cosine schedule \(4 steps\).*--init-from"):
+        Trainer(load_run_config(run, {"steps": 6}), run, resume=True)
+    result = runner.invoke(app, ["train", "--resume", "--out", str(run), "--steps", "6", "--quiet"])
+    assert isinstance(result.exception, MagnError) and "a resume keeps" in str(result.exception)
+    resumed = Trainer(load_run_config(run, {"threads": 1}), run, resume=True)       # the same span: fine
+    assert resumed.step == 2 and resumed.config.steps == 4
+    resumed.close()

@@ -6,13 +6,13 @@
 # run is alive.
 #   bash train/long-run.sh RECIPE ARCH [NAME] [OVERLAY...]
 #     RECIPE  a task recipe of train/ (denoise-gray-blind, dejpeg-color, demosaic, ...)
-#     ARCH    the variant (train/README.md, "The variant study"), e.g. magn-s-local
+#     ARCH    the variant (docs/lab-notebook.md, "The variant study"), e.g. magn-s-local
 #     NAME    published weights to warm-start from when the run folder is new: the run's own
 #             earlier checkpoint, or one of the same variant for another channel count
 #             (converted; e.g. the color JPEG model for the gray run), if any ("": none)
 #     OVERLAY more recipe files after train/cpu-s.toml (e.g. train/level-map.toml)
 # Checkpoints every 1000 steps (about 3 minutes at one thread; train/cpu-s.toml), so a
-# killed session loses at most that. Publish progress with scripts/publish_run.py.
+# killed session loses at most that. Publish progress with magn weights publish RUN --name NAME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECIPE="$1"; ARCH="$2"; NAME="${3:-}"

@@ -76,6 +76,9 @@ def train_command(
     export_only: Annotated[bool, typer.Option(
         "--export", help="With --resume: write RUNDIR/export.safetensors from the last checkpoint and "
                          "exit, without training (publish while a long run goes on).")] = False,
+    recipe: Annotated[Optional[str], typer.Option(
+        "--recipe", help="Replay how a published checkpoint was made, every stage (train/recipes/NAME.toml, "
+                         "or a file) into --out; run it again to continue.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a restoration model; writes checkpoints, log.jsonl, curves.png and export.safetensors."""
@@ -92,6 +95,9 @@ def train_command(
                      pattern=pattern, val_every=val_every, ckpt_every=ckpt_every, workers=workers,
                      device=device, precision=precision, seed=seed, threads=_threads(threads), compile=compile_step,
                      init_from=init_from)
+    if recipe is not None:
+        _replay(recipe, out, {k: v for k, v in overrides.items() if v is not None}, configs, resume, quiet)
+        return
     if resume:
         if out is None:
             raise MagnError("--resume needs --out RUNDIR (the run folder to continue)")
@@ -146,6 +152,21 @@ def train_command(
         note(f"trained {summary['step']} steps ({summary['elapsed_s'] / 60:.1f} min) into {out}"
              + (f"; best validation PSNR {best:.2f} dB" if math.isfinite(best) else "")
              + f"; export: {Path(out) / EXPORT_FILE}")
+
+
+def _replay(recipe: str, out: Optional[Path], flags: dict, configs: List[Path], resume: bool, quiet: bool) -> None:
+    """--recipe: every stage as the recipe says; only the run folder and the threads are the user's."""
+    from magncli.training.lineage import find_recipe, read_lineage, replay
+    extra = sorted(set(flags) - {"threads"}) + (["--config"] if configs else []) + (["--resume"] if resume else [])
+    if extra:
+        raise MagnError(f"--recipe replays the recipe as written: drop {', '.join(extra)} "
+                        "(--out, --threads and --quiet go with it; a second call continues)")
+    if out is None:
+        raise MagnError("--recipe needs --out RUN (a folder for the stages' runs)")
+    lineage = read_lineage(find_recipe(recipe))
+    export = replay(lineage, out, threads=flags.get("threads"), reporter=None if quiet else note)
+    if not quiet:
+        note(f"{lineage.checkpoint}: replayed {len(lineage.stages)} stage(s); export: {export}")
 
 
 def _stopped(step: int, steps: int, checkpoint_step: Optional[int], out: Path) -> str:

@@ -43,7 +43,7 @@ DEFAULT_CONFIG = dict(
 )
 
 # Named variants. Their departures from the paper and the measurements behind them are
-# in docs/architecture.md ("Variants") and train/README.md (the equal-budget study).
+# in docs/architecture.md ("Variants") and docs/lab-notebook.md (the equal-budget study).
 _SMALL = dict(n_feats=48, n_resblocks=3, n_graphblocks=1, heads=4, patch_channels=8,
               patch_embed=96, unshuffle=2, pixel_heads=1, pixel_graph_layers=1)
 VARIANTS = {
@@ -69,7 +69,7 @@ class _QKNorm(nn.Module):
     attention's logits as cosines of query and key times a learned temperature per head,
     at most 100 (QK-norm, as ViT-22B and Swin V2). With plain dot products one patch whose
     features grow large takes every query's attention, and the whole image with it
-    (train/README.md, "Breakdowns"); a cosine cannot grow."""
+    (docs/lab-notebook.md, "Breakdowns"); a cosine cannot grow."""
 
     def __init__(self, heads: int):
         super().__init__()

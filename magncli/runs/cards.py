@@ -46,8 +46,8 @@ CPU-hours.
   no-weights baselines. Settings: CPU, fp32, tile 64, overlap 16, no ensemble, seed 0;
   PSNR in dB / SSIM, and for color JPEG also Y. "s/img" is the mean seconds per image on
   the CPU, which other work often shared.
-- How each was made: `train/README.md` (recipes, the variant study, long runs and
-  publishing).
+- How each was made: its lineage recipe, `train/recipes/NAME.toml` (`magn train --recipe
+  NAME` replays it), and docs/lab-notebook.md (the variant study, the long runs, probes).
 """
 
 PAPER = {  # the paper's MAGN numbers (docs/architecture.md), for reference

@@ -27,11 +27,14 @@ LOSSES = ("mse", "relative-mse", "psnr-gain")
 # Keys that each replace another: giving one (in a later recipe or a flag) drops the other.
 EXCLUSIVE = {"sigma": "sigma_range", "sigma_range": "sigma", "val": "val_holdout", "val_holdout": "val",
              "qualities": "quality_range", "quality_range": "qualities"}
-# What --resume may change: nothing that alters the data or the optimisation.
-# threads and precision change the speed, not the data or the optimisation (bf16 changes
-# rounding; each resume's precision is recorded in the log and the export's provenance).
-RESUMABLE = {"steps", "grad_clip", "grad_clip_median", "val_every", "ckpt_every", "log_every", "workers", "device", "data", "val",
-             "threads", "precision", "compile"}
+# What --resume may change: the run's speed and bookkeeping, and the gradient clipping (a
+# guard that a run on the edge of breaking down may need; each resume is logged). threads
+# and precision change the speed, not the data or the optimisation (bf16 changes rounding;
+# each resume's precision is recorded in the log and the export's provenance). steps only
+# where the schedule does not depend on it (RESUMABLE_STEPS): it is the cosine's span.
+RESUMABLE = {"grad_clip", "grad_clip_median", "val_every", "ckpt_every", "log_every", "workers", "device", "data",
+             "val", "threads", "precision", "compile"}
+RESUMABLE_STEPS = ("constant", "multistep")
 
 
 def _is_focus(focus, lo: float, hi: float) -> bool:
@@ -265,6 +268,9 @@ def read_recipe(path, _seen: Sequence[Path] = ()) -> Dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise MagnError(f"{path}: not valid TOML ({e})") from None
     base = raw.pop("extends", None)
+    if "stage" in raw:
+        raise MagnError(f"{path}: a lineage recipe (its [[stage]] tables: how a checkpoint was made); "
+                        f"replay it with magn train --recipe {path.stem} --out RUN")
     unknown = set(raw) - _FIELDS
     if unknown:
         raise MagnError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")

@@ -51,7 +51,7 @@ from magncli.runs.export import export_run
 from magncli.runs.folder import (BEST_FILE, CONFIG_FILE, CURVES_FILE, EXPORT_FILE, LATEST_FILE, LOG_FILE,
                                  STATE_FILE, check_new_run_folder, check_resumable, read_log, write_marker)
 from magncli.training import memory
-from magncli.training.config import RESUMABLE, TrainConfig, config_to_toml
+from magncli.training.config import RESUMABLE, RESUMABLE_STEPS, TrainConfig, config_to_toml
 from magncli.runs.curves import write_curves
 from magncli.training.data import PatchDataset, make_loader, resolve_data_folder, scan_images
 from magncli.training.distributed import Distributed
@@ -78,8 +78,12 @@ class Trainer:
     `run()` trains. `reporter(progress)` gets a dict after every step (a progress bar)."""
 
     def __init__(self, config: TrainConfig, run_dir, resume: bool = False,
-                 reporter: Optional[Callable[[dict], None]] = None, command: Optional[str] = None):
+                 reporter: Optional[Callable[[dict], None]] = None, command: Optional[str] = None,
+                 new_span: bool = False):
+        """new_span: a resume may change steps, the cosine's span (a lineage recipe's
+        replay of a run that did so: training/lineage.py); the resume record says so."""
         self.config = config.check()
+        self.new_span = new_span
         self.run_dir = Path(run_dir)
         self.reporter = reporter or (lambda progress: None)
         self.command = command  # the command line that ran this, for the export's provenance
@@ -194,6 +198,7 @@ class Trainer:
                    "device": str(self.device), "world_size": self.dist.world,
                    "threads": torch.get_num_threads(), "precision": self.config.precision,
                    "cpu_s": round(self.cpu_s, 1), "warm_start": self.warm_start,
+                   **({"steps": self.config.steps} if self.new_span else {}),
                    "params": sum(p.numel() for p in self.model.parameters()),
                    "val_set": self.validator.name if self.validator else None,
                    "val_input_psnr": self.validator.input_psnr if self.validator else None})
@@ -222,6 +227,14 @@ class Trainer:
             raise MagnError(f"{path}: cannot be read as a training state ({e})") from None
         changed = [k for k, v in state["config"].items()
                    if k not in RESUMABLE and getattr(self.config, k) != v]
+        if self.config.schedule in RESUMABLE_STEPS or self.new_span:
+            changed = [k for k in changed if k != "steps"]
+        elif "steps" in changed:
+            raise MagnError(f"cannot resume with steps {self.config.steps}: it is the span of the run's "
+                            f"{self.config.schedule} schedule ({state['config']['steps']} steps), which a "
+                            f"resume keeps; to train on, start a new run from its weights: magn train "
+                            f"--config {self.run_dir / CONFIG_FILE} --init-from {self.run_dir / LATEST_FILE} "
+                            f"--steps N --out NEW_RUN")
         if changed:
             raise MagnError(f"cannot resume with changed settings: {', '.join(changed)} "
                             f"(only {', '.join(sorted(RESUMABLE))} may change)")

@@ -20,7 +20,7 @@ from magncli.checkpoints import load_state_dict_strict, read_checkpoint
 from magncli.errors import MagnError
 from magncli.models.registry import (convert_channels, deepen, grow_global_graph, grow_level_input,
                                      resolve_config)
-from magncli.runs.folder import BEST_FILE, LATEST_FILE, first_warm_start
+from magncli.runs.folder import BEST_FILE, EXPORT_FILE, LATEST_FILE, first_warm_start
 
 # What the global graph adds to a local-graph config ("magn-s-local" -> "magn-s").
 GLOBAL_GRAPH_KEYS = ("global_graph", "pixel_heads", "pixel_graph_layers")
@@ -94,7 +94,7 @@ def load_warm_start(model: nn.Module, source: str) -> dict:
     load_state_dict_strict(model, state, source=str(path))
     provenance = meta.get("provenance") or {}
     weights = source if not Path(source).exists() else Path(source).name
-    if weights in (LATEST_FILE, BEST_FILE):        # a run's own file: name the run too
+    if weights in (LATEST_FILE, BEST_FILE, EXPORT_FILE):     # a run's own file: name the run too
         weights = f"{Path(source).resolve().parent.name}/{weights}"
     record = {"weights": weights,
               "sha256": file_sha256(path), "step": meta.get("step"),
