@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import fields
 import shlex
 import sys
 import time
@@ -82,19 +83,19 @@ def train_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a restoration model; writes checkpoints, log.jsonl, curves.png and export.safetensors."""
-    from magncli.training.config import load_config
+    from magncli.training.config import TrainConfig, load_config
     from magncli.training.loop import Trainer
     from magncli.training.plain_run import warnings_for
     from magncli.runs.folder import EXPORT_FILE, load_run_config
 
-    overrides = dict(task=task, data=data, val=val, arch=arch, channels=channels, batch=batch,
-                     patch=patch, steps=steps, lr=lr, sigma=sigma,
-                     sigma_range=comma_numbers(sigma_range, "--sigma-range", float),
-                     qualities=comma_numbers(qualities, "--qualities", int),
-                     quality_range=comma_numbers(quality_range, "--quality-range", int),
-                     pattern=pattern, val_every=val_every, ckpt_every=ckpt_every, workers=workers,
-                     device=device, precision=precision, seed=seed, threads=_threads(threads), compile=compile_step,
-                     init_from=init_from)
+    # Every option named after a TrainConfig field sets that field; the few that need
+    # parsing first (lists, "auto") are converted here.
+    given = dict(locals())
+    given.update(sigma_range=comma_numbers(sigma_range, "--sigma-range", float),
+                 qualities=comma_numbers(qualities, "--qualities", int),
+                 quality_range=comma_numbers(quality_range, "--quality-range", int),
+                 threads=_threads(threads), compile=compile_step)
+    overrides = {f.name: given[f.name] for f in fields(TrainConfig) if f.name in given}
     if recipe is not None:
         _replay(recipe, out, {k: v for k, v in overrides.items() if v is not None}, configs, resume, quiet)
         return
