@@ -9,7 +9,8 @@ from pathlib import Path
 from magncli.weights import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", REPO / "weights" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", REPO / "train" / "README.md", REPO / "weights" / "README.md",
+        *sorted((REPO / "weights" / "notes").glob("*.md")), *sorted((REPO / "docs").glob("*.md"))]
 # A path in the repository: a top folder of the tree, then path characters; not what a
 # recorded command wrote (`-o FILE`: the cards keep the commands that made their tables).
 PATH = re.compile(r"(?<![\w./~-])(?<!-o )(?<!--output )"
