@@ -74,9 +74,10 @@ class InferenceOptions:
     compile: Optional[bool] = ENGINE.compile  # torch.compile the chunked attention; None: on CPU for >= 8 tile passes
     backend: Optional[str] = None  # graph-attention backend; None = per device
 
-    def check(self) -> Tuple[torch.device, torch.dtype]:
-        """(device, dtype) these options run on; MagnError for any setting that cannot
-        work, so that callers can refuse bad options before touching any file."""
+    def resolve(self) -> Tuple[torch.device, torch.dtype]:
+        """The device and autocast dtype these options run on ("auto" made a device);
+        MagnError for any setting that cannot work, so that callers can refuse bad
+        options before touching any file."""
         device = resolve_device(self.device)
         dtype = resolve_precision(self.precision, device)
         if self.overlap < 0:
@@ -382,7 +383,7 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
     opts = options or InferenceOptions()
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError("restore_tensor expects one image of shape (1, C, H, W)")
-    device, dtype = opts.check()
+    device, dtype = opts.resolve()
     if dtype != torch.float32 and not facts(model).half_precision:
         raise MagnError(f"{getattr(model, 'arch', type(model).__name__)} runs in fp32 only "
                         f"(precision={opts.precision} asked for)")

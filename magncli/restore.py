@@ -164,7 +164,7 @@ class Restorer:
             self.level = task.check_level(self.level)           # as results record it: 25.0 -> 25
         if task.mosaic and self.pattern != AUTO_PATTERN:
             self.pattern = check_pattern(self.pattern)
-        self.options.check()
+        self.options.resolve()
 
     def model_for(self, channels: int, level: Optional[float] = None) -> Tuple[nn.Module, str]:
         """(model, description) serving `channels`-channel inputs of this task."""
@@ -314,7 +314,7 @@ def restore_files(restorer: Restorer, jobs: List[Job], *, workers: int = 1, over
         raise MagnError(f"workers must be >= 1 (got {workers})")
     if overwrite and skip_existing:
         raise MagnError("overwrite=True replaces the outputs that skip_existing=True keeps: pass one of them")
-    if workers > 1 and restorer.options.check()[0].type != "cpu":
+    if workers > 1 and restorer.options.resolve()[0].type != "cpu":
         raise MagnError(f"workers={workers} restores images side by side on the CPU's cores; "
                         "on other devices pass workers=1")
     if workers == 1 or len(jobs) < 2:

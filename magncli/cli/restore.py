@@ -88,7 +88,7 @@ def restore(
     restorer = Restorer(task=task, weights=weights, arch=arch, level=level, pattern=pattern,
                         options=inference_options(device, precision, tile, overlap, ensemble, tiling, compile),
                         offline=offline or None, model_dir=model_dir, quiet=quiet, force=force)
-    device_type = restorer.options.check()[0].type
+    device_type = restorer.options.resolve()[0].type
     if n_jobs > 1 and device_type != "cpu":
         raise MagnError(f"--jobs {n_jobs} restores images side by side on the CPU's cores; "
                         f"on {device_type} use --jobs 1")
