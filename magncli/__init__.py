@@ -57,11 +57,11 @@ def __getattr__(name: str):
 def load_model(weights: str, arch: str = "auto", *, offline: Optional[bool] = None,
                model_dir: Optional[str] = None):
     """A ready model (eval mode, fp32, CPU) from a checkpoint path, a published name or a URL."""
-    from magncli.checkpoints import load_model as _load
+    from magncli.checkpoints import model_from_checkpoint
     if Path(weights).is_file():
-        return _load(weights, arch=arch)
+        return model_from_checkpoint(weights, arch=arch)
     from magncli.weights import resolve_weights
-    return _load(resolve_weights(weights, offline=offline, model_dir=model_dir), arch=arch)
+    return model_from_checkpoint(resolve_weights(weights, offline=offline, model_dir=model_dir), arch=arch)
 
 
 def restore_file(source, target, task: str, weights: Optional[str] = None,

@@ -178,14 +178,14 @@ class Restorer:
             return self._models[key]
 
     def _load(self, channels: int, level: Optional[float]) -> Tuple[nn.Module, str]:
-        from magncli.checkpoints import load_model
+        from magncli.checkpoints import model_from_checkpoint
         if self.weights and Path(self.weights).is_file():
             path = Path(self.weights)
         else:
             from magncli.weights import resolve_weights
             path = resolve_weights(self.weights, task=self.task, channels=channels, level=level,
                                    model_dir=self.model_dir, offline=self.offline, quiet=self.quiet)
-        model = load_model(path, arch=self.arch)
+        model = model_from_checkpoint(path, arch=self.arch)
         stated = self._stated_task(model)
         if stated is not None and stated != self.task and not self.force:
             raise MagnError(f"{Path(path).name} is a {stated} checkpoint, not one for {self.task}: "
