@@ -16,22 +16,17 @@ clamped to [0, 1] (magncli.api).
 """
 from __future__ import annotations
 
-# Before anything imports torch: idle OpenMP threads sleep instead of spinning, so that
-# several magn processes on the same cores share them (a user's OMP_WAIT_POLICY wins).
-# The policy and why: magncli/parallel.py.
-from magncli.parallel import set_default_wait_policy
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
-set_default_wait_policy()
-
-import importlib  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Optional  # noqa: E402
-
-from magncli.version import __version__  # noqa: E402
-from magncli.errors import MagnError  # noqa: E402
+from magncli.version import __version__
+from magncli.errors import MagnError
 
 # The rest of the API is imported when first used (PEP 562): `import magncli`, and the
-# command line's --help, load no torch.
+# command line's --help, load no torch. Nor does importing it touch the environment: the
+# OpenMP wait policy is the command line's (magncli/cli/app.py), a program's own settings
+# are its own.
 _LAZY = {"save_checkpoint": "magncli.checkpoints", "Image": "magncli.images",
          "read_image": "magncli.images", "write_image": "magncli.images",
          "restore_array": "magncli.api", "restore_for_task": "magncli.api",
