@@ -791,7 +791,7 @@ def test_warm_start_across_channel_counts_converts_head_and_tail(gray_data, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not __import__("magncli.inference", fromlist=["x"]).cpu_has_native_bf16(),
+@pytest.mark.skipif(not __import__("magncli.devices", fromlist=["x"]).cpu_has_native_bf16(),
                     reason="this CPU has no native bf16")
 def test_bf16_and_fp32_short_runs_reach_the_same_validation_psnr(gray_data, tmp_path, one_thread):
     """bf16 autocast on the CPU (weights, optimizer, EMA and loss in fp32) trains as well
