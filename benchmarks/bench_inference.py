@@ -48,7 +48,8 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     # backend compiles), then warm up on one tile with that decision, so that a one-off
     # compile is timed apart from the run.
     from magncli.attention import default_backend
-    from magncli.inference import COMPILE_MIN_PASSES, tile_alignment, tile_spans
+    from magncli.inference import COMPILE_MIN_PASSES, tile_alignment
+    from magncli.tiling import tile_spans
     t = options.tile or 64
     passes = len(tile_spans(size, t, options.overlap, tile_alignment(model))) ** 2
     chunked = (backend or default_backend(torch.device(device))) == "chunked"

@@ -8,7 +8,8 @@ from magncli.degrade import bayer_masks, bayer_mosaic
 from magncli.devices import resolve_device
 from magncli.errors import MagnError
 from magncli.models.registry import ModelFacts
-from magncli.inference import InferenceOptions, blend_weights, restore_array, restore_tensor, self_ensemble, tile_spans
+from magncli.inference import InferenceOptions, restore_array, restore_tensor, self_ensemble
+from magncli.tiling import blend_weights, tile_spans
 
 
 class SmallRF(nn.Module):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from magncli.inference import InferenceOptions, restore_array, tile_plan, tile_spans
+from magncli.inference import InferenceOptions, restore_array, tile_plan
+from magncli.tiling import tile_spans
 from magncli.models.registry import ModelFacts, build_model, facts, get_arch, list_archs
 from magncli.official_protocols import PROTOCOLS
 
