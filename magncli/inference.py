@@ -31,12 +31,11 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from magncli.attention import compiled_chunks, default_backend
-from magncli.degrade import bayer_masks, pattern_shift
 from magncli.devices import resolve_device, resolve_precision
 from magncli.engine_defaults import ENGINE
+from magncli.ensemble import EnsembleInput, self_ensemble
 from magncli.errors import MagnError
 from magncli.models.registry import facts
 from magncli.tiling import blend_weights, tile_spans
@@ -139,49 +138,6 @@ def tile_alignment(model, align: int = 1) -> int:
     return math.lcm(facts(model).size_multiple, int(align))
 
 
-# --------------------------------------------------------------------------- ensemble
-def _dihedral(x: Tensor, k: int) -> Tensor:
-    """The k-th of the 8 flips/rotations of (B, C, H, W)."""
-    if k >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, k % 4, dims=(-2, -1))
-
-
-def _dihedral_inverse(x: Tensor, k: int) -> Tensor:
-    x = torch.rot90(x, -(k % 4), dims=(-2, -1))
-    return x.flip(-1) if k >= 4 else x
-
-
-def _dihedral_pattern(pattern: str, k: int, height: int, width: int) -> str:
-    """The Bayer pattern of the k-th dihedral transform of a (height, width) `pattern`
-    mosaic: flips and rotations move the colour sites, by the image's size parity."""
-    # A mosaic of the same size parity has the same pattern after the transform.
-    sites = bayer_masks(2 + height % 2, 2 + width % 2, pattern).argmax(axis=2)  # (2|3, 2|3): 0 R, 1 G, 2 B
-    corner = _dihedral(torch.from_numpy(sites)[None, None], k)[0, 0, :2, :2].flatten()
-    return "".join("rgb"[int(i)] for i in corner)
-
-
-def self_ensemble(fn: Callable[[Tensor], Tensor], x: Tensor, pattern: Optional[str] = None) -> Tensor:
-    """Mean of fn over the 8 dihedral transforms of x, each transformed back.
-
-    pattern: x is a zero-filled Bayer mosaic of this pattern. A flip or rotation gives a
-    mosaic of another pattern, which a model trained on one pattern cannot read, so each
-    transform is padded back into `pattern` (one reflected row on top and/or column on the
-    left, which keeps each pixel's colour site) and its output cropped."""
-    out = 0  # fn may return fewer channels than x has (a level map goes in, not out)
-    h, w = x.shape[-2:]
-    for k in range(8):
-        t = _dihedral(x, k)                                                    # (B, C, H|W, W|H)
-        dy = dx = 0
-        if pattern is not None:
-            dy, dx = pattern_shift(_dihedral_pattern(pattern, k, h, w), pattern)
-            if dy or dx:
-                mode = "reflect" if min(t.shape[-2:]) > 1 else "replicate"
-                t = F.pad(t, (dx, 0, dy, 0), mode=mode)                        # (B, C, +dy, +dx)
-        out = out + _dihedral_inverse(fn(t)[..., dy:, dx:].float(), k)
-    return out / 8
-
-
 # --------------------------------------------------------------------------- engine
 class _DeviceOOM(Exception):
     pass
@@ -201,10 +157,10 @@ def broken_down(lo: float, hi: float) -> bool:
 
 def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, ensemble: bool,
              device: torch.device, on_pass: Optional[Callable[[int], None]] = None,
-             pattern: Optional[str] = None) -> Tensor:
+             ensemble_input: Optional[EnsembleInput] = None) -> Tensor:
     """One batch of tiles, run on `device`, returned as fp32 on the CPU; on_pass(n) after
-    each pass of the n tiles through the model (8 with the ensemble); pattern: the tiles'
-    Bayer pattern, if mosaics (self_ensemble)."""
+    each pass of the n tiles through the model (8 with the ensemble); ensemble_input: how
+    the model takes each flip of the ensemble (see magncli.ensemble)."""
     # channels_last on the CPU: oneDNN's convolutions run 1.2-1.4x faster in it in fp32
     # and more in bf16 (benchmarks/bench_inference.py); the model is converted to match.
     x = x.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
@@ -220,11 +176,11 @@ def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, e
         return y
 
     with torch.inference_mode():
-        y = self_ensemble(run, x, pattern) if ensemble else run(x)
+        y = self_ensemble(run, x, ensemble_input) if ensemble else run(x)
         if dtype != torch.float32 and broken_down(float(y.amin()), float(y.amax())):
             # Half precision overflowed, or lost the network, somewhere in this tile: redo it exactly.
             log.warning("values far outside 0-1 in %s; tile redone in fp32", dtype)
-            y = self_ensemble(lambda t: model(t).float(), x, pattern) if ensemble else model(x).float()
+            y = self_ensemble(lambda t: model(t).float(), x, ensemble_input) if ensemble else model(x).float()
     return y.cpu()
 
 
@@ -245,7 +201,8 @@ def _pass_counter(progress: Optional[ProgressCallback], total: int) -> Optional[
 
 def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: int, overlap: int,
                    align: int, dtype: torch.dtype, ensemble: bool, tile_batch: int,
-                   progress: Optional[ProgressCallback] = None, pattern: Optional[str] = None) -> Tensor:
+                   progress: Optional[ProgressCallback] = None,
+                   ensemble_input: Optional[EnsembleInput] = None) -> Tensor:
     """image (1, C, H, W) fp32 on the CPU -> restored (1, C', H, W) fp32 on the CPU (C' = C
     less a level map); tile origins on multiples of `align`."""
     _, c, h, w = image.shape
@@ -262,7 +219,7 @@ def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: 
     for batch in batches:
         inputs = torch.cat([image[..., a:b, p:q] for (a, b), (p, q) in batch])     # (n, C, th, tw)
         try:
-            out = _forward(model, inputs, dtype, ensemble, device, on_pass, pattern)
+            out = _forward(model, inputs, dtype, ensemble, device, on_pass, ensemble_input)
         except torch.cuda.OutOfMemoryError:
             raise _DeviceOOM() from None
         for ((a, b), (p, q)), out_tile in zip(batch, out):
@@ -274,25 +231,25 @@ def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: 
 
 def _restore_chopped(model: nn.Module, image: Tensor, device: torch.device, dtype: torch.dtype,
                      ensemble: bool, progress: Optional[ProgressCallback] = None,
-                     pattern: Optional[str] = None) -> Tensor:
+                     ensemble_input: Optional[EnsembleInput] = None) -> Tensor:
     """The official DAGL/PANet protocol: recursive quadrants with hard seams, the whole
     image on the device (as their test scripts did), optional x8 ensemble."""
     from magncli.official_protocols import chop_settings, forward_chop
     settings = chop_settings(model)
     return _forward(lambda t: forward_chop(model, t, **settings), image, dtype, ensemble, device,
-                    _pass_counter(progress, 8 if ensemble else 1), pattern)
+                    _pass_counter(progress, 8 if ensemble else 1), ensemble_input)
 
 
 def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceOptions] = None,
                    progress: Optional[ProgressCallback] = None, align: int = 1,
-                   pattern: Optional[str] = None) -> Tensor:
+                   ensemble_input: Optional[EnsembleInput] = None) -> Tensor:
     """Restore (1, C, H, W) fp32 CPU tensor with `model`; returns the same shape, unclipped.
 
     On CUDA out-of-memory the tile is halved and retried; below MIN_TILE the work falls
     back to the CPU with a warning. `progress(done, total)`: see the module docstring.
     align: the input's period, which tile origins keep (2 for a Bayer mosaic; see
-    tile_alignment). pattern: the Bayer pattern of a mosaic input, which the x8 ensemble
-    keeps (self_ensemble); tiles starting on multiples of `align` = 2 keep it too.
+    tile_alignment). ensemble_input: how the model takes each flip of the x8 ensemble (a
+    task's hook, e.g. a Bayer mosaic padded back into its phase: magncli.ensemble).
     """
     opts = options or InferenceOptions()
     if image.dim() != 4 or image.shape[0] != 1:
@@ -303,7 +260,7 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
                         f"(precision={opts.precision} asked for)")
     _prepare(model, device, opts.backend)
     if opts.tiling == "chop":
-        return _restore_chopped(model, image, device, dtype, opts.ensemble, progress, pattern)
+        return _restore_chopped(model, image, device, dtype, opts.ensemble, progress, ensemble_input)
     tile, overlap = tile_plan(model, opts, device)
     h, w = image.shape[-2:]
     align = tile_alignment(model, align)
@@ -314,7 +271,7 @@ def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceO
     use_compile = opts.compile if opts.compile is not None else (
         device.type == "cpu" and uses_chunks and passes >= COMPILE_MIN_PASSES)
     with compiled_chunks(use_compile):
-        return _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress, pattern)
+        return _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress, ensemble_input)
 
 
 _PREPARE_LOCK = threading.Lock()
@@ -342,13 +299,13 @@ def _in_place(model: nn.Module, device: torch.device, fmt: torch.memory_format) 
 
 
 def _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress=None,
-                          pattern=None) -> Tensor:
+                          ensemble_input=None) -> Tensor:
     """The tiled pass; on CUDA OOM halve the tile, then fall back to the CPU."""
     tile_batch = opts.tile_batch or (CPU_TILE_BATCH if device.type == "cpu" else 1)
     while True:
         try:
             return _restore_tiled(model, image, device, tile, overlap, align, dtype, opts.ensemble,
-                                  tile_batch, progress, pattern)
+                                  tile_batch, progress, ensemble_input)
         except _DeviceOOM:
             torch.cuda.empty_cache()
             if tile // 2 >= MIN_TILE:
@@ -359,16 +316,16 @@ def _restore_with_retries(model, image, device, dtype, tile, overlap, align, opt
             log.warning("CUDA out of memory even at tile %d; falling back to the CPU", tile)
             _prepare(model, torch.device("cpu"), opts.backend if opts.backend != "flex" else None)
             return _restore_tiled(model, image, torch.device("cpu"), tile, overlap, align, torch.float32,
-                                  opts.ensemble, opts.tile_batch or CPU_TILE_BATCH, progress, pattern)
+                                  opts.ensemble, opts.tile_batch or CPU_TILE_BATCH, progress, ensemble_input)
 
 
 def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
                   progress: Optional[ProgressCallback] = None, align: int = 1,
-                  pattern: Optional[str] = None) -> np.ndarray:
+                  ensemble_input: Optional[EnsembleInput] = None) -> np.ndarray:
     """Restore an (H, W, C) or (H, W) float image in about [0, 1]; returns float32, same
     shape (the image's channels only, for a model with a level map), unclipped.
-    `progress(done, total)` after each batch of tile passes; `align`, `pattern`: the
-    input's period and Bayer pattern (see restore_tensor)."""
+    `progress(done, total)` after each batch of tile passes; `align`, `ensemble_input`:
+    the input's period and its hook for the ensemble (see restore_tensor)."""
     arr = np.asarray(image, dtype=np.float32)
     squeeze = arr.ndim == 2
     if squeeze:
@@ -381,5 +338,5 @@ def restore_array(model: nn.Module, image: np.ndarray, options: Optional[Inferen
         raise MagnError(f"the model expects {stated.in_channels}-channel images{level}, "
                         f"got {arr.shape[-1]} channels")
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]   # (1, C, H, W)
-    y = restore_tensor(model, x, options, progress, align, pattern)[0].numpy().transpose(1, 2, 0)   # (H, W, C)
+    y = restore_tensor(model, x, options, progress, align, ensemble_input)[0].numpy().transpose(1, 2, 0)   # (H, W, C)
     return y[..., 0] if squeeze else np.ascontiguousarray(y)

@@ -178,7 +178,7 @@ def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_pa
         calls.append(("load", weights, arch))
         return "the-model"
 
-    def restore_array(model, image, options, progress=None, align=1, pattern=None):
+    def restore_array(model, image, options, progress=None, align=1, ensemble_input=None):
         calls.append(("restore", model, image.shape, options))
         return cv2.GaussianBlur(image, (0, 0), 1.0).reshape(image.shape)  # a crude denoiser
 

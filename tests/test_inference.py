@@ -6,9 +6,11 @@ from torch import nn
 
 from magncli.degrade import bayer_masks, bayer_mosaic
 from magncli.devices import resolve_device
+from magncli.ensemble import self_ensemble
 from magncli.errors import MagnError
 from magncli.models.registry import ModelFacts
-from magncli.inference import InferenceOptions, restore_array, restore_tensor, self_ensemble
+from magncli.inference import InferenceOptions, restore_array, restore_tensor
+from magncli.tasks import get_task
 from magncli.tiling import blend_weights, tile_spans
 
 
@@ -131,10 +133,10 @@ def test_ensemble_of_a_one_pattern_demosaicer_keeps_the_pattern(h, w):
     mosaic = torch.from_numpy(bayer_mosaic(image[0].numpy().transpose(1, 2, 0), "grbg")
                               .transpose(2, 0, 1).copy())[None]                # (1, 3, H, W)
     direct = _grbg_bilinear(mosaic)
-    ensembled = self_ensemble(_grbg_bilinear, mosaic, pattern="grbg")
+    ensembled = self_ensemble(_grbg_bilinear, mosaic, get_task("demosaic").ensemble_input)
     # Equal away from the borders, where padding differs by transform.
     torch.testing.assert_close(ensembled[..., 2:-2, 2:-2], direct[..., 2:-2, 2:-2])
-    # Without the pattern, the flipped and rotated mosaics lose their samples.
+    # Without the task's hook, the flipped and rotated mosaics lose their samples.
     naive = self_ensemble(_grbg_bilinear, mosaic)
     assert (naive - direct)[..., 2:-2, 2:-2].abs().mean() > 0.05
 

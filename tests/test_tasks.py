@@ -276,3 +276,21 @@ def test_a_half_resolution_trunk_sees_packed_bayer_quads(pattern):
     nonzero = {int(c) for c in torch.nonzero(packed.abs().sum((1, 2)))}
     assert nonzero == {1, 4, 7, 10}
     assert bool((packed[[1, 4, 7, 10]][:, 1:-1, 1:-1] > 0).all())     # every inner quad complete
+
+# --------------------------------------------------------------------------- the ensemble's flips
+@pytest.mark.parametrize("h, w", [(6, 8), (7, 8), (6, 9), (7, 9)])
+@pytest.mark.parametrize("k", range(8))
+def test_every_flip_of_a_mosaic_is_padded_back_into_the_models_pattern(h, w, k):
+    """The demosaic task's ensemble hook: the k-th flip or rotation of a GRBG mosaic,
+    padded by the rows and columns it names, is a GRBG mosaic again (each pixel on a
+    site of its own colour), and the crop it names gives the flip back."""
+    from magncli.ensemble import dihedral
+    sites = torch.from_numpy(bayer_masks(h, w, "grbg").transpose(2, 0, 1).astype(np.float32))[None]  # (1, 3, H, W)
+    flipped = dihedral(sites, k)
+    padded, (dy, dx) = get_task("demosaic").ensemble_input(flipped, k, (h, w))
+    grbg = torch.from_numpy(bayer_masks(*padded.shape[-2:], "grbg").transpose(2, 0, 1).astype(np.float32))
+    assert torch.equal(padded[0], grbg)
+    assert torch.equal(padded[..., dy:, dx:], flipped) and dy in (0, 1) and dx in (0, 1)
+    # Tasks whose inputs a flip does not change take each flip as it is.
+    assert get_task("denoise").ensemble_input(flipped, k, (h, w)) == (flipped, (0, 0))
+
