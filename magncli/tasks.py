@@ -238,16 +238,19 @@ def degrade(img: np.ndarray, task, level=None, seed: int = DEFAULT_SEED,
 def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Optional[str] = AUTO_PATTERN,
                      level: Optional[float] = None, options: Optional[InferenceOptions] = None,
                      progress: Optional[ProgressCallback] = None) -> np.ndarray:
-    """Restore one degraded float32 (H, W, C) image of `task` with `model`: the one way
-    restore, eval and training validation run a model. The task adapts the input to what
-    its models take and the output back (a Bayer mosaic of `pattern`, read off the mosaic
-    when "auto" or None, is restored in GRBG phase, every tile and every flip of the
-    ensemble on the same phase; a gray image given only a color model goes through it
-    replicated, and the mean of its channels is kept; a model with `level_input` also gets
-    the map of `level`, None meaning not known). Returns float32 (H, W, C'), unclipped."""
-    from magncli.models.registry import facts
+    """Restore one degraded float32 (H, W, C) image of `task` (a Task, or its name) with
+    `model`: the one way restore, eval and training validation run a model. The task adapts
+    the input to what its models take and the output back (a Bayer mosaic of `pattern`,
+    read off the mosaic when "auto" or None, is restored in GRBG phase, every tile and
+    every flip of the ensemble on the same phase; a gray image given only a color model
+    goes through it replicated, and the mean of its channels is kept; a model with
+    `level_input` also gets the map of `level`, None meaning not known). Returns float32
+    (H, W, C'), unclipped."""
+    from magncli.inference import plan_tiles, restore_planned    # the engine (torch): when a model runs
     task = get_task(task)
-    stated = facts(model)
+    # The model's facts and the options, settled once for the whole image.
+    plan = plan_tiles(model, options, period=task.period, ensemble_input=task.ensemble_input)
+    stated = plan.facts
     if stated.level_input and task.level_plane is None:       # refused before any work on the image
         raise MagnError(f"{task.name} has no level map for a level-conditioned model")
     x, shift = task.prepare_input(image, pattern)                              # (H', W', C')
@@ -259,19 +262,10 @@ def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Opti
             raise MagnError(f"{getattr(model, 'arch', 'this model')} needs the {task.level_key}: "
                             f"it has no blind use (give {task.level_key}=)")
         x = task.with_level_plane(x, level)                                    # (H', W', C' + 1)
-    restored = restore_array(model, x, options, progress, align=task.period,    # (H', W', C')
-                             ensemble_input=task.ensemble_input)
+    restored = restore_planned(model, x, plan, progress)                       # (H', W', C')
     if gray_through_color:
         restored = restored.mean(axis=2, keepdims=True)                        # (H', W', 1)
     return task.finish_output(restored, shift)                                 # (H, W, C')
-
-
-def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
-                  progress: Optional[ProgressCallback] = None, align: int = 1,
-                  ensemble_input=None) -> np.ndarray:
-    """The engine's restore_array (magncli.inference), imported when a model first runs."""
-    from magncli.inference import restore_array as engine_restore_array
-    return engine_restore_array(model, image, options, progress, align=align, ensemble_input=ensemble_input)
 
 
 # --------------------------------------------------------------------------- the tasks

@@ -277,6 +277,7 @@ def test_a_half_resolution_trunk_sees_packed_bayer_quads(pattern):
     assert nonzero == {1, 4, 7, 10}
     assert bool((packed[[1, 4, 7, 10]][:, 1:-1, 1:-1] > 0).all())     # every inner quad complete
 
+
 # --------------------------------------------------------------------------- the ensemble's flips
 @pytest.mark.parametrize("h, w", [(6, 8), (7, 8), (6, 9), (7, 9)])
 @pytest.mark.parametrize("k", range(8))
@@ -294,3 +295,30 @@ def test_every_flip_of_a_mosaic_is_padded_back_into_the_models_pattern(h, w, k):
     # Tasks whose inputs a flip does not change take each flip as it is.
     assert get_task("denoise").ensemble_input(flipped, k, (h, w)) == (flipped, (0, 0))
 
+
+class CountsFacts(nn.Module):
+    """A color model that counts how often it is asked for its facts."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = 0
+
+    @property
+    def facts(self) -> ModelFacts:
+        self.asked += 1
+        return ModelFacts(in_channels=3, size_multiple=4)
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("options", [InferenceOptions(device="cpu", tile=16, overlap=4, ensemble=True),
+                                     InferenceOptions(device="cpu", tiling="chop", ensemble=True)],
+                         ids=["tiles", "chop"])
+def test_restoring_an_image_asks_for_the_models_facts_once(options):
+    # The tile plan settles what the facts decide (tile, overlap, alignment, level map,
+    # attention backend, chop settings) once; every tile and flip reads the plan.
+    model = CountsFacts()
+    mosaic = bayer_mosaic(_smooth_rgb().astype(np.float32)[:37, :41], "rggb")
+    out = restore_for_task(model, mosaic, "demosaic", pattern="rggb", options=options)
+    assert out.shape == mosaic.shape and model.asked == 1
