@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from magncli import datasets
-from magncli.degrade import DEFAULT_PATTERN, cfa_to_mosaic, mosaic_to_cfa
+from magncli.degrade import DEFAULT_PATTERN, DEFAULT_SEED, cfa_to_mosaic, mosaic_to_cfa
 from magncli.errors import MagnError
 from magncli.fileio import check_writable, write_file_atomic
 from magncli.images import encode_float_image, to_uint8

@@ -274,6 +274,22 @@ def test_given_inputs_are_labelled_by_their_manifest_not_by_the_levels_asked(tmp
     assert row["psnr"] == json.loads((tmp_path / "internal.json").read_text())[0]["psnr"]
 
 
+
+@pytest.mark.parametrize("task, made_with, asked", [("dejpeg", ["--quality", "20"], []),
+                                                    ("demosaic", ["--pattern", "rggb"], ["--pattern", "rggb"])])
+def test_given_inputs_of_a_task_without_noise_seeds_are_read_by_their_manifest(tmp_path, task, made_with, asked):
+    """A JPEG or mosaic folder from `magn degrade` records no seed (nothing random made
+    it): its manifest is read all the same (the default seed stood in, by a name the
+    module had lost)."""
+    make_images(tmp_path / "set")
+    made = runner.invoke(app, ["degrade", str(tmp_path / "set"), "--task", task, *made_with, "-o", str(tmp_path / "in")])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["eval", "--task", task, "--sets", str(tmp_path / "set"), "--inputs",
+                                 str(tmp_path / "in"), *asked, "-m", "input", "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "r.json").read_text())[0]
+    assert "seed" not in row["degradation"] and row["degradation"]["task"] == task
+
 def test_a_sheet_not_named_png_is_refused_before_any_work(tmp_path):
     """Issue #37: --sheet x.jpg wrote PNG bytes under a .jpg name."""
     make_images(tmp_path / "set")
