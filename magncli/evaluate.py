@@ -39,7 +39,7 @@ from magncli.fileio import check_writable, write_file_atomic
 from magncli.images import encode_float_image, to_uint8
 from magncli.metrics import psnr, psnr_ssim
 from magncli.results import write_sheet
-from magncli.tasks import TASKS, Degradation, get_task, restore_for_task
+from magncli.tasks import TASKS, Degradation, Task, get_task, restore_for_task
 from magncli.version import git_commit
 
 
@@ -55,7 +55,7 @@ class Method:
 
     name: str
     restore: Callable[[np.ndarray, Degradation], np.ndarray]
-    tasks: Tuple[str, ...] = tuple(TASKS)
+    tasks: Tuple[str, ...] = tuple(TASKS)   # the names of the tasks it does
     # The protocol's input rows score the degraded input as it is: Gaussian noise is
     # unclipped (clamping would add ~0.2 dB at sigma 25). Every real output is clamped.
     clamp_output: bool = True
@@ -175,23 +175,23 @@ def blind_twin(method: Method, options=None) -> List[Method]:
 DEFAULT_MODEL = "default"      # the task's default checkpoint for a set's channels
 
 
-def default_method(task: str, channels: int, options=None) -> Method:
+def default_method(task: Task, channels: int, options=None) -> Method:
     """The checkpoint `magn restore` picks for `task` and `channels`-channel inputs, as a
     row named "default" that records which checkpoint it was."""
     from magncli.weights import resolve_weights
-    path = resolve_weights(None, task=task, channels=channels, quiet=True)
+    path = resolve_weights(None, task=task.name, channels=channels, quiet=True)
     method = _load_model_method(str(path), options)
     method.name, method.checkpoint = DEFAULT_MODEL, Path(path).stem
     return method
 
 
-def make_method(spec: str, task: str, options=None) -> Method:
+def make_method(spec: str, task: Task, options=None) -> Method:
     """A baseline by name, or a model by checkpoint spec; MagnError for a wrong-task baseline."""
     baseline = BASELINES.get(spec)
     if baseline is None:
         return _load_model_method(spec, options)
-    if task not in baseline.tasks:
-        raise MagnError(f"baseline {spec} does not do {task} (it does: {', '.join(baseline.tasks)})")
+    if task.name not in baseline.tasks:
+        raise MagnError(f"baseline {spec} does not do {task.name} (it does: {', '.join(baseline.tasks)})")
     if baseline.requires and importlib.util.find_spec(baseline.requires) is None:
         raise MagnError(f"the {spec} baseline needs the {baseline.requires} package: "
                         f"pip install {baseline.requires}")
@@ -234,7 +234,7 @@ def _peak_memory_mb(method: Method) -> Optional[float]:
 
 # --------------------------------------------------------------------------- run_eval
 
-def _channels_for(task: str, set_name: str, test_set, channels: Optional[str],
+def _channels_for(task: Task, set_name: str, test_set, channels: Optional[str],
                   first_image: Path) -> str:
     """The channel mode ("gray"/"color") a set is scored in for `task`."""
     if channels is not None and channels not in datasets.CHANNELS:
@@ -243,14 +243,14 @@ def _channels_for(task: str, set_name: str, test_set, channels: Optional[str],
         if channels is not None:
             return channels
         return "gray" if datasets.read_raw(first_image).shape[2] == 1 else "color"
-    served = test_set.tracks.get(task, ())
+    served = test_set.tracks.get(task.name, ())
     if channels is None and served:
         return served[0]
     if channels in served:
         return channels
-    wanted = f"{task} ({channels})" if channels else task
+    wanted = f"{task.name} ({channels})" if channels else task.name
     raise MagnError(f"{set_name} is not a test set for {wanted}; "
-                    f"sets for it: {', '.join(datasets.sets_for(task, channels))}")
+                    f"sets for it: {', '.join(datasets.sets_for(task.name, channels))}")
 
 
 def _set_note(test_set, mode: str) -> str:
@@ -261,7 +261,7 @@ def _set_note(test_set, mode: str) -> str:
     return "; ".join(notes)
 
 
-def _recorded_degradation(inputs: Path, task: str) -> Optional[Degradation]:
+def _recorded_degradation(inputs: Path, task: Task) -> Optional[Degradation]:
     """The degradation that `magn degrade` recorded in inputs/manifest.json, or None for a
     folder without one (a paper's shipped inputs)."""
     path = Path(inputs) / "manifest.json"
@@ -269,17 +269,16 @@ def _recorded_degradation(inputs: Path, task: str) -> Optional[Degradation]:
         return None
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))["degradation"]
-        made_by, key = recorded["task"], get_task(task).level_key
+        made_by, key = recorded["task"], task.level_key
         level, seed, pattern = recorded.get(key) if key else None, recorded.get("seed"), recorded.get("pattern")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise MagnError(f"{path}: not a manifest of `magn degrade` (no degradation recorded)") from None
-    if made_by != task:
-        raise MagnError(f"{inputs} holds {made_by} inputs ({path.name}), not {task} ones")
-    return get_task(task).degradation(level, DEFAULT_SEED if seed is None else seed,
-                                      pattern or DEFAULT_PATTERN)
+    if made_by != task.name:
+        raise MagnError(f"{inputs} holds {made_by} inputs ({path.name}), not {task.name} ones")
+    return task.degradation(level, DEFAULT_SEED if seed is None else seed, pattern or DEFAULT_PATTERN)
 
 
-def _given_degradations(inputs, task: str, asked: List[Degradation], levels_given: bool) -> List[Degradation]:
+def _given_degradations(inputs, task: Task, asked: List[Degradation], levels_given: bool) -> List[Degradation]:
     """The degradation of given inputs: what their manifest.json records. A level or
     pattern asked for that disagrees is an error: the rows would be labelled with the
     wrong level (sigma-25 inputs scored as sigma 50)."""
@@ -304,7 +303,7 @@ def _read_given_inputs(inputs: Path, stems: List[str], degradation: Degradation
         raise MagnError(f"{inputs} has no input for {missing[0]} "
                         f"({len(missing)} of {len(stems)} ground-truth images unmatched)")
     images = [datasets.load_image(by_stem[s]) for s in stems]
-    if get_task(degradation.task).mosaic:
+    if degradation.task.mosaic:
         images = [cfa_to_mosaic(x, degradation.pattern) if x.shape[2] == 1 else x
                   for x in images]
     return images
@@ -328,26 +327,26 @@ def _save_image(save_dir: Path, method: Method, set_name: str, label: str, stem:
     write_file_atomic(path, encode_float_image(image, "png"), overwrite)
 
 
-def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequence[str] = ("input",),
+def run_eval(task, sets: Sequence[str], levels: Sequence = (), models: Sequence[str] = ("input",),
              seed: int = 0, data_root=None, options=None, save_images=None,
              quantize: bool = False, channels: Optional[str] = None,
              pattern: str = DEFAULT_PATTERN, inputs=None, sheet=None, overwrite: bool = False,
              progress: Optional[Callable[[str], None]] = None, blind: bool = False) -> List[dict]:
     """Evaluate `models` on `sets` at each level, following docs/protocols.md.
 
-    task: a name of tasks.TASKS. sets: set names or folders. levels: sigmas or JPEG
-    qualities (defaults per task); demosaic takes `pattern` instead. options: the
+    task: a Task, or its name (tasks.TASKS). sets: set names or folders. levels: sigmas
+    or JPEG qualities (defaults per task); demosaic takes `pattern` instead. options: the
     InferenceOptions for models (tile, overlap, ensemble, device, precision). inputs: a
     folder of already-degraded images to use instead of degrading (one set, one level).
     save_images: a folder for every restored image (8-bit PNG). sheet: a PNG of crops.
     blind: each model with a level map is also scored not told the level ("NAME (blind)").
     Returns one dict per model x set x level (see the module docstring)."""
-    task = get_task(task).name
+    task = get_task(task)
     if not sets:
         raise MagnError("no test sets given")
     if not models:
         raise MagnError("no models given")
-    degradations = get_task(task).degradations(list(levels or ()), seed, pattern)
+    degradations = task.degradations(list(levels or ()), seed, pattern)
     if inputs is not None:
         degradations = _given_degradations(inputs, task, degradations, bool(levels))
     if inputs is not None and (len(sets) != 1 or len(degradations) != 1):
@@ -405,11 +404,11 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     return rows
 
 
-def _methods_by_channels(task: str, models: Sequence[str], modes: Sequence[str], options,
+def _methods_by_channels(task: Task, models: Sequence[str], modes: Sequence[str], options,
                          blind: bool) -> Callable[[str], List[Method]]:
     """The rows' methods for a set scored in `mode` ("gray"/"color"), all loaded now: a
     model spec once, "default" once per channel count of the sets' models."""
-    model_channels = lambda mode: get_task(task).model_channels(1 if mode == "gray" else 3)  # noqa: E731
+    model_channels = lambda mode: task.model_channels(1 if mode == "gray" else 3)  # noqa: E731
     defaults = ({n: default_method(task, n, options) for n in sorted({model_channels(m) for m in modes})}
                 if DEFAULT_MODEL in models else {})
     loaded = [None if spec == DEFAULT_MODEL else make_method(spec, task, options) for spec in models]
@@ -430,7 +429,7 @@ def evaluate_method(method: Method, stems, degraded, truths, degradation: Degrad
     """One row: restore and score every image of a set at one level; `save(stem, output)`
     keeps each output. Returns the row and the first image's output (for the sheet)."""
     # Color results of some tasks (JPEG) are scored on RGB and on Y (the protocol's "RGB, and Y").
-    score_y = get_task(degradation.task).scored_on_y and truths[0].shape[2] == 3
+    score_y = degradation.task.scored_on_y and truths[0].shape[2] == 3
     _reset_peak_memory(method)
     per_image, seconds, first_output = [], 0.0, None
     for stem, image, truth in zip(stems, degraded, truths):
@@ -449,7 +448,7 @@ def evaluate_method(method: Method, stems, degraded, truths, degradation: Degrad
             save(stem, output)
         if first_output is None:
             first_output = output
-    row = {"task": degradation.task, "model": method.name, "level": degradation.label}
+    row = {"task": degradation.task.name, "model": method.name, "level": degradation.label}
     for key in ("psnr", "ssim", "psnr_y", "ssim_y"):
         if key in per_image[0]:
             row[key] = float(np.mean([r[key] for r in per_image]))

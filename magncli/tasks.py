@@ -1,9 +1,9 @@
 """The restoration tasks: one Task per task, registered by name as architectures are.
 
     task = get_task("dejpeg")
-    degradation = task.degradation(20)            # Degradation(task="dejpeg", level=20)
+    degradation = task.degradation(20)            # Degradation(task=<task dejpeg>, level=20)
     degraded = degradation.apply(clean)           # float32 (H, W, C) -> degraded (H, W, C)
-    restored = restore_for_task(model, degraded, "dejpeg", options=options)
+    restored = restore_for_task(model, degraded, task, options=options)
 
 A Task holds everything that differs between tasks: the name of its one level (sigma,
 quality, or none) and its default levels, how a level is checked, how an image is
@@ -47,7 +47,7 @@ class Degradation:
     """One task's degradation with its parameters; `as_dict()` is what results and
     manifests record, e.g. {"task": "denoise", "sigma": 25, "seed": 0}."""
 
-    task: str
+    task: Task                       # its task (results record its name)
     level: Optional[float] = None    # the task's level (sigma on the 0-255 scale, JPEG quality); None: no level
     pattern: Optional[str] = None    # Bayer tasks: the pattern of the mosaic
     seed: Optional[int] = None       # random tasks: the RandomState seed of every image
@@ -55,18 +55,18 @@ class Degradation:
     @property
     def label(self) -> str:
         """The task's parameter as a short table label: "σ25", "q10" or "grbg"."""
-        task = get_task(self.task)
+        task = self.task
         return f"{task.level_label}{self.level:g}" if task.level_key else self.pattern
 
     def as_dict(self) -> dict:
-        key = get_task(self.task).level_key                  # "sigma", "quality" or None
-        record = {"task": self.task, **({key: self.level} if key else {}),
+        key = self.task.level_key                            # "sigma", "quality" or None
+        record = {"task": self.task.name, **({key: self.level} if key else {}),
                   "pattern": self.pattern, "seed": self.seed}
         return {k: v for k, v in record.items() if v is not None}
 
     def apply(self, img: np.ndarray) -> np.ndarray:
         """img float32 (H, W, C) in [0, 1] -> degraded float32 (H, W, C)."""
-        return get_task(self.task).degrade(img, self)
+        return self.task.degrade(img, self)
 
 
 def _no_level(level) -> float:
@@ -95,6 +95,14 @@ class Task:
     scored_on_y: bool = False                           # color results also scored on studio Y
     gray_is_studio_y: bool = False                      # its gray images are studio Y, not luma
 
+    def __repr__(self) -> str:                          # its name says which; the rest is code
+        return f"<task {self.name}>"
+
+    def __reduce__(self):
+        # Pickled (a Degradation sent to another process) as its name: a task is code,
+        # registered once per process, and its lambdas do not pickle.
+        return get_task, (self.name,)
+
     # ------------------------------------------------------------------ levels
     def check_level(self, level) -> float:
         """The level as results record it (25.0 -> 25); MagnError for a bad one or for a
@@ -109,7 +117,7 @@ class Task:
         `seed` kept by random tasks, `pattern` by Bayer ones."""
         if level is None and self.level_key is not None:
             raise MagnError(f"task {self.name} needs a level ({self.level_key}=)")
-        return Degradation(self.name, None if level is None else self.check_level(level),
+        return Degradation(self, None if level is None else self.check_level(level),
                            pattern=check_pattern(pattern) if self.mosaic else None,
                            seed=check_seed(seed) if self.seeded else None)
 

@@ -26,7 +26,7 @@ from magncli.degrade import BAYER_PATTERNS
 from magncli.errors import MagnError
 from magncli.fileio import home_as_tilde
 from magncli.engine_defaults import ENGINE
-from magncli.tasks import TASKS, get_task
+from magncli.tasks import TASKS, Task
 
 console = Console(stderr=True, emoji=False)
 stdout_console = Console(emoji=False)
@@ -52,7 +52,8 @@ TilingOpt = Annotated[str, typer.Option(
     "--tiling", help="blend: overlapping tiles, blended; chop: DAGL/PANet's official recursive quadrants "
                      "with hard seams (to regenerate their numbers).")]
 
-# The task: a name of the registry, checked by the library (a one-line error naming them all).
+# The task: a name of the registry, made its Task by the command (tasks.get_task: a one-line
+# error naming them all), which the library then takes.
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help=f"What to undo: {' | '.join(TASKS)}.")]
 SigmaOpt = Annotated[Optional[float], typer.Option(
     "--sigma", help="denoise: the noise sigma (0-255 scale), told to a model with a level map "
@@ -69,13 +70,13 @@ def inference_options(device: str, precision: str, tile: Optional[int], overlap:
                             ensemble=ensemble, tiling=tiling, compile=compile)
 
 
-def task_level(task: str, **given: Optional[float]) -> Optional[float]:
+def task_level(task: Task, **given: Optional[float]) -> Optional[float]:
     """The level option that belongs to `task` (--sigma to denoise, --quality to dejpeg),
     or None; one given for another task is an error, never silently ignored."""
-    key = get_task(task).level_key
+    key = task.level_key
     for name, value in given.items():
         if value is not None and name != key:
-            raise MagnError(f"--{name} is not a setting of --task {task}")
+            raise MagnError(f"--{name} is not a setting of --task {task.name}")
     return given.get(key) if key else None
 
 

@@ -24,6 +24,7 @@ from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, Over
 from magncli.degrade import AUTO_PATTERN, BAYER_PATTERNS
 from magncli.errors import MagnError
 from magncli.fileio import remove_stale_temporaries
+from magncli.tasks import get_task
 
 app = typer.Typer()
 
@@ -82,6 +83,7 @@ def restore(
 
     if n_jobs < 1:
         raise MagnError(f"--jobs must be >= 1 (got {n_jobs})")
+    task = get_task(task)
     level = task_level(task, sigma=sigma, quality=quality)
     jobs = plan_jobs(inputs, out_dir=str(output) if output else None, suffix=suffix, ext=ext,
                      recursive=recursive)
