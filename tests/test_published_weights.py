@@ -21,7 +21,7 @@ from magncli.checkpoints import model_from_checkpoint, read_checkpoint
 from magncli.cli.app import app
 from magncli.datasets import load_ground_truth
 from magncli.degrade import bayer_mosaic, jpeg_encode, mosaic_to_cfa
-from magncli.evaluate import BASELINES
+from magncli.eval_methods import BASELINES
 from magncli.images import Image, read_image, write_image
 from magncli.metrics import psnr
 from magncli.models import build_model

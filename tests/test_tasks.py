@@ -11,7 +11,7 @@ from torch import nn
 from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, align_mosaic, bayer_masks, bayer_mosaic,
                              mosaic_to_cfa)
 from magncli.errors import MagnError
-from magncli.evaluate import model_method
+from magncli.eval_methods import model_method
 from magncli.images import Image, read_image, write_image
 from magncli.inference import InferenceOptions, restore_array
 from magncli.metrics import psnr
@@ -255,7 +255,7 @@ def test_a_mosaic_whose_pattern_cannot_be_told_is_refused_before_the_model_runs(
 def test_eval_aligns_every_pattern_for_grbg_models(pattern):
     # `magn eval --pattern P` runs models through the same alignment as restore.
     from magncli.tasks import make_degradation
-    from magncli.evaluate import model_method
+    from magncli.eval_methods import model_method
     from magncli.inference import InferenceOptions
     rgb = _smooth_rgb().astype(np.float32)
     degradation = make_degradation("demosaic", pattern=pattern)

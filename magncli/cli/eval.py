@@ -11,7 +11,8 @@ from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, Over
                                 inference_options, note, stdout_console)
 from magncli.datasets import sets_for
 from magncli.degrade import DEFAULT_PATTERN
-from magncli.evaluate import BASELINES, DEFAULT_MODEL, run_eval
+from magncli.eval_methods import BASELINES, DEFAULT_MODEL
+from magncli.evaluate import run_eval
 from magncli.results import check_results_path, results_tables, write_results
 from magncli.tasks import TASKS
 
