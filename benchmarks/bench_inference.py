@@ -47,12 +47,8 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     # Decide compilation as the engine would for the whole image (only the chunked
     # backend compiles), then warm up on one tile with that decision, so that a one-off
     # compile is timed apart from the run.
-    from magncli.attention import default_backend
-    from magncli.inference import COMPILE_MIN_PASSES, tile_alignment, tile_spans
-    t = options.tile or 64
-    passes = len(tile_spans(size, t, options.overlap, tile_alignment(model))) ** 2
-    chunked = (backend or default_backend(torch.device(device))) == "chunked"
-    options.compile = torch.device(device).type == "cpu" and chunked and passes >= COMPILE_MIN_PASSES
+    from magncli.inference import plan_tiles
+    options.compile = plan_tiles(model, options).compiles(size, size)
     warm = time.perf_counter()
     restore_array(model, image[:64, :64], options)
     warm_seconds = time.perf_counter() - warm

@@ -33,7 +33,7 @@ def measure_step(arch: str, precision: str, layout: str, batch: int, patch: int,
     import torch
     import torch.nn.functional as F
 
-    from magncli.inference import resolve_precision
+    from magncli.devices import resolve_precision
     from magncli.models import build_model
 
     if threads:

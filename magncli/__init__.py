@@ -16,22 +16,17 @@ clamped to [0, 1] (magncli.api).
 """
 from __future__ import annotations
 
-# Before anything imports torch: idle OpenMP threads sleep instead of spinning, so that
-# several magn processes on the same cores share them (a user's OMP_WAIT_POLICY wins).
-# The policy and why: magncli/parallel.py.
-from magncli.parallel import set_default_wait_policy
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
-set_default_wait_policy()
-
-import importlib  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Optional  # noqa: E402
-
-from magncli.version import __version__  # noqa: E402
-from magncli.errors import MagnError  # noqa: E402
+from magncli.version import __version__
+from magncli.errors import MagnError
 
 # The rest of the API is imported when first used (PEP 562): `import magncli`, and the
-# command line's --help, load no torch.
+# command line's --help, load no torch. Nor does importing it touch the environment: the
+# OpenMP wait policy is the command line's (magncli/cli/app.py), a program's own settings
+# are its own.
 _LAZY = {"save_checkpoint": "magncli.checkpoints", "Image": "magncli.images",
          "read_image": "magncli.images", "write_image": "magncli.images",
          "restore_array": "magncli.api", "restore_for_task": "magncli.api",
@@ -57,11 +52,11 @@ def __getattr__(name: str):
 def load_model(weights: str, arch: str = "auto", *, offline: Optional[bool] = None,
                model_dir: Optional[str] = None):
     """A ready model (eval mode, fp32, CPU) from a checkpoint path, a published name or a URL."""
-    from magncli.checkpoints import load_model as _load
+    from magncli.checkpoints import model_from_checkpoint
     if Path(weights).is_file():
-        return _load(weights, arch=arch)
+        return model_from_checkpoint(weights, arch=arch)
     from magncli.weights import resolve_weights
-    return _load(resolve_weights(weights, offline=offline, model_dir=model_dir), arch=arch)
+    return model_from_checkpoint(resolve_weights(weights, offline=offline, model_dir=model_dir), arch=arch)
 
 
 def restore_file(source, target, task: str, weights: Optional[str] = None,

@@ -8,7 +8,7 @@ Two formats are read:
   read with torch.load(weights_only=True): tensors and containers only, never objects.
 
     sd, meta = read_checkpoint(path)            # dict[str, Tensor], dict
-    model = load_model(path, arch="auto")       # built from meta or recognised from keys
+    model = model_from_checkpoint(path)         # built from meta or recognised from keys
     save_checkpoint(path, model, extra_meta)    # atomic safetensors write
 """
 from __future__ import annotations
@@ -174,7 +174,7 @@ def checkpoint_arch(path, state: Mapping[str, torch.Tensor], meta: dict) -> Tupl
         raise MagnError(f"{path}: {e}") from None
 
 
-def load_model(path, arch: str = "auto", **config_overrides) -> nn.Module:
+def model_from_checkpoint(path, arch: str = "auto", **config_overrides) -> nn.Module:
     """Build the checkpoint's model and load its weights strictly (fp32, CPU, eval mode)."""
     state, meta = read_checkpoint(path)
     if arch in (None, "", "auto"):

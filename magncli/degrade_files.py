@@ -15,7 +15,7 @@ from magncli.datasets import list_images, load_image
 from magncli.errors import MagnError
 from magncli.fileio import check_writable, remove_stale_temporaries, write_file_atomic
 from magncli.images import encode_float_image
-from magncli.tasks import TASKS, Degradation, get_task
+from magncli.tasks import TASKS, Degradation
 from magncli.version import __version__
 
 # The formats written: (extension, what is stored), the note going into manifests.
@@ -43,7 +43,7 @@ def degrade_files(inputs, out_dir, degradation: Degradation, fmt: str = "png",
     whenever at least one was."""
     if fmt not in OUTPUT_FORMATS:
         raise MagnError(f"unknown output format {fmt!r}; formats: {', '.join(OUTPUT_FORMATS)}")
-    jpeg_file = get_task(degradation.task).jpeg_file
+    jpeg_file = degradation.task.jpeg_file
     if fmt == "jpg" and jpeg_file is None:
         makers = [t.name for t in TASKS.values() if t.jpeg_file is not None]
         raise MagnError(f"fmt=jpg writes the JPEG file itself, for the task{'s' if len(makers) > 1 else ''} "

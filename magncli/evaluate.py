@@ -1,201 +1,31 @@
-"""The engine of `magn eval`: degrade benchmark sets by the protocol, restore them with each
-model, score, and write tables.
-
-A Method turns a degraded float32 HxWxC image on [0, 1] into a restored one of the same
-shape. Built-in baselines need no weights:
-
-    input            the degraded image itself (the "input rows" of the protocol page)
-    opencv-nlm       non-local means (denoise)
-    opencv-bilinear  OpenCV demosaicing: bilinear, edge-aware, VNG (demosaic)
-    opencv-ea
-    opencv-vng
-    bm3d             BM3D (denoise), only where `pip install bm3d` was done
-
-Any other name is a model: a checkpoint name or path, or ARCH:PATH (e.g. dagl:model.pt),
-loaded with magncli.load_model and run as `magn restore` runs it; "default" is the task's
-published default checkpoint for each set's channels (the one `magn restore` picks).
+"""The engine of `magn eval`: degrade benchmark sets by the protocol, restore them with
+each method (magncli.eval_methods: the baselines, and models run as `magn restore` runs
+them), score, and write tables.
 
 run_eval returns one row (a dict) per model x set x level, each with its per-image scores
 under "images"; magncli.results presents them (tables, files, the sheet).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 from magncli import datasets
-from magncli.degrade import DEFAULT_PATTERN, cfa_to_mosaic, mosaic_to_cfa
+from magncli.degrade import DEFAULT_PATTERN, DEFAULT_SEED, cfa_to_mosaic
 from magncli.errors import MagnError
+from magncli.eval_methods import Method, methods_by_channels
 from magncli.fileio import check_writable, write_file_atomic
-from magncli.images import encode_float_image, to_uint8
+from magncli.images import encode_float_image
 from magncli.metrics import psnr, psnr_ssim
 from magncli.results import write_sheet
-from magncli.tasks import TASKS, Degradation, get_task, restore_for_task
+from magncli.tasks import Degradation, Task, get_task
 from magncli.version import git_commit
-
-
-
-# --------------------------------------------------------------------------- methods
-
-@dataclass
-class Method:
-    """A named way to restore an image, one row of the tables: a baseline or a model.
-    (Not magncli.restore.Restorer, which restores image files.) `restore(degraded,
-    degradation)` gets the known degradation too, so that non-blind baselines can use
-    sigma or the Bayer pattern; models ignore it."""
-
-    name: str
-    restore: Callable[[np.ndarray, Degradation], np.ndarray]
-    tasks: Tuple[str, ...] = tuple(TASKS)
-    # The protocol's input rows score the degraded input as it is: Gaussian noise is
-    # unclipped (clamping would add ~0.2 dB at sigma 25). Every real output is clamped.
-    clamp_output: bool = True
-    device: Optional[str] = None  # models: their device ("auto", "cuda:0", ...) for memory
-    requires: Optional[str] = None  # an optional package it imports
-    model: Optional[Any] = None     # models: the nn.Module (its tile plan goes into the row)
-    checkpoint: Optional[str] = None  # a model the row names by role ("default"): its checkpoint
-
-
-def _identity(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
-    return degraded
-
-
-def nlm_strength(sigma: float, color: bool) -> float:
-    """NLM filter strength h for noise sigma (0-255), one rule for every level. Tuned on a
-    few images at sigma 15/25/50: gray 0.9 sigma is within 0.6 dB of the best of 0.6-1.2
-    sigma (three Set12 images); color 0.6 sigma (h and hColor) was the best of 0.4-1.0 sigma
-    (two CBSD68 images). On all of Set12 at sigma 25: 27.91 dB against 20.20 for the input."""
-    return (0.6 if color else 0.9) * sigma
-
-
-def _opencv_nlm(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
-    # OpenCV's NLM takes 8-bit images: the (unclipped) noisy input is rounded first.
-    pixels = to_uint8(degraded)  # HxWxC uint8
-    if pixels.shape[2] == 3:
-        h = nlm_strength(degradation.level, color=True)
-        bgr = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(pixels[..., ::-1]),
-                                              None, h, h, 7, 21)
-        out = bgr[..., ::-1]
-    else:
-        h = nlm_strength(degradation.level, color=False)
-        out = cv2.fastNlMeansDenoising(np.ascontiguousarray(pixels[..., 0]), None, h, 7, 21)
-        out = out[..., None]
-    return out.astype(np.float32) / 255.0
-
-
-def opencv_bayer_code(pattern: str, method: str = "") -> int:
-    """The cv2.COLOR_Bayer*2RGB code for our pattern names. OpenCV's two-letter names are
-    offset: they name the colours at (1,1) and (1,2), so our GRBG is OpenCV's "GB"."""
-    tile = pattern.upper()  # colours at (0,0), (0,1), (1,0), (1,1)
-    return getattr(cv2, f"COLOR_Bayer{tile[3]}{tile[2]}2RGB{method}")
-
-
-def _opencv_demosaic(method: str) -> Callable[[np.ndarray, Degradation], np.ndarray]:
-    def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
-        cfa = to_uint8(mosaic_to_cfa(degraded))  # HxW uint8, one sample per site
-        rgb = cv2.demosaicing(cfa, opencv_bayer_code(degradation.pattern, method))
-        return rgb.astype(np.float32) / 255.0
-
-    return restore
-
-
-def _bm3d(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
-    import bm3d  # optional: `pip install bm3d`, checked by make_method
-
-    sigma = degradation.level / 255.0
-    if degraded.shape[2] == 3:
-        return bm3d.bm3d_rgb(degraded, sigma).astype(np.float32)
-    return bm3d.bm3d(degraded[..., 0], sigma).astype(np.float32)[..., None]
-
-
-BASELINES: Dict[str, Method] = {r.name: r for r in (
-    Method("input", _identity, clamp_output=False),
-    Method("opencv-nlm", _opencv_nlm, tasks=("denoise",)),
-    Method("opencv-bilinear", _opencv_demosaic(""), tasks=("demosaic",)),
-    Method("opencv-ea", _opencv_demosaic("_EA"), tasks=("demosaic",)),
-    Method("opencv-vng", _opencv_demosaic("_VNG"), tasks=("demosaic",)),
-    Method("bm3d", _bm3d, tasks=("denoise",), requires="bm3d"),
-)}
-
-
-def _split_arch(spec: str) -> Tuple[Optional[str], str]:
-    """"dagl:model.pt" -> ("dagl", "model.pt") when the prefix is a registered architecture
-    or one of its variants ("magn-s-local:run/model_best.safetensors"); otherwise
-    (None, spec), so that paths with colons still work."""
-    if ":" in spec:
-        prefix, rest = spec.split(":", 1)
-        from magncli.models.registry import list_archs
-
-        archs = list_archs()
-        if prefix.lower() in {*archs, *(v for arch in archs.values() for v in arch.variants)}:
-            return prefix.lower(), rest
-    return None, spec
-
-
-def _load_model_method(spec: str, options) -> Method:
-    from magncli import load_model   # torch is imported only when a model runs
-    arch, path = _split_arch(spec)
-    model = load_model(path) if arch is None else load_model(path, arch=arch)
-    return model_method(model, options, spec)
-
-
-def model_method(model, options=None, name: str = "model", level_known: bool = True) -> Method:
-    """A Method for a model already in memory (e.g. training's validation of its EMA
-    weights), run as `magn restore` runs it: restore_for_task, the task's view of the
-    input (a mosaic in GRBG phase) through the inference engine. A model with a level map
-    is told the protocol's level, or "unknown" with level_known=False (blind use: `magn
-    restore` without --sigma)."""
-
-    def restore(degraded: np.ndarray, degradation: Degradation) -> np.ndarray:
-        return restore_for_task(model, degraded, degradation.task, pattern=degradation.pattern,
-                                level=degradation.level if level_known else None, options=options)
-
-    return Method(name, restore, device=getattr(options, "device", None) or "auto", model=model)
-
-
-def blind_twin(method: Method, options=None) -> List[Method]:
-    """[the same model run not told the level] for a model with a level map that has a
-    blind use (a denoiser grown with "unknown" in its training; not FFDNet), else []."""
-    from magncli.models.registry import facts        # torch: loaded only when models run
-    stated = facts(method.model) if method.model is not None else None
-    if stated is None or not stated.level_input or stated.level_required:
-        return []
-    return [model_method(method.model, options, f"{method.name} (blind)", level_known=False)]
-
-
-DEFAULT_MODEL = "default"      # the task's default checkpoint for a set's channels
-
-
-def default_method(task: str, channels: int, options=None) -> Method:
-    """The checkpoint `magn restore` picks for `task` and `channels`-channel inputs, as a
-    row named "default" that records which checkpoint it was."""
-    from magncli.weights import resolve_weights
-    path = resolve_weights(None, task=task, channels=channels, quiet=True)
-    method = _load_model_method(str(path), options)
-    method.name, method.checkpoint = DEFAULT_MODEL, Path(path).stem
-    return method
-
-
-def make_method(spec: str, task: str, options=None) -> Method:
-    """A baseline by name, or a model by checkpoint spec; MagnError for a wrong-task baseline."""
-    baseline = BASELINES.get(spec)
-    if baseline is None:
-        return _load_model_method(spec, options)
-    if task not in baseline.tasks:
-        raise MagnError(f"baseline {spec} does not do {task} (it does: {', '.join(baseline.tasks)})")
-    if baseline.requires and importlib.util.find_spec(baseline.requires) is None:
-        raise MagnError(f"the {spec} baseline needs the {baseline.requires} package: "
-                        f"pip install {baseline.requires}")
-    return baseline
 
 
 # --------------------------------------------------------------------------- memory
@@ -234,7 +64,7 @@ def _peak_memory_mb(method: Method) -> Optional[float]:
 
 # --------------------------------------------------------------------------- run_eval
 
-def _channels_for(task: str, set_name: str, test_set, channels: Optional[str],
+def _channels_for(task: Task, set_name: str, test_set, channels: Optional[str],
                   first_image: Path) -> str:
     """The channel mode ("gray"/"color") a set is scored in for `task`."""
     if channels is not None and channels not in datasets.CHANNELS:
@@ -243,14 +73,14 @@ def _channels_for(task: str, set_name: str, test_set, channels: Optional[str],
         if channels is not None:
             return channels
         return "gray" if datasets.read_raw(first_image).shape[2] == 1 else "color"
-    served = test_set.tracks.get(task, ())
+    served = test_set.tracks.get(task.name, ())
     if channels is None and served:
         return served[0]
     if channels in served:
         return channels
-    wanted = f"{task} ({channels})" if channels else task
+    wanted = f"{task.name} ({channels})" if channels else task.name
     raise MagnError(f"{set_name} is not a test set for {wanted}; "
-                    f"sets for it: {', '.join(datasets.sets_for(task, channels))}")
+                    f"sets for it: {', '.join(datasets.sets_for(task.name, channels))}")
 
 
 def _set_note(test_set, mode: str) -> str:
@@ -261,7 +91,7 @@ def _set_note(test_set, mode: str) -> str:
     return "; ".join(notes)
 
 
-def _recorded_degradation(inputs: Path, task: str) -> Optional[Degradation]:
+def _recorded_degradation(inputs: Path, task: Task) -> Optional[Degradation]:
     """The degradation that `magn degrade` recorded in inputs/manifest.json, or None for a
     folder without one (a paper's shipped inputs)."""
     path = Path(inputs) / "manifest.json"
@@ -269,17 +99,16 @@ def _recorded_degradation(inputs: Path, task: str) -> Optional[Degradation]:
         return None
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))["degradation"]
-        made_by, key = recorded["task"], get_task(task).level_key
+        made_by, key = recorded["task"], task.level_key
         level, seed, pattern = recorded.get(key) if key else None, recorded.get("seed"), recorded.get("pattern")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise MagnError(f"{path}: not a manifest of `magn degrade` (no degradation recorded)") from None
-    if made_by != task:
-        raise MagnError(f"{inputs} holds {made_by} inputs ({path.name}), not {task} ones")
-    return get_task(task).degradation(level, DEFAULT_SEED if seed is None else seed,
-                                      pattern or DEFAULT_PATTERN)
+    if made_by != task.name:
+        raise MagnError(f"{inputs} holds {made_by} inputs ({path.name}), not {task.name} ones")
+    return task.degradation(level, DEFAULT_SEED if seed is None else seed, pattern or DEFAULT_PATTERN)
 
 
-def _given_degradations(inputs, task: str, asked: List[Degradation], levels_given: bool) -> List[Degradation]:
+def _given_degradations(inputs, task: Task, asked: List[Degradation], levels_given: bool) -> List[Degradation]:
     """The degradation of given inputs: what their manifest.json records. A level or
     pattern asked for that disagrees is an error: the rows would be labelled with the
     wrong level (sigma-25 inputs scored as sigma 50)."""
@@ -304,7 +133,7 @@ def _read_given_inputs(inputs: Path, stems: List[str], degradation: Degradation
         raise MagnError(f"{inputs} has no input for {missing[0]} "
                         f"({len(missing)} of {len(stems)} ground-truth images unmatched)")
     images = [datasets.load_image(by_stem[s]) for s in stems]
-    if get_task(degradation.task).mosaic:
+    if degradation.task.mosaic:
         images = [cfa_to_mosaic(x, degradation.pattern) if x.shape[2] == 1 else x
                   for x in images]
     return images
@@ -328,26 +157,26 @@ def _save_image(save_dir: Path, method: Method, set_name: str, label: str, stem:
     write_file_atomic(path, encode_float_image(image, "png"), overwrite)
 
 
-def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequence[str] = ("input",),
+def run_eval(task, sets: Sequence[str], levels: Sequence = (), models: Sequence[str] = ("input",),
              seed: int = 0, data_root=None, options=None, save_images=None,
              quantize: bool = False, channels: Optional[str] = None,
              pattern: str = DEFAULT_PATTERN, inputs=None, sheet=None, overwrite: bool = False,
              progress: Optional[Callable[[str], None]] = None, blind: bool = False) -> List[dict]:
     """Evaluate `models` on `sets` at each level, following docs/protocols.md.
 
-    task: a name of tasks.TASKS. sets: set names or folders. levels: sigmas or JPEG
-    qualities (defaults per task); demosaic takes `pattern` instead. options: the
+    task: a Task, or its name (tasks.TASKS). sets: set names or folders. levels: sigmas
+    or JPEG qualities (defaults per task); demosaic takes `pattern` instead. options: the
     InferenceOptions for models (tile, overlap, ensemble, device, precision). inputs: a
     folder of already-degraded images to use instead of degrading (one set, one level).
     save_images: a folder for every restored image (8-bit PNG). sheet: a PNG of crops.
     blind: each model with a level map is also scored not told the level ("NAME (blind)").
     Returns one dict per model x set x level (see the module docstring)."""
-    task = get_task(task).name
+    task = get_task(task)
     if not sets:
         raise MagnError("no test sets given")
     if not models:
         raise MagnError("no models given")
-    degradations = get_task(task).degradations(list(levels or ()), seed, pattern)
+    degradations = task.degradations(list(levels or ()), seed, pattern)
     if inputs is not None:
         degradations = _given_degradations(inputs, task, degradations, bool(levels))
     if inputs is not None and (len(sets) != 1 or len(degradations) != 1):
@@ -362,7 +191,7 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     set_files = [datasets.list_images(folder) for _, folder, _ in resolved]
     modes = [_channels_for(task, set_name, test_set, channels, files[0])
              for (set_name, _, test_set), files in zip(resolved, set_files)]
-    methods_for = _methods_by_channels(task, models, modes, options, blind)
+    methods_for = methods_by_channels(task, models, modes, options, blind)
     report = progress or (lambda message: None)
     commit = git_commit()
     sheet_rows = []
@@ -405,24 +234,6 @@ def run_eval(task: str, sets: Sequence[str], levels: Sequence = (), models: Sequ
     return rows
 
 
-def _methods_by_channels(task: str, models: Sequence[str], modes: Sequence[str], options,
-                         blind: bool) -> Callable[[str], List[Method]]:
-    """The rows' methods for a set scored in `mode` ("gray"/"color"), all loaded now: a
-    model spec once, "default" once per channel count of the sets' models."""
-    model_channels = lambda mode: get_task(task).model_channels(1 if mode == "gray" else 3)  # noqa: E731
-    defaults = ({n: default_method(task, n, options) for n in sorted({model_channels(m) for m in modes})}
-                if DEFAULT_MODEL in models else {})
-    loaded = [None if spec == DEFAULT_MODEL else make_method(spec, task, options) for spec in models]
-
-    def methods_for(mode: str) -> List[Method]:
-        methods = [method or defaults[model_channels(mode)] for method in loaded]
-        if blind:
-            methods = [row for method in methods for row in (method, *blind_twin(method, options))]
-        return methods
-
-    return methods_for
-
-
 def evaluate_method(method: Method, stems, degraded, truths, degradation: Degradation,
                     quantize: bool = False,
                     save: Optional[Callable[[str, np.ndarray], None]] = None
@@ -430,7 +241,7 @@ def evaluate_method(method: Method, stems, degraded, truths, degradation: Degrad
     """One row: restore and score every image of a set at one level; `save(stem, output)`
     keeps each output. Returns the row and the first image's output (for the sheet)."""
     # Color results of some tasks (JPEG) are scored on RGB and on Y (the protocol's "RGB, and Y").
-    score_y = get_task(degradation.task).scored_on_y and truths[0].shape[2] == 3
+    score_y = degradation.task.scored_on_y and truths[0].shape[2] == 3
     _reset_peak_memory(method)
     per_image, seconds, first_output = [], 0.0, None
     for stem, image, truth in zip(stems, degraded, truths):
@@ -449,7 +260,7 @@ def evaluate_method(method: Method, stems, degraded, truths, degradation: Degrad
             save(stem, output)
         if first_output is None:
             first_output = output
-    row = {"task": degradation.task, "model": method.name, "level": degradation.label}
+    row = {"task": degradation.task.name, "model": method.name, "level": degradation.label}
     for key in ("psnr", "ssim", "psnr_y", "ssim_y"):
         if key in per_image[0]:
             row[key] = float(np.mean([r[key] for r in per_image]))

@@ -2,18 +2,20 @@
 
 One code path for `restore`, `eval` and training validation:
 
-    image (H, W, C) float32 on the CPU
-      -> tiles (tile x tile, overlapping) -> device -> model [x8 ensemble] -> CPU
+    plan = plan_tiles(model, options, period=2)      # once: what the model's facts and the options settle
+    restored = restore_planned(model, image, plan)   # image (H, W, C) float32 on the CPU
+
+    image -> tiles (tile x tile, overlapping) -> device -> model [x8 ensemble] -> CPU
       -> weighted blend into an (H, W, C) accumulator -> restored image
 
-Only tiles travel to the device; the whole image and the accumulators stay on the CPU,
-so peak memory is bounded by the tile, not the image.
+A TilePlan holds everything the run needs from the model's facts and the options:
+device, dtype, tile and overlap, the step tile origins snap to, tiles per pass, the
+ensemble and the input's hook for it. The engine reads the plan, never the facts again.
+restore_array and restore_tensor build one for a caller that has options only.
 
-Blending: in every overlap, each tile's weight is 0 on the quarter of the overlap that
-touches its own inner edge, rises smoothly (raised cosine) across the middle half, and is
-1 beyond. A model whose receptive-field radius is at most overlap/4 therefore gives
-exactly the whole-image result (only pixels it computed with full context get weight),
-and graph models, whose tiles do differ, get seamless cross-fades.
+Only tiles travel to the device; the whole image and the accumulators stay on the CPU,
+so peak memory is bounded by the tile, not the image. Where tiles lie and how they are
+blended: magncli.tiling; the x8 self-ensemble: magncli.ensemble.
 
 Progress: restore_tensor/restore_array take an optional `progress(done, total)`, called
 with (0, total) before the first pass, then after each pass of a batch of tiles through
@@ -30,23 +32,23 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from magncli.attention import compiled_chunks, default_backend
-from magncli.degrade import bayer_masks, pattern_shift
+from magncli.devices import resolve_device, resolve_precision
 from magncli.engine_defaults import ENGINE
+from magncli.ensemble import EnsembleInput, self_ensemble
 from magncli.errors import MagnError
-from magncli.models.registry import facts
+from magncli.models.registry import ModelFacts, facts
+from magncli.tiling import blend_weights, tile_spans
 
 log = logging.getLogger("magn")
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_TILE = 64           # the training patch size: graph statistics match training
 CPU_OVERLAP = ENGINE.overlap
 # A local model's CPU tile (a plain CNN states its reach, ModelFacts.context): its overlap
@@ -74,9 +76,10 @@ class InferenceOptions:
     compile: Optional[bool] = ENGINE.compile  # torch.compile the chunked attention; None: on CPU for >= 8 tile passes
     backend: Optional[str] = None  # graph-attention backend; None = per device
 
-    def check(self) -> Tuple[torch.device, torch.dtype]:
-        """(device, dtype) these options run on; MagnError for any setting that cannot
-        work, so that callers can refuse bad options before touching any file."""
+    def resolve(self) -> Tuple[torch.device, torch.dtype]:
+        """The device and autocast dtype these options run on ("auto" made a device);
+        MagnError for any setting that cannot work, so that callers can refuse bad
+        options before touching any file."""
         device = resolve_device(self.device)
         dtype = resolve_precision(self.precision, device)
         if self.overlap < 0:
@@ -99,7 +102,7 @@ class InferenceOptions:
         if self.tile is None and device.type == "cuda":
             d["tile"] = "auto"
         elif model is not None:
-            d["tile"], d["overlap"] = tile_plan(model, self, device)
+            d["tile"], d["overlap"] = tile_and_overlap(facts(model), self, device)
         elif d["tile"] is None:
             d["tile"] = CPU_TILE
         if d["tiling"] == "chop":
@@ -107,55 +110,8 @@ class InferenceOptions:
         return d
 
 
-# --------------------------------------------------------------------------- device
-def resolve_device(spec: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then MPS, then CPU; an explicit device must exist."""
-    spec = (spec or "auto").lower()
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise MagnError(f"unknown device {spec!r} (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MagnError(f"device={spec} was asked for, but no CUDA GPU is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise MagnError(f"device={spec}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise MagnError("device=mps was asked for, but MPS is not available")
-    elif device.type != "cpu":
-        raise MagnError(f"unsupported device {spec!r}")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): oneDNN says so."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype of `precision` on `device`: bf16 on CUDA and on CPUs with native
-    bf16 (elsewhere it is emulated and slower than fp32); fp16 on CUDA only."""
-    if precision not in PRECISIONS:
-        raise MagnError(f"unknown precision {precision!r} (use fp32, bf16 or fp16)")
-    if device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
-        raise MagnError("precision bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX) "
-                        "or a CUDA device; this CPU would emulate it, slower than fp32")
-    if precision == "fp16" and device.type != "cuda":
-        raise MagnError(f"precision fp16 needs a CUDA device (got {device.type})")
-    return PRECISIONS[precision]
-
-
-def auto_tile(model: nn.Module, device: torch.device) -> int:
+# --------------------------------------------------------------------------- tiles
+def auto_tile(stated: ModelFacts, device: torch.device) -> int:
     """The CPU's tile (CPU_TILE, or LOCAL_MODEL_TILE for a model that states its reach);
     on CUDA the largest tile (multiple of 4, at most MAX_AUTO_TILE) fitting in free memory.
 
@@ -164,107 +120,99 @@ def auto_tile(model: nn.Module, device: torch.device) -> int:
     the graph blocks' temporaries), halved again on OOM by the caller.
     """
     if device.type != "cuda":
-        return LOCAL_MODEL_TILE if facts(model).context else CPU_TILE
+        return LOCAL_MODEL_TILE if stated.context else CPU_TILE
     free, _ = torch.cuda.mem_get_info(device)
     pixels = free * 0.5 / (24 * 1024)
     side = int(math.sqrt(pixels)) // 4 * 4
     return max(MIN_TILE, min(MAX_AUTO_TILE, side))
 
 
-# --------------------------------------------------------------------------- tiling
-def tile_plan(model: nn.Module, options: "InferenceOptions", device: torch.device) -> Tuple[int, int]:
-    """(tile, overlap) for `model`: the options' tile, or the device's (auto_tile); the
-    options' overlap, raised to what a local model's reach needs for exact blending (the
-    blend drops the outer quarter of each overlap) and at most half the tile."""
-    tile = options.tile or auto_tile(model, device)
-    needed = -(-4 * facts(model).context // 4) * 4
+def tile_and_overlap(stated: ModelFacts, options: InferenceOptions, device: torch.device) -> Tuple[int, int]:
+    """(tile, overlap) for a model of these facts: the options' tile, or the device's
+    (auto_tile); the options' overlap, raised to what a local model's reach needs for
+    exact blending (the blend drops the outer quarter of each overlap) and at most half
+    the tile."""
+    tile = options.tile or auto_tile(stated, device)
+    needed = -(-4 * stated.context // 4) * 4
     return tile, min(max(options.overlap, needed), tile // 2)
 
 
-def tile_alignment(model, align: int = 1) -> int:
-    """The step tile origins snap to, so that every tile sees what the whole image shows
-    there: the model's own grid (its facts' size_multiple, e.g. 4 for MAGN's stride-4
-    patch graph, 8 for a half-resolution trunk) and the input's period `align` (2 for a
-    Bayer mosaic: every tile then starts on the same colour phase)."""
-    return math.lcm(facts(model).size_multiple, int(align))
+# --------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class TilePlan:
+    """How the engine runs one model on one kind of input, settled once by plan_tiles
+    from the model's facts and the options; the engine reads this, never the facts."""
+
+    facts: ModelFacts            # what the model states: its channels, level map, attention, chop protocol
+    device: torch.device
+    dtype: torch.dtype           # autocast dtype (float32: none)
+    tiling: str                  # blend (tiles, blended) | chop (the official recursive quadrants)
+    tile: int                    # the tile's side: the options', or the device's (auto_tile)
+    overlap: int                 # between tiles: the options', or more where the model's reach needs it
+    align: int                   # tile origins snap to multiples of this: the model's grid and the input's period
+    tile_batch: int              # tiles per forward pass
+    cpu_tile_batch: int          # tiles per pass after a fall back to the CPU
+    ensemble: bool               # x8 flip/rotate self-ensemble
+    ensemble_input: Optional[EnsembleInput] = None   # how the model takes each flip (a mosaic's phase)
+    backend: Optional[str] = None                     # graph-attention backend; None: per device
+    compile: Optional[bool] = None                    # the options'; None: by the image's tile passes (compiles)
+    chunked: bool = False        # the backend is the "chunked" one, the only one that compiles
+
+    @property
+    def passes_per_tile(self) -> int:
+        return 8 if self.ensemble else 1
+
+    def passes(self, height: int, width: int) -> int:
+        """Tile passes through the model for an (height, width) image."""
+        return (len(tile_spans(height, self.tile, self.overlap, self.align))
+                * len(tile_spans(width, self.tile, self.overlap, self.align)) * self.passes_per_tile)
+
+    def compiles(self, height: int, width: int) -> bool:
+        """Whether to torch.compile the chunked attention for an (height, width) image: as
+        the options say, else on the CPU once there are enough tile passes to pay for it."""
+        if self.compile is not None:
+            return self.compile
+        return self.device.type == "cpu" and self.chunked and self.passes(height, width) >= COMPILE_MIN_PASSES
+
+    def halved(self) -> Optional["TilePlan"]:
+        """The plan with half the tile (a multiple of 4), for a CUDA OOM retry; None below MIN_TILE."""
+        if self.tile // 2 < MIN_TILE:
+            return None
+        tile = self.tile // 2 // 4 * 4
+        return replace(self, tile=tile, overlap=min(self.overlap, tile // 2))
+
+    def on_cpu(self) -> "TilePlan":
+        """The plan on the CPU in fp32, for when even the smallest tile does not fit the
+        device (flex attention, CUDA's backend, becomes the CPU's default)."""
+        return replace(self, device=torch.device("cpu"), dtype=torch.float32, tile_batch=self.cpu_tile_batch,
+                       backend=self.backend if self.backend != "flex" else None)
 
 
-def tile_spans(length: int, tile: int, overlap: int, align: int = 1) -> List[Tuple[int, int]]:
-    """(start, stop) of tiles covering [0, length): aligned starts, stride about
-    tile - overlap, the last tile ending at the edge and 0 to align-1 px shorter than the
-    others (its start is rounded up to the alignment), so no pixel outside the image is used."""
-    if tile >= length:
-        return [(0, length)]
-    stride = max(align, (tile - overlap) // align * align)
-    last = -(-(length - tile) // align) * align
-    starts = list(range(0, last, stride)) + [last]
-    return [(s, min(s + tile, length)) for s in starts]
-
-
-def _edge_ramp(size: int, overlap: int, inner_start: bool, inner_end: bool) -> np.ndarray:
-    """1-D weights of one tile: 0 on the outer quarter of an inner overlap, a raised-cosine
-    rise over the middle half, 1 elsewhere; image borders keep weight 1."""
-    w = np.ones(size, dtype=np.float64)
-    dead = overlap // 4
-    rise = max(1, overlap - 2 * dead)
-    pos = np.arange(size, dtype=np.float64)
-    ramp = np.clip((pos - dead + 0.5) / rise, 0.0, 1.0)
-    ramp = 0.5 - 0.5 * np.cos(np.pi * ramp)
-    if inner_start:
-        w = np.minimum(w, ramp)
-    if inner_end:
-        w = np.minimum(w, ramp[::-1])
-    return w
-
-
-def blend_weights(tile_h: int, tile_w: int, overlap: int, y: int, x: int, height: int, width: int) -> np.ndarray:
-    """(tile_h, tile_w) weights for the tile at (y, x) of an (height, width) image."""
-    wy = _edge_ramp(tile_h, overlap, y > 0, y + tile_h < height)
-    wx = _edge_ramp(tile_w, overlap, x > 0, x + tile_w < width)
-    return np.outer(wy, wx).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- ensemble
-def _dihedral(x: Tensor, k: int) -> Tensor:
-    """The k-th of the 8 flips/rotations of (B, C, H, W)."""
-    if k >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, k % 4, dims=(-2, -1))
-
-
-def _dihedral_inverse(x: Tensor, k: int) -> Tensor:
-    x = torch.rot90(x, -(k % 4), dims=(-2, -1))
-    return x.flip(-1) if k >= 4 else x
-
-
-def _dihedral_pattern(pattern: str, k: int, height: int, width: int) -> str:
-    """The Bayer pattern of the k-th dihedral transform of a (height, width) `pattern`
-    mosaic: flips and rotations move the colour sites, by the image's size parity."""
-    # A mosaic of the same size parity has the same pattern after the transform.
-    sites = bayer_masks(2 + height % 2, 2 + width % 2, pattern).argmax(axis=2)  # (2|3, 2|3): 0 R, 1 G, 2 B
-    corner = _dihedral(torch.from_numpy(sites)[None, None], k)[0, 0, :2, :2].flatten()
-    return "".join("rgb"[int(i)] for i in corner)
-
-
-def self_ensemble(fn: Callable[[Tensor], Tensor], x: Tensor, pattern: Optional[str] = None) -> Tensor:
-    """Mean of fn over the 8 dihedral transforms of x, each transformed back.
-
-    pattern: x is a zero-filled Bayer mosaic of this pattern. A flip or rotation gives a
-    mosaic of another pattern, which a model trained on one pattern cannot read, so each
-    transform is padded back into `pattern` (one reflected row on top and/or column on the
-    left, which keeps each pixel's colour site) and its output cropped."""
-    out = 0  # fn may return fewer channels than x has (a level map goes in, not out)
-    h, w = x.shape[-2:]
-    for k in range(8):
-        t = _dihedral(x, k)                                                    # (B, C, H|W, W|H)
-        dy = dx = 0
-        if pattern is not None:
-            dy, dx = pattern_shift(_dihedral_pattern(pattern, k, h, w), pattern)
-            if dy or dx:
-                mode = "reflect" if min(t.shape[-2:]) > 1 else "replicate"
-                t = F.pad(t, (dx, 0, dy, 0), mode=mode)                        # (B, C, +dy, +dx)
-        out = out + _dihedral_inverse(fn(t)[..., dy:, dx:].float(), k)
-    return out / 8
+def plan_tiles(model: nn.Module, options: Optional[InferenceOptions] = None, period: int = 1,
+               ensemble_input: Optional[EnsembleInput] = None) -> TilePlan:
+    """The TilePlan of `model` under `options`, from the facts it states (the one time the
+    engine asks for them). period: the input's period, which tile origins keep (2 for a
+    Bayer mosaic: every tile then starts on the same colour phase); ensemble_input: how
+    the model takes each flip of the ensemble (a task's hook, see magncli.ensemble).
+    MagnError for options that cannot work, or that the model cannot run under."""
+    options = options or InferenceOptions()
+    stated = facts(model)
+    device, dtype = options.resolve()
+    if dtype != torch.float32 and not stated.half_precision:
+        raise MagnError(f"{getattr(model, 'arch', type(model).__name__)} runs in fp32 only "
+                        f"(precision={options.precision} asked for)")
+    tile, overlap = tile_and_overlap(stated, options, device)
+    return TilePlan(
+        facts=stated, device=device, dtype=dtype, tiling=options.tiling, tile=tile, overlap=overlap,
+        # The model's own grid (its size_multiple, e.g. 4 for MAGN's stride-4 patch graph, 8
+        # for a half-resolution trunk) and the input's period: every tile then sees what the
+        # whole image shows there.
+        align=math.lcm(stated.size_multiple, int(period)),
+        tile_batch=options.tile_batch or (CPU_TILE_BATCH if device.type == "cpu" else 1),
+        cpu_tile_batch=options.tile_batch or CPU_TILE_BATCH, ensemble=options.ensemble,
+        ensemble_input=ensemble_input, backend=options.backend, compile=options.compile,
+        # Only the "chunked" backend compiles; the CPU default ("sdpa") is fused already.
+        chunked=(options.backend or default_backend(device)) == "chunked")
 
 
 # --------------------------------------------------------------------------- engine
@@ -284,12 +232,11 @@ def broken_down(lo: float, hi: float) -> bool:
     return not (-BREAKDOWN_MARGIN <= lo and hi <= 1.0 + BREAKDOWN_MARGIN)
 
 
-def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, ensemble: bool,
-             device: torch.device, on_pass: Optional[Callable[[int], None]] = None,
-             pattern: Optional[str] = None) -> Tensor:
-    """One batch of tiles, run on `device`, returned as fp32 on the CPU; on_pass(n) after
-    each pass of the n tiles through the model (8 with the ensemble); pattern: the tiles'
-    Bayer pattern, if mosaics (self_ensemble)."""
+def _forward(model: Callable[[Tensor], Tensor], x: Tensor, plan: TilePlan,
+             on_pass: Optional[Callable[[int], None]] = None) -> Tensor:
+    """One batch of tiles, run on the plan's device, returned as fp32 on the CPU; on_pass(n)
+    after each pass of the n tiles through the model (8 with the ensemble)."""
+    device, dtype = plan.device, plan.dtype
     # channels_last on the CPU: oneDNN's convolutions run 1.2-1.4x faster in it in fp32
     # and more in bf16 (benchmarks/bench_inference.py); the model is converted to match.
     x = x.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format)
@@ -305,11 +252,12 @@ def _forward(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype, e
         return y
 
     with torch.inference_mode():
-        y = self_ensemble(run, x, pattern) if ensemble else run(x)
+        y = self_ensemble(run, x, plan.ensemble_input) if plan.ensemble else run(x)
         if dtype != torch.float32 and broken_down(float(y.amin()), float(y.amax())):
             # Half precision overflowed, or lost the network, somewhere in this tile: redo it exactly.
             log.warning("values far outside 0-1 in %s; tile redone in fp32", dtype)
-            y = self_ensemble(lambda t: model(t).float(), x, pattern) if ensemble else model(x).float()
+            y = (self_ensemble(lambda t: model(t).float(), x, plan.ensemble_input) if plan.ensemble
+                 else model(x).float())
     return y.cpu()
 
 
@@ -328,93 +276,81 @@ def _pass_counter(progress: Optional[ProgressCallback], total: int) -> Optional[
     return on_pass
 
 
-def _restore_tiled(model: nn.Module, image: Tensor, device: torch.device, tile: int, overlap: int,
-                   align: int, dtype: torch.dtype, ensemble: bool, tile_batch: int,
-                   progress: Optional[ProgressCallback] = None, pattern: Optional[str] = None) -> Tensor:
+def _restore_tiled(model: nn.Module, image: Tensor, plan: TilePlan,
+                   progress: Optional[ProgressCallback] = None) -> Tensor:
     """image (1, C, H, W) fp32 on the CPU -> restored (1, C', H, W) fp32 on the CPU (C' = C
-    less a level map); tile origins on multiples of `align`."""
+    less a level map)."""
     _, c, h, w = image.shape
     # A batch holds tiles of one shape: edge tiles may be a few pixels shorter.
     by_shape: Dict[Tuple[int, int], list] = {}
-    for ys in tile_spans(h, tile, overlap, align):
-        for xs in tile_spans(w, tile, overlap, align):
+    for ys in tile_spans(h, plan.tile, plan.overlap, plan.align):
+        for xs in tile_spans(w, plan.tile, plan.overlap, plan.align):
             by_shape.setdefault((ys[1] - ys[0], xs[1] - xs[0]), []).append((ys, xs))
-    batches = [group[i:i + tile_batch] for group in by_shape.values() for i in range(0, len(group), tile_batch)]
-    on_pass = _pass_counter(progress, sum(map(len, batches)) * (8 if ensemble else 1))
-    c_out = c - facts(model).level_input                   # a level map goes in, not out
+    batches = [group[i:i + plan.tile_batch] for group in by_shape.values()
+               for i in range(0, len(group), plan.tile_batch)]
+    on_pass = _pass_counter(progress, sum(map(len, batches)) * plan.passes_per_tile)
+    c_out = c - plan.facts.level_input                     # a level map goes in, not out
     acc = torch.zeros(1, c_out, h, w)
     weight_sum = torch.zeros(1, 1, h, w)
     for batch in batches:
         inputs = torch.cat([image[..., a:b, p:q] for (a, b), (p, q) in batch])     # (n, C, th, tw)
         try:
-            out = _forward(model, inputs, dtype, ensemble, device, on_pass, pattern)
+            out = _forward(model, inputs, plan, on_pass)
         except torch.cuda.OutOfMemoryError:
             raise _DeviceOOM() from None
         for ((a, b), (p, q)), out_tile in zip(batch, out):
-            wgt = torch.from_numpy(blend_weights(b - a, q - p, overlap, a, p, h, w))
+            wgt = torch.from_numpy(blend_weights(b - a, q - p, plan.overlap, a, p, h, w))
             acc[0, :, a:b, p:q] += out_tile * wgt
             weight_sum[0, 0, a:b, p:q] += wgt
     return acc / weight_sum
 
 
-def _restore_chopped(model: nn.Module, image: Tensor, device: torch.device, dtype: torch.dtype,
-                     ensemble: bool, progress: Optional[ProgressCallback] = None,
-                     pattern: Optional[str] = None) -> Tensor:
+def _restore_chopped(model: nn.Module, image: Tensor, plan: TilePlan,
+                     progress: Optional[ProgressCallback] = None) -> Tensor:
     """The official DAGL/PANet protocol: recursive quadrants with hard seams, the whole
     image on the device (as their test scripts did), optional x8 ensemble."""
-    from magncli.official_protocols import chop_settings, forward_chop
-    settings = chop_settings(model)
-    return _forward(lambda t: forward_chop(model, t, **settings), image, dtype, ensemble, device,
-                    _pass_counter(progress, 8 if ensemble else 1), pattern)
+    from magncli.official_protocols import PROTOCOLS, forward_chop
+    settings = PROTOCOLS[plan.facts.chop_protocol]
+    return _forward(lambda t: forward_chop(model, t, **settings), image, plan,
+                    _pass_counter(progress, plan.passes_per_tile))
 
 
 def restore_tensor(model: nn.Module, image: Tensor, options: Optional[InferenceOptions] = None,
-                   progress: Optional[ProgressCallback] = None, align: int = 1,
-                   pattern: Optional[str] = None) -> Tensor:
+                   progress: Optional[ProgressCallback] = None, align: int = 1) -> Tensor:
     """Restore (1, C, H, W) fp32 CPU tensor with `model`; returns the same shape, unclipped.
 
     On CUDA out-of-memory the tile is halved and retried; below MIN_TILE the work falls
     back to the CPU with a warning. `progress(done, total)`: see the module docstring.
     align: the input's period, which tile origins keep (2 for a Bayer mosaic; see
-    tile_alignment). pattern: the Bayer pattern of a mosaic input, which the x8 ensemble
-    keeps (self_ensemble); tiles starting on multiples of `align` = 2 keep it too.
-    """
-    opts = options or InferenceOptions()
+    plan_tiles)."""
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError("restore_tensor expects one image of shape (1, C, H, W)")
-    device, dtype = opts.check()
-    if dtype != torch.float32 and not facts(model).half_precision:
-        raise MagnError(f"{getattr(model, 'arch', type(model).__name__)} runs in fp32 only "
-                        f"(precision={opts.precision} asked for)")
-    _prepare(model, device, opts.backend)
-    if opts.tiling == "chop":
-        return _restore_chopped(model, image, device, dtype, opts.ensemble, progress, pattern)
-    tile, overlap = tile_plan(model, opts, device)
-    h, w = image.shape[-2:]
-    align = tile_alignment(model, align)
-    passes = (len(tile_spans(h, tile, overlap, align)) * len(tile_spans(w, tile, overlap, align))
-              * (8 if opts.ensemble else 1))
-    # Only the "chunked" backend compiles; the CPU default ("sdpa") is fused already.
-    uses_chunks = (opts.backend or default_backend(device)) == "chunked"
-    use_compile = opts.compile if opts.compile is not None else (
-        device.type == "cpu" and uses_chunks and passes >= COMPILE_MIN_PASSES)
-    with compiled_chunks(use_compile):
-        return _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress, pattern)
+    return restore_planned_tensor(model, image, plan_tiles(model, options, align), progress)
+
+
+def restore_planned_tensor(model: nn.Module, image: Tensor, plan: TilePlan,
+                           progress: Optional[ProgressCallback] = None) -> Tensor:
+    """restore_tensor as `plan` says: (1, C, H, W) fp32 on the CPU -> (1, C', H, W)."""
+    _prepare(model, plan)
+    if plan.tiling == "chop":
+        return _restore_chopped(model, image, plan, progress)
+    with compiled_chunks(plan.compiles(*image.shape[-2:])):
+        return _restore_with_retries(model, image, plan, progress)
 
 
 _PREPARE_LOCK = threading.Lock()
 
 
-def _prepare(model: nn.Module, device: torch.device, backend: Optional[str]) -> None:
-    """The model in eval mode on `device` (channels_last on the CPU) with its attention
-    backend set. Under a lock, and the weights moved only when they are not in place
-    already, so that threads running the model at once never see it change."""
-    fmt = torch.channels_last if device.type == "cpu" else torch.preserve_format
+def _prepare(model: nn.Module, plan: TilePlan) -> None:
+    """The model in eval mode on the plan's device (channels_last on the CPU) with its
+    attention backend set. Under a lock, and the weights moved only when they are not in
+    place already, so that threads running the model at once never see it change."""
+    fmt = torch.channels_last if plan.device.type == "cpu" else torch.preserve_format
     with _PREPARE_LOCK:
-        if facts(model).graph_attention:
-            model.set_attention_backend(backend)
-        if any(m.training for m in model.modules()) or not _in_place(model, device, fmt):
-            model.eval().to(device, memory_format=fmt)
+        if plan.facts.graph_attention:
+            model.set_attention_backend(plan.backend)
+        if any(m.training for m in model.modules()) or not _in_place(model, plan.device, fmt):
+            model.eval().to(plan.device, memory_format=fmt)
 
 
 def _in_place(model: nn.Module, device: torch.device, fmt: torch.memory_format) -> bool:
@@ -426,45 +362,49 @@ def _in_place(model: nn.Module, device: torch.device, fmt: torch.memory_format) 
     return True
 
 
-def _restore_with_retries(model, image, device, dtype, tile, overlap, align, opts, progress=None,
-                          pattern=None) -> Tensor:
+def _restore_with_retries(model: nn.Module, image: Tensor, plan: TilePlan,
+                          progress: Optional[ProgressCallback] = None) -> Tensor:
     """The tiled pass; on CUDA OOM halve the tile, then fall back to the CPU."""
-    tile_batch = opts.tile_batch or (CPU_TILE_BATCH if device.type == "cpu" else 1)
     while True:
         try:
-            return _restore_tiled(model, image, device, tile, overlap, align, dtype, opts.ensemble,
-                                  tile_batch, progress, pattern)
+            return _restore_tiled(model, image, plan, progress)
         except _DeviceOOM:
             torch.cuda.empty_cache()
-            if tile // 2 >= MIN_TILE:
-                tile = tile // 2 // 4 * 4
-                overlap = min(overlap, tile // 2)
-                log.warning("CUDA out of memory; retrying with tile %d", tile)
+            smaller = plan.halved()
+            if smaller is not None:
+                plan = smaller
+                log.warning("CUDA out of memory; retrying with tile %d", plan.tile)
                 continue
-            log.warning("CUDA out of memory even at tile %d; falling back to the CPU", tile)
-            _prepare(model, torch.device("cpu"), opts.backend if opts.backend != "flex" else None)
-            return _restore_tiled(model, image, torch.device("cpu"), tile, overlap, align, torch.float32,
-                                  opts.ensemble, opts.tile_batch or CPU_TILE_BATCH, progress, pattern)
+            log.warning("CUDA out of memory even at tile %d; falling back to the CPU", plan.tile)
+            plan = plan.on_cpu()
+            _prepare(model, plan)
+            return _restore_tiled(model, image, plan, progress)
 
 
 def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
-                  progress: Optional[ProgressCallback] = None, align: int = 1,
-                  pattern: Optional[str] = None) -> np.ndarray:
+                  progress: Optional[ProgressCallback] = None, align: int = 1) -> np.ndarray:
     """Restore an (H, W, C) or (H, W) float image in about [0, 1]; returns float32, same
     shape (the image's channels only, for a model with a level map), unclipped.
-    `progress(done, total)` after each batch of tile passes; `align`, `pattern`: the
-    input's period and Bayer pattern (see restore_tensor)."""
+    `progress(done, total)` after each batch of tile passes; `align`: the input's period
+    (see restore_tensor)."""
+    return restore_planned(model, image, plan_tiles(model, options, align), progress)
+
+
+def restore_planned(model: nn.Module, image: np.ndarray, plan: TilePlan,
+                    progress: Optional[ProgressCallback] = None) -> np.ndarray:
+    """restore_array as `plan` says: (H, W, C) or (H, W) float32 -> float32 of the same
+    height and width, unclipped."""
     arr = np.asarray(image, dtype=np.float32)
     squeeze = arr.ndim == 2
     if squeeze:
         arr = arr[..., None]
     if arr.ndim != 3:
         raise MagnError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
-    stated = facts(model)
+    stated = plan.facts
     if stated.in_channels is not None and arr.shape[-1] != stated.in_channels + stated.level_input:
         level = " and a level map" if stated.level_input else ""
         raise MagnError(f"the model expects {stated.in_channels}-channel images{level}, "
                         f"got {arr.shape[-1]} channels")
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]   # (1, C, H, W)
-    y = restore_tensor(model, x, options, progress, align, pattern)[0].numpy().transpose(1, 2, 0)   # (H, W, C)
+    y = restore_planned_tensor(model, x, plan, progress)[0].numpy().transpose(1, 2, 0)   # (H, W, C)
     return y[..., 0] if squeeze else np.ascontiguousarray(y)

@@ -7,7 +7,7 @@ x8 flip/rotate self-ensemble (`test_x8` / `forward_x8`). Neither is part of the 
 results differ slightly because the seams here are hard (no blending).
 
     y = forward_chop(model, x, **PROTOCOLS["dagl-gray"])
-    y = magncli.inference.self_ensemble(lambda t: forward_chop(model, t, **chop_settings(model)), x)
+    y = magncli.ensemble.self_ensemble(lambda t: forward_chop(model, t, **chop_settings(model)), x)
 
 `magn restore/eval --tiling chop [--ensemble]` run exactly this.
 
@@ -34,7 +34,7 @@ Sources and assumptions
 - EDSR runs the 4 quadrants as one batch when several GPUs are present; images in a
   batch never interact in DAGL or PANet, so running them one by one is the same.
 - The x8 self-ensemble (EDSR's `forward_x8`) is the mean over the 8 dihedral transforms,
-  each output transformed back: magncli.inference.self_ensemble computes the same mean
+  each output transformed back: magncli.ensemble.self_ensemble computes the same mean
   (the order of the 8 terms changes only fp32 rounding). One departure, for Bayer
   mosaics: forward_x8 flipped the mosaic as it was, which DAGL's and PANet's demosaicers,
   trained on flipped mosaics, read in any phase; here each flip is padded back into the

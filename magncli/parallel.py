@@ -7,11 +7,12 @@ to get back. Two magn processes on the same cores (`xargs -P 2`, two shells) the
 their time spinning for cores the other one holds: on 2 cores, two processes restoring
 4 Kodak images each took 87 s each, against 11 s alone. A passive policy lets an idle
 thread sleep instead. It is read once, when the OpenMP runtime loads (with torch), so it
-has to be in the environment before torch is first imported: `magncli/__init__.py`
-calls `set_default_wait_policy()` before it imports anything that imports torch. A
-value the user set (`OMP_WAIT_POLICY=ACTIVE`) is kept. LLVM/Intel OpenMP (other builds
-of torch) honour OMP_WAIT_POLICY too (PASSIVE: no block time), so no KMP_* variable is
-set.
+has to be in the environment before torch is first imported: the command line,
+`magncli/cli/app.py`, calls `set_default_wait_policy()` before it imports anything that
+imports torch. A value the user set (`OMP_WAIT_POLICY=ACTIVE`) is kept. The library
+sets nothing: `import magncli` leaves a program's environment (and its OpenMP runtime)
+as the program set it. LLVM/Intel OpenMP (other builds of torch) honour
+OMP_WAIT_POLICY too (PASSIVE: no block time), so no KMP_* variable is set.
 
 This module imports nothing heavy at import time (it runs before torch is loaded).
 """

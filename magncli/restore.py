@@ -34,7 +34,7 @@ from magncli.fileio import OutputExists, claim_output
 from magncli.images import IMAGE_EXTENSIONS, Image, check_output_format, read_image, write_image
 from magncli.inference import InferenceOptions, ProgressCallback, broken_down
 from magncli.models.registry import facts
-from magncli.tasks import get_task, restore_for_task
+from magncli.tasks import Task, get_task, restore_for_task
 
 
 # --------------------------------------------------------------------------- inputs
@@ -119,7 +119,7 @@ class NotRestorable(MagnError):
     mistaken for a model that broke down."""
 
 
-def check_restorable(x: np.ndarray, task, pattern: str) -> None:
+def check_restorable(x: np.ndarray, task: Task, pattern: str) -> None:
     """x: (H, W, C) float. NotRestorable for values no image holds (NaN/Inf, as a float
     TIFF can) and, for demosaicing, for a full-colour image instead of a mosaic."""
     if not np.isfinite(x).all():
@@ -136,11 +136,12 @@ def check_restorable(x: np.ndarray, task, pattern: str) -> None:
 class Restorer:
     """Restores images for one task, choosing a gray or color model per image.
 
+    task: a Task, or its name (held as the Task from then on).
     weights: a checkpoint path/name/URL used for every image, or None for the task's
     published defaults (a gray model for gray images, a color model for color ones).
     model: an already-built nn.Module to use for every image instead (Python API).
     """
-    task: str
+    task: Task
     weights: Optional[str] = None
     model: Optional[nn.Module] = None
     arch: str = "auto"
@@ -158,13 +159,12 @@ class Restorer:
 
     def __post_init__(self):
         # Settings that cannot work are refused here, once, rather than once per image.
-        task = get_task(self.task)
-        self.task = task.name
+        self.task = task = get_task(self.task)
         if self.level is not None:
             self.level = task.check_level(self.level)           # as results record it: 25.0 -> 25
         if task.mosaic and self.pattern != AUTO_PATTERN:
             self.pattern = check_pattern(self.pattern)
-        self.options.check()
+        self.options.resolve()
 
     def model_for(self, channels: int, level: Optional[float] = None) -> Tuple[nn.Module, str]:
         """(model, description) serving `channels`-channel inputs of this task."""
@@ -178,17 +178,17 @@ class Restorer:
             return self._models[key]
 
     def _load(self, channels: int, level: Optional[float]) -> Tuple[nn.Module, str]:
-        from magncli.checkpoints import load_model
+        from magncli.checkpoints import model_from_checkpoint
         if self.weights and Path(self.weights).is_file():
             path = Path(self.weights)
         else:
             from magncli.weights import resolve_weights
-            path = resolve_weights(self.weights, task=self.task, channels=channels, level=level,
+            path = resolve_weights(self.weights, task=self.task.name, channels=channels, level=level,
                                    model_dir=self.model_dir, offline=self.offline, quiet=self.quiet)
-        model = load_model(path, arch=self.arch)
+        model = model_from_checkpoint(path, arch=self.arch)
         stated = self._stated_task(model)
-        if stated is not None and stated != self.task and not self.force:
-            raise MagnError(f"{Path(path).name} is a {stated} checkpoint, not one for {self.task}: "
+        if stated is not None and stated != self.task.name and not self.force:
+            raise MagnError(f"{Path(path).name} is a {stated} checkpoint, not one for {self.task.name}: "
                             "pass force=True to run it anyway")
         return model, Path(path).name
 
@@ -208,7 +208,7 @@ class Restorer:
                 progress: Optional[ProgressCallback] = None) -> Tuple[Image, dict]:
         """Restore one decoded image; returns the restored Image and a record of what ran.
         progress(done, total): tile passes, after each batch (see magncli.inference)."""
-        task = get_task(self.task)
+        task = self.task
         x = image.to_float()                                                  # (H, W, C)
         check_restorable(x, task, self.pattern)
         info = {"task": task.name}
@@ -314,7 +314,7 @@ def restore_files(restorer: Restorer, jobs: List[Job], *, workers: int = 1, over
         raise MagnError(f"workers must be >= 1 (got {workers})")
     if overwrite and skip_existing:
         raise MagnError("overwrite=True replaces the outputs that skip_existing=True keeps: pass one of them")
-    if workers > 1 and restorer.options.check()[0].type != "cpu":
+    if workers > 1 and restorer.options.resolve()[0].type != "cpu":
         raise MagnError(f"workers={workers} restores images side by side on the CPU's cores; "
                         "on other devices pass workers=1")
     if workers == 1 or len(jobs) < 2:

@@ -1,15 +1,16 @@
 """The restoration tasks: one Task per task, registered by name as architectures are.
 
     task = get_task("dejpeg")
-    degradation = task.degradation(20)            # Degradation(task="dejpeg", level=20)
+    degradation = task.degradation(20)            # Degradation(task=<task dejpeg>, level=20)
     degraded = degradation.apply(clean)           # float32 (H, W, C) -> degraded (H, W, C)
-    restored = restore_for_task(model, degraded, "dejpeg", options=options)
+    restored = restore_for_task(model, degraded, task, options=options)
 
 A Task holds everything that differs between tasks: the name of its one level (sigma,
 quality, or none) and its default levels, how a level is checked, how an image is
 degraded, how a model sees the degraded image (a Bayer mosaic is shifted into the GRBG
-phase the models take, its tiles keep the Bayer period, and the output is cropped
-back), whether an image file states its level, and how results are scored.
+phase the models take, its tiles keep the Bayer period, each flip of the x8 ensemble is
+padded back into that phase, and the output is cropped back), whether an image file
+states its level, and how results are scored.
 `restore_for_task` is the one way `magn restore`, `magn eval` and training validation
 run a model on an image.
 
@@ -25,15 +26,15 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 import numpy as np
 
 from magncli.degrade import (AUTO_PATTERN, DEFAULT_PATTERN, DEFAULT_SEED, add_gaussian_noise, align_mosaic,
-                             bayer_mosaic, cfa_to_mosaic, check_pattern, check_quality, check_seed, check_sigma,
-                             detect_pattern, jpeg_compress, jpeg_encode)
+                             bayer_masks, bayer_mosaic, cfa_to_mosaic, check_pattern, check_quality, check_seed,
+                             check_sigma, detect_pattern, jpeg_compress, jpeg_encode, pattern_shift)
 from magncli.errors import MagnError
 from magncli.images import Image
 from magncli.jpeg_quality import estimate_jpeg_quality
 from magncli.level_maps import quality_plane, sigma_plane
 
 if TYPE_CHECKING:                   # the engine (torch) loads when a model runs, not with the tasks
-    from torch import nn
+    from torch import Tensor, nn
 
     from magncli.inference import InferenceOptions, ProgressCallback
 
@@ -46,7 +47,7 @@ class Degradation:
     """One task's degradation with its parameters; `as_dict()` is what results and
     manifests record, e.g. {"task": "denoise", "sigma": 25, "seed": 0}."""
 
-    task: str
+    task: Task                       # its task (results record its name)
     level: Optional[float] = None    # the task's level (sigma on the 0-255 scale, JPEG quality); None: no level
     pattern: Optional[str] = None    # Bayer tasks: the pattern of the mosaic
     seed: Optional[int] = None       # random tasks: the RandomState seed of every image
@@ -54,18 +55,18 @@ class Degradation:
     @property
     def label(self) -> str:
         """The task's parameter as a short table label: "σ25", "q10" or "grbg"."""
-        task = get_task(self.task)
+        task = self.task
         return f"{task.level_label}{self.level:g}" if task.level_key else self.pattern
 
     def as_dict(self) -> dict:
-        key = get_task(self.task).level_key                  # "sigma", "quality" or None
-        record = {"task": self.task, **({key: self.level} if key else {}),
+        key = self.task.level_key                            # "sigma", "quality" or None
+        record = {"task": self.task.name, **({key: self.level} if key else {}),
                   "pattern": self.pattern, "seed": self.seed}
         return {k: v for k, v in record.items() if v is not None}
 
     def apply(self, img: np.ndarray) -> np.ndarray:
         """img float32 (H, W, C) in [0, 1] -> degraded float32 (H, W, C)."""
-        return get_task(self.task).degrade(img, self)
+        return self.task.degrade(img, self)
 
 
 def _no_level(level) -> float:
@@ -94,6 +95,14 @@ class Task:
     scored_on_y: bool = False                           # color results also scored on studio Y
     gray_is_studio_y: bool = False                      # its gray images are studio Y, not luma
 
+    def __repr__(self) -> str:                          # its name says which; the rest is code
+        return f"<task {self.name}>"
+
+    def __reduce__(self):
+        # Pickled (a Degradation sent to another process) as its name: a task is code,
+        # registered once per process, and its lambdas do not pickle.
+        return get_task, (self.name,)
+
     # ------------------------------------------------------------------ levels
     def check_level(self, level) -> float:
         """The level as results record it (25.0 -> 25); MagnError for a bad one or for a
@@ -108,7 +117,7 @@ class Task:
         `seed` kept by random tasks, `pattern` by Bayer ones."""
         if level is None and self.level_key is not None:
             raise MagnError(f"task {self.name} needs a level ({self.level_key}=)")
-        return Degradation(self.name, None if level is None else self.check_level(level),
+        return Degradation(self, None if level is None else self.check_level(level),
                            pattern=check_pattern(pattern) if self.mosaic else None,
                            seed=check_seed(seed) if self.seeded else None)
 
@@ -174,6 +183,35 @@ class Task:
         dy, dx = shift
         return restored[dy:, dx:]
 
+    def ensemble_input(self, t: Tensor, k: int, size: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
+        """For the x8 self-ensemble (magncli.ensemble): t (B, C, H', W'), the k-th flip or
+        rotation (ensemble.dihedral) of an input of `size` (H, W), as this task's models
+        take it, and the (dy, dx) rows and columns to crop off the top and left of their
+        output. A flipped or rotated Bayer mosaic is a mosaic of another pattern, which a
+        model trained on one cannot read: it is padded back into the models' pattern by one
+        reflected row on top and/or column on the left (a reflection keeps each pixel's
+        colour site). Other tasks' inputs are taken as they are."""
+        if not self.mosaic:
+            return t, (0, 0)
+        from torch.nn import functional as F
+        dy, dx = pattern_shift(_dihedral_pattern(self.model_pattern, k, *size), self.model_pattern)
+        if dy or dx:
+            mode = "reflect" if min(t.shape[-2:]) > 1 else "replicate"
+            t = F.pad(t, (dx, 0, dy, 0), mode=mode)                            # (B, C, H' + dy, W' + dx)
+        return t, (dy, dx)
+
+
+def _dihedral_pattern(pattern: str, k: int, height: int, width: int) -> str:
+    """The Bayer pattern of the k-th flip or rotation (ensemble.dihedral) of a (height,
+    width) `pattern` mosaic: the transform moves the colour sites, by the size's parity."""
+    import torch
+
+    from magncli.ensemble import dihedral
+    # A mosaic of the same size parity has the same pattern after the transform.
+    sites = bayer_masks(2 + height % 2, 2 + width % 2, pattern).argmax(axis=2)  # (2|3, 2|3): 0 R, 1 G, 2 B
+    corner = dihedral(torch.from_numpy(sites)[None, None], k)[0, 0, :2, :2].flatten()
+    return "".join("rgb"[int(i)] for i in corner)
+
 
 TASKS: Dict[str, Task] = {}
 
@@ -208,16 +246,19 @@ def degrade(img: np.ndarray, task, level=None, seed: int = DEFAULT_SEED,
 def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Optional[str] = AUTO_PATTERN,
                      level: Optional[float] = None, options: Optional[InferenceOptions] = None,
                      progress: Optional[ProgressCallback] = None) -> np.ndarray:
-    """Restore one degraded float32 (H, W, C) image of `task` with `model`: the one way
-    restore, eval and training validation run a model. The task adapts the input to what
-    its models take and the output back (a Bayer mosaic of `pattern`, read off the
-    mosaic when "auto" or None, is restored in GRBG phase, every tile on the same phase; a gray image given only a color model goes
-    through it replicated, and the mean of its channels is kept; a model with
+    """Restore one degraded float32 (H, W, C) image of `task` (a Task, or its name) with
+    `model`: the one way restore, eval and training validation run a model. The task adapts
+    the input to what its models take and the output back (a Bayer mosaic of `pattern`,
+    read off the mosaic when "auto" or None, is restored in GRBG phase, every tile and
+    every flip of the ensemble on the same phase; a gray image given only a color model
+    goes through it replicated, and the mean of its channels is kept; a model with
     `level_input` also gets the map of `level`, None meaning not known). Returns float32
     (H, W, C'), unclipped."""
-    from magncli.models.registry import facts
+    from magncli.inference import plan_tiles, restore_planned    # the engine (torch): when a model runs
     task = get_task(task)
-    stated = facts(model)
+    # The model's facts and the options, settled once for the whole image.
+    plan = plan_tiles(model, options, period=task.period, ensemble_input=task.ensemble_input)
+    stated = plan.facts
     if stated.level_input and task.level_plane is None:       # refused before any work on the image
         raise MagnError(f"{task.name} has no level map for a level-conditioned model")
     x, shift = task.prepare_input(image, pattern)                              # (H', W', C')
@@ -229,19 +270,10 @@ def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Opti
             raise MagnError(f"{getattr(model, 'arch', 'this model')} needs the {task.level_key}: "
                             f"it has no blind use (give {task.level_key}=)")
         x = task.with_level_plane(x, level)                                    # (H', W', C' + 1)
-    restored = restore_array(model, x, options, progress, align=task.period,    # (H', W', C')
-                             pattern=task.model_pattern)
+    restored = restore_planned(model, x, plan, progress)                       # (H', W', C')
     if gray_through_color:
         restored = restored.mean(axis=2, keepdims=True)                        # (H', W', 1)
     return task.finish_output(restored, shift)                                 # (H, W, C')
-
-
-def restore_array(model: nn.Module, image: np.ndarray, options: Optional[InferenceOptions] = None,
-                  progress: Optional[ProgressCallback] = None, align: int = 1,
-                  pattern: Optional[str] = None) -> np.ndarray:
-    """The engine's restore_array (magncli.inference), imported when a model first runs."""
-    from magncli.inference import restore_array as engine_restore_array
-    return engine_restore_array(model, image, options, progress, align=align, pattern=pattern)
 
 
 # --------------------------------------------------------------------------- the tasks

@@ -4,6 +4,7 @@ import pytest
 
 from magncli.cli.common import cli_message, comma_list, comma_numbers, task_level
 from magncli.errors import MagnError
+from magncli.tasks import get_task
 
 
 @pytest.mark.parametrize("library, cli", [
@@ -30,10 +31,10 @@ def test_comma_lists_are_strict_and_absent_is_none():
 
 
 def test_a_level_option_belongs_to_its_task():
-    assert task_level("denoise", sigma=25, quality=None) == 25
-    assert task_level("demosaic", sigma=None, quality=None) is None
+    assert task_level(get_task("denoise"), sigma=25, quality=None) == 25
+    assert task_level(get_task("demosaic"), sigma=None, quality=None) is None
     with pytest.raises(MagnError, match="--sigma is not a setting of --task dejpeg"):
-        task_level("dejpeg", sigma=25, quality=None)
+        task_level(get_task("dejpeg"), sigma=25, quality=None)
 
 
 def test_the_recorded_command_names_no_path_of_this_machine(monkeypatch):

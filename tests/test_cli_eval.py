@@ -163,13 +163,13 @@ def test_eval_cli_reproduces_a_published_input_row(data_root, tmp_path):
     user_error(wrong_task, "not a test set for denoise", "Set12")
 
 
-def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_path, monkeypatch):
+def test_eval_runs_checkpoint_models_through_load_model_and_the_engine(tmp_path, monkeypatch):
     """eval hands each checkpoint spec (with its arch prefix) to load_model and the
-    engine options to restore_array (through tasks.restore_for_task); the two are
-    replaced by recorders here."""
+    engine options to the engine (through tasks.restore_for_task, as its plan); the
+    loader and the engine's run are replaced by recorders here."""
     import magncli
+    import magncli.inference as inference
     import magncli.models.registry as registry
-    import magncli.tasks as tasks
     from magncli.inference import InferenceOptions
 
     calls = []
@@ -178,12 +178,12 @@ def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_pa
         calls.append(("load", weights, arch))
         return "the-model"
 
-    def restore_array(model, image, options, progress=None, align=1, pattern=None):
-        calls.append(("restore", model, image.shape, options))
+    def restore_planned(model, image, plan, progress=None):
+        calls.append(("restore", model, image.shape, plan))
         return cv2.GaussianBlur(image, (0, 0), 1.0).reshape(image.shape)  # a crude denoiser
 
     monkeypatch.setattr(magncli, "load_model", load_model, raising=False)
-    monkeypatch.setattr(tasks, "restore_array", restore_array)
+    monkeypatch.setattr(inference, "restore_planned", restore_planned)
     monkeypatch.setattr(registry, "list_archs", lambda: {"dagl": SimpleNamespace(variants={"dagl-demosaic": {}})})
     make_images(tmp_path / "set", n=2, color=False)
 
@@ -197,7 +197,8 @@ def test_eval_runs_checkpoint_models_through_load_model_and_restore_array(tmp_pa
     assert ("load", "magn:y.pt", "auto") in calls                      # not registered here: a path
     restores = [c for c in calls if c[0] == "restore"]
     assert len(restores) == 8 and restores[0][2] == (48, 64, 1)  # HxWxC, gray kept
-    assert restores[0][3] == InferenceOptions(device="cpu", tile=32, ensemble=True)
+    plan = restores[0][3]
+    assert (plan.device.type, plan.tile, plan.overlap, plan.ensemble) == ("cpu", 32, 16, True)
     rows = json.loads((tmp_path / "r.json").read_text())
     assert [r["model"] for r in rows] == ["input", "dagl:w.pt", "x.pt", "dagl-demosaic:d.pt", "magn:y.pt"]
     assert rows[1]["tile"] == 32 and rows[1]["ensemble"] is True
@@ -272,6 +273,22 @@ def test_given_inputs_are_labelled_by_their_manifest_not_by_the_levels_asked(tmp
     assert internal.exit_code == 0
     assert row["psnr"] == json.loads((tmp_path / "internal.json").read_text())[0]["psnr"]
 
+
+
+@pytest.mark.parametrize("task, made_with, asked", [("dejpeg", ["--quality", "20"], []),
+                                                    ("demosaic", ["--pattern", "rggb"], ["--pattern", "rggb"])])
+def test_given_inputs_of_a_task_without_noise_seeds_are_read_by_their_manifest(tmp_path, task, made_with, asked):
+    """A JPEG or mosaic folder from `magn degrade` records no seed (nothing random made
+    it): its manifest is read all the same (the default seed stood in, by a name the
+    module had lost)."""
+    make_images(tmp_path / "set")
+    made = runner.invoke(app, ["degrade", str(tmp_path / "set"), "--task", task, *made_with, "-o", str(tmp_path / "in")])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["eval", "--task", task, "--sets", str(tmp_path / "set"), "--inputs",
+                                 str(tmp_path / "in"), *asked, "-m", "input", "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "r.json").read_text())[0]
+    assert "seed" not in row["degradation"] and row["degradation"]["task"] == task
 
 def test_a_sheet_not_named_png_is_refused_before_any_work(tmp_path):
     """Issue #37: --sheet x.jpg wrote PNG bytes under a .jpg name."""

@@ -1,4 +1,4 @@
-"""magncli/evaluate.py: the baselines (here OpenCV's demosaicers, by our pattern names).
+"""magncli/eval_methods.py: the baselines (here OpenCV's demosaicers, by our pattern names).
 Runs of whole sets are tested through the command (tests/test_cli_eval.py) and against
 published input rows (tests/test_protocols.py)."""
 import cv2
@@ -7,7 +7,7 @@ import pytest
 
 from magncli.datasets import load_image
 from magncli.degrade import BAYER_PATTERNS, bayer_mosaic, mosaic_to_cfa
-from magncli.evaluate import BASELINES, opencv_bayer_code
+from magncli.eval_methods import BASELINES, opencv_bayer_code
 from magncli.metrics import psnr
 from magncli.tasks import make_degradation
 

@@ -69,7 +69,7 @@ def test_float_tiff_keeps_unclipped_values(tmp_path, channels):
 
 def test_an_rgb_float_tiff_is_checked_like_any_image(tmp_path, monkeypatch):
     data = encode_float_image(RNG.random((8, 6, 3)).astype(np.float32), "tiff")
-    monkeypatch.setattr("magncli.images.MAX_PIXELS", 40)
+    monkeypatch.setattr("magncli.images.reading.MAX_PIXELS", 40)
     with pytest.raises(MagnError, match="too large|pixels"):
         decode_image(data)
     monkeypatch.undo()
@@ -117,7 +117,7 @@ def test_exif_orientation_16bit(tmp_path, orientation):
     png = cv2.imencode(".png", px)[1].tobytes()
     exif = PILImage.Exif()
     exif[0x0112] = orientation
-    from magncli.images import _png_add_chunks
+    from magncli.images.writing import _png_add_chunks
     path = tmp_path / "o16.png"
     path.write_bytes(_png_add_chunks(png, None, exif.tobytes()))
     img = read_image(path)
@@ -197,7 +197,7 @@ def test_missing_directory_and_too_large(tmp_path, monkeypatch):
     with pytest.raises(MagnError, match="directory"):
         read_image(tmp_path)
     path = write_image(tmp_path / "big.png", Image(_rand((40, 40, 1))))
-    monkeypatch.setattr("magncli.images.MAX_PIXELS", 1000)
+    monkeypatch.setattr("magncli.images.reading.MAX_PIXELS", 1000)
     with pytest.raises(MagnError, match="too large"):
         read_image(path)
 
@@ -248,9 +248,9 @@ def test_the_size_limit_is_one_rule_that_says_how_to_raise_it(tmp_path, monkeypa
     assert read_image(path).pixels.shape == (40, 40, 3)
     assert PILImage.MAX_IMAGE_PIXELS == 100
     # Over magn's limit: the same message whether Pillow warns (1x-2x) or raises (>2x).
-    monkeypatch.setattr("magncli.images.MAX_PIXELS", 1000)
+    monkeypatch.setattr("magncli.images.reading.MAX_PIXELS", 1000)
     message = _one_line_error(path, "too large", "40x40 = 1,600 pixels", "limit of 1,000", "MAGN_MAX_PIXELS")
-    monkeypatch.setattr("magncli.images.MAX_PIXELS", 700)
+    monkeypatch.setattr("magncli.images.reading.MAX_PIXELS", 700)
     assert "1,600 pixels" in _one_line_error(path, "too large", "limit of 700", "MAGN_MAX_PIXELS")
     assert "width x height" in message
     assert PILImage.MAX_IMAGE_PIXELS == 100
@@ -272,7 +272,7 @@ def test_a_huge_png_with_a_tiny_truncated_idat_is_refused_at_once(tmp_path, monk
     path = tmp_path / "t.png"
     path.write_bytes(hostile_kit.png_claiming(12_000, 12_000))
     decoded = []
-    monkeypatch.setattr("magncli.images._decode_pillow", lambda pil: decoded.append(1))
+    monkeypatch.setattr("magncli.images.reading._decode_pillow", lambda pil: decoded.append(1))
     _one_line_error(path, "too small to hold the 12000x12000 pixels", "truncated")
     assert not decoded
 
@@ -312,7 +312,7 @@ def test_a_max_pixels_setting_that_is_not_a_count_is_one_line_and_spares_other_c
 
 
 def test_max_pixels_accepts_underscores_as_python_does():
-    from magncli.images import _max_pixels_setting
+    from magncli.images.reading import _max_pixels_setting
     assert _max_pixels_setting("1_000") == 1000 and _max_pixels_setting(None) == 400_000_000
 
 

@@ -6,8 +6,12 @@ module a statement names: `from magncli import datasets` imports magncli.dataset
 `from magncli import __version__` imports magncli (the package's __init__).
 """
 import ast
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Set
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "magncli"
 
@@ -106,3 +110,14 @@ def test_magncli_has_no_import_cycle():
     assert "magncli.restore" in graph and "magncli.cli.app" in graph   # the walk found the package
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_magncli_names_nothing_undefined_and_imports_nothing_unused():
+    """pyflakes' checks (ruff's F rules) over the package: an undefined name is a NameError
+    waiting for the one path that reaches it (eval --inputs crashed on such a one)."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    result = subprocess.run([ruff, "check", "--select", "F", "--no-cache", str(PACKAGE)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout

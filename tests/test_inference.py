@@ -5,10 +5,13 @@ import torch
 from torch import nn
 
 from magncli.degrade import bayer_masks, bayer_mosaic
+from magncli.devices import resolve_device
+from magncli.ensemble import self_ensemble
 from magncli.errors import MagnError
 from magncli.models.registry import ModelFacts
-from magncli.inference import (InferenceOptions, blend_weights, resolve_device, restore_array,
-                               restore_tensor, self_ensemble, tile_spans)
+from magncli.inference import InferenceOptions, restore_array, restore_tensor
+from magncli.tasks import get_task
+from magncli.tiling import blend_weights, tile_spans
 
 
 class SmallRF(nn.Module):
@@ -130,10 +133,10 @@ def test_ensemble_of_a_one_pattern_demosaicer_keeps_the_pattern(h, w):
     mosaic = torch.from_numpy(bayer_mosaic(image[0].numpy().transpose(1, 2, 0), "grbg")
                               .transpose(2, 0, 1).copy())[None]                # (1, 3, H, W)
     direct = _grbg_bilinear(mosaic)
-    ensembled = self_ensemble(_grbg_bilinear, mosaic, pattern="grbg")
+    ensembled = self_ensemble(_grbg_bilinear, mosaic, get_task("demosaic").ensemble_input)
     # Equal away from the borders, where padding differs by transform.
     torch.testing.assert_close(ensembled[..., 2:-2, 2:-2], direct[..., 2:-2, 2:-2])
-    # Without the pattern, the flipped and rotated mosaics lose their samples.
+    # Without the task's hook, the flipped and rotated mosaics lose their samples.
     naive = self_ensemble(_grbg_bilinear, mosaic)
     assert (naive - direct)[..., 2:-2, 2:-2].abs().mean() > 0.05
 
@@ -159,14 +162,14 @@ def test_out_of_memory_halves_the_tile():
 
 
 def test_half_precision_needs_cuda_or_native_cpu_bf16_and_bad_options_are_errors(monkeypatch):
-    import magncli.inference as inference
+    import magncli.devices as devices
     with pytest.raises(MagnError, match="CUDA"):
         restore_tensor(SmallRF(), torch.rand(1, 3, 8, 8), InferenceOptions(device="cpu", precision="fp16"))
     # bf16 on the CPU: accepted where the CPU has it natively, refused (one line, why) elsewhere.
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(MagnError, match="native bf16"):
         restore_tensor(SmallRF(), torch.rand(1, 3, 8, 8), InferenceOptions(device="cpu", precision="bf16"))
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     x = torch.rand(1, 3, 8, 8)
     y = restore_tensor(SmallRF(), x, InferenceOptions(device="cpu", precision="bf16"))
     torch.testing.assert_close(y, restore_tensor(SmallRF(), x, InferenceOptions(device="cpu")), atol=0.02, rtol=0)

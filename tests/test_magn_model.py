@@ -171,21 +171,21 @@ def test_detect_arch_recovers_config(name, overrides):
 @pytest.mark.parametrize("overrides", [{}, {"in_channels": 1, "level_input": True},
                                        {"level_input": True, "qk_norm": True}])
 def test_a_checkpoint_loads_by_its_variant_name_with_its_own_inputs(tmp_path, overrides):
-    """load_model(path, arch="magn-s-local") (eval's `-m magn-s-local:FILE`): the variant
+    """model_from_checkpoint(path, arch="magn-s-local") (eval's `-m magn-s-local:FILE`): the variant
     names the network, the file what it takes and its optional parameters; a gray
     level-map file used to be built as the variant's color default and refused, and so was
     a QK-norm run's. Another variant's file is still refused."""
-    from magncli.checkpoints import load_model, save_checkpoint
+    from magncli.checkpoints import model_from_checkpoint, save_checkpoint
     from magncli.errors import MagnError
     model = random_magn("magn-s-local", seed=1, **overrides).eval()
     path = save_checkpoint(tmp_path / "m.safetensors", model)
     x = torch.rand(1, model.config["in_channels"] + model.config["level_input"], 16, 24)
-    loaded = load_model(path, arch="magn-s-local")
+    loaded = model_from_checkpoint(path, arch="magn-s-local")
     assert loaded.config == model.config
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     with pytest.raises(MagnError, match="does not fit"):
-        load_model(path, arch="magn-s")                      # has a pixel graph the file lacks
+        model_from_checkpoint(path, arch="magn-s")           # has a pixel graph the file lacks
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -207,16 +207,16 @@ def test_level_input_takes_a_level_map_and_returns_the_image_channels(channels):
 
 @pytest.mark.parametrize("unshuffle, level_input", [(1, False), (2, True)])
 def test_channel_conversion_is_the_same_network_on_gray_content(unshuffle, level_input):
-    """convert_channels (the warm start of a gray run from a color model, or back) is
-    exact on gray images. Oracle: the source model itself, run on the gray image
+    """convert_checkpoint_channels (the warm start of a gray run from a color model, or
+    back) is exact on gray images. Oracle: the source model itself, run on the gray image
     replicated to RGB (and, for color -> gray, its output mixed by BT.601 luma)."""
-    from magncli.models.registry import convert_channels
+    from magncli.models.registry import convert_checkpoint_channels
     config = dict(TINY, unshuffle=unshuffle, level_input=level_input)
     # float64 throughout, so that only a wrong conversion can show.
     color = random_magn("magn", seed=3, in_channels=3, **config).double().eval()
     torch.nn.init.normal_(color.tail.bias, std=0.05)     # distinct per channel
     gray = build_model("magn", in_channels=1, **config).double().eval()
-    gray.load_state_dict(convert_channels("magn", color.state_dict(), color.config, 1))
+    gray.load_state_dict(convert_checkpoint_channels("magn", color.state_dict(), color.config, 1))
     torch.manual_seed(0)
     y = torch.rand(2, 1, 21, 18, dtype=torch.float64)                          # (B, 1, H, W)
     level = torch.full_like(y, 0.3)
@@ -227,11 +227,11 @@ def test_channel_conversion_is_the_same_network_on_gray_content(unshuffle, level
         assert (rgb_out[:, 0] - rgb_out[:, 2]).abs().max() > 1e-3              # the channels differ
         torch.testing.assert_close(gray(with_level(y)), (rgb_out * luma).sum(1, keepdim=True))
         back = build_model("magn", in_channels=3, **config).double().eval()    # 1 -> 3
-        back.load_state_dict(convert_channels("magn", gray.state_dict(), gray.config, 3))
+        back.load_state_dict(convert_checkpoint_channels("magn", gray.state_dict(), gray.config, 3))
         torch.testing.assert_close(back(with_level(y.expand(-1, 3, -1, -1))),
                                    gray(with_level(y)).expand(-1, 3, -1, -1))
     with pytest.raises(ValueError, match="between 1 and 3"):
-        convert_channels("magn", color.state_dict(), color.config, 4)
+        convert_checkpoint_channels("magn", color.state_dict(), color.config, 4)
 
 
 def test_deepening_keeps_the_function_and_the_new_blocks_learn():

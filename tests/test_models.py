@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from magncli.inference import InferenceOptions, restore_array, tile_plan, tile_spans
+from magncli.inference import InferenceOptions, plan_tiles, restore_array
 from magncli.models.registry import ModelFacts, build_model, facts, get_arch, list_archs
 from magncli.official_protocols import PROTOCOLS
+from magncli.tiling import tile_spans
 
 # Per architecture: overrides that make every one of its variants tiny.
 TINY = {
@@ -46,9 +47,10 @@ def test_every_architecture_states_its_facts_and_runs_tiled(name):
     out = restore_array(model, image, options)
     assert out.shape == (h, w, c) and np.isfinite(out).all()
     # The tiles are the ones the model's grid asks for: origins on its size multiple,
-    # overlapping as its reach asks (tile_plan: 8, or 4x a plain CNN's reach).
-    tile, overlap = tile_plan(model, options, torch.device("cpu"))
-    spans = [tile_spans(n, tile, overlap, stated.size_multiple) for n in (h, w)]
+    # overlapping as its reach asks (plan_tiles: 8, or 4x a plain CNN's reach).
+    plan = plan_tiles(model, options)
+    assert plan.align == stated.size_multiple
+    spans = [tile_spans(n, plan.tile, plan.overlap, stated.size_multiple) for n in (h, w)]
     assert sorted(set(seen)) == sorted({(b - a, d - p) for a, b in spans[0] for p, d in spans[1]})
 
     chopped = restore_array(model, image, InferenceOptions(device="cpu", tiling="chop"))

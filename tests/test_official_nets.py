@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from magncli.checkpoints import load_model, load_state_dict_strict
+from magncli.checkpoints import load_state_dict_strict, model_from_checkpoint
 from magncli.errors import MagnError
 from magncli.models import build_model, detect_arch
 from magncli.models import dagl as dagl_mod
@@ -230,19 +230,19 @@ def test_magn_like_checkpoints_are_not_detected_as_dagl_or_panet():
 
 
 @needs_ref
-def test_load_model_bare_pt_auto(tmp_path):
+def test_model_from_checkpoint_bare_pt_auto(tmp_path):
     sd = _fixture("dagl_gray_weights.safetensors")
     torch.save(sd, tmp_path / "dagl.pt")
-    model = load_model(tmp_path / "dagl.pt", arch="auto")
+    model = model_from_checkpoint(tmp_path / "dagl.pt", arch="auto")
     assert model.arch == "dagl" and model.config["n_resblocks"] == 16
     assert torch.equal(model.state_dict()["body.8.c3_4.fc2.0.weight"], sd["body.8.c3_4.fc2.0.weight"])
 
 
 @needs_ref
-def test_load_model_wrapped_module_prefixed_pt_reproduces_fixture(tmp_path):
+def test_model_from_checkpoint_wrapped_module_prefixed_pt_reproduces_fixture(tmp_path):
     sd = _fixture("panet_rgb_small_weights.safetensors")
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3}, tmp_path / "p.pth")
-    model = load_model(tmp_path / "p.pth", arch="auto")
+    model = model_from_checkpoint(tmp_path / "p.pth", arch="auto")
     assert model.arch == "panet" and model.config["n_resblocks"] == 4
     io = _fixture("panet_rgb_small_io.safetensors")
     with torch.no_grad():
@@ -255,7 +255,7 @@ def test_missing_key_is_a_magn_error_naming_it(tmp_path):
     del sd["body.2.conv_match.1.weight"]
     torch.save(sd, tmp_path / "p.pt")
     with pytest.raises(MagnError, match=r"missing: body\.2\.conv_match\.1\.weight"):
-        load_model(tmp_path / "p.pt", arch="panet", n_resblocks=4)
+        model_from_checkpoint(tmp_path / "p.pt", arch="panet", n_resblocks=4)
 
 
 @needs_ref

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magncli.inference import self_ensemble as self_ensemble_x8
+from magncli.ensemble import self_ensemble as self_ensemble_x8
 from magncli.models import build_model
 from magncli.official_protocols import PROTOCOLS, forward_chop
 

@@ -1,5 +1,6 @@
 """magncli/parallel.py: the OpenMP wait policy that lets several magn processes share
-cores (issue 18), set before torch loads and never over the user's."""
+cores (issue 18), set by the command line before torch loads and never over the user's;
+the library (`import magncli`) leaves a program's environment alone."""
 import os
 import subprocess
 import sys
@@ -28,15 +29,16 @@ def _spin_count(stderr: str):
     return None       # not GNU OpenMP: nothing to check beyond the variable
 
 
-def test_a_fresh_process_waits_passively():
-    res = _child("import os, magncli, torch; torch.ones(2).sum(); print(os.environ.get('OMP_WAIT_POLICY'))")
+def test_a_fresh_magn_process_waits_passively():
+    res = _child("import os, magncli.cli.app, torch; torch.ones(2).sum(); print(os.environ.get('OMP_WAIT_POLICY'))")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "PASSIVE"
     assert _spin_count(res.stderr) in ("0", None)      # in effect in the OpenMP runtime
 
 
 def test_a_users_wait_policy_is_kept():
-    res = _child("import os, magncli, torch; print(os.environ['OMP_WAIT_POLICY'])", OMP_WAIT_POLICY="ACTIVE")
+    res = _child("import os, magncli.cli.app, torch; print(os.environ['OMP_WAIT_POLICY'])",
+                 OMP_WAIT_POLICY="ACTIVE")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ACTIVE"
     assert _spin_count(res.stderr) in ("30000000000", None)
@@ -45,13 +47,29 @@ def test_a_users_wait_policy_is_kept():
 def test_no_policy_is_claimed_once_torch_was_loaded_first():
     # The runtime read its settings when torch loaded: setting the variable then would
     # say something that is not in effect.
-    res = _child("import os, torch, magncli; print(os.environ.get('OMP_WAIT_POLICY'))")
+    res = _child("import os, torch, magncli.cli.app; print(os.environ.get('OMP_WAIT_POLICY'))")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "None"
 
 
-def test_the_policy_is_set_before_torch_in_the_package():
-    text = (REPO / "magncli" / "__init__.py").read_text()
+def test_the_policy_is_set_before_torch_where_the_command_line_starts():
+    text = (REPO / "magncli" / "cli" / "app.py").read_text()
     assert text.index("set_default_wait_policy()") < min(
-        text.index(m) for m in ("from magncli.checkpoints", "from magncli.inference", "import torch")
-        if m in text)
+        text.index(m) for m in ("from magncli.cli import", "import typer", "import torch") if m in text)
+    # `python -m magncli` goes through the same module.
+    assert "from magncli.cli.app import main" in (REPO / "magncli" / "__main__.py").read_text()
+
+
+def test_importing_the_library_leaves_the_environment_alone():
+    # A program that imports magncli keeps its own OpenMP settings, torch loaded or not.
+    res = _child("""
+        import os
+        before = dict(os.environ)
+        import magncli
+        print(dict(os.environ) == before)
+        magncli.InferenceOptions, magncli.load_model        # the engine: torch loads
+        import sys
+        print("torch" in sys.modules, os.environ.get("OMP_WAIT_POLICY"))
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True", "True", "None"]

@@ -16,12 +16,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from magncli.checkpoints import load_model, read_checkpoint
+from magncli.checkpoints import model_from_checkpoint, read_checkpoint
 from magncli.cli.app import app
 from magncli.datasets import load_ground_truth
 from magncli.degrade import bayer_mosaic, jpeg_encode, mosaic_to_cfa
 from magncli.errors import MagnError
-from magncli.evaluate import BASELINES
+from magncli.eval_methods import BASELINES
 from magncli.images import Image, read_image, write_image
 from magncli.metrics import psnr
 from magncli.models import build_model
@@ -66,7 +66,7 @@ def test_shipped_checkpoint_is_intact_half_precision_and_documented(name):
     assert path.stat().st_size == entry.size and file_sha256(path) == entry.sha256
     state, meta = read_checkpoint(path)
     assert all(t.dtype == torch.float16 for t in state.values() if t.is_floating_point())
-    model = load_model(path)                                      # strict: every key used
+    model = model_from_checkpoint(path)                           # strict: every key used
     assert model.config == {**model.config, **entry.config} and model.in_channels == entry.channels
     assert meta["task"] == entry.task
     for key in ("training_data", "steps", "hardware", "wall_time", "commit", "command"):

@@ -136,7 +136,7 @@ def test_jobs_above_1_are_for_the_cpu(tmp_path, ckpt, monkeypatch):
     from magncli.restore import Restorer, plan_jobs, restore_files
     _photos(tmp_path, n=2)
     restorer = Restorer(task="denoise", weights=str(ckpt))
-    monkeypatch.setattr(InferenceOptions, "check", lambda self: (torch.device("cuda"), torch.float32))
+    monkeypatch.setattr(InferenceOptions, "resolve", lambda self: (torch.device("cuda"), torch.float32))
     with pytest.raises(MagnError, match="on other devices pass workers=1"):
         next(restore_files(restorer, plan_jobs([str(tmp_path)]), workers=2))
     with pytest.raises(MagnError, match=r"workers must be >= 1 \(got 0\)"):

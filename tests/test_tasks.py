@@ -11,7 +11,7 @@ from torch import nn
 from magncli.degrade import (BAYER_PATTERNS, add_gaussian_noise, align_mosaic, bayer_masks, bayer_mosaic,
                              mosaic_to_cfa)
 from magncli.errors import MagnError
-from magncli.evaluate import model_method
+from magncli.eval_methods import model_method
 from magncli.images import Image, read_image, write_image
 from magncli.inference import InferenceOptions, restore_array
 from magncli.metrics import psnr
@@ -255,7 +255,7 @@ def test_a_mosaic_whose_pattern_cannot_be_told_is_refused_before_the_model_runs(
 def test_eval_aligns_every_pattern_for_grbg_models(pattern):
     # `magn eval --pattern P` runs models through the same alignment as restore.
     from magncli.tasks import make_degradation
-    from magncli.evaluate import model_method
+    from magncli.eval_methods import model_method
     from magncli.inference import InferenceOptions
     rgb = _smooth_rgb().astype(np.float32)
     degradation = make_degradation("demosaic", pattern=pattern)
@@ -276,3 +276,49 @@ def test_a_half_resolution_trunk_sees_packed_bayer_quads(pattern):
     nonzero = {int(c) for c in torch.nonzero(packed.abs().sum((1, 2)))}
     assert nonzero == {1, 4, 7, 10}
     assert bool((packed[[1, 4, 7, 10]][:, 1:-1, 1:-1] > 0).all())     # every inner quad complete
+
+
+# --------------------------------------------------------------------------- the ensemble's flips
+@pytest.mark.parametrize("h, w", [(6, 8), (7, 8), (6, 9), (7, 9)])
+@pytest.mark.parametrize("k", range(8))
+def test_every_flip_of_a_mosaic_is_padded_back_into_the_models_pattern(h, w, k):
+    """The demosaic task's ensemble hook: the k-th flip or rotation of a GRBG mosaic,
+    padded by the rows and columns it names, is a GRBG mosaic again (each pixel on a
+    site of its own colour), and the crop it names gives the flip back."""
+    from magncli.ensemble import dihedral
+    sites = torch.from_numpy(bayer_masks(h, w, "grbg").transpose(2, 0, 1).astype(np.float32))[None]  # (1, 3, H, W)
+    flipped = dihedral(sites, k)
+    padded, (dy, dx) = get_task("demosaic").ensemble_input(flipped, k, (h, w))
+    grbg = torch.from_numpy(bayer_masks(*padded.shape[-2:], "grbg").transpose(2, 0, 1).astype(np.float32))
+    assert torch.equal(padded[0], grbg)
+    assert torch.equal(padded[..., dy:, dx:], flipped) and dy in (0, 1) and dx in (0, 1)
+    # Tasks whose inputs a flip does not change take each flip as it is.
+    assert get_task("denoise").ensemble_input(flipped, k, (h, w)) == (flipped, (0, 0))
+
+
+class CountsFacts(nn.Module):
+    """A color model that counts how often it is asked for its facts."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = 0
+
+    @property
+    def facts(self) -> ModelFacts:
+        self.asked += 1
+        return ModelFacts(in_channels=3, size_multiple=4)
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("options", [InferenceOptions(device="cpu", tile=16, overlap=4, ensemble=True),
+                                     InferenceOptions(device="cpu", tiling="chop", ensemble=True)],
+                         ids=["tiles", "chop"])
+def test_restoring_an_image_asks_for_the_models_facts_once(options):
+    # The tile plan settles what the facts decide (tile, overlap, alignment, level map,
+    # attention backend, chop settings) once; every tile and flip reads the plan.
+    model = CountsFacts()
+    mosaic = bayer_mosaic(_smooth_rgb().astype(np.float32)[:37, :41], "rggb")
+    out = restore_for_task(model, mosaic, "demosaic", pattern="rggb", options=options)
+    assert out.shape == mosaic.shape and model.asked == 1

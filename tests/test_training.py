@@ -728,7 +728,7 @@ def test_warm_start_across_channel_counts_converts_head_and_tail(gray_data, tmp_
     run from the color one): its weights are the architecture's conversion (exact on gray
     content: tests/test_magn_model.py), and the run's provenance says so."""
     from magncli.checkpoints import save_checkpoint
-    from magncli.models.registry import convert_channels
+    from magncli.models.registry import convert_checkpoint_channels
     from magn_testkit import random_magn
     color = random_magn("magn", seed=1, in_channels=3, **TINY)
     before = {"weights": "older", "step": 3, "commands": "magn train A"}     # how the color run began
@@ -736,7 +736,7 @@ def test_warm_start_across_channel_counts_converts_head_and_tail(gray_data, tmp_
         "cpu_hours": 0.5, "sessions": [{"event": "start", "warm_start": before}, {"event": "resume"}]}})
     warm = Trainer(tiny_config(gray_data, steps=2, init_from=str(tmp_path / "color.safetensors")),
                    tmp_path / "gray")
-    expected = convert_channels("magn", color.state_dict(), color.config, 1)
+    expected = convert_checkpoint_channels("magn", color.state_dict(), color.config, 1)
     for key, value in warm.model.state_dict().items():
         assert torch.equal(value, expected[key]), key
     assert warm.warm_start["converted"] == "3 -> 1 channels" and warm.cpu_s == pytest.approx(1800)
@@ -786,7 +786,7 @@ def test_warm_start_across_channel_counts_converts_head_and_tail(gray_data, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not __import__("magncli.inference", fromlist=["x"]).cpu_has_native_bf16(),
+@pytest.mark.skipif(not __import__("magncli.devices", fromlist=["x"]).cpu_has_native_bf16(),
                     reason="this CPU has no native bf16")
 def test_bf16_and_fp32_short_runs_reach_the_same_validation_psnr(gray_data, tmp_path, one_thread):
     """bf16 autocast on the CPU (weights, optimizer, EMA and loss in fp32) trains as well

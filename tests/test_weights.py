@@ -14,7 +14,7 @@ import torch
 
 from magncli import weights
 from magncli.weights import cache, download
-from magncli.checkpoints import load_model
+from magncli.checkpoints import model_from_checkpoint
 from magncli.errors import MagnError
 from magncli.weights import load_manifest, resolve_weights, select_default
 
@@ -49,7 +49,7 @@ def test_fresh_download_loads_same_model_as_local_file(server, wenv, tiny_checkp
 
     x = torch.rand(1, 1, 12, 12)
     with torch.no_grad():
-        assert torch.equal(load_model(path)(x), load_model(tiny_checkpoint)(x))
+        assert torch.equal(model_from_checkpoint(path)(x), model_from_checkpoint(tiny_checkpoint)(x))
 
     # The default for denoise/gray/sigma 25 is the same file, now from the cache.
     assert resolve_weights(None, "denoise", 1, 25, quiet=True) == path

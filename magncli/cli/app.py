@@ -3,16 +3,24 @@ parses options and calls the library (the modules never import this one). A Magn
 becomes a one-line message, in the command line's terms, and exit code 1."""
 from __future__ import annotations
 
-import signal
-import sys
-from typing import Annotated, Optional
+# Before anything imports torch: the `magn` process's idle OpenMP threads sleep instead
+# of spinning, so that several magn processes on the same cores share them (a user's
+# OMP_WAIT_POLICY wins). The command's setting, not the library's: `import magncli`
+# leaves a program's environment alone. The policy and why: magncli/parallel.py.
+from magncli.parallel import set_default_wait_policy
 
-import typer
-from typer.core import TyperArgument
+set_default_wait_policy()
 
-from magncli.cli import degrade, eval, restore, train, weights
-from magncli.cli.common import Terminated, cli_message, error, setup_logging  # noqa: F401 - cli_message: tests, scripts
-from magncli.errors import MagnError
+import signal  # noqa: E402
+import sys  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
+
+import typer  # noqa: E402
+from typer.core import TyperArgument  # noqa: E402
+
+from magncli.cli import degrade, eval, restore, train, weights  # noqa: E402
+from magncli.cli.common import Terminated, cli_message, error, setup_logging  # noqa: E402,F401 - cli_message: tests, scripts
+from magncli.errors import MagnError  # noqa: E402
 
 app = typer.Typer(
     name="magn",

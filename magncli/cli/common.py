@@ -15,7 +15,7 @@ import math
 import re
 import shlex
 import sys
-from typing import Annotated, Callable, List, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -25,8 +25,10 @@ from rich.text import Text
 from magncli.degrade import BAYER_PATTERNS
 from magncli.errors import MagnError
 from magncli.fileio import home_as_tilde
-from magncli.engine_defaults import ENGINE
-from magncli.tasks import TASKS, get_task
+from magncli.tasks import TASKS, Task
+
+if TYPE_CHECKING:                       # torch: loaded only when a model runs
+    from magncli.inference import InferenceOptions
 
 console = Console(stderr=True, emoji=False)
 stdout_console = Console(emoji=False)
@@ -52,7 +54,8 @@ TilingOpt = Annotated[str, typer.Option(
     "--tiling", help="blend: overlapping tiles, blended; chop: DAGL/PANet's official recursive quadrants "
                      "with hard seams (to regenerate their numbers).")]
 
-# The task: a name of the registry, checked by the library (a one-line error naming them all).
+# The task: a name of the registry, made its Task by the command (tasks.get_task: a one-line
+# error naming them all), which the library then takes.
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help=f"What to undo: {' | '.join(TASKS)}.")]
 SigmaOpt = Annotated[Optional[float], typer.Option(
     "--sigma", help="denoise: the noise sigma (0-255 scale), told to a model with a level map "
@@ -69,13 +72,13 @@ def inference_options(device: str, precision: str, tile: Optional[int], overlap:
                             ensemble=ensemble, tiling=tiling, compile=compile)
 
 
-def task_level(task: str, **given: Optional[float]) -> Optional[float]:
+def task_level(task: Task, **given: Optional[float]) -> Optional[float]:
     """The level option that belongs to `task` (--sigma to denoise, --quality to dejpeg),
     or None; one given for another task is an error, never silently ignored."""
-    key = get_task(task).level_key
+    key = task.level_key
     for name, value in given.items():
         if value is not None and name != key:
-            raise MagnError(f"--{name} is not a setting of --task {task}")
+            raise MagnError(f"--{name} is not a setting of --task {task.name}")
     return given.get(key) if key else None
 
 

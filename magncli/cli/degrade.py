@@ -9,7 +9,7 @@ import typer
 from magncli.cli.common import PatternOpt, QualityOpt, SigmaOpt, TaskOpt, failure, out, task_level
 from magncli.degrade import DEFAULT_PATTERN, DEFAULT_SEED
 from magncli.degrade_files import OUTPUT_FORMATS, degrade_files
-from magncli.tasks import make_degradation
+from magncli.tasks import get_task
 
 app = typer.Typer()
 
@@ -32,8 +32,9 @@ def degrade_command(
 
     Every image is attempted: one that fails gets one line on stderr, the others are
     written, manifest.json lists exactly the files written, and the exit code is 1."""
+    task = get_task(task)
     level = task_level(task, sigma=sigma, quality=quality)
-    degradation = make_degradation(task, level, seed, pattern)
+    degradation = task.degradation(level, seed, pattern)
     manifest = degrade_files(inputs, output, degradation, fmt, overwrite)
     failed = manifest.get("failed", [])
     for failed_file in failed:

@@ -6,12 +6,14 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PatternOpt, PrecisionOpt,
+from magncli.cli.common import (CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PatternOpt, PrecisionOpt,
                                 TaskOpt, TileOpt, TilingOpt, command_line, comma_list, comma_numbers,
                                 inference_options, note, stdout_console)
+from magncli.engine_defaults import ENGINE
 from magncli.datasets import sets_for
 from magncli.degrade import DEFAULT_PATTERN
-from magncli.evaluate import BASELINES, DEFAULT_MODEL, run_eval
+from magncli.eval_methods import BASELINES, DEFAULT_MODEL
+from magncli.evaluate import run_eval
 from magncli.results import check_results_path, results_tables, write_results
 from magncli.tasks import TASKS
 

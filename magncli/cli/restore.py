@@ -18,12 +18,14 @@ from rich.table import Column
 from rich.text import Text
 
 from magncli.cli import common
-from magncli.cli.common import (ENGINE, CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt,
+from magncli.cli.common import (CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PrecisionOpt,
                                 QualityOpt, SigmaOpt, TaskOpt, Terminated, TileOpt, TilingOpt, cli_message, failure,
                                 inference_options, note, out, task_level)
+from magncli.engine_defaults import ENGINE
 from magncli.degrade import AUTO_PATTERN, BAYER_PATTERNS
 from magncli.errors import MagnError
 from magncli.fileio import remove_stale_temporaries
+from magncli.tasks import get_task
 
 app = typer.Typer()
 
@@ -82,13 +84,14 @@ def restore(
 
     if n_jobs < 1:
         raise MagnError(f"--jobs must be >= 1 (got {n_jobs})")
+    task = get_task(task)
     level = task_level(task, sigma=sigma, quality=quality)
     jobs = plan_jobs(inputs, out_dir=str(output) if output else None, suffix=suffix, ext=ext,
                      recursive=recursive)
     restorer = Restorer(task=task, weights=weights, arch=arch, level=level, pattern=pattern,
                         options=inference_options(device, precision, tile, overlap, ensemble, tiling, compile),
                         offline=offline or None, model_dir=model_dir, quiet=quiet, force=force)
-    device_type = restorer.options.check()[0].type
+    device_type = restorer.options.resolve()[0].type
     if n_jobs > 1 and device_type != "cpu":
         raise MagnError(f"--jobs {n_jobs} restores images side by side on the CPU's cores; "
                         f"on {device_type} use --jobs 1")

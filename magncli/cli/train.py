@@ -203,7 +203,7 @@ def _plain_run_settings(flags: dict) -> dict:
     """A run with no recipe: the machine's CPU preset, the data's channels, a held-out
     split (magncli/training/plain_run.py), where the flags are silent."""
     from magncli.datasets import list_images
-    from magncli.inference import cpu_has_native_bf16, resolve_device
+    from magncli.devices import cpu_has_native_bf16, resolve_device
     from magncli.training.data import resolve_data_folder
     from magncli.training.plain_run import is_color, plain_settings
     images = list_images(resolve_data_folder(flags.get("data") or ""))

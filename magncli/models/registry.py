@@ -4,7 +4,7 @@ about itself for the inference engine.
 
     build_model("magn", in_channels=1)      -> nn.Module with a `.config` dict
     detect_arch(state_dict)                 -> ("dagl", {...config...})
-    convert_channels("magn", sd, config, 1) -> the state_dict of a 1-channel twin (warm starts)
+    convert_checkpoint_channels("magn", sd, config, 1) -> the state_dict of a 1-channel twin (warm starts)
     grow_level_input("magn", sd, config)    -> the same function, now also taking a level map (warm starts)
     grow_global_graph("magn", sd, config, fresh) -> the same function, with the pixel graph at zero (warm starts)
     deepen("magn", sd, config, fresh, 6)    -> the same function with 6 ResBlocks a side (warm starts)
@@ -203,8 +203,8 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, dict]:
                      f"(first keys: {', '.join(list(state_dict)[:4])}); pass arch=NAME")
 
 
-def convert_channels(name: str, state_dict: Mapping[str, torch.Tensor], config: dict,
-                     in_channels: int) -> Dict[str, torch.Tensor]:
+def convert_checkpoint_channels(name: str, state_dict: Mapping[str, torch.Tensor], config: dict,
+                                in_channels: int) -> Dict[str, torch.Tensor]:
     """The weights of architecture `name` (config `config`) for `in_channels` instead of
     config["in_channels"]: a warm start across channel counts (e.g. a gray JPEG model
     from the color one), where the architecture says how (ValueError where it does not)."""

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from magncli.datasets import list_images, resolve_data_root
 from magncli.degrade import BAYER_PATTERNS, DEFAULT_PATTERN, DEFAULT_SEED
 from magncli.errors import MagnError
-from magncli.evaluate import BASELINES
+from magncli.eval_methods import BASELINES
 from magncli.images import read_image, to_float
 from magncli.metrics import LUMA_BT601, rgb_to_y_studio
 from magncli.tasks import Degradation, get_task

@@ -7,7 +7,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from magncli.inference import resolve_device
+from magncli.devices import resolve_device
 
 
 class Distributed:

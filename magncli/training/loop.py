@@ -44,7 +44,8 @@ from torch import nn
 from magncli.checkpoints import load_state_dict_strict, save_checkpoint
 from magncli.errors import MagnError
 from magncli.fileio import drop_claim, hold_claim, write_file_atomic
-from magncli.inference import InferenceOptions, resolve_precision
+from magncli.devices import resolve_precision
+from magncli.inference import InferenceOptions
 from magncli.models.registry import build_model, facts
 from magncli.runs import provenance
 from magncli.runs.export import export_run

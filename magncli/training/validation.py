@@ -16,7 +16,8 @@ from torch import nn
 
 from magncli import datasets
 from magncli.degrade import DEFAULT_PATTERN
-from magncli.evaluate import BASELINES, evaluate_method, model_method
+from magncli.eval_methods import BASELINES, model_method
+from magncli.evaluate import evaluate_method
 from magncli.images import center_crop
 from magncli.inference import InferenceOptions
 from magncli.models.registry import facts

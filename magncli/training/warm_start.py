@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from magncli.checkpoints import load_state_dict_strict, read_checkpoint
 from magncli.errors import MagnError
-from magncli.models.registry import (convert_channels, deepen, grow_global_graph, grow_level_input,
+from magncli.models.registry import (convert_checkpoint_channels, deepen, grow_global_graph, grow_level_input,
                                      resolve_config)
 from magncli.runs.folder import BEST_FILE, EXPORT_FILE, LATEST_FILE, first_warm_start
 
@@ -51,7 +51,7 @@ def fit_weights(arch: str, state: Mapping[str, Tensor], theirs: dict, own: dict,
     try:
         if theirs["in_channels"] != own["in_channels"] and differ_only_in(
                 theirs, own, "in_channels", "level_input", *GLOBAL_GRAPH_KEYS, "n_resblocks"):
-            state = convert_channels(arch, state, theirs, own["in_channels"])
+            state = convert_checkpoint_channels(arch, state, theirs, own["in_channels"])
             done.append(f"{theirs['in_channels']} -> {own['in_channels']} channels")
             theirs = dict(theirs, in_channels=own["in_channels"])
         if not theirs.get("level_input") and own.get("level_input") and differ_only_in(
