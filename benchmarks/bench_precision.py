@@ -3,9 +3,12 @@ the PSNR change on each standard set and the time per megapixel of each precisio
 
     python benchmarks/bench_precision.py                          # every default checkpoint
     python benchmarks/bench_precision.py --only denoise-gray --json out.json
+    python benchmarks/bench_precision.py --tiles 64,96,128       # bf16 at each tile too
 
-restore makes bf16 the CPU default for a checkpoint only where this shows a PSNR change
-of at most 0.02 dB on every set (README, Performance). Needs the benchmark datasets and
+A checkpoint's manifest entry gets cpu_defaults (what `magn restore` runs on a CPU when
+told nothing) from this: bf16 only where the PSNR change is at most 0.02 dB on every set,
+and of the tiles within 0.01 dB of bf16 at 64, the fastest (bench_defaults.py times them
+on a quiet machine; README, Performance). Needs the benchmark datasets and
 a CPU with native bf16 (or CUDA). Time figures want a quiet machine; PSNR changes do not.
 """
 from __future__ import annotations
@@ -37,32 +40,37 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help="comma list of case keys (default: all)")
     ap.add_argument("--json", default="benchmarks/results/precision.json")
+    ap.add_argument("--tiles", default="64", help="comma list: bf16 is scored at each (fp32 at 64 only)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
+    tiles = [int(t) for t in args.tiles.split(",")]
     rows = []
     for key, task, channels, sets, levels in CASES:
         if only and key not in only:
             continue
         name = select_default(task, channels, levels[0] if levels else None).name
         mode = "gray" if channels == 1 else "color"
-        by_precision = {}
-        for precision in ("fp32", "bf16"):
-            by_precision[precision] = run_eval(task, sets, levels, models=[name], channels=mode,
-                                               options=InferenceOptions(device="cpu", precision=precision))
-        for fp32, bf16 in zip(by_precision["fp32"], by_precision["bf16"]):
-            row = {"checkpoint": name, "set": fp32["set"], "level": fp32["level"],
-                   "psnr_fp32": fp32["psnr"], "psnr_bf16": bf16["psnr"],
-                   "delta_db": round(bf16["psnr"] - fp32["psnr"], 4),
-                   "s_per_img_fp32": fp32.get("seconds_per_image"), "s_per_img_bf16": bf16.get("seconds_per_image")}
-            rows.append(row)
-            print(f"{name:32s} {row['set']:9s} {str(row['level']):5s} fp32 {row['psnr_fp32']:.4f}  "
-                  f"bf16 {row['psnr_bf16']:.4f}  change {row['delta_db']:+.4f} dB", flush=True)
+        fp32_rows = run_eval(task, sets, levels, models=[name], channels=mode,
+                             options=InferenceOptions(device="cpu", precision="fp32", tile=64))
+        for tile in tiles:
+            bf16_rows = run_eval(task, sets, levels, models=[name], channels=mode,
+                                 options=InferenceOptions(device="cpu", precision="bf16", tile=tile))
+            for fp32, bf16 in zip(fp32_rows, bf16_rows):
+                row = {"checkpoint": name, "set": fp32["set"], "level": fp32["level"], "tile_bf16": tile,
+                       "psnr_fp32": fp32["psnr"], "psnr_bf16": bf16["psnr"],
+                       "delta_db": round(bf16["psnr"] - fp32["psnr"], 4),
+                       "s_per_img_fp32": fp32.get("seconds_per_image"),
+                       "s_per_img_bf16": bf16.get("seconds_per_image")}
+                rows.append(row)
+                print(f"{name:32s} {row['set']:9s} {str(row['level']):5s} fp32@64 {row['psnr_fp32']:.4f}  "
+                      f"bf16@{tile} {row['psnr_bf16']:.4f}  change {row['delta_db']:+.4f} dB", flush=True)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
     worst = {}
     for r in rows:
-        worst[r["checkpoint"]] = max(worst.get(r["checkpoint"], 0.0), abs(r["delta_db"]))
+        if r["tile_bf16"] == 64:
+            worst[r["checkpoint"]] = max(worst.get(r["checkpoint"], 0.0), abs(r["delta_db"]))
     for name, w in worst.items():
         print(f"{name}: largest |change| {w:.4f} dB -> bf16 {'may' if w <= 0.02 else 'may not'} be its CPU default")
     print(f"wrote {out}")

@@ -10,8 +10,10 @@ from typing import Optional
 @dataclass(frozen=True)
 class EngineDefaults:
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"         # fp32 | bf16 | fp16
-    tile: Optional[int] = None      # None: automatic (CUDA: from free memory; else the CPU tile)
+    # fp32 | bf16 | fp16; None: the checkpoint's CPU default (weights manifest, cpu_defaults)
+    # where the CPU has native bf16 and the user gave none, else fp32
+    precision: Optional[str] = None
+    tile: Optional[int] = None      # None: the checkpoint's CPU tile, or automatic (CUDA: free memory)
     overlap: int = 16               # pixels between tiles
     ensemble: bool = False          # x8 flip/rotate self-ensemble
     tiling: str = "blend"           # blend | chop

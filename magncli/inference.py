@@ -67,7 +67,7 @@ ProgressCallback = Callable[[int, int], None]     # progress(tile passes done, t
 @dataclass
 class InferenceOptions:
     device: str = ENGINE.device           # auto | cpu | cuda | cuda:N | mps
-    precision: str = ENGINE.precision     # fp32 | bf16 | fp16 (bf16 on CUDA or a CPU with native bf16)
+    precision: Optional[str] = ENGINE.precision  # fp32 | bf16 | fp16 (bf16 on CUDA or a native-bf16 CPU); None: fp32
     tile: Optional[int] = ENGINE.tile     # None: automatic (CUDA: from free memory; else CPU_TILE)
     overlap: int = ENGINE.overlap
     ensemble: bool = ENGINE.ensemble      # x8 flip/rotate self-ensemble
@@ -81,7 +81,7 @@ class InferenceOptions:
         MagnError for any setting that cannot work, so that callers can refuse bad
         options before touching any file."""
         device = resolve_device(self.device)
-        dtype = resolve_precision(self.precision, device)
+        dtype = resolve_precision(self.precision or "fp32", device)
         if self.overlap < 0:
             raise MagnError(f"overlap={self.overlap} must be >= 0")
         if self.tile is not None and (self.tile < 4 or self.tile % 4):
@@ -98,6 +98,7 @@ class InferenceOptions:
         """The settings as results should record them: the tile and overlap actually used
         for `model` on the CPU rather than None; "auto" where CUDA picks it from free memory."""
         d = asdict(self)
+        d["precision"] = self.precision or "fp32"
         device = resolve_device(self.device)
         if self.tile is None and device.type == "cuda":
             d["tile"] = "auto"
@@ -200,7 +201,7 @@ def plan_tiles(model: nn.Module, options: Optional[InferenceOptions] = None, per
     device, dtype = options.resolve()
     if dtype != torch.float32 and not stated.half_precision:
         raise MagnError(f"{getattr(model, 'arch', type(model).__name__)} runs in fp32 only "
-                        f"(precision={options.precision} asked for)")
+                        f"(precision={options.precision or 'fp32'} asked for)")
     tile, overlap = tile_and_overlap(stated, options, device)
     return TilePlan(
         facts=stated, device=device, dtype=dtype, tiling=options.tiling, tile=tile, overlap=overlap,

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -152,7 +152,7 @@ class Restorer:
     model_dir: Optional[str] = None
     quiet: bool = True
     force: bool = False                    # run a checkpoint that states another task
-    _models: Dict[Tuple, Tuple[nn.Module, str]] = field(default_factory=dict, repr=False)
+    _models: Dict[Tuple, Tuple[nn.Module, str, InferenceOptions]] = field(default_factory=dict, repr=False)
     # One load per model even when threads ask at once (restore_files with workers > 1);
     # the models are then only read, in eval mode under inference_mode.
     _models_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -166,10 +166,11 @@ class Restorer:
             self.pattern = check_pattern(self.pattern)
         self.options.resolve()
 
-    def model_for(self, channels: int, level: Optional[float] = None) -> Tuple[nn.Module, str]:
-        """(model, description) serving `channels`-channel inputs of this task."""
+    def model_for(self, channels: int, level: Optional[float] = None) -> Tuple[nn.Module, str, InferenceOptions]:
+        """(model, description, the options it runs with) serving `channels`-channel inputs
+        of this task."""
         if self.model is not None:
-            return self.model, getattr(self.model, "arch", type(self.model).__name__)
+            return self.model, getattr(self.model, "arch", type(self.model).__name__), self.options
         level = self.level if level is None else level
         key = (channels, level)
         with self._models_lock:
@@ -177,7 +178,7 @@ class Restorer:
                 self._models[key] = self._load(channels, level)
             return self._models[key]
 
-    def _load(self, channels: int, level: Optional[float]) -> Tuple[nn.Module, str]:
+    def _load(self, channels: int, level: Optional[float]) -> Tuple[nn.Module, str, InferenceOptions]:
         from magncli.checkpoints import model_from_checkpoint
         if self.weights and Path(self.weights).is_file():
             path = Path(self.weights)
@@ -190,7 +191,27 @@ class Restorer:
         if stated is not None and stated != self.task.name and not self.force:
             raise MagnError(f"{Path(path).name} is a {stated} checkpoint, not one for {self.task.name}: "
                             "pass force=True to run it anyway")
-        return model, Path(path).name
+        return model, Path(path).name, self._options_for(path)
+
+    def _options_for(self, path: Path) -> InferenceOptions:
+        """The options a checkpoint runs with: the user's, and what they left unsaid on a CPU
+        (precision, tile) from the checkpoint's measured CPU defaults, where the manifest
+        publishes this very file (weights/manifest.json, cpu_defaults)."""
+        options = self.options
+        if options.precision is not None and options.tile is not None:
+            return options
+        device, _ = options.resolve()
+        if device.type != "cpu":
+            return options
+        from magncli.devices import cpu_has_native_bf16
+        from magncli.weights import cpu_defaults_for
+        defaults = cpu_defaults_for(path)
+        changes = {}
+        if options.precision is None and defaults.get("precision") == "bf16" and cpu_has_native_bf16():
+            changes["precision"] = "bf16"
+        if options.tile is None and options.tiling == "blend" and "tile" in defaults:
+            changes["tile"] = defaults["tile"]
+        return replace(options, **changes) if changes else options
 
     def _stated_task(self, model: nn.Module) -> Optional[str]:
         """The task a checkpoint says it serves: its metadata ("task", which training
@@ -232,7 +253,7 @@ class Restorer:
             info["pattern"] = pattern
             info["pattern_source"] = "detected" if self.pattern == AUTO_PATTERN else "given"
         channels = task.model_channels(image.channels)          # a CFA needs a 3-channel model
-        model, name = self.model_for(channels, level)
+        model, name, options = self.model_for(channels, level)
         need = facts(model).in_channels or channels
         info["model"] = name
         if need == 3 and channels == 1:     # only a color model was given (restore_for_task)
@@ -240,7 +261,8 @@ class Restorer:
         elif need != channels:
             raise MagnError(f"{name} is a gray ({need}-channel) model; the image has {channels} "
                             "channels (pass weights= with a color model)")
-        y = restore_for_task(model, x, task, pattern=pattern, level=level, options=self.options,
+        info["precision"] = options.precision or "fp32"
+        y = restore_for_task(model, x, task, pattern=pattern, level=level, options=options,
                              progress=progress)
         lo, hi = float(np.min(y)), float(np.max(y))                           # NaN stays NaN
         if broken_down(lo, hi):

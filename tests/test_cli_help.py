@@ -93,4 +93,5 @@ def test_the_command_line_starts_from_the_engines_defaults():
     from magncli.inference import InferenceOptions
     engine = InferenceOptions()
     assert [getattr(engine, f.name) for f in fields(ENGINE)] == [getattr(ENGINE, f.name) for f in fields(ENGINE)]
-    assert (engine.device, engine.precision, engine.overlap, engine.tiling) == ("auto", "fp32", 16, "blend")
+    assert (engine.device, engine.precision, engine.overlap, engine.tiling) == ("auto", None, 16, "blend")
+    assert engine.describe()["precision"] == "fp32"          # None: fp32, unless a checkpoint's own

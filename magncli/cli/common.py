@@ -38,9 +38,11 @@ stdout_console = Console(emoji=False)
 # same; read without loading torch, which --help never needs.
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-PrecisionOpt = Annotated[str, typer.Option(
+PrecisionOpt = Annotated[Optional[str], typer.Option(
     "--precision", help="fp32; bf16 on CUDA or on a CPU with native bf16 (AVX512-BF16 or AMX); fp16 on "
-                        "CUDA. A tile that overflows is redone in fp32.")]
+                        "CUDA. A tile that overflows is redone in fp32. Default: restore runs a published "
+                        "checkpoint as measured best on this CPU (its cpu_defaults: bf16 where the CPU has "
+                        "it natively), else fp32; eval runs fp32, the protocol.")]
 TileOpt = Annotated[Optional[int], typer.Option(
     "--tile", help="Tile size, a multiple of 4 (default: automatic on CUDA, 64 on CPU).")]
 OverlapOpt = Annotated[int, typer.Option("--overlap", help="Overlap between tiles, in pixels.")]

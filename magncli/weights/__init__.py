@@ -30,8 +30,8 @@ from magncli.weights.download import download_file
 from magncli.weights.manifest import (CHECKPOINT_SUFFIXES, ENV_MANIFEST, Manifest,
                                       WeightsEntry, default_manifest_path, load_manifest,
                                       parse_manifest, save_manifest, unsafe_file_name)
-from magncli.weights.resolve import (ENV_MIRROR, candidate_urls, entry_status, fetch_checkpoint,
-                                     local_checkpoint, resolve_weights)
+from magncli.weights.resolve import (ENV_MIRROR, candidate_urls, cpu_defaults_for, entry_status,
+                                     fetch_checkpoint, local_checkpoint, resolve_weights)
 from magncli.weights.selection import select_default
 
 __all__ = [
@@ -47,7 +47,7 @@ __all__ = [
     "download_file",
     # resolve
     "ENV_MIRROR", "resolve_weights", "local_checkpoint", "fetch_checkpoint", "candidate_urls",
-    "entry_status",
+    "entry_status", "cpu_defaults_for",
     # authoring
     "parse_levels", "levels_from_metadata", "add_checkpoint", "scores_from_results", "record_scores",
 ]

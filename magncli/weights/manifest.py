@@ -28,7 +28,12 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 _MANIFEST_KEYS = {"schema", "base_url", "checkpoints", "comment"}
 _ENTRY_REQUIRED = {"name", "serves", "arch", "config", "file", "size", "sha256"}
-_ENTRY_OPTIONAL = {"urls", "default", "provenance", "scores", "notes"}
+_ENTRY_OPTIONAL = {"urls", "default", "provenance", "scores", "notes", "cpu_defaults"}
+# cpu_defaults: how `magn restore` runs the checkpoint on a CPU when the user says nothing,
+# as measured (benchmarks/bench_precision.py, bench_inference.py): "precision" (bf16 only
+# where the PSNR moves at most 0.02 dB on every set measured; used where the CPU has bf16
+# natively), "tile" (the fastest within 0.01 dB), and "measured" (the commands).
+_CPU_DEFAULT_KEYS = {"precision", "tile", "measured"}
 PROVENANCE_KEYS = {"training_data", "steps", "batch_size", "patch_size", "hardware",
                    "wall_time", "cpu_hours", "sessions", "validation", "planned_steps", "commit",
                    "command", "notes"}
@@ -53,6 +58,7 @@ class WeightsEntry:
     default: bool = False
     provenance: dict = field(default_factory=dict)
     scores: Tuple[dict, ...] = ()
+    cpu_defaults: dict = field(default_factory=dict)
 
     @property
     def blind(self) -> bool:
@@ -221,11 +227,21 @@ def _parse_entry(item, label) -> WeightsEntry:
         if not _is_number(score["psnr"]):
             raise MagnError(f"{where}: psnr must be a number")
 
+    cpu_defaults = item.get("cpu_defaults", {})
+    if not isinstance(cpu_defaults, dict):
+        raise MagnError(f"{label}: cpu_defaults must be a JSON object")
+    _check_keys(cpu_defaults, set(), _CPU_DEFAULT_KEYS, f"{label} cpu_defaults")
+    if cpu_defaults.get("precision", "fp32") not in ("fp32", "bf16"):
+        raise MagnError(f"{label}: cpu_defaults precision must be fp32 or bf16")
+    tile = cpu_defaults.get("tile", 64)
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16 or tile % 4:
+        raise MagnError(f"{label}: cpu_defaults tile must be a multiple of 4, at least 16, not {tile!r}")
+
     task, channels, levels, level_range = _parse_serves(item["serves"], label)
     return WeightsEntry(name=name, task=task, channels=channels, levels=levels,
                         level_range=level_range, arch=item["arch"], config=dict(item["config"]),
                         file=file, size=size, sha256=sha, urls=tuple(urls), default=default,
-                        provenance=dict(provenance), scores=tuple(scores))
+                        provenance=dict(provenance), scores=tuple(scores), cpu_defaults=dict(cpu_defaults))
 
 
 def _parse_serves(serves, label):

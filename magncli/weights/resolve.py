@@ -163,3 +163,21 @@ def entry_status(entry: WeightsEntry, manifest: Manifest, model_dir=None) -> Tup
     if shipped.is_file():
         return "shipped", shipped
     return ("remote" if candidate_urls(entry, manifest) else "missing"), None
+
+
+def cpu_defaults_for(path: Union[str, os.PathLike]) -> dict:
+    """The measured CPU defaults (precision, tile) of the manifest entry that publishes
+    this very file (its name, size and sha256), or {} for any other file: a user's own
+    checkpoint, or an older copy of a published name, runs with the engine's defaults."""
+    from magncli.weights.cache import file_sha256
+    from magncli.weights.manifest import load_manifest
+    path = Path(path)
+    try:
+        manifest = load_manifest()
+        size = path.stat().st_size
+    except (MagnError, OSError):
+        return {}
+    for entry in manifest.entries:
+        if entry.cpu_defaults and entry.file == path.name and entry.size == size and file_sha256(path) == entry.sha256:
+            return entry.cpu_defaults
+    return {}
