@@ -52,7 +52,7 @@ def test_degrade_is_one_call_of_the_protocol():
 def test_degradation_records_only_its_parameters():
     assert make_degradation("denoise", 25, seed=3).as_dict() == {"task": "denoise", "sigma": 25,
                                                                  "seed": 3}
-    assert make_degradation("dejpeg", 10).as_dict() == {"task": "dejpeg", "quality": 10}
+    assert make_degradation("dejpeg", 10).as_dict() == {"task": "dejpeg", "quality": 10, "subsampling": "4:2:0"}
     assert make_degradation("demosaic", pattern="RGGB").as_dict() == {"task": "demosaic",
                                                                       "pattern": "rggb"}
 
