@@ -31,7 +31,7 @@ from magncli.degrade import (AUTO_PATTERN, DEFAULT_PATTERN, DEFAULT_SEED, DEFAUL
                              pattern_shift)
 from magncli.errors import MagnError
 from magncli.images import Image
-from magncli.jpeg_quality import estimate_jpeg_quality, jpeg_subsampling
+from magncli.jpeg_quality import NO_CHROMA, estimate_jpeg_quality, jpeg_subsampling
 from magncli.level_maps import quality_plane, sigma_plane
 
 if TYPE_CHECKING:                   # the engine (torch) loads when a model runs, not with the tasks
@@ -321,18 +321,33 @@ def _subsampling_from_sof(image: Image) -> dict:
 # The JPEG files the published default models make worse: subsampling -> the lowest
 # quality from which restore returns the input unchanged (unless forced). Measured on the
 # images training holds out (24 of CBSD432 for the color model, 20 of Train400 for the
-# gray one; never a test set), saved by Pillow at q70-100:
-#     python benchmarks/bench_jpeg_guard.py   (benchmarks/results/jpeg-guard.json)
-# A quality is guarded when its mean gain is <= 0 or any image loses more than 0.05 dB,
-# and so is every quality above it. TODO
-JPEG_GUARD = {}
+# gray one; never a test set), saved by Pillow, restored with restore's defaults:
+#     python benchmarks/bench_jpeg_guard.py       (q70-100: benchmarks/results/jpeg-guard.json)
+#     python benchmarks/bench_jpeg_guard.py --only color --subsamplings 4:4:4 --qualities 81,82,83,84 \
+#         --json benchmarks/results/jpeg-guard-444-q81-84.json
+# A measured quality fails when its mean gain is <= 0 or any image loses more than 0.05 dB;
+# guarded: every quality above the last that passed before the first failure (a quality
+# between the two was not measured, so it is kept on the safe side). Mean / worst gain, dB:
+#   4:4:4  q82 +1.01/+0.04   q83 +0.84/-0.09   q85 +0.44/-0.40   q95 -3.27/-6.52   q100 -5.64/-13.40
+#   4:2:2  q90 +1.19/+0.65   q92 +0.95/-0.055  q95 -1.66/-2.99   q100 -0.92/-3.47
+#   4:2:0  q92 +1.31/+0.78   q95 -2.47/-6.48   q98 +0.47/-0.56   q100 +0.89/-0.13
+#   gray   q95 +0.65/+0.26   q98 +0.01/-0.12   q100 -0.17/-0.64
+# CBSD432's files are q95 4:2:0 JPEGs themselves, so its q95+ color cells are a re-saved
+# JPEG's case (4:2:0 q95 barely changes it): pessimistic for camera originals, as a guard
+# may be. New default models need this measured again.
+JPEG_GUARD = {"4:4:4": 83, "4:2:2": 91, "4:2:0": 93, NO_CHROMA: 96}
 
 
 def _jpeg_guard(quality: float, facts: dict) -> Optional[str]:
     """Why the published models would not improve this JPEG (JPEG_GUARD), or None. A file
-    that states no subsampling (not a JPEG) is never guarded."""
+    that states no subsampling (not a JPEG) is never guarded; a color one of a subsampling
+    not measured (4:4:0, 4:1:1, unusual factors) gets the strictest measured color row."""
     subsampling = facts.get("subsampling")
+    if subsampling is None:
+        return None
     lowest = JPEG_GUARD.get(subsampling)
+    if lowest is None and subsampling != NO_CHROMA:
+        lowest = min(q for name, q in JPEG_GUARD.items() if name != NO_CHROMA)
     if lowest is None or quality < lowest:
         return None
     return f"q{quality:g} {subsampling}: the model does not improve such files"
