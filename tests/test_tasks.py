@@ -333,5 +333,6 @@ def test_the_jpeg_guard_follows_its_table_and_never_guards_a_file_that_states_no
         assert guard(lowest - 1, {"subsampling": subsampling}) is None
     strictest = min(q for name, q in JPEG_GUARD.items() if name != "none")
     for unmeasured in ("4:1:1", "2x2,1x1,2x1"):
-        assert guard(strictest, {"subsampling": unmeasured}) and guard(strictest - 1, {"subsampling": unmeasured}) is None
+        assert guard(strictest, {"subsampling": unmeasured})
+        assert guard(strictest - 1, {"subsampling": unmeasured}) is None
     assert guard(100, {}) is None and guard(50, {"subsampling": "4:4:4"}) is None

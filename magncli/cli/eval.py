@@ -72,8 +72,8 @@ def eval_command(
         device, precision, tile, overlap, ensemble, tiling, compile)
     rows = run_eval(task, set_names, comma_numbers(levels, "--levels"), models, seed=seed,
                     data_root=data_root, options=options, save_images=save_images, quantize=quantize,
-                    channels=channels, pattern=pattern, subsampling=subsampling, inputs=inputs, sheet=sheet, overwrite=overwrite,
-                    progress=note, blind=blind)
+                    channels=channels, pattern=pattern, subsampling=subsampling, inputs=inputs, sheet=sheet,
+                    overwrite=overwrite, progress=note, blind=blind)
     for table in results_tables(rows):
         stdout_console.print(table)
     # Each row says how it was made, so that the numbers can be regenerated (model cards).
