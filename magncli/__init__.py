@@ -61,12 +61,14 @@ def load_model(weights: str, arch: str = "auto", *, offline: Optional[bool] = No
 
 def restore_file(source, target, task: str, weights: Optional[str] = None,
                  options: Optional[InferenceOptions] = None, overwrite: bool = False,
-                 progress=None) -> dict:
+                 progress=None, force: bool = False) -> dict:
     """Restore one image file into `target` (atomic write); returns a record of what ran.
-    progress(done, total), if given, hears the tile passes (see magncli.inference)."""
+    progress(done, total), if given, hears the tile passes (see magncli.inference). A JPEG
+    the published models would make worse is written unchanged (the record's "unchanged"
+    says why) unless `force`, which also runs a checkpoint that states another task."""
     from magncli.inference import InferenceOptions
     from magncli.restore import Restorer
-    restorer = Restorer(task=task, weights=weights, options=options or InferenceOptions())
+    restorer = Restorer(task=task, weights=weights, options=options or InferenceOptions(), force=force)
     return restorer.restore_file(source, target, overwrite=overwrite, progress=progress)
 
 

@@ -6,8 +6,8 @@ stand beside published ones:
 
 - Gaussian noise: float, unclipped, unrounded, from numpy's frozen legacy stream
   `RandomState(seed)` (a fresh generator per image, seeded with the protocol's seed).
-- JPEG: libjpeg through OpenCV, standard IJG tables, 4:2:0 chroma for color; gray stays
-  one channel.
+- JPEG: libjpeg through OpenCV, standard IJG tables, 4:2:0 chroma for color (4:4:4 or
+  4:2:2 when asked); gray stays one channel.
 - Bayer mosaic: a 3-channel image with zeros at unsampled sites, GRBG by default.
   `detect_pattern` reads the pattern off a mosaic when nobody says it (`magn restore`).
 
@@ -79,21 +79,40 @@ def check_quality(quality: int) -> None:
         raise MagnError(f"JPEG quality must be an integer from 1 to 100, got {quality:g}")
 
 
-def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
+# The chroma subsamplings a protocol may ask for, by name, and OpenCV's flag for each.
+# 4:2:0 is the protocol's (and libjpeg's default for color).
+DEFAULT_SUBSAMPLING = "4:2:0"
+JPEG_SUBSAMPLINGS = {"4:4:4": "IMWRITE_JPEG_SAMPLING_FACTOR_444", "4:2:2": "IMWRITE_JPEG_SAMPLING_FACTOR_422",
+                     "4:2:0": "IMWRITE_JPEG_SAMPLING_FACTOR_420"}
+
+
+def check_subsampling(subsampling: str) -> str:
+    """The subsampling's name ("4:4:4"), also from its short form ("444"); MagnError otherwise."""
+    name = str(subsampling).strip()
+    if name.isdigit() and len(name) == 3:
+        name = ":".join(name)
+    if name not in JPEG_SUBSAMPLINGS:
+        raise MagnError(f"unknown chroma subsampling {subsampling!r}; known: "
+                        f"{', '.join(n.replace(':', '') for n in JPEG_SUBSAMPLINGS)}")
+    return name
+
+
+def jpeg_compress(img: np.ndarray, quality: int, subsampling: str = DEFAULT_SUBSAMPLING) -> np.ndarray:
     """Encode and decode with libjpeg (OpenCV) at `quality`; returns uint8 of img's shape.
 
     img: uint8 HxW, HxWx1 (gray, encoded as a one-channel JPEG) or HxWx3 RGB (encoded
-    YCbCr 4:2:0, standard IJG tables). Float input in [0, 1] is first rounded to uint8,
-    because JPEG only stores 8-bit samples."""
-    decoded = cv2.imdecode(np.frombuffer(jpeg_encode(img, quality), np.uint8), cv2.IMREAD_UNCHANGED)
+    YCbCr at `subsampling`, 4:2:0 unless asked, standard IJG tables). Float input in
+    [0, 1] is first rounded to uint8, because JPEG only stores 8-bit samples."""
+    decoded = cv2.imdecode(np.frombuffer(jpeg_encode(img, quality, subsampling), np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded.ndim == 3:                                  # HxW (gray) or HxWx3 BGR
         decoded = decoded[..., ::-1]
     return np.ascontiguousarray(decoded).reshape(img.shape)
 
 
-def jpeg_encode(img: np.ndarray, quality: int) -> bytes:
-    """The JPEG file jpeg_compress decodes: libjpeg at `quality`, 4:2:0 for color."""
+def jpeg_encode(img: np.ndarray, quality: int, subsampling: str = DEFAULT_SUBSAMPLING) -> bytes:
+    """The JPEG file jpeg_compress decodes: libjpeg at `quality`, `subsampling` for color."""
     check_quality(quality)
+    subsampling = check_subsampling(subsampling)
     pixels = to_uint8(img)
     if pixels.ndim == 3 and pixels.shape[2] == 3:
         pixels = pixels[..., ::-1]  # OpenCV encodes BGR
@@ -104,7 +123,10 @@ def jpeg_encode(img: np.ndarray, quality: int) -> bytes:
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     # 4:2:0 is OpenCV's default too, but we say so: the protocol depends on it.
     if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):
-        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, getattr(cv2, JPEG_SUBSAMPLINGS[subsampling])]
+    elif subsampling != DEFAULT_SUBSAMPLING:
+        raise MagnError(f"this OpenCV ({cv2.__version__}) cannot choose the chroma subsampling; "
+                        f"it writes {DEFAULT_SUBSAMPLING} only")
     ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(pixels), params)
     if not ok:
         raise MagnError("OpenCV could not encode the image as JPEG")

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from magncli import datasets
-from magncli.degrade import DEFAULT_PATTERN, DEFAULT_SEED, cfa_to_mosaic
+from magncli.degrade import DEFAULT_PATTERN, DEFAULT_SEED, DEFAULT_SUBSAMPLING, cfa_to_mosaic
 from magncli.errors import MagnError
 from magncli.eval_methods import Method, methods_by_channels
 from magncli.fileio import check_writable, write_file_atomic
@@ -101,11 +101,12 @@ def _recorded_degradation(inputs: Path, task: Task) -> Optional[Degradation]:
         recorded = json.loads(path.read_text(encoding="utf-8"))["degradation"]
         made_by, key = recorded["task"], task.level_key
         level, seed, pattern = recorded.get(key) if key else None, recorded.get("seed"), recorded.get("pattern")
+        subsampling = recorded.get("subsampling") or DEFAULT_SUBSAMPLING     # older manifests: the protocol's
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise MagnError(f"{path}: not a manifest of `magn degrade` (no degradation recorded)") from None
     if made_by != task.name:
         raise MagnError(f"{inputs} holds {made_by} inputs ({path.name}), not {task.name} ones")
-    return task.degradation(level, DEFAULT_SEED if seed is None else seed, pattern or DEFAULT_PATTERN)
+    return task.degradation(level, DEFAULT_SEED if seed is None else seed, pattern or DEFAULT_PATTERN, subsampling)
 
 
 def _given_degradations(inputs, task: Task, asked: List[Degradation], levels_given: bool) -> List[Degradation]:
@@ -116,7 +117,8 @@ def _given_degradations(inputs, task: Task, asked: List[Degradation], levels_giv
     if recorded is None:
         return asked
     for wanted in asked:
-        differs = (levels_given and wanted.level != recorded.level) or wanted.pattern != recorded.pattern
+        differs = ((levels_given and wanted.level != recorded.level) or wanted.pattern != recorded.pattern
+                   or wanted.subsampling != recorded.subsampling)
         if differs:
             raise MagnError(f"{inputs} holds inputs of {recorded.label} (its manifest.json), "
                             f"not {wanted.label}; drop levels= or give the recorded one")
@@ -160,12 +162,14 @@ def _save_image(save_dir: Path, method: Method, set_name: str, label: str, stem:
 def run_eval(task, sets: Sequence[str], levels: Sequence = (), models: Sequence[str] = ("input",),
              seed: int = 0, data_root=None, options=None, save_images=None,
              quantize: bool = False, channels: Optional[str] = None,
-             pattern: str = DEFAULT_PATTERN, inputs=None, sheet=None, overwrite: bool = False,
+             pattern: str = DEFAULT_PATTERN, subsampling: str = DEFAULT_SUBSAMPLING, inputs=None, sheet=None,
+             overwrite: bool = False,
              progress: Optional[Callable[[str], None]] = None, blind: bool = False) -> List[dict]:
     """Evaluate `models` on `sets` at each level, following docs/protocols.md.
 
     task: a Task, or its name (tasks.TASKS). sets: set names or folders. levels: sigmas
-    or JPEG qualities (defaults per task); demosaic takes `pattern` instead. options: the
+    or JPEG qualities (defaults per task); demosaic takes `pattern` instead; dejpeg
+    encodes color at `subsampling` ("4:2:0", the protocol's, or "4:4:4", "4:2:2"). options: the
     InferenceOptions for models (tile, overlap, ensemble, device, precision). inputs: a
     folder of already-degraded images to use instead of degrading (one set, one level).
     save_images: a folder for every restored image (8-bit PNG). sheet: a PNG of crops.
@@ -176,7 +180,7 @@ def run_eval(task, sets: Sequence[str], levels: Sequence = (), models: Sequence[
         raise MagnError("no test sets given")
     if not models:
         raise MagnError("no models given")
-    degradations = task.degradations(list(levels or ()), seed, pattern)
+    degradations = task.degradations(list(levels or ()), seed, pattern, subsampling)
     if inputs is not None:
         degradations = _given_degradations(inputs, task, degradations, bool(levels))
     if inputs is not None and (len(sets) != 1 or len(degradations) != 1):

@@ -1,4 +1,5 @@
-"""What JPEG quality a file was saved at, read from its quantization tables.
+"""What JPEG quality a file was saved at, read from its quantization tables, and its
+chroma subsampling, read from its sampling factors.
 
 `magn restore --task dejpeg` needs the quality of the compression it undoes; a JPEG file
 says it, in the tables its encoder scaled from the IJG (JPEG Annex K) base tables:
@@ -7,6 +8,8 @@ says it, in the tables its encoder scaled from the IJG (JPEG Annex K) base table
 
 exact: the tables are libjpeg's own at that quality (libjpeg, Pillow, OpenCV and most
 software); otherwise (a camera's custom tables) the nearest IJG quality.
+
+    subsampling = jpeg_subsampling(image.jpeg_sampling)      # "4:2:0", ... "none" (gray)
 """
 from __future__ import annotations
 
@@ -56,3 +59,29 @@ def estimate_jpeg_quality(quantization) -> tuple:
         if err < best_err:
             best, best_err = q, err
     return best, bool(best_err == 0)
+
+
+# Luma's (horizontal, vertical) sampling factors over chroma's -> the subsampling's name.
+_SUBSAMPLING_NAMES = {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0", (1, 2): "4:4:0", (4, 1): "4:1:1"}
+NO_CHROMA = "none"          # a gray JPEG: one component, nothing subsampled
+
+
+def jpeg_subsampling(sampling) -> str:
+    """The chroma subsampling of a JPEG from its components' sampling factors, as its
+    SOF header lists them ([(h, v), ...], luma first; Pillow's `Image.layer` holds them):
+    "4:4:4", "4:2:2", "4:2:0", "4:4:0" or "4:1:1"; "none" for a gray JPEG; otherwise
+    the factors themselves ("2x2,1x1,2x1"), for a file that samples its chroma planes
+    differently."""
+    factors = [(int(h), int(v)) for h, v in sampling]
+    if not factors:
+        raise MagnError("JPEG has no components; cannot read its subsampling")
+    if len(factors) == 1:
+        return NO_CHROMA
+    (luma_h, luma_v), chroma = factors[0], set(factors[1:3])
+    if len(chroma) == 1:
+        chroma_h, chroma_v = chroma.pop()
+        if luma_h % chroma_h == 0 and luma_v % chroma_v == 0:
+            name = _SUBSAMPLING_NAMES.get((luma_h // chroma_h, luma_v // chroma_v))
+            if name is not None:
+                return name
+    return ",".join(f"{h}x{v}" for h, v in factors)

@@ -151,7 +151,8 @@ class Restorer:
     offline: Optional[bool] = None
     model_dir: Optional[str] = None
     quiet: bool = True
-    force: bool = False                    # run a checkpoint that states another task
+    force: bool = False                    # run a checkpoint that states another task, or on a
+                                           # file the task's guard would return unchanged
     _models: Dict[Tuple, Tuple[nn.Module, str, InferenceOptions]] = field(default_factory=dict, repr=False)
     # One load per model even when threads ask at once (restore_files with workers > 1);
     # the models are then only read, in eval mode under inference_mode.
@@ -225,9 +226,20 @@ class Restorer:
             stated = entry.task if entry is not None else None
         return stated
 
+    def _unimprovable(self, level: Optional[float], stated_facts: dict) -> Optional[str]:
+        """Why the published default models would not improve this file (the task's
+        guard, measured for them only), or None: always None with force, with other
+        weights or a given model, or when the file states no level."""
+        task = self.task
+        if self.force or self.weights or self.model is not None or task.unimprovable is None or level is None:
+            return None
+        return task.unimprovable(level, stated_facts)
+
     def restore(self, image: Image, level: Optional[float] = None,
                 progress: Optional[ProgressCallback] = None) -> Tuple[Image, dict]:
         """Restore one decoded image; returns the restored Image and a record of what ran.
+        A file the published models would make worse (the task's guard: a q100 4:4:4
+        JPEG) comes back as it is, the record's "unchanged" saying why, unless force.
         progress(done, total): tile passes, after each batch (see magncli.inference)."""
         task = self.task
         x = image.to_float()                                                  # (H, W, C)
@@ -248,6 +260,13 @@ class Restorer:
             # What a level-conditioned model was told: e.g. noise of unknown strength (no
             # --sigma), or a PNG saved from a JPEG; the model then runs blind.
             info[f"{task.level_key}_source"] = source or "unknown"
+        stated_facts = task.facts_from_image(image) if task.facts_from_image is not None else {}
+        info.update(stated_facts)                           # a JPEG's subsampling
+        unchanged = self._unimprovable(level, stated_facts)
+        if unchanged is not None:
+            # The published models would make this file worse: it is returned as decoded.
+            info["unchanged"] = unchanged
+            return image, info
         pattern = task.input_pattern(x, self.pattern)       # a mosaic's pattern, given or detected
         if pattern is not None:
             info["pattern"] = pattern

@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from magncli.degrade import (AUTO_PATTERN, DEFAULT_PATTERN, DEFAULT_SEED, add_gaussian_noise, align_mosaic,
-                             bayer_masks, bayer_mosaic, cfa_to_mosaic, check_pattern, check_quality, check_seed,
-                             check_sigma, detect_pattern, jpeg_compress, jpeg_encode, pattern_shift)
+from magncli.degrade import (AUTO_PATTERN, DEFAULT_PATTERN, DEFAULT_SEED, DEFAULT_SUBSAMPLING, add_gaussian_noise,
+                             align_mosaic, bayer_masks, bayer_mosaic, cfa_to_mosaic, check_pattern, check_quality,
+                             check_seed, check_sigma, check_subsampling, detect_pattern, jpeg_compress, jpeg_encode,
+                             pattern_shift)
 from magncli.errors import MagnError
 from magncli.images import Image
-from magncli.jpeg_quality import estimate_jpeg_quality
+from magncli.jpeg_quality import NO_CHROMA, estimate_jpeg_quality, jpeg_subsampling
 from magncli.level_maps import quality_plane, sigma_plane
 
 if TYPE_CHECKING:                   # the engine (torch) loads when a model runs, not with the tasks
@@ -51,17 +52,22 @@ class Degradation:
     level: Optional[float] = None    # the task's level (sigma on the 0-255 scale, JPEG quality); None: no level
     pattern: Optional[str] = None    # Bayer tasks: the pattern of the mosaic
     seed: Optional[int] = None       # random tasks: the RandomState seed of every image
+    subsampling: Optional[str] = None  # JPEG tasks: the chroma subsampling of color images ("4:2:0")
 
     @property
     def label(self) -> str:
         """The task's parameter as a short table label: "σ25", "q10" or "grbg"."""
         task = self.task
-        return f"{task.level_label}{self.level:g}" if task.level_key else self.pattern
+        label = f"{task.level_label}{self.level:g}" if task.level_key else self.pattern
+        # Another subsampling than the protocol's is another table row ("q90 4:4:4").
+        if self.subsampling is not None and self.subsampling != DEFAULT_SUBSAMPLING:
+            label += f" {self.subsampling}"
+        return label
 
     def as_dict(self) -> dict:
         key = self.task.level_key                            # "sigma", "quality" or None
         record = {"task": self.task.name, **({key: self.level} if key else {}),
-                  "pattern": self.pattern, "seed": self.seed}
+                  "pattern": self.pattern, "seed": self.seed, "subsampling": self.subsampling}
         return {k: v for k, v in record.items() if v is not None}
 
     def apply(self, img: np.ndarray) -> np.ndarray:
@@ -84,9 +90,16 @@ class Task:
     default_levels: Tuple[float, ...] = ()              # what eval and validation score when not told
     parse_level: Callable[[float], float] = _no_level   # MagnError for a bad level, else it as recorded
     seeded: bool = False                                # draws random numbers: records its seed
+    subsampled: bool = False                            # JPEG: records the chroma subsampling of color
     mosaic: bool = False                                # inputs are Bayer mosaics of a pattern
     # The level an image file states, and where it was read ("JPEG tables"), or None.
     level_from_image: Optional[Callable[[Image], Optional[Tuple[float, str]]]] = None
+    # What else a file states about its degradation, recorded beside the level: a
+    # JPEG's chroma subsampling ({"subsampling": "4:4:4"}); {} for a file that says nothing.
+    facts_from_image: Optional[Callable[[Image], dict]] = None
+    # Why the published default models would not improve a file of this level and these
+    # facts (restore then returns the input unchanged, unless forced), or None.
+    unimprovable: Optional[Callable[[float, dict], Optional[str]]] = None
     # The degraded image as the JPEG file itself, for a task whose degradation is one.
     jpeg_file: Optional[Callable[[np.ndarray, Degradation], bytes]] = None
     # The level as a level-conditioned model sees it (one constant input plane), from the
@@ -112,22 +125,24 @@ class Task:
                                                            if self.mosaic else ""))
         return self.parse_level(level)
 
-    def degradation(self, level=None, seed: int = DEFAULT_SEED, pattern: str = DEFAULT_PATTERN) -> Degradation:
+    def degradation(self, level=None, seed: int = DEFAULT_SEED, pattern: str = DEFAULT_PATTERN,
+                    subsampling: str = DEFAULT_SUBSAMPLING) -> Degradation:
         """Validate and build one Degradation: `level` for a task with one (else None);
-        `seed` kept by random tasks, `pattern` by Bayer ones."""
+        `seed` kept by random tasks, `pattern` by Bayer ones, `subsampling` by JPEG ones."""
         if level is None and self.level_key is not None:
             raise MagnError(f"task {self.name} needs a level ({self.level_key}=)")
         return Degradation(self, None if level is None else self.check_level(level),
                            pattern=check_pattern(pattern) if self.mosaic else None,
-                           seed=check_seed(seed) if self.seeded else None)
+                           seed=check_seed(seed) if self.seeded else None,
+                           subsampling=check_subsampling(subsampling) if self.subsampled else None)
 
     def degradations(self, levels: Sequence = (), seed: int = DEFAULT_SEED,
-                     pattern: str = DEFAULT_PATTERN) -> List[Degradation]:
+                     pattern: str = DEFAULT_PATTERN, subsampling: str = DEFAULT_SUBSAMPLING) -> List[Degradation]:
         """One Degradation per level, the default levels when none are given; a task
         without levels has one."""
         if self.level_key is None:
-            return [self.degradation(levels[0] if levels else None, seed, pattern)]
-        return [self.degradation(level, seed, pattern) for level in (levels or self.default_levels)]
+            return [self.degradation(levels[0] if levels else None, seed, pattern, subsampling)]
+        return [self.degradation(level, seed, pattern, subsampling) for level in (levels or self.default_levels)]
 
     # ------------------------------------------------------------------ the model's view
     def model_channels(self, image_channels: int) -> int:
@@ -232,15 +247,16 @@ def get_task(task) -> Task:
     return TASKS[task]
 
 
-def make_degradation(task, level=None, seed: int = DEFAULT_SEED, pattern: str = DEFAULT_PATTERN) -> Degradation:
+def make_degradation(task, level=None, seed: int = DEFAULT_SEED, pattern: str = DEFAULT_PATTERN,
+                     subsampling: str = DEFAULT_SUBSAMPLING) -> Degradation:
     """Validate and build a Degradation of `task` (see Task.degradation)."""
-    return get_task(task).degradation(level, seed, pattern)
+    return get_task(task).degradation(level, seed, pattern, subsampling)
 
 
 def degrade(img: np.ndarray, task, level=None, seed: int = DEFAULT_SEED,
-            pattern: str = DEFAULT_PATTERN) -> np.ndarray:
+            pattern: str = DEFAULT_PATTERN, subsampling: str = DEFAULT_SUBSAMPLING) -> np.ndarray:
     """One call for one image: float32 (H, W, C) [0, 1] -> degraded float32 (H, W, C)."""
-    return make_degradation(task, level, seed, pattern).apply(img)
+    return make_degradation(task, level, seed, pattern, subsampling).apply(img)
 
 
 def restore_for_task(model: nn.Module, image: np.ndarray, task, *, pattern: Optional[str] = AUTO_PATTERN,
@@ -297,6 +313,46 @@ def _quality_from_tables(image: Image) -> Optional[Tuple[int, str]]:
     return quality, "JPEG tables" if exact else "JPEG tables (nearest IJG quality)"
 
 
+def _subsampling_from_sof(image: Image) -> dict:
+    """A JPEG file says how its chroma was sampled (its frame header's sampling factors)."""
+    return {"subsampling": jpeg_subsampling(image.jpeg_sampling)} if image.jpeg_sampling else {}
+
+
+# The JPEG files the published default models make worse: subsampling -> the lowest
+# quality from which restore returns the input unchanged (unless forced). Measured on the
+# images training holds out (24 of CBSD432 for the color model, 20 of Train400 for the
+# gray one; never a test set), saved by Pillow, restored with restore's defaults:
+#     python benchmarks/bench_jpeg_guard.py       (q70-100: benchmarks/results/jpeg-guard.json)
+#     python benchmarks/bench_jpeg_guard.py --only color --subsamplings 4:4:4 --qualities 81,82,83,84 \
+#         --json benchmarks/results/jpeg-guard-444-q81-84.json
+# A measured quality fails when its mean gain is <= 0 or any image loses more than 0.05 dB;
+# guarded: every quality above the last that passed before the first failure (a quality
+# between the two was not measured, so it is kept on the safe side). Mean / worst gain, dB:
+#   4:4:4  q82 +1.01/+0.04   q83 +0.84/-0.09   q85 +0.44/-0.40   q95 -3.27/-6.52   q100 -5.64/-13.40
+#   4:2:2  q90 +1.19/+0.65   q92 +0.95/-0.055  q95 -1.66/-2.99   q100 -0.92/-3.47
+#   4:2:0  q92 +1.31/+0.78   q95 -2.47/-6.48   q98 +0.47/-0.56   q100 +0.89/-0.13
+#   gray   q95 +0.65/+0.26   q98 +0.01/-0.12   q100 -0.17/-0.64
+# CBSD432's files are q95 4:2:0 JPEGs themselves, so its q95+ color cells are a re-saved
+# JPEG's case (4:2:0 q95 barely changes it): pessimistic for camera originals, as a guard
+# may be. New default models need this measured again.
+JPEG_GUARD = {"4:4:4": 83, "4:2:2": 91, "4:2:0": 93, NO_CHROMA: 96}
+
+
+def _jpeg_guard(quality: float, facts: dict) -> Optional[str]:
+    """Why the published models would not improve this JPEG (JPEG_GUARD), or None. A file
+    that states no subsampling (not a JPEG) is never guarded; a color one of a subsampling
+    not measured (4:4:0, 4:1:1, unusual factors) gets the strictest measured color row."""
+    subsampling = facts.get("subsampling")
+    if subsampling is None:
+        return None
+    lowest = JPEG_GUARD.get(subsampling)
+    if lowest is None and subsampling != NO_CHROMA:
+        lowest = min(q for name, q in JPEG_GUARD.items() if name != NO_CHROMA)
+    if lowest is None or quality < lowest:
+        return None
+    return f"q{quality:g} {subsampling}: the model does not improve such files"
+
+
 register_task(Task(
     "denoise",                       # Gaussian noise
     degrade=lambda img, d: add_gaussian_noise(img, d.level, d.seed),
@@ -305,10 +361,11 @@ register_task(Task(
 
 register_task(Task(
     "dejpeg",                        # JPEG compression artifacts
-    degrade=lambda img, d: jpeg_compress(img, d.level).astype(np.float32) / 255.0,
+    degrade=lambda img, d: jpeg_compress(img, d.level, d.subsampling).astype(np.float32) / 255.0,
     level_key="quality", level_label="q", default_levels=(10, 20, 30, 40), parse_level=_quality,
-    level_from_image=_quality_from_tables, level_plane=quality_plane,
-    jpeg_file=lambda img, d: jpeg_encode(img, d.level),
+    level_from_image=_quality_from_tables, level_plane=quality_plane, subsampled=True,
+    facts_from_image=_subsampling_from_sof, unimprovable=_jpeg_guard,
+    jpeg_file=lambda img, d: jpeg_encode(img, d.level, d.subsampling),
     # The protocol scores color JPEG on RGB and on Y; its gray sets (LIVE1's gray track,
     # Classic5) are studio Y.
     scored_on_y=True, gray_is_studio_y=True))

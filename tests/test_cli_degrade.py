@@ -148,3 +148,37 @@ def test_a_fifo_is_named_as_what_it_is_not_as_missing(tmp_path):
                                  "-o", str(tmp_path / "out")])
     message = user_error(result, "not a regular file")
     assert "does not exist" not in message and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("asked, factors", [("444", [(1, 1), (1, 1), (1, 1)]), ("422", [(2, 1), (1, 1), (1, 1)]),
+                                            ("420", [(2, 2), (1, 1), (1, 1)])])
+def test_degrade_jpeg_writes_the_subsampling_asked_and_records_it(tmp_path, asked, factors):
+    from magncli.images import read_image
+    make_images(tmp_path / "set", n=1)
+    result = runner.invoke(app, ["degrade", str(tmp_path / "set"), "--task", "dejpeg", "--quality", "90",
+                                 "--subsampling", asked, "--format", "jpg", "-o", str(tmp_path / "jpeg")])
+    assert result.exit_code == 0, result.output
+    assert read_image(tmp_path / "jpeg" / "img0.jpg").jpeg_sampling == factors
+    manifest = json.loads((tmp_path / "jpeg" / "manifest.json").read_text())
+    assert manifest["degradation"]["subsampling"] == ":".join(asked)
+
+
+def test_degrade_jpeg_by_default_writes_the_bytes_it_always_wrote(tmp_path):
+    """The protocol's 4:2:0 file, byte for byte what the encoder call before --subsampling made."""
+    make_images(tmp_path / "set", n=1)
+    result = runner.invoke(app, ["degrade", str(tmp_path / "set"), "--task", "dejpeg", "--quality", "30",
+                                 "--format", "jpg", "-o", str(tmp_path / "jpeg")])
+    assert result.exit_code == 0, result.output
+    bgr = cv2.imread(str(tmp_path / "set" / "img0.png"))
+    params = [cv2.IMWRITE_JPEG_QUALITY, 30]
+    if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
+    ok, before = cv2.imencode(".jpg", bgr, params)
+    assert ok and (tmp_path / "jpeg" / "img0.jpg").read_bytes() == before.tobytes()
+
+
+def test_an_unknown_subsampling_is_one_line(tmp_path):
+    make_images(tmp_path / "set", n=1)
+    result = runner.invoke(app, ["degrade", str(tmp_path / "set"), "--task", "dejpeg", "--quality", "30",
+                                 "--subsampling", "411", "-o", str(tmp_path / "jpeg")])
+    user_error(result, "unknown chroma subsampling '411'", "444, 422, 420")

@@ -297,3 +297,30 @@ def test_a_sheet_not_named_png_is_refused_before_any_work(tmp_path):
                                  "-m", "input", "--sheet", str(tmp_path / "x.jpg")])
     user_error(result, "x.jpg", ".png")
     assert not (tmp_path / "x.jpg").exists()
+
+
+def test_eval_encodes_at_the_subsampling_asked_and_labels_and_records_it(tmp_path):
+    make_images(tmp_path / "set")
+    rows = {}
+    for asked in ("444", None):
+        out = tmp_path / f"{asked}.json"
+        result = runner.invoke(app, ["eval", "--task", "dejpeg", "--sets", str(tmp_path / "set"), "--levels", "50",
+                                     *(["--subsampling", asked] if asked else []), "-m", "input", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        (rows[asked],) = json.loads(out.read_text())
+    assert rows["444"]["degradation"]["subsampling"] == "4:4:4" and rows["444"]["level"] == "q50 4:4:4"
+    assert rows[None]["degradation"]["subsampling"] == "4:2:0" and rows[None]["level"] == "q50"
+    assert rows["444"]["psnr"] > rows[None]["psnr"]          # full-resolution chroma keeps more
+
+
+def test_given_jpeg_inputs_of_another_subsampling_are_refused(tmp_path):
+    make_images(tmp_path / "set")
+    made = runner.invoke(app, ["degrade", str(tmp_path / "set"), "--task", "dejpeg", "--quality", "50",
+                               "--subsampling", "444", "-o", str(tmp_path / "in")])
+    assert made.exit_code == 0, made.output
+    args = ["eval", "--task", "dejpeg", "--sets", str(tmp_path / "set"), "--inputs", str(tmp_path / "in"),
+            "-m", "input", "-o", str(tmp_path / "r.json")]
+    user_error(runner.invoke(app, args), "q50 4:4:4")
+    result = runner.invoke(app, [*args, "--subsampling", "444"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())[0]["degradation"]["subsampling"] == "4:4:4"

@@ -803,3 +803,63 @@ def test_the_progress_rows_fit_80_columns(tmp_path, monkeypatch, ensemble):
     assert rows[0].startswith("0/2 images") and "ETA" in rows[0]
     assert rows[1].startswith("  DSC_2024") and "…" in rows[1] and "12345/123456" in rows[1] and "ETA" in rows[1]
     assert rows[2].startswith("  b.png ") and "0/99999" in rows[2] and "ETA" in rows[2]
+
+
+def _jpeg(path, px, **save):
+    from PIL import Image as PILImage
+    PILImage.fromarray(px.squeeze()).save(path, "JPEG", **save)
+    return read_image(path)
+
+
+def test_a_jpeg_the_default_model_cannot_improve_comes_back_unchanged_unless_forced(tmp_path):
+    """#35: q100 4:4:4 is made worse by the published models (tasks.JPEG_GUARD): the output
+    is the decoded input, the line and the record say why; --force restores it."""
+    from magncli.tasks import JPEG_GUARD
+    assert JPEG_GUARD["4:4:4"] <= 100
+    px, _ = _img(tmp_path / "a.png", (40, 48, 3))
+    decoded = _jpeg(tmp_path / "a.jpg", px, quality=100, subsampling=0).pixels
+    res = _run(tmp_path / "a.jpg", "-t", "dejpeg", "--json", "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record["subsampling"] == "4:4:4" and record["quality"] == 100
+    assert record["unchanged"] == "q100 4:4:4: the model does not improve such files" and "model" not in record
+    assert np.array_equal(read_image(tmp_path / "out" / "a_magn.png").pixels, decoded)
+    line = _run(tmp_path / "a.jpg", "-t", "dejpeg", "-o", tmp_path / "line")
+    assert "unchanged (q100 4:4:4: the model does not improve such files; --force restores it)" in \
+        " ".join(line.stderr.split())
+    forced = _run(tmp_path / "a.jpg", "-t", "dejpeg", "--json", "--force", "-o", tmp_path / "forced")
+    assert forced.exit_code == 0, forced.output
+    assert "unchanged" not in json.loads(forced.stdout)
+    assert not np.array_equal(read_image(tmp_path / "forced" / "a_magn.png").pixels, decoded)
+
+
+@pytest.mark.parametrize("save, subsampling", [({"quality": 50, "subsampling": 0}, "4:4:4"),
+                                               ({"quality": 50, "subsampling": 2}, "4:2:0")])
+def test_a_low_quality_jpeg_is_restored_and_its_subsampling_said(tmp_path, save, subsampling):
+    px, _ = _img(tmp_path / "a.png", (40, 48, 3))
+    decoded = _jpeg(tmp_path / "a.jpg", px, **save).pixels
+    res = _run(tmp_path / "a.jpg", "-t", "dejpeg", "--json", "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record["subsampling"] == subsampling and "unchanged" not in record and record["model"]
+    assert not np.array_equal(read_image(tmp_path / "out" / "a_magn.png").pixels, decoded)
+    line = _run(tmp_path / "a.jpg", "-t", "dejpeg", "-o", tmp_path / "line")
+    assert f"quality 50 from the JPEG tables, subsampling {subsampling}" in " ".join(line.stderr.split())
+
+
+def test_the_guard_is_for_the_published_models_and_jpegs_only(tmp_path, ckpt):
+    """Other weights were not measured: they run. A PNG states no quality: never guarded."""
+    px, _ = _img(tmp_path / "a.png", (40, 48, 3))
+    _jpeg(tmp_path / "a.jpg", px, quality=100, subsampling=0)
+    given = _run(tmp_path / "a.jpg", "-t", "dejpeg", "-w", ckpt[3], "--json", "-o", tmp_path / "given")
+    assert given.exit_code == 0 and "unchanged" not in json.loads(given.stdout)
+    png = _run(tmp_path / "a.png", "-t", "dejpeg", "--quality", "100", "--json", "-o", tmp_path / "png")
+    record = json.loads(png.stdout)
+    assert png.exit_code == 0 and "unchanged" not in record and "subsampling" not in record
+
+
+def test_a_gray_jpeg_says_it_has_no_subsampling(tmp_path, ckpt):
+    px, _ = _img(tmp_path / "a.png", (40, 48, 1))
+    _jpeg(tmp_path / "a.jpg", px, quality=40)
+    res = _run(tmp_path / "a.jpg", "-t", "dejpeg", "-w", ckpt[1], "--json", "-o", tmp_path / "out")
+    assert res.exit_code == 0 and json.loads(res.stdout)["subsampling"] == "none"

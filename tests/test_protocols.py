@@ -14,7 +14,8 @@ def test_classic5_jpeg_input_rows(data_root):
     rows = run_eval("dejpeg", ["Classic5"], [10, 20, 30, 40], ["input"], data_root=data_root)
     assert _psnr_by_level(rows) == [27.82, 30.12, 31.48, 32.43]
     assert [r["channels"] for r in rows] == ["gray"] * 4
-    assert rows[0]["n_images"] == 5 and rows[0]["degradation"] == {"task": "dejpeg", "quality": 10}
+    assert rows[0]["n_images"] == 5
+    assert rows[0]["degradation"] == {"task": "dejpeg", "quality": 10, "subsampling": "4:2:0"}
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ def test_degrade_is_one_call_of_the_protocol():
 def test_degradation_records_only_its_parameters():
     assert make_degradation("denoise", 25, seed=3).as_dict() == {"task": "denoise", "sigma": 25,
                                                                  "seed": 3}
-    assert make_degradation("dejpeg", 10).as_dict() == {"task": "dejpeg", "quality": 10}
+    assert make_degradation("dejpeg", 10).as_dict() == {"task": "dejpeg", "quality": 10, "subsampling": "4:2:0"}
     assert make_degradation("demosaic", pattern="RGGB").as_dict() == {"task": "demosaic",
                                                                       "pattern": "rggb"}
 
@@ -322,3 +322,17 @@ def test_restoring_an_image_asks_for_the_models_facts_once(options):
     mosaic = bayer_mosaic(_smooth_rgb().astype(np.float32)[:37, :41], "rggb")
     out = restore_for_task(model, mosaic, "demosaic", pattern="rggb", options=options)
     assert out.shape == mosaic.shape and model.asked == 1
+
+
+def test_the_jpeg_guard_follows_its_table_and_never_guards_a_file_that_states_nothing():
+    from magncli.tasks import JPEG_GUARD
+    guard = get_task("dejpeg").unimprovable
+    for subsampling, lowest in JPEG_GUARD.items():
+        assert guard(lowest, {"subsampling": subsampling}) == \
+            f"q{lowest} {subsampling}: the model does not improve such files"
+        assert guard(lowest - 1, {"subsampling": subsampling}) is None
+    strictest = min(q for name, q in JPEG_GUARD.items() if name != "none")
+    for unmeasured in ("4:1:1", "2x2,1x1,2x1"):
+        assert guard(strictest, {"subsampling": unmeasured})
+        assert guard(strictest - 1, {"subsampling": unmeasured}) is None
+    assert guard(100, {}) is None and guard(50, {"subsampling": "4:4:4"}) is None

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.text import Text
 
-from magncli.degrade import BAYER_PATTERNS
+from magncli.degrade import BAYER_PATTERNS, JPEG_SUBSAMPLINGS
 from magncli.errors import MagnError
 from magncli.fileio import home_as_tilde
 from magncli.tasks import TASKS, Task
@@ -63,6 +63,9 @@ SigmaOpt = Annotated[Optional[float], typer.Option(
     "--sigma", help="denoise: the noise sigma (0-255 scale), told to a model with a level map "
                     "(FFDNet needs it); without it the model runs blind.")]
 QualityOpt = Annotated[Optional[int], typer.Option("--quality", help="dejpeg: JPEG quality 1-100.")]
+SubsamplingOpt = Annotated[str, typer.Option(
+    "--subsampling", help="dejpeg: chroma subsampling of the color JPEGs, "
+                          f"{' | '.join(n.replace(':', '') for n in JPEG_SUBSAMPLINGS)} (420: the protocol's).")]
 PatternOpt = Annotated[str, typer.Option(
     "--pattern", help=f"demosaic: Bayer pattern of the mosaics, {' | '.join(BAYER_PATTERNS)}.")]
 

@@ -6,8 +6,9 @@ from typing import Annotated, List
 
 import typer
 
-from magncli.cli.common import PatternOpt, QualityOpt, SigmaOpt, TaskOpt, failure, out, task_level
-from magncli.degrade import DEFAULT_PATTERN, DEFAULT_SEED
+from magncli.cli.common import (PatternOpt, QualityOpt, SigmaOpt, SubsamplingOpt, TaskOpt, failure, out,
+                                task_level)
+from magncli.degrade import DEFAULT_PATTERN, DEFAULT_SEED, DEFAULT_SUBSAMPLING
 from magncli.degrade_files import OUTPUT_FORMATS, degrade_files
 from magncli.tasks import get_task
 
@@ -22,6 +23,7 @@ def degrade_command(
     sigma: SigmaOpt = None,
     quality: QualityOpt = None,
     pattern: PatternOpt = DEFAULT_PATTERN,
+    subsampling: SubsamplingOpt = DEFAULT_SUBSAMPLING,
     seed: Annotated[int, typer.Option(
         "--seed", help="denoise: every image gets a fresh RandomState(seed).")] = DEFAULT_SEED,
     fmt: Annotated[str, typer.Option(
@@ -34,7 +36,7 @@ def degrade_command(
     written, manifest.json lists exactly the files written, and the exit code is 1."""
     task = get_task(task)
     level = task_level(task, sigma=sigma, quality=quality)
-    degradation = task.degradation(level, seed, pattern)
+    degradation = task.degradation(level, seed, pattern, subsampling)
     manifest = degrade_files(inputs, output, degradation, fmt, overwrite)
     failed = manifest.get("failed", [])
     for failed_file in failed:

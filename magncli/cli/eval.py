@@ -7,11 +7,11 @@ from typing import Annotated, List, Optional
 import typer
 
 from magncli.cli.common import (CompileOpt, DeviceOpt, EnsembleOpt, OverlapOpt, PatternOpt, PrecisionOpt,
-                                TaskOpt, TileOpt, TilingOpt, command_line, comma_list, comma_numbers,
+                                SubsamplingOpt, TaskOpt, TileOpt, TilingOpt, command_line, comma_list, comma_numbers,
                                 inference_options, note, stdout_console)
 from magncli.engine_defaults import ENGINE
 from magncli.datasets import sets_for
-from magncli.degrade import DEFAULT_PATTERN
+from magncli.degrade import DEFAULT_PATTERN, DEFAULT_SUBSAMPLING
 from magncli.eval_methods import BASELINES, DEFAULT_MODEL
 from magncli.evaluate import run_eval
 from magncli.results import check_results_path, results_tables, write_results
@@ -38,6 +38,7 @@ def eval_command(
              f"Without -m: input and {DEFAULT_MODEL}.")
     ] = None,
     pattern: PatternOpt = DEFAULT_PATTERN,
+    subsampling: SubsamplingOpt = DEFAULT_SUBSAMPLING,
     channels: Annotated[Optional[str], typer.Option(
         "--channels", help="gray | color (default: the set's first track; LIVE1 gray = Y).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Noise seed (one RandomState(seed) per image).")] = 0,
@@ -71,8 +72,8 @@ def eval_command(
         device, precision, tile, overlap, ensemble, tiling, compile)
     rows = run_eval(task, set_names, comma_numbers(levels, "--levels"), models, seed=seed,
                     data_root=data_root, options=options, save_images=save_images, quantize=quantize,
-                    channels=channels, pattern=pattern, inputs=inputs, sheet=sheet, overwrite=overwrite,
-                    progress=note, blind=blind)
+                    channels=channels, pattern=pattern, subsampling=subsampling, inputs=inputs, sheet=sheet,
+                    overwrite=overwrite, progress=note, blind=blind)
     for table in results_tables(rows):
         stdout_console.print(table)
     # Each row says how it was made, so that the numbers can be regenerated (model cards).

@@ -43,7 +43,9 @@ def restore(
         "--weights", "-w", help="Checkpoint: path, URL or published name.")] = None,
     arch: Annotated[str, typer.Option(help="Architecture of --weights: auto, magn, dagl, panet.")] = "auto",
     force: Annotated[bool, typer.Option(
-        "--force", help="Run a checkpoint whose metadata names another task than --task.")] = False,
+        "--force", help="Run a checkpoint whose metadata names another task than --task; dejpeg: also "
+                        "restore the JPEGs the default models would make worse (from q83 at 4:4:4, q93 at "
+                        "4:2:0), which are otherwise returned unchanged.")] = False,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Output folder (default: next to each input).")] = None,
     suffix: Annotated[str, typer.Option(help="Appended to each output file name.")] = "_magn",
@@ -181,14 +183,19 @@ def image_error(source: Path, e: Exception) -> str:
 
 
 def _describe(record: dict) -> str:
-    """'1.2 s, quality 20 from the JPEG tables, model X': what was assumed and what ran."""
+    """'1.2 s, quality 20 from the JPEG tables, subsampling 4:2:0, model X': what was assumed,
+    what ran, or why nothing ran (a file the model would make worse)."""
     parts = [f"{record['seconds']:.1f} s"]
     if record.get("quality") is not None:
         parts.append(f"quality {record['quality']} from the {record['quality_source']}")
     elif record.get("quality_source") == "unknown":
         parts.append("quality unknown (no JPEG tables; --quality states it)")
+    if record.get("subsampling"):
+        parts.append(f"subsampling {record['subsampling']}")
     if record.get("pattern"):
         parts.append(f"pattern {record['pattern']} ({record['pattern_source']})")
+    if record.get("unchanged"):
+        parts.append(f"unchanged ({record['unchanged']}; --force restores it)")
     if record.get("model"):
         parts.append(f"model {record['model']}")
     return ", ".join(parts)

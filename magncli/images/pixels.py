@@ -25,6 +25,7 @@ class Image:
     exif: Optional[bytes] = None          # orientation already applied and reset to 1
     source_format: str = ""
     jpeg_quantization: Optional[dict] = None   # a JPEG file's tables {0: luma, 1: chroma}
+    jpeg_sampling: Optional[list] = None       # a JPEG file's sampling factors [(h, v), ...], luma first
 
     @property
     def channels(self) -> int:

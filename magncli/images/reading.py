@@ -175,8 +175,11 @@ def _decode(data: bytes) -> Image:
     icc = pil.info.get("icc_profile") or None
     exif_bytes = _exif_to_carry(exif, pil.format)
     quant = getattr(pil, "quantization", None) if pil.format == "JPEG" else None
+    # Pillow's layer: (component id, h, v, table) per component of the frame header.
+    layer = getattr(pil, "layer", None) if pil.format == "JPEG" else None
     return Image(pixels, alpha, icc, exif_bytes, pil.format or "",
-                 {k: list(v) for k, v in quant.items()} if quant else None)
+                 {k: list(v) for k, v in quant.items()} if quant else None,
+                 [(h, v) for _, h, v, _ in layer] if layer else None)
 
 
 # Tags of a TIFF's own first IFD that describe the picture, not how the file stores it.
