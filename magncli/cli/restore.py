@@ -44,8 +44,8 @@ def restore(
     arch: Annotated[str, typer.Option(help="Architecture of --weights: auto, magn, dagl, panet.")] = "auto",
     force: Annotated[bool, typer.Option(
         "--force", help="Run a checkpoint whose metadata names another task than --task; dejpeg: also "
-                        "restore the JPEGs the default models would make worse (from q83 at 4:4:4, q93 at "
-                        "4:2:0), which are otherwise returned unchanged.")] = False,
+                        "restore the JPEGs the default models would make worse (from q86 at 4:4:4, q94 at "
+                        "4:2:2, q97 gray), which are otherwise returned unchanged.")] = False,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Output folder (default: next to each input).")] = None,
     suffix: Annotated[str, typer.Option(help="Appended to each output file name.")] = "_magn",
