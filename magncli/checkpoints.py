@@ -33,27 +33,43 @@ _PT_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin"}
 _WRAPPER_KEYS = ("state_dict", "model", "params", "params_ema", "model_state_dict")
 
 
-def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """Tensors and metadata of a checkpoint file (safetensors or a torch state_dict)."""
+def read_checkpoint_meta(path) -> dict:
+    """The metadata of a safetensors checkpoint (its step, provenance, ...), without reading
+    its tensors; {} for a torch state_dict, which has none."""
     path = Path(path)
     if not path.is_file():
         raise MagnError(f"{path}: checkpoint not found")
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MagnError(f"{path}: not a readable safetensors file ({e})") from None
+    if META_KEY not in raw_meta:
+        return {}
+    try:
+        return json.loads(raw_meta[META_KEY])
+    except json.JSONDecodeError:
+        raise MagnError(f"{path}: corrupt '{META_KEY}' metadata") from None
+
+
+def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a checkpoint file (safetensors or a torch state_dict)."""
+    path = Path(path)
     if path.suffix == ".safetensors":
+        meta = read_checkpoint_meta(path)
         from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
+        from safetensors.torch import load_file
         try:
-            with safe_open(str(path), framework="pt") as f:
-                raw_meta = f.metadata() or {}
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise MagnError(f"{path}: not a readable safetensors file ({e})") from None
-        meta = {}
-        if META_KEY in raw_meta:
-            try:
-                meta = json.loads(raw_meta[META_KEY])
-            except json.JSONDecodeError:
-                raise MagnError(f"{path}: corrupt '{META_KEY}' metadata") from None
         return state, meta
+    if not path.is_file():
+        raise MagnError(f"{path}: checkpoint not found")
     if path.suffix in _PT_SUFFIXES:
         return _unwrap_state_dict(_torch_load_tensors(path), path), {}
     raise MagnError(f"{path}: unknown checkpoint format {path.suffix!r} "

@@ -106,10 +106,10 @@ def train_command(
             raise MagnError("--resume continues with RUNDIR/config.toml; drop --config")
         config = load_run_config(out, overrides)
         if export_only:
-            from magncli.checkpoints import read_checkpoint
+            from magncli.checkpoints import read_checkpoint_meta
             from magncli.runs.export import export_run
             path = export_run(out)
-            note(f"exported step {read_checkpoint(path)[1]['step']} of {config.steps} to {path}")
+            note(f"exported step {read_checkpoint_meta(path)['step']} of {config.steps} to {path}")
             return
     else:
         if export_only:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magncli.checkpoints import read_checkpoint, save_weights
+from magncli.checkpoints import read_checkpoint, read_checkpoint_meta, save_weights
 from magncli.errors import MagnError
 from magncli.runs.folder import BEST_FILE, EXPORT_FILE, LATEST_FILE, LOG_FILE, read_log
 
@@ -35,7 +35,7 @@ def export_run(run_dir, best: bool = False) -> Path:
     if not meta.get("provenance"):
         raise MagnError(f"{source}: no provenance in its metadata (a run of an older magn); "
                         "resume it for one checkpoint to export it")
-    _, latest = read_checkpoint(run_dir / LATEST_FILE) if best else (None, meta)
+    latest = read_checkpoint_meta(run_dir / LATEST_FILE) if best else meta
     meta = {k: v for k, v in meta.items() if k not in _NOT_EXPORTED}
     step = int(meta["step"])
     if best:

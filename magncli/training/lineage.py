@@ -144,7 +144,7 @@ def replay(lineage: Lineage, out, threads: Optional[int] = None,
            reporter: Optional[Callable[[str], None]] = None) -> Path:
     """Train every stage in turn in out/I-NAME (resuming one that stopped, skipping one
     that is done); returns the last stage's export."""
-    from magncli.checkpoints import read_checkpoint
+    from magncli.checkpoints import read_checkpoint_meta
     from magncli.runs.export import export_run
     from magncli.runs.folder import load_run_config
     from magncli.training.loop import Trainer
@@ -154,7 +154,7 @@ def replay(lineage: Lineage, out, threads: Optional[int] = None,
     for number, stage in enumerate(lineage.stages, 1):
         run = out / f"{number}-{stage.name}"
         export = run / EXPORT_FILE
-        if export.is_file() and read_checkpoint(export)[1].get("stage_done") == stage.stop:
+        if export.is_file() and read_checkpoint_meta(export).get("stage_done") == stage.stop:
             say(f"stage {number} ({stage.name}): done, step {stage.stop}")
             before = export
             continue
@@ -174,7 +174,7 @@ def replay(lineage: Lineage, out, threads: Optional[int] = None,
                                   command=_command(lineage, out), new_span=True)
         export = export_run(run, best=stage.export_best)
         _mark_done(export, stage.stop)
-        say(f"stage {number} ({stage.name}): exported step {read_checkpoint(export)[1]['step']} to {export}")
+        say(f"stage {number} ({stage.name}): exported step {read_checkpoint_meta(export)['step']} to {export}")
         before = export
     return before
 
