@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from magncli.checkpoints import read_checkpoint
+from magncli.checkpoints import read_checkpoint_meta
 from magncli.errors import MagnError
 from magncli.runs.cards import write_cards
 from magncli.runs.export import export_run
@@ -90,17 +90,18 @@ def publish(run_dir, name: str, *, best: bool = False, replaces: Sequence[str] =
 
     run_dir = Path(run_dir).expanduser()
     export = export_run(run_dir, best=best)
-    _, meta = read_checkpoint(export)
+    meta = read_checkpoint_meta(export)
     key = (meta.get("task"), meta.get("config", {}).get("in_channels"))
     if key not in PROTOCOLS:
         raise MagnError(f"{export}: no publishing protocol for task {key[0]} with {key[1]} channel(s)")
     named = run_dir / f"{name}.safetensors"
     shutil.copyfile(export, named)
     manifest = load_manifest(manifest_path)
+    weights_dir = Path(manifest.path).parent          # the shipped files, results and cards
     previous = manifest.find(name)
     replaced = list(dict.fromkeys([*replaces, *([name] if previous else [])]))
     entry = add_checkpoint(named, name=name, default=True, replaces=replaced, manifest_path=manifest_path)
-    results_dir = Path(load_manifest(manifest_path).path).parent / "results"
+    results_dir = weights_dir / "results"
     results_dir.mkdir(exist_ok=True)
 
     # The validation curve, the runs before this one included.
@@ -125,7 +126,7 @@ def publish(run_dir, name: str, *, best: bool = False, replaces: Sequence[str] =
         protocol = PROTOCOLS[key]
         # The file just added, by its path (a name would be looked up in the default
         # manifest, which need not be `manifest_path`), its rows then named as the card says.
-        shipped = str(Path(load_manifest(manifest_path).path).parent / entry.file)
+        shipped = str(weights_dir / entry.file)
         models = [protocol.baselines[0], shipped, *protocol.baselines[1:]]
         new_rows = run_eval(entry.task, list(sets or sets_for(entry.task, protocol.channels)),
                             list(protocol.levels), models, data_root=data_root, options=InferenceOptions(),
