@@ -31,9 +31,11 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import socket
 import stat
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -280,38 +282,76 @@ def claim_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
             raise
         return
     lock = lock_path(path)
-    for attempt in range(3):
-        try:
-            fd = _try_lock(lock)
-            break
-        except FileNotFoundError as e:
-            # A claim in the same new folder that failed (another thread of `restore
-            # --jobs`, or another process) removed the folder it had made, between our
-            # mkdir and our lock: make it again.
-            if attempt == 2:
-                _remove_empty(made)
-                raise _cannot_write(path, e) from None
-            try:
-                made = _make_parents(path.parent)
-            except OSError as e2:
-                raise _cannot_write(path, e2) from None
-        except OSError as e:
-            _remove_empty(made)
-            raise _cannot_write(path, e) from None
-    if fd is None:
-        _remove_empty(made)
-        raise MagnError(f"{path}: being written by another magn process ({_lock_owner(lock)})")
+    # Ctrl-C or SIGTERM between making the lock file and the block that removes it would
+    # leave it behind: they are held back until that block is entered, then raise in it.
+    held_back = _hold_back_stop_signals()
+    fd = None
     try:
+        for attempt in range(3):
+            try:
+                fd = _try_lock(lock)
+                break
+            except FileNotFoundError as e:
+                # A claim in the same new folder that failed (another thread of `restore
+                # --jobs`, or another process) removed the folder it had made, between our
+                # mkdir and our lock: make it again.
+                if attempt == 2:
+                    raise _cannot_write(path, e) from None
+                try:
+                    made = _make_parents(path.parent)
+                except OSError as e2:
+                    raise _cannot_write(path, e2) from None
+            except OSError as e:
+                raise _cannot_write(path, e) from None
+        if fd is None:
+            raise MagnError(f"{path}: being written by another magn process ({_lock_owner(lock)})")
+        _let_stop_signals_through(held_back)
+        held_back = None
         os.ftruncate(fd, 0)
         os.write(fd, _owner().encode())
         if not overwrite and path.exists():   # finished by another process meanwhile
             raise OutputExists(f"{path}: already exists (pass overwrite=True to replace it)")
         yield path
     except BaseException:
-        _release(lock, fd)
+        if fd is not None:
+            _release(lock, fd)
         _remove_empty(made)
         raise
+    finally:
+        _let_stop_signals_through(held_back)
     _release(lock, fd)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _hold_back_stop_signals() -> Optional[dict]:
+    """Hold Ctrl-C and SIGTERM back: their handlers are swapped for one that notes them.
+    Returns what _let_stop_signals_through needs, or None off the main thread (Python
+    runs signal handlers, and so raises their exceptions, in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    held = {"came": [], "handlers": {}}
+    for signum in _STOP_SIGNALS:
+        held["handlers"][signum] = signal.signal(signum, lambda n, frame: held["came"].append((n, frame)))
+    return held
+
+
+def _let_stop_signals_through(held: Optional[dict]) -> None:
+    """Put the handlers back, and run the first for a signal that came meanwhile (Ctrl-C:
+    KeyboardInterrupt), so that it raises here."""
+    if held is None:
+        return
+    for signum, handler in held["handlers"].items():
+        signal.signal(signum, handler)
+    if held["came"]:
+        signum, frame = held["came"][0]
+        held["came"].clear()                  # a second call (the finally) runs nothing
+        handler = held["handlers"][signum]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
 
 
 def hold_claim(path: PathLike) -> Optional[int]:

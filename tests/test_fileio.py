@@ -205,3 +205,26 @@ def test_a_fifo_planted_as_the_claim_is_refused(tmp_path):
     with pytest.raises(MagnError, match="not a regular file"):
         with claim_output(out):
             pytest.fail("the work ran")
+
+
+def test_ctrl_c_while_a_claim_is_taken_leaves_no_lock_file(tmp_path, monkeypatch):
+    """A Ctrl-C that lands between making the lock file and the block that removes it
+    (the stopped-restore test hit it now and then) is held back and raised inside it."""
+    import os
+    import signal
+    from magncli import fileio
+    if fileio.fcntl is None:
+        pytest.skip("no flock here: claims make no lock file")
+    real = fileio._try_lock
+
+    def interrupted(lock):
+        fd = real(lock)
+        os.kill(os.getpid(), signal.SIGINT)          # Ctrl-C, as the lock is just taken
+        return fd
+    monkeypatch.setattr(fileio, "_try_lock", interrupted)
+    target = tmp_path / "out" / "a.png"
+    with pytest.raises(KeyboardInterrupt):
+        with fileio.claim_output(target):
+            pass
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # the handler is back
