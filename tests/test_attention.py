@@ -160,10 +160,22 @@ def test_sdpa_in_bf16_keeps_the_fp32_mask_and_stays_close():
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("chunk_bytes", [1, None])
-def test_sdpa_without_gradients_takes_the_in_place_path_and_matches_the_reference(shape, chunk_bytes):
-    # Inference masks and softmaxes each block's scores in place instead of calling SDPA.
+def test_sdpa_without_gradients_takes_the_folded_path_and_matches_the_reference(shape, chunk_bytes):
+    # Inference folds scale and threshold into the product and masks each block's scores
+    # with one threshold pass instead of calling SDPA.
     q, k, v = _inputs(shape, seed=11)
     kwargs = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
     with torch.no_grad():
         out = sdpa_attention(q, k, v, **kwargs)
     torch.testing.assert_close(out, reference_attention(q, k, v), atol=1e-5, rtol=0)
+
+
+def test_inference_path_keeps_large_logits_finite_and_exact():
+    # The folded scores are S - t, not S: rows whose logits reach hundreds (a feature map
+    # that grew, no QK-norm) must still softmax without overflow and keep the same set.
+    q, k, v = _inputs((1, 2, 300, 300, 16, 16), seed=5)
+    q = q * 40
+    with torch.no_grad():
+        out = sdpa_attention(q, k, v, chunk_bytes=4096)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference_attention(q, k, v), atol=1e-4, rtol=0)
