@@ -5,6 +5,7 @@
     python benchmarks/bench_inference.py --sizes 256,512,1024,2048 --archs magn,magn-light,dagl,panet
     python benchmarks/bench_inference.py --device cuda --precisions bf16 --backends flex,chunked
     python benchmarks/bench_inference.py --archs magn-s-local --set n_resblocks=6  # a deepened file
+    python benchmarks/bench_inference.py --archs magn-s,magn-s-local --tile 64,96,128 --precisions bf16
 
 Each configuration runs in a fresh subprocess so that its peak RSS is its own. Weights are
 random (speed and memory do not depend on them). Prints a table and writes JSON.
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_one(arch: str, size: int, backend: str, device: str, precision: str, tile, channels: int,
-            threads: int, tile_batch=None, config=None) -> dict:
+            threads: int, tile_batch=None, config=None, task=None) -> dict:
     """Measure one configuration in this process (called in a subprocess)."""
     import resource
 
@@ -33,6 +34,7 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     import torch
 
     sys.path.insert(0, str(REPO))
+    from magncli.api import restore_for_task
     from magncli.inference import InferenceOptions, restore_array
     from magncli.models import build_model
 
@@ -49,6 +51,9 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     # compile is timed apart from the run.
     from magncli.inference import plan_tiles
     options.compile = plan_tiles(model, options).compiles(size, size)
+    if task:           # the task's view of the image: a model with a level map runs blind
+        def restore_array(model, image, options):                           # noqa: F811
+            return restore_for_task(model, image, task, options=options)
     warm = time.perf_counter()
     restore_array(model, image[:64, :64], options)
     warm_seconds = time.perf_counter() - warm
@@ -83,8 +88,9 @@ def main() -> None:
     ap.add_argument("--backends", default="", help="comma list; '' = automatic per device (restore's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precisions", default="fp32", help="comma list: fp32, bf16, fp16")
-    ap.add_argument("--tile", type=int, default=None)
+    ap.add_argument("--tile", default=None, help="tile size, or a comma list of them (default: the engine's)")
     ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--task", default=None, help="run the model as this task's models run (needed with level_input)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--tile-batch", type=int, default=None, help="tiles per forward pass (default: the engine's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -104,14 +110,15 @@ def main() -> None:
             config[key] = json.loads(value)        # numbers and booleans; else the string
         except json.JSONDecodeError:
             config[key] = value
+    tiles = [int(t) for t in args.tile.split(",")] if args.tile else [None]
     rows = []
-    for arch in args.archs.split(","):
+    for arch, tile in ((a, t) for a in args.archs.split(",") for t in tiles):
         for precision in args.precisions.split(","):
             for backend in args.backends.split(","):
                 for size in map(int, args.sizes.split(",")):
                     spec = dict(arch=arch, size=size, backend=backend, device=args.device,
-                                precision=precision, tile=args.tile, channels=args.channels,
-                                threads=args.threads, tile_batch=args.tile_batch, config=config)
+                                precision=precision, tile=tile, channels=args.channels,
+                                threads=args.threads, tile_batch=args.tile_batch, config=config, task=args.task)
                     res = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
                                          capture_output=True, text=True)
                     if res.returncode != 0:
@@ -119,7 +126,8 @@ def main() -> None:
                         continue
                     row = json.loads(res.stdout.strip().splitlines()[-1])
                     rows.append(row)
-                    print(f"{arch:16s} {precision:5s} {backend or 'auto':9s} {size:5d}^2  compiled={row['compiled']!s:5s} "
+                    print(f"{arch:16s} {precision:5s} {backend or 'auto':9s} {size:5d}^2 tile {row['tile']!s:4s} "
+                          f"compiled={row['compiled']!s:5s} "
                           f"{row['seconds']:9.2f} s {row['s_per_mp']:7.2f} s/MP "
                           f"{row['mp_per_s']:.4f} MP/s  peak RSS {row['peak_rss_mib']:7.0f} MiB"
                           + (f"  CUDA peak {row['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in row else ""),
