@@ -4,6 +4,11 @@ equal CPU time, with each variant's size and speed, as a markdown table and a PN
     python scripts/study.py ~/magn-runs/study-magn-s ~/magn-runs/study-magn-s-local \
         --minutes 15,30,45 --train-bench benchmarks/results/train.json \
         --restore-bench benchmarks/results/inference.json --png docs/study.png
+    python scripts/study.py ~/magn-runs/denoise-gray-global ~/magn-runs/denoise-gray-local2 \
+        --own --minutes 30,60,90,110 --steps 10000,20000,30000,40000,50000 --png docs/global-study.png
+
+--own counts each run's own CPU time (a warm-started run's log counts its start's too);
+--steps adds a table, and a panel, at equal steps.
 
 Each run's log.jsonl gives (CPU seconds, validation PSNR) points; the PSNR at a given
 CPU time is interpolated linearly between the two validations around it (empty past the
@@ -37,13 +42,13 @@ def psnr_at(points: List[Tuple[float, float]], hours: float) -> Optional[float]:
     return float(np.interp(hours, xs, [v for _, v in points]))
 
 
-def macs_per_pixel(arch: str, channels: int, tile: int = 64) -> float:
+def macs_per_pixel(arch: str, channels: int, tile: int = 64, **config) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    model = build_model(arch, in_channels=channels).eval()
+    model = build_model(arch, in_channels=channels, **config).eval()
     model.set_attention_backend("reference")   # the graph products as plain matmuls
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.rand(1, channels, tile, tile))
+        model(torch.rand(1, channels + bool(config.get("level_input")), tile, tile))
     return counter.get_total_flops() / 2 / (tile * tile)
 
 
@@ -54,9 +59,12 @@ def main() -> None:
     ap.add_argument("--train-bench", type=Path, help="bench_train.py JSON (training pixels/s)")
     ap.add_argument("--restore-bench", type=Path, help="bench_inference.py JSON (restore s/MP)")
     ap.add_argument("--restore-size", type=int, default=1024)
+    ap.add_argument("--own", action="store_true", help="each run's own CPU time, not its warm start's")
+    ap.add_argument("--steps", default="", help="comma list: also a table and a panel at equal steps")
     ap.add_argument("--png", type=Path)
     args = ap.parse_args()
     minutes = [float(m) for m in args.minutes.split(",")]
+    steps = [int(s) for s in args.steps.split(",") if s]
 
     train_rows = json.loads(args.train_bench.read_text())["rows"] if args.train_bench else []
     restore_rows = json.loads(args.restore_bench.read_text())["rows"] if args.restore_bench else []
@@ -75,15 +83,21 @@ def main() -> None:
               + [f"val PSNR @ {m:g} CPU-min" for m in minutes]
               + ["CPU-min run", "restore s/MP fp32", "restore s/MP bf16"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    series = []
+    series, step_series = [], []
     for run in args.runs:
         config = read_recipe(run / CONFIG_FILE)
-        arch, channels = config["arch"], int(config.get("channels", 1))
+        arch, channels, model_config = config["arch"], int(config.get("channels", 1)), config.get("model", {})
         records = read_log(run / LOG_FILE)
         points = validation_points(records)
+        if args.own:
+            start = next((r for r in records if r.get("event") == "start"), {})
+            inherited = ((start.get("warm_start") or {}).get("cpu_s") or 0.0) / 3600
+            points = [(hours - inherited, value) for hours, value in points]
         series.append((arch, points))
-        params = sum(p.numel() for p in build_model(arch, in_channels=channels).parameters())
-        cells = [f"`{arch}`", f"{params / 1e3:.0f}k", f"{macs_per_pixel(arch, channels) / 1e3:.0f}k",
+        step_series.append((arch, [(r["step"], r["val_psnr"]) for r in records if "val_psnr" in r]))
+        params = sum(p.numel() for p in build_model(arch, in_channels=channels, **model_config).parameters())
+        cells = [f"`{arch}`", f"{params / 1e3:.0f}k",
+                 f"{macs_per_pixel(arch, channels, **model_config) / 1e3:.0f}k",
                  train_px(arch, "fp32"), train_px(arch, "bf16")]
         for m in minutes:
             value = psnr_at(points, m / 60)
@@ -92,8 +106,19 @@ def main() -> None:
                   restore_spmp(arch, "fp32"), restore_spmp(arch, "bf16")]
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
+    if steps:
+        print()
+        print("| variant | " + " | ".join(f"val PSNR @ step {s}" for s in steps) + " |")
+        print("|---|" + "---|" * len(steps))
+        for arch, points in step_series:
+            values = [psnr_at(points, s) for s in steps]
+            print(f"| `{arch}` | " + " | ".join("-" if v is None else f"{v:.3f}" for v in values) + " |")
     if args.png:
-        write_png(args.png, draw_validation_series(series, "validation PSNR (dB) against training CPU-hours"))
+        hours = "own training CPU-hours" if args.own else "training CPU-hours"
+        panels = [draw_validation_series(series, f"validation PSNR (dB) against {hours}")]
+        if steps:
+            panels.append(draw_validation_series(step_series, "validation PSNR (dB) against steps", "step"))
+        write_png(args.png, np.vstack(panels))
         print(f"wrote {args.png}")
 
 

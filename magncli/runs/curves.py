@@ -80,11 +80,13 @@ def draw_curves(records: List[dict]) -> np.ndarray:
                              "validation PSNR (dB, EMA weights)", "CPU-hours")])
 
 
-def draw_validation_series(series: Sequence[Tuple[str, Points]], title: str) -> np.ndarray:
-    """One panel of several runs' (CPU-hours, PSNR) curves, e.g. the variant study."""
+def draw_validation_series(series: Sequence[Tuple[str, Points]], title: str,
+                           x_label: str = "CPU-hours") -> np.ndarray:
+    """One panel of several runs' (x, PSNR) curves, e.g. the variant study against
+    CPU-hours or steps."""
     coloured = [(label, SERIES_COLOURS[i % len(SERIES_COLOURS)], points)
                 for i, (label, points) in enumerate(series)]
-    return _panel(coloured, title, "CPU-hours")
+    return _panel(coloured, title, x_label)
 
 
 def write_png(path, image: np.ndarray) -> None:
