@@ -101,7 +101,7 @@ def main() -> None:
                  train_px(arch, "fp32"), train_px(arch, "bf16")]
         for m in minutes:
             value = psnr_at(points, m / 60)
-            cells.append(f"{value:.2f}" if value is not None else "-")
+            cells.append(f"{value:.3f}" if value is not None else "-")
         cells += [f"{points[-1][0] * 60:.0f}" if points else "-",
                   restore_spmp(arch, "fp32"), restore_spmp(arch, "bf16")]
         lines.append("| " + " | ".join(cells) + " |")
