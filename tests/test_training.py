@@ -38,8 +38,9 @@ OVERLAYS = ("paper", "cpu-s", "level-map", "warm-start", "denoise-low-sigma",
             "denoise-clean", "denoise-near-clean", "demosaic-hard", "demosaic-grain", "demosaic-film", "demosaic-scale", "qk-norm",
             "deeper")   # shared settings, not recipes of a checkpoint
 # Whole CPU runs from a published start: the last stage of the gray denoiser's lineage
-# (train/recipes/), #34's global-graph arm of it, and #33's color denoiser told sigma.
-RUNS = ("denoise-gray-level", "denoise-gray-global", "denoise-color-level")
+# (train/recipes/), #34's global-graph arm of it, #33's color denoiser told sigma and the
+# gray one deeper.
+RUNS = ("denoise-gray-level", "denoise-gray-global", "denoise-color-level", "denoise-gray-deeper")
 RECIPES = sorted(p for p in (REPO / "train").glob("*.toml") if p.stem not in OVERLAYS + RUNS)
 TINY = dict(n_feats=8, n_resblocks=1, n_graphblocks=1, patch_channels=4, patch_embed=8)
 
