@@ -51,18 +51,17 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
     # compile is timed apart from the run.
     from magncli.inference import plan_tiles
     options.compile = plan_tiles(model, options).compiles(size, size)
-    if task:           # the task's view of the image: a model with a level map runs blind
-        def restore_array(model, image, options):                           # noqa: F811
-            return restore_for_task(model, image, task, options=options)
+    # With a task, the task's view of the image: a model with a level map runs blind.
+    restore = (lambda m, img, opts: restore_for_task(m, img, task, options=opts)) if task else restore_array
     warm = time.perf_counter()
-    restore_array(model, image[:64, :64], options)
+    restore(model, image[:64, :64], options)
     warm_seconds = time.perf_counter() - warm
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    restore_array(model, image, options)
+    restore(model, image, options)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from magncli.models import build_model  # noqa: E402
 from magncli.runs.curves import draw_validation_series, validation_points, write_png  # noqa: E402
-from magncli.runs.folder import CONFIG_FILE, LOG_FILE, read_log  # noqa: E402
+from magncli.runs.folder import CONFIG_FILE, LOG_FILE, first_warm_start, read_log  # noqa: E402
 from magncli.training.config import read_recipe  # noqa: E402
 
 
@@ -90,8 +90,8 @@ def main() -> None:
         records = read_log(run / LOG_FILE)
         points = validation_points(records)
         if args.own:
-            start = next((r for r in records if r.get("event") == "start"), {})
-            inherited = ((start.get("warm_start") or {}).get("cpu_s") or 0.0) / 3600
+            warm_start = first_warm_start({"sessions": records})     # the log's start/resume events
+            inherited = ((warm_start or {}).get("cpu_s") or 0.0) / 3600
             points = [(hours - inherited, value) for hours, value in points]
         series.append((arch, points))
         step_series.append((arch, [(r["step"], r["val_psnr"]) for r in records if "val_psnr" in r]))
