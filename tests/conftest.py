@@ -30,6 +30,16 @@ def peers_root() -> Path:
     return root
 
 
+@pytest.fixture
+def shipped_only(monkeypatch, tmp_path):
+    """An empty cache and no network: only the files shipped in weights/ can serve."""
+    monkeypatch.setenv("MAGN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MAGN_OFFLINE", "1")
+    monkeypatch.delenv("MAGN_MANIFEST", raising=False)
+    monkeypatch.delenv("MAGN_WEIGHTS_URL", raising=False)
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

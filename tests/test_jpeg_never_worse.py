@@ -15,7 +15,6 @@ import io
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 
 from magncli.images import read_image
@@ -29,12 +28,7 @@ CV_SUBSAMPLING = {"4:4:4": "IMWRITE_JPEG_SAMPLING_FACTOR_444", "4:2:2": "IMWRITE
                   "4:2:0": "IMWRITE_JPEG_SAMPLING_FACTOR_420"}
 
 
-@pytest.fixture(autouse=True)
-def shipped_only(monkeypatch, tmp_path):
-    monkeypatch.setenv("MAGN_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MAGN_OFFLINE", "1")
-    monkeypatch.delenv("MAGN_MANIFEST", raising=False)
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("shipped_only")   # conftest: only weights/ serves
 
 
 def _crop(set_name: str, stem: str, data_root, size: int = 128) -> np.ndarray:

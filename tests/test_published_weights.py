@@ -39,14 +39,7 @@ SERVED = {("denoise", 1), ("denoise", 3), ("dejpeg", 1), ("dejpeg", 3), ("demosa
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def shipped_only(monkeypatch, tmp_path):
-    """An empty cache and no network: only the files shipped in weights/ can serve."""
-    monkeypatch.setenv("MAGN_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MAGN_OFFLINE", "1")
-    monkeypatch.delenv("MAGN_MANIFEST", raising=False)
-    monkeypatch.delenv("MAGN_WEIGHTS_URL", raising=False)
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("shipped_only")   # conftest: only weights/ serves
 
 
 def _manifest():
