@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,9 @@ def magn(*args: str) -> None:
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))
+    from magncli.devices import cpu_description
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", default="Kodak24", help="a test set's folder name under the data root")
     ap.add_argument("--data-root", default=os.environ.get("MAGN_DATA", str(REPO.parent / "shared" / "datasets")))
@@ -75,7 +77,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "set": args.set, "task": args.task,
                                "level": args.level, "seconds": seconds, "time_relative_to_first": speedup,
-                               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                               "machine": cpu_description(),
                                "threads": os.environ.get("OMP_NUM_THREADS", "torch default")}, indent=1) + "\n")
 
 

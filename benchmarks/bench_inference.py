@@ -81,6 +81,9 @@ def run_one(arch: str, size: int, backend: str, device: str, precision: str, til
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))
+    from magncli.devices import cpu_description
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256,512,1024")
     ap.add_argument("--archs", default="magn-s,magn-s-local,magn-tiny-local")
@@ -134,7 +137,7 @@ def main() -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "machine": platform.machine(),
-            "processor": platform.processor(), "command": " ".join(sys.argv)}
+            "cpu": cpu_description(), "command": " ".join(sys.argv)}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 

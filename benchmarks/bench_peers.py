@@ -83,6 +83,9 @@ def run_one(label: str, channels: int, weights, sigma_given: bool, whole: bool, 
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))
+    from magncli.devices import cpu_description
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="kodak,12mp", help=f"comma list of {', '.join(SIZES)}")
     ap.add_argument("--peers", default=str(REPO.parent / "shared" / "peers"))
@@ -115,7 +118,7 @@ def main() -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "machine": platform.machine(),
-            "processor": platform.processor(), "command": " ".join(sys.argv[1:]) or "(defaults)"}
+            "cpu": cpu_description(), "command": " ".join(sys.argv[1:]) or "(defaults)"}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 

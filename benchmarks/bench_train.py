@@ -101,18 +101,24 @@ def measure_recipe(configs: list, steps: int, threads: int) -> dict:
     EMA, logging: everything a step does), over `steps` steps after 100 warm-up steps,
     with no validation or checkpoint inside the timed span."""
     import tempfile
+    from dataclasses import replace
 
     import torch
 
-    from magncli.training.config import load_config
-    from magncli.training.loop import Trainer
     from magncli.runs.folder import LOG_FILE, read_log
+    from magncli.training.config import load_config
+    from magncli.training.lineage import is_lineage_recipe, read_lineage
+    from magncli.training.loop import Trainer
 
     torch.set_num_threads(threads)
     warm = 100
-    config = load_config([REPO / c for c in configs],
-                         dict(steps=warm + steps, val_every=10**9, ckpt_every=10**9, log_every=warm,
-                              threads=threads))
+    timing = dict(steps=warm + steps, val_every=10**9, ckpt_every=10**9, log_every=warm, threads=threads)
+    if len(configs) == 1 and is_lineage_recipe(REPO / configs[0]):
+        # A published checkpoint's recipe: its last stage's settings, from random weights
+        # (where the stage starts from does not change the time of a step).
+        config = replace(read_lineage(REPO / configs[0]).stages[-1].config, **timing)
+    else:
+        config = load_config([REPO / c for c in configs], timing)
     with tempfile.TemporaryDirectory() as run_dir:
         Trainer(config, Path(run_dir) / "run").run()
         rates = [r["samples_per_s"] for r in read_log(Path(run_dir) / "run" / LOG_FILE)
@@ -123,6 +129,9 @@ def measure_recipe(configs: list, steps: int, threads: int) -> dict:
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))
+    from magncli.devices import cpu_description
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", default="magn-tiny-local,magn-s-local,magn-s")
     ap.add_argument("--settings", default="fp32:NCHW,fp32:channels_last,bf16:channels_last",
@@ -166,7 +175,8 @@ def main() -> None:
                   f"{row.get('samples_per_s', row.get('error'))} samples/s  x{row['speedup']}", flush=True)
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"python": platform.python_version(), "machine": platform.machine(), "command": " ".join(sys.argv)}
+        meta = {"python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_description(),
+                "command": " ".join(sys.argv)}
         out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
         return
 
@@ -197,7 +207,8 @@ def main() -> None:
               f"{data_row.get('samples_per_s', data_row.get('error'))} samples/s", flush=True)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"python": platform.python_version(), "machine": platform.machine(), "command": " ".join(sys.argv)}
+    meta = {"python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_description(),
+                "command": " ".join(sys.argv)}
     out.write_text(json.dumps({"meta": meta, "rows": rows, "data": data_row}, indent=2) + "\n")
     print(f"batch {args.batch}, patch {args.patch}, {args.channels} channel(s), {args.steps} timed steps "
           f"after two warm-up steps, device {args.device}; written to {out}")

@@ -44,6 +44,28 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cpu_description() -> str:
+    """The CPU in a few words, for benchmark records: timings (and whether bf16 runs on
+    AMX tiles or AVX512 vectors) differ between CPUs, so a figure names the one it ran on."""
+    import os
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    bf16 = [label for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    return f"{name}, {os.cpu_count()} cores" + (f", {' + '.join(bf16)}" if bf16 else "")
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """The autocast dtype of `precision` on `device`: bf16 on CUDA and on CPUs with native
     bf16 (elsewhere it is emulated and slower than fp32); fp16 on CUDA only."""
