@@ -38,7 +38,7 @@ import math
 import os
 import threading
 from contextlib import contextmanager
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -131,6 +131,17 @@ def compiled_chunks(enabled: bool = True):
         yield
     finally:
         _compile_state.enabled = previous
+
+
+def carry_compile_state(fn: Callable) -> Callable:
+    """fn, run in any thread as compiled_chunks is set in this one (the state is per
+    thread): for work handed to other threads, such as the engine's tile workers."""
+    enabled = getattr(_compile_state, "enabled", False)
+
+    def run(*args, **kwargs):
+        with compiled_chunks(enabled):
+            return fn(*args, **kwargs)
+    return run
 
 
 def _block_scores(q_blk: Tensor, k: Tensor, thr_blk: Tensor, scale: float) -> Tensor:

@@ -23,7 +23,9 @@ the model, counting tile passes (a tile is one pass, eight with the x8 ensemble;
 `--tiling chop` counts the whole image as one).
 An OOM retry with a smaller tile starts counting again from 0 with its own total.
 
-Threads: several threads may restore images with one model at once (`restore --jobs`):
+Threads: on the CPU, one image's batches of tiles run side by side, one per torch
+thread, each at one thread (tile_workers). Several threads may also restore images with
+one model at once (`restore --jobs`, each image then gets its share of the threads):
 the model is only read while it runs; moving it to the device and setting its backend
 happen under a lock, and only when something changes.
 """
@@ -268,12 +270,14 @@ def _pass_counter(progress: Optional[ProgressCallback], total: int) -> Optional[
     if progress is None:
         return None
     done = 0
+    lock = threading.Lock()           # tile workers report from their own threads
     progress(0, total)
 
     def on_pass(n: int) -> None:
         nonlocal done
-        done = min(total, done + n)
-        progress(done, total)
+        with lock:
+            done = min(total, done + n)
+            progress(done, total)
     return on_pass
 
 
@@ -287,23 +291,78 @@ def _restore_tiled(model: nn.Module, image: Tensor, plan: TilePlan,
     for ys in tile_spans(h, plan.tile, plan.overlap, plan.align):
         for xs in tile_spans(w, plan.tile, plan.overlap, plan.align):
             by_shape.setdefault((ys[1] - ys[0], xs[1] - xs[0]), []).append((ys, xs))
-    batches = [group[i:i + plan.tile_batch] for group in by_shape.values()
-               for i in range(0, len(group), plan.tile_batch)]
-    on_pass = _pass_counter(progress, sum(map(len, batches)) * plan.passes_per_tile)
+    n_tiles = sum(map(len, by_shape.values()))
+    workers = tile_workers(plan, n_tiles)
+    # Enough batches for every worker: a batch's make-up does not change its outputs.
+    per_batch = min(plan.tile_batch, math.ceil(n_tiles / workers))
+    batches = [group[i:i + per_batch] for group in by_shape.values()
+               for i in range(0, len(group), per_batch)]
+    on_pass = _pass_counter(progress, n_tiles * plan.passes_per_tile)
     c_out = c - plan.facts.level_input                     # a level map goes in, not out
     acc = torch.zeros(1, c_out, h, w)
     weight_sum = torch.zeros(1, 1, h, w)
-    for batch in batches:
+
+    def run(batch) -> Tensor:
         inputs = torch.cat([image[..., a:b, p:q] for (a, b), (p, q) in batch])     # (n, C, th, tw)
         try:
-            out = _forward(model, inputs, plan, on_pass)
+            return _forward(model, inputs, plan, on_pass)                     # (n, C', th, tw)
         except torch.cuda.OutOfMemoryError:
             raise _DeviceOOM() from None
+
+    for batch, out in _in_order(run, batches, workers):
         for ((a, b), (p, q)), out_tile in zip(batch, out):
             wgt = torch.from_numpy(blend_weights(b - a, q - p, plan.overlap, a, p, h, w))
             acc[0, :, a:b, p:q] += out_tile * wgt
             weight_sum[0, 0, a:b, p:q] += wgt
     return acc / weight_sum
+
+
+def tile_workers(plan: TilePlan, n_tiles: int) -> int:
+    """How many threads run batches of tiles at once: on the CPU, one per torch thread
+    (each at one thread), up to one per tile; elsewhere 1.
+
+    Tiles are independent, so two batches side by side use two cores fully, where one
+    batch on two intra-op threads waits at every operator for the slower thread (and,
+    under the command line's passive OpenMP policy, for the sleeping one to wake):
+    Kodak24 at restore's defaults, 2 cores, ran 2x faster as two images at once than as
+    one image on both cores (docs/lab-notebook.md, "Tiles side by side"). Outputs are
+    bit-identical: a model's output does not depend on the threads or on the batch."""
+    if plan.device.type != "cpu" or plan.tiling != "blend":
+        return 1
+    return max(1, min(torch.get_num_threads(), n_tiles))
+
+
+def _in_order(run: Callable, batches: list, workers: int):
+    """(batch, run(batch)) for each batch, in order; with workers > 1, that many batches
+    at once in threads of one torch thread each (parallel.split_threads), at most
+    2 x workers ahead of the one being blended so that memory stays bounded by the tile."""
+    if workers == 1:
+        for batch in batches:
+            yield batch, run(batch)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from magncli.attention import carry_compile_state
+    from magncli.parallel import split_threads
+
+    run_in_worker = carry_compile_state(run)
+    with split_threads(workers) as share:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="magn-tiles",
+                                  initializer=torch.set_num_threads, initargs=(share,))
+        try:
+            pending: deque = deque()
+            for batch in batches:
+                pending.append((batch, pool.submit(run_in_worker, batch)))
+                if len(pending) >= 2 * workers:
+                    done_batch, future = pending.popleft()
+                    yield done_batch, future.result()
+            while pending:
+                done_batch, future = pending.popleft()
+                yield done_batch, future.result()
+        finally:
+            # A failed batch (or Ctrl-C) stops the rest: queued batches never start.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _restore_chopped(model: nn.Module, image: Tensor, plan: TilePlan,

@@ -14,6 +14,14 @@ sets nothing: `import magncli` leaves a program's environment (and its OpenMP ru
 as the program set it. LLVM/Intel OpenMP (other builds of torch) honour
 OMP_WAIT_POLICY too (PASSIVE: no block time), so no KMP_* variable is set.
 
+Not for `magn train`: a training step is thousands of small operators, and with passive
+waiting a second intra-op thread sleeps and wakes at each of them. A real run of the gray
+recipe through `magn train` made 62 samples/s at 2 threads against 124 at 1 (2026-12-07,
+Intel Xeon, 2 cores); with libgomp's default spinning, 170 at 2 threads. Training shares
+cores by other means: `--threads auto` drops to one thread while anything else runs.
+Restoring needs neither: the engine runs tiles side by side at one thread each
+(inference.tile_workers), so its threads never wait for one another.
+
 This module imports nothing heavy at import time (it runs before torch is loaded).
 """
 from __future__ import annotations
@@ -25,13 +33,20 @@ from typing import Iterator
 
 WAIT_POLICY_VARIABLE = "OMP_WAIT_POLICY"
 DEFAULT_WAIT_POLICY = "PASSIVE"
+SPINNING_COMMANDS = {"train"}     # keep OpenMP's default: see the module docstring
 
 
-def set_default_wait_policy() -> bool:
+def command_of(argv) -> str:
+    """The subcommand in a `magn` command line's arguments (after the program), "" if none."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def set_default_wait_policy(argv=()) -> bool:
     """Put OMP_WAIT_POLICY=PASSIVE into this process's environment unless the user set
-    a policy, or torch (and so its OpenMP runtime) is loaded already, when it could no
-    longer take effect. Returns whether it set it."""
-    if WAIT_POLICY_VARIABLE in os.environ or "torch" in sys.modules:
+    a policy, the command (argv: the arguments after the program) is one that spins, or
+    torch (and so its OpenMP runtime) is loaded already, when it could no longer take
+    effect. Returns whether it set it."""
+    if WAIT_POLICY_VARIABLE in os.environ or "torch" in sys.modules or command_of(argv) in SPINNING_COMMANDS:
         return False
     os.environ[WAIT_POLICY_VARIABLE] = DEFAULT_WAIT_POLICY
     return True

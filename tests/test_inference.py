@@ -1,4 +1,7 @@
 """The tiler, blending, ensemble, device and precision handling."""
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -249,3 +252,83 @@ def test_a_prepared_model_is_not_moved_again(monkeypatch):
     monkeypatch.setattr(SmallRF, "to", lambda self, *a, **k: pytest.fail("moved again"))
     restore_array(model, np.random.rand(20, 24, 3).astype(np.float32), InferenceOptions(device="cpu"))
     assert model.net[0].weight is weight
+
+
+# --------------------------------------------------------------------------- tiles side by side
+class ThreadRecorder(SmallRF):
+    """SmallRF that notes the thread and the torch threads each forward pass ran on."""
+
+    def __init__(self, fail_on_call=None):
+        super().__init__()
+        self.threads, self.torch_threads, self.fail_on_call = [], [], fail_on_call
+
+    def forward(self, x):
+        self.threads.append(threading.get_ident())
+        self.torch_threads.append(torch.get_num_threads())
+        if self.fail_on_call is not None and len(self.threads) == self.fail_on_call:
+            raise RuntimeError("batch failed")
+        time.sleep(0.02)     # long enough that the next batch is handed out meanwhile
+        return super().forward(x)
+
+
+@pytest.fixture
+def two_torch_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiles_run_side_by_side_at_one_thread_each_with_the_same_result(two_torch_threads):
+    x = torch.rand(1, 3, 100, 77)
+    opts = InferenceOptions(device="cpu", tile=32, overlap=16, tile_batch=4)
+    side_by_side = ThreadRecorder()
+    out = restore_tensor(side_by_side, x, opts)
+    assert len(set(side_by_side.threads)) == 2 and set(side_by_side.torch_threads) == {1}
+    assert threading.get_ident() not in side_by_side.threads
+    assert torch.get_num_threads() == 2                  # the caller's threads are given back
+    # The oracle: the same model, one batch after another on the caller's thread.
+    torch.set_num_threads(1)
+    one_by_one = ThreadRecorder()
+    expected = restore_tensor(one_by_one, x, opts)
+    assert set(one_by_one.threads) == {threading.get_ident()}
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_a_small_image_is_split_so_both_threads_get_tiles(two_torch_threads):
+    model = ThreadRecorder()
+    restore_tensor(model, torch.rand(1, 3, 48, 48), InferenceOptions(device="cpu", tile=32, overlap=16))
+    assert len(model.seen) == 2 and len(set(model.threads)) == 2     # 4 tiles: two batches of 2
+
+
+def test_a_failing_batch_fails_the_image_and_stops_the_rest(two_torch_threads):
+    model = ThreadRecorder(fail_on_call=2)
+    with pytest.raises(RuntimeError, match="batch failed"):
+        restore_tensor(model, torch.rand(1, 3, 200, 200), InferenceOptions(device="cpu", tile=32, overlap=16,
+                                                                           tile_batch=1))
+    assert len(model.threads) < 8 * 8                      # queued batches never started
+    assert torch.get_num_threads() == 2
+
+
+def test_a_real_magn_model_gives_the_same_bits_side_by_side(two_torch_threads):
+    from magncli.models import build_model
+    torch.manual_seed(0)
+    model = build_model("magn-tiny-local", in_channels=1)
+    x = np.random.RandomState(0).rand(70, 90, 1).astype(np.float32)
+    opts = InferenceOptions(device="cpu", tile=32, overlap=8)
+    side_by_side = restore_array(model, x, opts)
+    torch.set_num_threads(1)
+    np.testing.assert_array_equal(side_by_side, restore_array(model, x, opts))
+
+
+def test_tile_workers_run_under_the_callers_compile_setting(two_torch_threads, monkeypatch):
+    # compiled_chunks is per thread: the workers must see what the engine set.
+    import magncli.attention as attention
+    seen = []
+    monkeypatch.setattr(ThreadRecorder, "forward",
+                        lambda self, x: seen.append(attention._compile_state.enabled) or SmallRF.forward(self, x))
+    for enabled in (True, False):
+        restore_tensor(ThreadRecorder(), torch.rand(1, 3, 100, 77),
+                       InferenceOptions(device="cpu", tile=32, overlap=16, compile=enabled))
+        assert seen and set(seen) == {enabled}
+        seen.clear()

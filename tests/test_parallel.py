@@ -36,6 +36,19 @@ def test_a_fresh_magn_process_waits_passively():
     assert _spin_count(res.stderr) in ("0", None)      # in effect in the OpenMP runtime
 
 
+def test_magn_train_keeps_openmps_spinning_default():
+    # Passive waiting halved a real training run at 2 threads (parallel.py's docstring).
+    code = ("import sys; sys.argv = ['magn'] + {args!r}; import os, magncli.cli.app, torch; "
+            "torch.ones(2).sum(); print(os.environ.get('OMP_WAIT_POLICY'))")
+    res = _child(code.format(args=["train", "--resume", "--out", "run"]))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "None"
+    assert _spin_count(res.stderr) not in ("0",)
+    for args in (["restore", "photo.png"], ["-v", "eval"], []):
+        res = _child(code.format(args=args))
+        assert res.stdout.strip() == "PASSIVE", (args, res.stderr)
+
+
 def test_a_users_wait_policy_is_kept():
     res = _child("import os, magncli.cli.app, torch; print(os.environ['OMP_WAIT_POLICY'])",
                  OMP_WAIT_POLICY="ACTIVE")
@@ -54,7 +67,7 @@ def test_no_policy_is_claimed_once_torch_was_loaded_first():
 
 def test_the_policy_is_set_before_torch_where_the_command_line_starts():
     text = (REPO / "magncli" / "cli" / "app.py").read_text()
-    assert text.index("set_default_wait_policy()") < min(
+    assert text.index("set_default_wait_policy(sys.argv[1:])") < min(
         text.index(m) for m in ("from magncli.cli import", "import typer", "import torch") if m in text)
     # `python -m magncli` goes through the same module.
     assert "from magncli.cli.app import main" in (REPO / "magncli" / "__main__.py").read_text()

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 # Before anything imports torch: the `magn` process's idle OpenMP threads sleep instead
 # of spinning, so that several magn processes on the same cores share them (a user's
-# OMP_WAIT_POLICY wins). The command's setting, not the library's: `import magncli`
-# leaves a program's environment alone. The policy and why: magncli/parallel.py.
+# OMP_WAIT_POLICY wins; `magn train` keeps OpenMP's default). The command's setting, not
+# the library's: `import magncli` leaves a program's environment alone. The policy and
+# why: magncli/parallel.py.
+import sys
+
 from magncli.parallel import set_default_wait_policy
 
-set_default_wait_policy()
+set_default_wait_policy(sys.argv[1:])
 
 import signal  # noqa: E402
-import sys  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
 import typer  # noqa: E402
