@@ -95,3 +95,22 @@ def test_the_command_line_starts_from_the_engines_defaults():
     assert [getattr(engine, f.name) for f in fields(ENGINE)] == [getattr(ENGINE, f.name) for f in fields(ENGINE)]
     assert (engine.device, engine.precision, engine.overlap, engine.tiling) == ("auto", None, 16, "blend")
     assert engine.describe()["precision"] == "fp32"          # None: fp32, unless a checkpoint's own
+
+
+def test_train_help_shows_the_defaults_the_run_takes(helps):
+    """#36: `magn train --help` showed no defaults. Each "(default A / B)" must be what a
+    run without a recipe takes: A the CPU preset, B the paper's TrainConfig."""
+    from magncli.training.config import TrainConfig
+    from magncli.training.plain_run import CPU_PRESET
+
+    text = " ".join(helps["helps"]["train"][1].replace("│", " ").split())
+    for flag, field in (("--batch", "batch"), ("--patch", "patch"), ("--steps", "steps"), ("--lr", "lr"),
+                        ("--val-every", "val_every"), ("--arch", "arch")):
+        shown = re.search(re.escape(flag) + r" .*?\(default ([^ )]+) / ([^ )]+)\)", text)
+        assert shown, (flag, text)
+        cpu, gpu = shown.groups()
+        typed = type(getattr(TrainConfig, field))
+        assert typed(cpu) == CPU_PRESET[field] and typed(gpu) == getattr(TrainConfig, field), (flag, shown.group(0))
+    assert f"(default {TrainConfig.ckpt_every})" in text and CPU_PRESET["ckpt_every"] == TrainConfig.ckpt_every
+    assert "(default 0: in the training process / 4)" in text and (CPU_PRESET["workers"], TrainConfig.workers) == (0, 4)
+    assert "(default 0)" in text and TrainConfig.seed == 0

@@ -26,10 +26,11 @@ app = typer.Typer()
 @app.command("train")
 def train_command(
     task: Annotated[Optional[str], typer.Option(
-        "--task", "-t", help="The task (or from --config): " + " | ".join(TASKS) + ".")] = None,
+        "--task", "-t", help="The task (or from --config): " + " | ".join(TASKS) + " (default denoise).")] = None,
     data: Annotated[Optional[str], typer.Option(
         "--data", help="Folder of clean training images (or a folder name under the data root).")] = None,
-    val: Annotated[Optional[str], typer.Option("--val", help="Validation folder or test-set name.")] = None,
+    val: Annotated[Optional[str], typer.Option(
+        "--val", help="Validation folder or test-set name (default: a tenth of --data, 2-20 images, held out).")] = None,
     configs: Annotated[List[Path], typer.Option(
         "--config", help="Recipe TOML (repeatable: later files override earlier ones).")] = [],  # noqa: B006
     out: Annotated[Optional[Path], typer.Option(
@@ -38,14 +39,15 @@ def train_command(
         "--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     arch: Annotated[Optional[str], typer.Option(
         "--arch", help="Architecture: magn, a variant (magn-s, magn-s-local, magn-light, "
-                       "magn-tiny-local), dagl or panet.")] = None,
-    channels: Annotated[Optional[int], typer.Option("--channels", help="1 (gray) or 3 (color).")] = None,
+                       "magn-tiny-local), dagl or panet (default magn-s-local / magn).")] = None,
+    channels: Annotated[Optional[int], typer.Option(
+        "--channels", help="1 (gray) or 3 (color) (default: as the data, color if any image is).")] = None,
     batch: Annotated[Optional[int], typer.Option(
-        "--batch", help="Global batch size (split over DDP ranks).")] = None,
+        "--batch", help="Global batch size, split over DDP ranks (default 16 / 32).")] = None,
     patch: Annotated[Optional[int], typer.Option(
-        "--patch", help="Training patch size (multiple of 4).")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Total optimizer steps.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate.")] = None,
+        "--patch", help="Training patch size, a multiple of 4 (default 48 / 64).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Total optimizer steps (default 30000 / 300000).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam's peak learning rate (default 1e-3 / 1e-4).")] = None,
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="denoise: one noise level (0-255).")] = None,
     sigma_range: Annotated[Optional[str], typer.Option(
         "--sigma-range", help="denoise, blind: LO,HI (e.g. 0,55).")] = None,
@@ -55,16 +57,20 @@ def train_command(
         "--quality-range", help="dejpeg: LO,HI (e.g. 10,40).")] = None,
     pattern: Annotated[Optional[str], typer.Option(
         "--pattern", help="demosaic: grbg | rggb | gbrg | bggr | random.")] = None,
-    val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every N steps.")] = None,
-    ckpt_every: Annotated[Optional[int], typer.Option("--ckpt-every", help="Checkpoint every N steps.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Data loader processes per rank.")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = None,
+    val_every: Annotated[Optional[int], typer.Option(
+        "--val-every", help="Validate every N steps (default 1000 / 5000).")] = None,
+    ckpt_every: Annotated[Optional[int], typer.Option(
+        "--ckpt-every", help="Checkpoint every N steps (default 1000).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", help="Data loader processes per rank (default 0: in the training process / 4).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto (the default), cpu, cuda, cuda:N.")] = None,
     precision: Annotated[Optional[str], typer.Option(
-        "--precision", help="fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the weights and the data.")] = None,
+        "--precision", help="fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA) "
+                            "(default bf16 where the CPU has it natively, else fp32 / fp32).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the weights and the data (default 0).")] = None,
     compile_step: Annotated[Optional[bool], typer.Option(
         "--compile/--no-compile", help="torch.compile the training forward (faster after a one-off "
-                                       "compile; may change on --resume).")] = None,
+                                       "compile; may change on --resume; default off).")] = None,
     threads: Annotated[Optional[str], typer.Option(
         "--threads", help="torch threads, or auto (the default): every core nothing else keeps busy, "
                           "one fewer while something else runs.")] = None,
@@ -82,7 +88,11 @@ def train_command(
                          "or a file) into --out; run it again to continue.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train a restoration model; writes checkpoints, log.jsonl, curves.png and export.safetensors."""
+    """Train a restoration model; writes checkpoints, log.jsonl, curves.png and export.safetensors.
+
+    Defaults shown as A / B: A on a machine without a GPU (the settings the published
+    checkpoints trained with), B with one (the paper's). A --config recipe's values
+    replace both; an option given here replaces the recipe's."""
     from magncli.training.config import TrainConfig, load_config
     from magncli.training.loop import Trainer
     from magncli.training.plain_run import warnings_for
