@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -79,7 +78,8 @@ def main() -> None:
     restorer = Restorer(task="dejpeg")
     gains: dict = {}                  # (encoder, subsampling, quality) -> [(image, gain)]
     start = time.perf_counter()
-    tmp = tempfile.mkdtemp()
+    tmp_dir = tempfile.TemporaryDirectory()
+    tmp = tmp_dir.name
     for set_name in args.sets.split(","):
         files = sorted(p for p in (Path(args.data_root) / set_name).iterdir()
                        if p.suffix.lower() in (".png", ".bmp", ".tif", ".jpg"))
@@ -99,7 +99,7 @@ def main() -> None:
                         gains.setdefault((encoder, subsampling, quality), []).append((f"{set_name}/{path.stem}", gain))
             print(f"{set_name}/{path.stem} done ({time.perf_counter() - start:.0f} s)", flush=True)
 
-    shutil.rmtree(tmp)
+    tmp_dir.cleanup()
     cells, failing = [], []
     for (encoder, subsampling, quality), rows in sorted(gains.items()):
         values = np.array([g for _, g in rows])

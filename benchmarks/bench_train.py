@@ -116,7 +116,7 @@ def measure_recipe(configs: list, steps: int, threads: int) -> dict:
     if len(configs) == 1 and is_lineage_recipe(REPO / configs[0]):
         # A published checkpoint's recipe: its last stage's settings, from random weights
         # (where the stage starts from does not change the time of a step).
-        config = replace(read_lineage(REPO / configs[0]).stages[-1].config, **timing)
+        config = replace(read_lineage(REPO / configs[0]).stages[-1].config, **timing).check()
     else:
         config = load_config([REPO / c for c in configs], timing)
     with tempfile.TemporaryDirectory() as run_dir:

@@ -63,7 +63,8 @@ def restore_file(source, target, task: str, weights: Optional[str] = None,
                  options: Optional[InferenceOptions] = None, overwrite: bool = False,
                  progress=None, force: bool = False) -> dict:
     """Restore one image file into `target` (atomic write); returns a record of what ran.
-    progress(done, total), if given, hears the tile passes (see magncli.inference). A JPEG
+    progress(done, total), if given, hears the tile passes (see magncli.inference; on the
+    CPU it is called from the engine's worker threads, one call at a time). A JPEG
     the published models would make worse is written unchanged (the record's "unchanged"
     says why) unless `force`, which also runs a checkpoint that states another task."""
     from magncli.inference import InferenceOptions

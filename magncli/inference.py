@@ -19,7 +19,7 @@ blended: magncli.tiling; the x8 self-ensemble: magncli.ensemble.
 
 Progress: restore_tensor/restore_array take an optional `progress(done, total)`, called
 with (0, total) before the first pass, then after each pass of a batch of tiles through
-the model, counting tile passes (a tile is one pass, eight with the x8 ensemble;
+the model (from the tile workers' threads on the CPU, one call at a time), counting tile passes (a tile is one pass, eight with the x8 ensemble;
 `--tiling chop` counts the whole image as one).
 An OOM retry with a smaller tile starts counting again from 0 with its own total.
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from contextlib import closing
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Dict, Optional, Tuple
 
@@ -298,28 +299,42 @@ def _restore_tiled(model: nn.Module, image: Tensor, plan: TilePlan,
     batches = [group[i:i + per_batch] for group in by_shape.values()
                for i in range(0, len(group), per_batch)]
     on_pass = _pass_counter(progress, n_tiles * plan.passes_per_tile)
-    c_out = c - plan.facts.level_input                     # a level map goes in, not out
-    acc = torch.zeros(1, c_out, h, w)
-    weight_sum = torch.zeros(1, 1, h, w)
+    stop = threading.Event()          # set when the image is given up: workers end at their next pass
+
+    def after_pass(n: int) -> None:
+        if stop.is_set():
+            raise _Stopped()
+        if on_pass is not None:
+            on_pass(n)
 
     def run(batch) -> Tensor:
         inputs = torch.cat([image[..., a:b, p:q] for (a, b), (p, q) in batch])     # (n, C, th, tw)
         try:
-            return _forward(model, inputs, plan, on_pass)                     # (n, C', th, tw)
+            return _forward(model, inputs, plan, after_pass)                  # (n, C', th, tw)
         except torch.cuda.OutOfMemoryError:
             raise _DeviceOOM() from None
 
-    for batch, out in _in_order(run, batches, workers):
-        for ((a, b), (p, q)), out_tile in zip(batch, out):
-            wgt = torch.from_numpy(blend_weights(b - a, q - p, plan.overlap, a, p, h, w))
-            acc[0, :, a:b, p:q] += out_tile * wgt
-            weight_sum[0, 0, a:b, p:q] += wgt
+    c_out = c - plan.facts.level_input                     # a level map goes in, not out
+    acc = torch.zeros(1, c_out, h, w)
+    weight_sum = torch.zeros(1, 1, h, w)
+    with closing(_in_order(run, batches, workers, stop)) as results:
+        for batch, out in results:
+            for ((a, b), (p, q)), out_tile in zip(batch, out):
+                wgt = torch.from_numpy(blend_weights(b - a, q - p, plan.overlap, a, p, h, w))
+                acc[0, :, a:b, p:q] += out_tile * wgt
+                weight_sum[0, 0, a:b, p:q] += wgt
     return acc / weight_sum
+
+
+# Each tile worker holds one batch's activations (4 tiles of 512 px through magn-s-local
+# in bf16: about 240 MiB): a bound on what a many-core machine adds to the peak.
+MAX_TILE_WORKERS = 8
 
 
 def tile_workers(plan: TilePlan, n_tiles: int) -> int:
     """How many threads run batches of tiles at once: on the CPU, one per torch thread
-    (each at one thread), up to one per tile; elsewhere 1.
+    (up to MAX_TILE_WORKERS, the threads then shared between them), up to one per tile;
+    elsewhere 1.
 
     Tiles are independent, so two batches side by side use two cores fully, where one
     batch on two intra-op threads waits at every operator for the slower thread (and,
@@ -329,13 +344,19 @@ def tile_workers(plan: TilePlan, n_tiles: int) -> int:
     bit-identical: a model's output does not depend on the threads or on the batch."""
     if plan.device.type != "cpu" or plan.tiling != "blend":
         return 1
-    return max(1, min(torch.get_num_threads(), n_tiles))
+    return max(1, min(torch.get_num_threads(), MAX_TILE_WORKERS, n_tiles))
 
 
-def _in_order(run: Callable, batches: list, workers: int):
+class _Stopped(BaseException):
+    """Ends a tile worker's batch at its next pass once the image is given up."""
+
+
+def _in_order(run: Callable, batches: list, workers: int, stop: threading.Event):
     """(batch, run(batch)) for each batch, in order; with workers > 1, that many batches
-    at once in threads of one torch thread each (parallel.split_threads), at most
-    2 x workers ahead of the one being blended so that memory stays bounded by the tile."""
+    at once in threads sharing torch's threads (parallel.split_threads: one each on a
+    small machine), at most 2 x workers ahead of the one being blended. Closing it early
+    (an error, Ctrl-C) sets `stop`, cancels the batches not started and waits for the
+    running ones to reach their next pass."""
     if workers == 1:
         for batch in batches:
             yield batch, run(batch)
@@ -361,7 +382,7 @@ def _in_order(run: Callable, batches: list, workers: int):
                 done_batch, future = pending.popleft()
                 yield done_batch, future.result()
         finally:
-            # A failed batch (or Ctrl-C) stops the rest: queued batches never start.
+            stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
 
 

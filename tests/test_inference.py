@@ -256,18 +256,22 @@ def test_a_prepared_model_is_not_moved_again(monkeypatch):
 
 # --------------------------------------------------------------------------- tiles side by side
 class ThreadRecorder(SmallRF):
-    """SmallRF that notes the thread and the torch threads each forward pass ran on."""
+    """SmallRF that notes the thread and the torch threads each forward pass ran on;
+    `together`: a barrier the first passes must meet at (they ran at the same time)."""
 
-    def __init__(self, fail_on_call=None):
+    def __init__(self, fail_on_call=None, together=None):
         super().__init__()
         self.threads, self.torch_threads, self.fail_on_call = [], [], fail_on_call
+        self.together = together
 
     def forward(self, x):
         self.threads.append(threading.get_ident())
         self.torch_threads.append(torch.get_num_threads())
+        if self.together is not None and len(self.threads) <= self.together.parties:
+            self.together.wait()
         if self.fail_on_call is not None and len(self.threads) == self.fail_on_call:
             raise RuntimeError("batch failed")
-        time.sleep(0.02)     # long enough that the next batch is handed out meanwhile
+        time.sleep(0.02)
         return super().forward(x)
 
 
@@ -279,26 +283,35 @@ def two_torch_threads():
     torch.set_num_threads(before)
 
 
-def test_tiles_run_side_by_side_at_one_thread_each_with_the_same_result(two_torch_threads):
+def _one_by_one(monkeypatch):
+    """The engine as before tile workers: every batch on the caller's thread, at its threads."""
+    import magncli.inference as inference
+    monkeypatch.setattr(inference, "tile_workers", lambda plan, n_tiles: 1)
+
+
+def _tile_threads_alive() -> int:
+    return sum(t.name.startswith("magn-tiles") for t in threading.enumerate())
+
+
+def test_tiles_run_side_by_side_at_one_thread_each_with_the_same_result(two_torch_threads, monkeypatch):
     x = torch.rand(1, 3, 100, 77)
     opts = InferenceOptions(device="cpu", tile=32, overlap=16, tile_batch=4)
-    side_by_side = ThreadRecorder()
+    side_by_side = ThreadRecorder(together=threading.Barrier(2, timeout=30))
     out = restore_tensor(side_by_side, x, opts)
     assert len(set(side_by_side.threads)) == 2 and set(side_by_side.torch_threads) == {1}
     assert threading.get_ident() not in side_by_side.threads
-    assert torch.get_num_threads() == 2                  # the caller's threads are given back
-    # The oracle: the same model, one batch after another on the caller's thread.
-    torch.set_num_threads(1)
+    assert torch.get_num_threads() == 2 and _tile_threads_alive() == 0   # the caller's threads given back
+    _one_by_one(monkeypatch)
     one_by_one = ThreadRecorder()
     expected = restore_tensor(one_by_one, x, opts)
-    assert set(one_by_one.threads) == {threading.get_ident()}
+    assert set(one_by_one.threads) == {threading.get_ident()} and set(one_by_one.torch_threads) == {2}
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
 
 
 def test_a_small_image_is_split_so_both_threads_get_tiles(two_torch_threads):
-    model = ThreadRecorder()
+    model = ThreadRecorder(together=threading.Barrier(2, timeout=30))
     restore_tensor(model, torch.rand(1, 3, 48, 48), InferenceOptions(device="cpu", tile=32, overlap=16))
-    assert len(model.seen) == 2 and len(set(model.threads)) == 2     # 4 tiles: two batches of 2
+    assert model.seen == [(2, 3, 32, 32)] * 2 and len(set(model.threads)) == 2    # 4 tiles: 2 + 2, at once
 
 
 def test_a_failing_batch_fails_the_image_and_stops_the_rest(two_torch_threads):
@@ -306,18 +319,21 @@ def test_a_failing_batch_fails_the_image_and_stops_the_rest(two_torch_threads):
     with pytest.raises(RuntimeError, match="batch failed"):
         restore_tensor(model, torch.rand(1, 3, 200, 200), InferenceOptions(device="cpu", tile=32, overlap=16,
                                                                            tile_batch=1))
-    assert len(model.threads) < 8 * 8                      # queued batches never started
-    assert torch.get_num_threads() == 2
+    calls = len(model.threads)
+    assert _tile_threads_alive() == 0 and torch.get_num_threads() == 2
+    time.sleep(0.2)
+    assert len(model.threads) == calls                     # nothing runs on after the failure
 
 
-def test_a_real_magn_model_gives_the_same_bits_side_by_side(two_torch_threads):
+def test_a_real_magn_model_gives_the_same_bits_side_by_side(two_torch_threads, monkeypatch):
+    # 48 x 48 at tile 32: 4 tiles, two batches of 2 side by side against one of 4 before.
     from magncli.models import build_model
     torch.manual_seed(0)
     model = build_model("magn-tiny-local", in_channels=1)
-    x = np.random.RandomState(0).rand(70, 90, 1).astype(np.float32)
+    x = np.random.RandomState(0).rand(48, 48, 1).astype(np.float32)
     opts = InferenceOptions(device="cpu", tile=32, overlap=8)
     side_by_side = restore_array(model, x, opts)
-    torch.set_num_threads(1)
+    _one_by_one(monkeypatch)
     np.testing.assert_array_equal(side_by_side, restore_array(model, x, opts))
 
 

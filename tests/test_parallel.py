@@ -44,9 +44,19 @@ def test_magn_train_keeps_openmps_spinning_default():
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "None"
     assert _spin_count(res.stderr) not in ("0",)
-    for args in (["restore", "photo.png"], ["-v", "eval"], []):
+    for args in (["restore", "photo.png"], ["eval", "--sigma", "25"], []):
         res = _child(code.format(args=args))
         assert res.stdout.strip() == "PASSIVE", (args, res.stderr)
+
+
+def test_the_root_command_takes_no_option_with_a_value():
+    # command_of takes the first word that is not an option for the command: a root
+    # option with a value (`magn --log FILE train`) would be mistaken for it.
+    import typer.main
+
+    from magncli.cli.app import app
+    root = typer.main.get_command(app)
+    assert root.params and all(getattr(p, "is_flag", False) for p in root.params), root.params
 
 
 def test_a_users_wait_policy_is_kept():
