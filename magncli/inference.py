@@ -48,6 +48,7 @@ from magncli.engine_defaults import ENGINE
 from magncli.ensemble import EnsembleInput, self_ensemble
 from magncli.errors import MagnError
 from magncli.models.registry import ModelFacts, facts
+from magncli.parallel import Stopped, in_order
 from magncli.tiling import blend_weights, tile_spans
 
 log = logging.getLogger("magn")
@@ -303,7 +304,7 @@ def _restore_tiled(model: nn.Module, image: Tensor, plan: TilePlan,
 
     def after_pass(n: int) -> None:
         if stop.is_set():
-            raise _Stopped()
+            raise Stopped()
         if on_pass is not None:
             on_pass(n)
 
@@ -317,7 +318,7 @@ def _restore_tiled(model: nn.Module, image: Tensor, plan: TilePlan,
     c_out = c - plan.facts.level_input                     # a level map goes in, not out
     acc = torch.zeros(1, c_out, h, w)
     weight_sum = torch.zeros(1, 1, h, w)
-    with closing(_in_order(run, batches, workers, stop)) as results:
+    with closing(in_order(run, batches, workers, stop)) as results:
         for batch, out in results:
             for ((a, b), (p, q)), out_tile in zip(batch, out):
                 wgt = torch.from_numpy(blend_weights(b - a, q - p, plan.overlap, a, p, h, w))
@@ -332,58 +333,14 @@ MAX_TILE_WORKERS = 8
 
 
 def tile_workers(plan: TilePlan, n_tiles: int) -> int:
-    """How many threads run batches of tiles at once: on the CPU, one per torch thread
-    (up to MAX_TILE_WORKERS, the threads then shared between them), up to one per tile;
-    elsewhere 1.
-
-    Tiles are independent, so two batches side by side use two cores fully, where one
-    batch on two intra-op threads waits at every operator for the slower thread (and,
-    under the command line's passive OpenMP policy, for the sleeping one to wake):
-    Kodak24 at restore's defaults, 2 cores, ran 2x faster as two images at once than as
-    one image on both cores (docs/lab-notebook.md, "Tiles side by side"). Outputs are
-    bit-identical: a model's output does not depend on the threads or on the batch."""
+    """How many threads run batches of tiles at once (parallel.in_order): on the CPU one
+    per torch thread, at most MAX_TILE_WORKERS and one per tile; elsewhere 1. Two
+    batches side by side use two cores fully, where one batch on two intra-op threads
+    waits at every operator (docs/lab-notebook.md, "Tiles side by side"); outputs are
+    bit-identical, a model's output depending on neither the threads nor the batch."""
     if plan.device.type != "cpu" or plan.tiling != "blend":
         return 1
     return max(1, min(torch.get_num_threads(), MAX_TILE_WORKERS, n_tiles))
-
-
-class _Stopped(BaseException):
-    """Ends a tile worker's batch at its next pass once the image is given up."""
-
-
-def _in_order(run: Callable, batches: list, workers: int, stop: threading.Event):
-    """(batch, run(batch)) for each batch, in order; with workers > 1, that many batches
-    at once in threads sharing torch's threads (parallel.split_threads: one each on a
-    small machine), at most 2 x workers ahead of the one being blended. Closing it early
-    (an error, Ctrl-C) sets `stop`, cancels the batches not started and waits for the
-    running ones to reach their next pass."""
-    if workers == 1:
-        for batch in batches:
-            yield batch, run(batch)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    from magncli.attention import carry_compile_state
-    from magncli.parallel import split_threads
-
-    run_in_worker = carry_compile_state(run)
-    with split_threads(workers) as share:
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="magn-tiles",
-                                  initializer=torch.set_num_threads, initargs=(share,))
-        try:
-            pending: deque = deque()
-            for batch in batches:
-                pending.append((batch, pool.submit(run_in_worker, batch)))
-                if len(pending) >= 2 * workers:
-                    done_batch, future = pending.popleft()
-                    yield done_batch, future.result()
-            while pending:
-                done_batch, future = pending.popleft()
-                yield done_batch, future.result()
-        finally:
-            stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _restore_chopped(model: nn.Module, image: Tensor, plan: TilePlan,

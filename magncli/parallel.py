@@ -1,5 +1,5 @@
-"""How magn shares the CPU's cores: the OpenMP wait policy, and splitting torch's threads
-between images restored at once.
+"""How magn shares the CPU's cores: the OpenMP wait policy, splitting torch's threads
+between images restored at once, and running an image's batches of tiles side by side.
 
 The wait policy. torch's CPU builds on Linux run their intra-op threads on GNU OpenMP
 (libgomp), whose default is to spin-wait between parallel regions for cores it expects
@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 WAIT_POLICY_VARIABLE = "OMP_WAIT_POLICY"
 DEFAULT_WAIT_POLICY = "PASSIVE"
@@ -75,3 +75,44 @@ def split_threads(workers: int) -> Iterator[int]:
         yield share
     finally:
         torch.set_num_threads(previous)
+
+
+class Stopped(BaseException):
+    """Ends a worker's item at its next check once the work is given up (in_order)."""
+
+
+def in_order(run: Callable, items: list, workers: int, stop):
+    """(item, run(item)) for each item, in order; with workers > 1, that many items at once
+    in threads sharing torch's threads (split_threads: one each on a small machine), at
+    most 2 x workers ahead of the one being consumed. Closing it early (an error, Ctrl-C)
+    sets `stop` (a threading.Event, which `run` checks: raise Stopped), cancels the items
+    not started and waits for the running ones to stop. The engine runs an image's
+    batches of tiles through it (inference.tile_workers)."""
+    if workers == 1:
+        for item in items:
+            yield item, run(item)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from magncli.attention import carry_compile_state
+
+    run_in_worker = carry_compile_state(run)
+    with split_threads(workers) as share:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="magn-tiles",
+                                  initializer=torch.set_num_threads, initargs=(share,))
+        try:
+            pending: deque = deque()
+            for item in items:
+                pending.append((item, pool.submit(run_in_worker, item)))
+                if len(pending) >= 2 * workers:
+                    done_item, future = pending.popleft()
+                    yield done_item, future.result()
+            while pending:
+                done_item, future = pending.popleft()
+                yield done_item, future.result()
+        finally:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
