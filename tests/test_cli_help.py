@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["", "restore", "eval", "degrade", "train", "weights", "weights list", "weights download",
+COMMANDS = ["", "restore", "eval", "degrade", "train", "weights", "weights list", "weights download", "weights results",
             "weights verify", "weights path", "weights add", "weights scores"]
 
 # Runs `magn ARGS --help` for every command through the real entry point (magncli.cli.app.main,

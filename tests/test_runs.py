@@ -134,3 +134,34 @@ def test_publish_without_scoring_leaves_no_stale_score(tiny_run, tmp_path):
     (weights / "README.md").write_text((weights / "README.md").read_text() + "edited\n")
     result = runner.invoke(app, ["weights", "cards", "--check", "--manifest", manifest])
     assert isinstance(result.exception, MagnError) and "out of date" in str(result.exception)
+
+
+def test_weights_results_adds_a_peers_rows_to_a_published_table_and_card(tiny_run, tmp_path):
+    """`magn weights results NAME FILE`: a peer evaluated later joins the checkpoint's table
+    and card, its command listed; a row of the same model, set and level is replaced; a
+    file that is not eval results, or of another task, is refused in one line."""
+    weights = _weights_folder(tmp_path)
+    manifest = str(weights / "manifest.json")
+    publish(tiny_run.run_dir, NAME, score=False, manifest_path=manifest)
+    row = {"task": "denoise", "model": "ffdnet:peer.pth", "set": "two", "channels": "gray", "level": "σ25",
+           "psnr": 30.0, "ssim": 0.9, "n_images": 2, "seconds_per_image": 0.1, "peak_mem_mb": None,
+           "degradation": {"task": "denoise", "sigma": 25, "seed": 0}, "seed": 0, "quantize": False,
+           "images": [], "inputs": None, "note": "", "tile": 512, "overlap": 80, "tiling": "blend",
+           "ensemble": False, "precision": "fp32", "commit": "abc", "command": "magn eval -m ffdnet:peer.pth"}
+    first, again = tmp_path / "first.json", tmp_path / "again.json"
+    first.write_text(json.dumps([row, dict(row, level="σ50", psnr=26.0)]))
+    again.write_text(json.dumps([dict(row, psnr=30.5)]))
+    for file in (first, again):
+        result = runner.invoke(app, ["weights", "results", NAME, str(file), "--manifest", manifest])
+        assert result.exit_code == 0, result.output
+    rows = json.loads((weights / "results" / f"{NAME}.json").read_text())
+    assert sorted((r["level"], r["psnr"]) for r in rows) == [("σ25", 30.5), ("σ50", 26.0)]
+    readme = (weights / "README.md").read_text()
+    assert "    magn eval -m ffdnet:peer.pth" in readme and "30.50" in readme
+    assert not load_manifest(manifest).get(NAME).scores               # a peer's rows are not its scores
+    for bad, why in ((tmp_path / "bad.json", "not `magn eval` JSON results"),
+                     (tmp_path / "jpeg.json", "rows of task dejpeg")):
+        bad.write_text("{}" if bad.name == "bad.json" else json.dumps([dict(row, task="dejpeg")]))
+        result = runner.invoke(app, ["weights", "results", NAME, str(bad), "--manifest", manifest])
+        assert isinstance(result.exception, MagnError) and why in str(result.exception), result.output
+    assert json.loads((weights / "results" / f"{NAME}.json").read_text()) == rows      # nothing written

@@ -16,7 +16,7 @@ from magncli.errors import MagnError
 
 app = typer.Typer(
     name="weights",
-    help="Pretrained checkpoints: list, download, verify, locate, add, scores, publish, cards.",
+    help="Pretrained checkpoints: list, download, verify, locate, add, scores, results, publish, cards.",
     no_args_is_help=True,
 )
 
@@ -185,6 +185,19 @@ def scores_cmd(
     """Record a checkpoint's benchmark scores in the manifest from `magn eval` JSON results."""
     entry = w.record_scores(name, results, manifest_path=manifest)
     note(f"recorded {len(entry.scores)} scores for {entry.name} in {w.load_manifest(manifest).path}")
+
+
+@app.command("results")
+def results_cmd(
+    name: Annotated[str, typer.Argument(help="A published checkpoint's name.")],
+    results: Annotated[List[Path], typer.Argument(help="`magn eval ... --output X.json` results to add.")],
+    manifest: ManifestOpt = None,
+) -> None:
+    """Add evaluated rows (a peer's, another subsampling's) to a published checkpoint's
+    results table and model card; the command that made them is listed with them."""
+    from magncli.runs.publish import add_results
+    merged = add_results(name, results, manifest_path=manifest)
+    note(f"merged {merged} rows into the results of {name}; model cards rewritten")
 
 
 @app.command("publish")

@@ -146,3 +146,37 @@ def publish(run_dir, name: str, *, best: bool = False, replaces: Sequence[str] =
                      cpu_hours=float(prov.get("cpu_hours") or 0.0), sha256=entry.sha256, results=results,
                      eval_command=command, scored_rows=sum(r["model"] == name for r in new_rows),
                      replaced=[n for n in replaced if n != name])
+
+
+def add_results(name: str, files: Sequence, manifest_path=None) -> int:
+    """Merge `magn eval` results (a peer's rows, another subsampling's) into the published
+    checkpoint `name`'s weights/results/NAME.json and .md; rows of the same model, set,
+    channels and level are replaced. The checkpoint's own rows, if any came, update its
+    manifest scores; the cards are rewritten. Returns the number of rows merged."""
+    from magncli.results import merge_rows, write_results
+    from magncli.weights import load_manifest, record_scores
+
+    manifest = load_manifest(manifest_path)
+    entry = manifest.get(name)
+    results = Path(manifest.path).parent / "results" / f"{name}.json"
+    new_rows: List[dict] = []
+    for file in files:
+        try:
+            rows = json.loads(Path(file).read_text(encoding="utf-8"))
+            if not (isinstance(rows, list) and rows
+                    and all(isinstance(r, dict) and {"model", "set", "level", "task"} <= set(r) for r in rows)):
+                raise ValueError("not a list of result rows")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise MagnError(f"{file}: not `magn eval` JSON results ({e})") from None
+        wrong = {r["task"] for r in rows} - {entry.task}
+        if wrong:
+            raise MagnError(f"{file}: rows of task {', '.join(sorted(wrong))}, but {name} is a {entry.task} model")
+        new_rows += rows
+    kept = json.loads(results.read_text()) if results.is_file() else []
+    merged = merge_rows(kept, new_rows)
+    for path in (results, results.with_suffix(".md")):
+        write_results(merged, path, overwrite=True)
+    if any(r["model"] == name for r in new_rows):
+        record_scores(name, [results], manifest_path=manifest_path)
+    write_cards(manifest_path)
+    return len(new_rows)
