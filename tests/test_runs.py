@@ -147,7 +147,8 @@ def test_weights_results_adds_a_peers_rows_to_a_published_table_and_card(tiny_ru
            "psnr": 30.0, "ssim": 0.9, "n_images": 2, "seconds_per_image": 0.1, "peak_mem_mb": None,
            "degradation": {"task": "denoise", "sigma": 25, "seed": 0}, "seed": 0, "quantize": False,
            "images": [], "inputs": None, "note": "", "tile": 512, "overlap": 80, "tiling": "blend",
-           "ensemble": False, "precision": "fp32", "commit": "abc", "command": "magn eval -m ffdnet:peer.pth"}
+           "ensemble": False, "precision": "fp32", "commit": "abc",
+           "command": "magn eval -m ffdnet:peer.pth -o ~/evals/peer.json --output=/tmp/peer.md"}
     first, again = tmp_path / "first.json", tmp_path / "again.json"
     first.write_text(json.dumps([row, dict(row, level="σ50", psnr=26.0)]))
     again.write_text(json.dumps([dict(row, psnr=30.5)]))
@@ -157,7 +158,7 @@ def test_weights_results_adds_a_peers_rows_to_a_published_table_and_card(tiny_ru
     rows = json.loads((weights / "results" / f"{NAME}.json").read_text())
     assert sorted((r["level"], r["psnr"]) for r in rows) == [("σ25", 30.5), ("σ50", 26.0)]
     readme = (weights / "README.md").read_text()
-    assert "    magn eval -m ffdnet:peer.pth" in readme and "30.50" in readme
+    assert "    magn eval -m ffdnet:peer.pth\n" in readme and "30.50" in readme       # where it wrote: not listed
     assert not load_manifest(manifest).get(NAME).scores               # a peer's rows are not its scores
     for bad, why in ((tmp_path / "bad.json", "not `magn eval` JSON results"),
                      (tmp_path / "jpeg.json", "rows of task dejpeg")):

@@ -171,7 +171,7 @@ def add_results(name: str, files: Sequence, manifest_path=None) -> int:
         wrong = {r["task"] for r in rows} - {entry.task}
         if wrong:
             raise MagnError(f"{file}: rows of task {', '.join(sorted(wrong))}, but {name} is a {entry.task} model")
-        new_rows += rows
+        new_rows += [dict(r, command=_without_outputs(r.get("command", ""))) for r in rows]
     kept = json.loads(results.read_text()) if results.is_file() else []
     merged = merge_rows(kept, new_rows)
     for path in (results, results.with_suffix(".md")):
@@ -180,3 +180,21 @@ def add_results(name: str, files: Sequence, manifest_path=None) -> int:
         record_scores(name, [results], manifest_path=manifest_path)
     write_cards(manifest_path)
     return len(new_rows)
+
+
+def _without_outputs(command: str) -> str:
+    """An eval command line as a card lists it: where its files went (-o, --output) is this
+    machine's business, not how the numbers were made."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("-o", "--output"):
+            skip = True
+        elif not word.startswith("--output="):
+            kept.append(word)
+    return shlex.join(kept)
