@@ -56,7 +56,7 @@ def run_one(label: str, channels: int, weights, sigma_given: bool, whole: bool, 
     from magncli.degrade import add_gaussian_noise
     from magncli.inference import InferenceOptions
     from magncli.tasks import restore_for_task
-    from magncli.weights import resolve_weights
+    from magncli.weights import cpu_defaults_for, resolve_weights
 
     if threads:
         torch.set_num_threads(threads)
@@ -69,7 +69,11 @@ def run_one(label: str, channels: int, weights, sigma_given: bool, whole: bool, 
                                            axis=1) for i in range(reps[0])], axis=0)[:h, :w]
     noisy = add_gaussian_noise(np.ascontiguousarray(tiled), 25, seed=0)          # (h, w, c)
     level = 25 if sigma_given else None
-    options = InferenceOptions(tile=-(-max(h, w) // 4) * 4 if whole else None)
+    # As `magn restore` runs it: a published checkpoint with its measured CPU defaults
+    # (precision, tile; weights.cpu_defaults_for), a peer's file with the engine's.
+    defaults = {} if whole else cpu_defaults_for(path)
+    options = InferenceOptions(tile=-(-max(h, w) // 4) * 4 if whole else defaults.get("tile"),
+                               precision=defaults.get("precision", InferenceOptions().precision))
     restore_for_task(model, noisy[:96, :96], "denoise", level=level, options=options)   # warm-up
     start = time.perf_counter()
     restore_for_task(model, noisy, "denoise", level=level, options=options)
