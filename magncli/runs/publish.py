@@ -85,8 +85,8 @@ def publish(run_dir, name: str, *, best: bool = False, replaces: Sequence[str] =
     later (the card then shows the other models' rows only)."""
     from magncli.evaluate import run_eval
     from magncli.inference import InferenceOptions
-    from magncli.results import merge_rows, write_results
-    from magncli.weights import add_checkpoint, load_manifest, record_scores
+    from magncli.results import merge_rows
+    from magncli.weights import add_checkpoint, load_manifest
 
     run_dir = Path(run_dir).expanduser()
     export = export_run(run_dir, best=best)
@@ -135,12 +135,7 @@ def publish(run_dir, name: str, *, best: bool = False, replaces: Sequence[str] =
         for row in new_rows:
             row["model"] = renamed.get(row["model"], row["model"])
             row["command"] = command
-    rows = merge_rows(kept, new_rows)
-    for path in (results, results.with_suffix(".md")):
-        write_results(rows, path, overwrite=True)
-    if any(r["model"] == name for r in rows):
-        record_scores(name, [results], manifest_path=manifest_path)
-    write_cards(manifest_path)
+    _write_table(name, results, merge_rows(kept, new_rows), manifest_path)
     prov = entry.provenance
     return Published(name=name, step=int(prov["steps"]), planned_steps=int(prov.get("planned_steps") or 0),
                      cpu_hours=float(prov.get("cpu_hours") or 0.0), sha256=entry.sha256, results=results,
@@ -153,8 +148,8 @@ def add_results(name: str, files: Sequence, manifest_path=None) -> int:
     checkpoint `name`'s weights/results/NAME.json and .md; rows of the same model, set,
     channels and level are replaced. The checkpoint's own rows, if any came, update its
     manifest scores; the cards are rewritten. Returns the number of rows merged."""
-    from magncli.results import merge_rows, write_results
-    from magncli.weights import load_manifest, record_scores
+    from magncli.results import merge_rows
+    from magncli.weights import load_manifest
 
     manifest = load_manifest(manifest_path)
     entry = manifest.get(name)
@@ -173,13 +168,22 @@ def add_results(name: str, files: Sequence, manifest_path=None) -> int:
             raise MagnError(f"{file}: rows of task {', '.join(sorted(wrong))}, but {name} is a {entry.task} model")
         new_rows += [dict(r, command=_without_outputs(r.get("command", ""))) for r in rows]
     kept = json.loads(results.read_text()) if results.is_file() else []
-    merged = merge_rows(kept, new_rows)
+    _write_table(name, results, merge_rows(kept, new_rows), manifest_path,
+                 record=any(r["model"] == name for r in new_rows))
+    return len(new_rows)
+
+
+def _write_table(name: str, results: Path, rows: List[dict], manifest_path, record: Optional[bool] = None) -> None:
+    """A checkpoint's results as .json and .md, its manifest scores from them (when it has
+    rows there, or as `record` says), and the cards rewritten."""
+    from magncli.results import write_results
+    from magncli.weights import record_scores
+
     for path in (results, results.with_suffix(".md")):
-        write_results(merged, path, overwrite=True)
-    if any(r["model"] == name for r in new_rows):
+        write_results(rows, path, overwrite=True)
+    if record if record is not None else any(r["model"] == name for r in rows):
         record_scores(name, [results], manifest_path=manifest_path)
     write_cards(manifest_path)
-    return len(new_rows)
 
 
 def _without_outputs(command: str) -> str:
