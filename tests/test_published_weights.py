@@ -219,8 +219,8 @@ def test_the_default_checkpoint_meets_its_issue_bars(task, channels):
 # PEER_SHORTFALLS pins the points not yet met (the card and the issue note say so); a
 # checkpoint that meets one fails this test until it is removed here.
 GRAY_PEER = "dncnn_gray_blind.pth"
-PEER_SHORTFALLS = {(s, level, use) for s in ("Set12", "BSD68") for level in ("σ15", "σ25", "σ50")
-                   for use in ("told", "blind")}                # 0.01-0.05 dB short at every point
+PEER_SHORTFALLS = {("Set12", level, use) for level in ("σ25", "σ50")   # 0.02-0.03 dB short there;
+                   for use in ("told", "blind")}                   # BSD68 met since the 9-ResBlock file
 
 
 def test_the_default_gray_denoiser_against_dncnn_b():
